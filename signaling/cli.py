@@ -1,0 +1,96 @@
+"""``codesync`` — the command line (a contract: see DESIGN.md, "Command line and configuration").
+
+``codesync up`` runs the whole local stack as one process group: the signaling server (with
+the web client), the persistence peer and the runner, each its own process so that one crash
+does not take the others down; a crashed service is restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .logs import setup_logging
+from .settings import Settings, get_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="codesync", description="CodeSync collaborative code editor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the whole local stack (signaling + web, persistence peer, runner)")
+    sub.add_parser("signaling", help="run the signaling server (REST API, /signal, web client)")
+    sub.add_parser("persist", help="run the persistence peer")
+    sub.add_parser("runner", help="run the code runner peer")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    tok = sub.add_parser("token", help="print a new service token")
+    tok.add_argument("--scope", required=True, choices=["persistence", "runner"])
+    tok.add_argument("--name", default="", help="a label for the token")
+    user = sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    create = user_sub.add_parser("create", help="create an email + password account")
+    create.add_argument("email")
+    create.add_argument("--name", default=None)
+    create.add_argument("--password", default=None, help="default: $CODESYNC_PASSWORD or a prompt")
+
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.log_json, service=args.command)
+    try:
+        if args.command == "up":
+            return _up(settings)
+        if args.command == "signaling":
+            from .server import run_signaling
+
+            return asyncio.run(run_signaling(settings))
+        if args.command == "persist":
+            from peer.persistence.service import run_persistence
+
+            return asyncio.run(run_persistence(settings))
+        if args.command == "runner":
+            from runner.service import run_runner
+
+            return asyncio.run(run_runner(settings))
+        if args.command == "migrate":
+            from . import admin
+
+            asyncio.run(admin.migrate_only(settings))
+            return 0
+        if args.command == "token":
+            from . import admin
+
+            print(asyncio.run(admin.create_service_token(settings, args.scope, args.name)))
+            return 0
+        if args.command == "user" and args.user_command == "create":
+            from . import admin
+
+            password = args.password or os.environ.get("CODESYNC_PASSWORD") or getpass.getpass("Password: ")
+            user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password))
+            print(user_id)
+            return 0
+    except KeyboardInterrupt:
+        return 130
+    except admin_errors() as exc:  # clear message, no traceback
+        print(f"codesync: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def admin_errors() -> tuple[type[BaseException], ...]:
+    from .admin import AdminError
+
+    return (AdminError,)
+
+
+def _up(settings: Settings) -> int:
+    from .supervisor import run_stack
+
+    return asyncio.run(run_stack(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""SQL schema (sqlmodel) shared by the signaling server and the persistence peer.
+
+The tables are created by Alembic migrations (``signaling/migrations``), never by
+``create_all``, so SQLite and PostgreSQL deployments evolve the same way.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+
+from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC timestamps (sqlmodel stores them as UTC on SQLite and PostgreSQL alike)."""
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_room_id() -> str:
+    # URL-safe, unguessable, short enough to read aloud. Room ids are also signaling topics.
+    return secrets.token_urlsafe(9)
+
+
+class Role(str, Enum):
+    owner = "owner"
+    editor = "editor"
+    viewer = "viewer"
+
+    @property
+    def rank(self) -> int:
+        return {"viewer": 0, "editor": 1, "owner": 2}[self.value]
+
+    def at_least(self, other: "Role") -> bool:
+        return self.rank >= other.rank
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    email: str = Field(index=True, unique=True, max_length=320)
+    name: str = Field(max_length=200)
+    password_hash: str | None = Field(default=None, max_length=255)
+    email_verified: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OAuthIdentity(SQLModel, table=True):
+    __tablename__ = "oauth_identities"
+    __table_args__ = (UniqueConstraint("provider", "subject", name="uq_oauth_provider_subject"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")
+    provider: str = Field(max_length=64)
+    subject: str = Field(max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RefreshToken(SQLModel, table=True):
+    """One issued refresh token. Only its SHA-256 is stored.
+
+    Tokens of one login form a *family*; presenting a token that was already rotated
+    (``used_at`` set) revokes the whole family — the classic theft signal.
+    """
+
+    __tablename__ = "refresh_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")
+    family_id: str = Field(index=True, max_length=32)
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ServiceToken(SQLModel, table=True):
+    """A long-lived token for a headless peer (scope ``persistence`` or ``runner``)."""
+
+    __tablename__ = "service_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    scope: str = Field(max_length=32)
+    name: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class Room(SQLModel, table=True):
+    __tablename__ = "rooms"
+
+    id: str = Field(default_factory=new_room_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    language: str = Field(max_length=32)
+    owner_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "memberships"
+
+    room_id: str = Field(foreign_key="rooms.id", primary_key=True, max_length=32, ondelete="CASCADE")
+    user_id: str = Field(foreign_key="users.id", primary_key=True, max_length=32, ondelete="CASCADE")
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Invite(SQLModel, table=True):
+    """An invite link's server-side record; the link itself is a signed token naming ``id``."""
+
+    __tablename__ = "invites"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    room_id: str = Field(foreign_key="rooms.id", index=True, max_length=32, ondelete="CASCADE")
+    role: str = Field(max_length=16)
+    created_by: str = Field(foreign_key="users.id", max_length=32, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+# ----------------------------------------------------------------------------- documents
+# Owned by the persistence peer (peer/), declared here so one migration chain covers all.
+
+
+class DocumentUpdate(SQLModel, table=True):
+    """Append-only log of Yjs updates for a room, in arrival order."""
+
+    __tablename__ = "document_updates"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    room_id: str = Field(index=True, max_length=32)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DocumentSnapshot(SQLModel, table=True):
+    """A room's compacted state: all updates up to and including ``upto_seq`` merged."""
+
+    __tablename__ = "document_snapshots"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    upto_seq: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RoomLease(SQLModel, table=True):
+    """Which persistence peer owns a room now (used when Redis is not configured)."""
+
+    __tablename__ = "room_leases"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    owner: str = Field(max_length=64)
+    expires_at: datetime

@@ -1,0 +1,145 @@
+"""The one settings object every CodeSync process reads.
+
+Names are a contract (see DESIGN.md, "Command line and configuration"): deployments set
+``CODESYNC_*`` environment variables (or a ``.env`` file) and every service — signaling,
+persistence peer, runner — reads the same object, so one ``.env`` configures a whole stack.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OAuthProvider(BaseModel):
+    """One OAuth / OpenID Connect provider assembled from ``CODESYNC_OAUTH_<NAME>_*``."""
+
+    name: str
+    client_id: str
+    client_secret: str = ""
+    issuer: str | None = None  # OIDC discovery base; None for GitHub (plain OAuth 2)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CODESYNC_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "codesync"  # extension: key and channel prefix, so deployments can share a Redis
+    secret_key: str | None = None
+
+    signaling_url: str | None = None
+    service_token: str | None = None
+
+    ice_hosts: str | None = None
+    stun_urls: str | None = None
+    turn_urls: str | None = None
+    turn_secret: str | None = None
+    turn_ttl: int = 3600
+
+    sandbox: Literal["bubblewrap", "docker"] = "bubblewrap"
+
+    # Extensions (not in the original contract, all optional).
+    access_token_ttl: int = Field(default=900, description="seconds")
+    refresh_token_ttl: int = Field(default=30 * 24 * 3600, description="seconds")
+    invite_ttl: int = Field(default=7 * 24 * 3600, description="seconds")
+    log_json: bool = False
+    log_level: str = "INFO"
+    web_dist: Path | None = None
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        """SQLAlchemy async URL; plain ``postgresql://`` and ``sqlite://`` are upgraded."""
+        url = self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'codesync.db').resolve()}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+        elif url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+            url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
+
+    @property
+    def effective_secret_key(self) -> str:
+        """The signing key; generated once into the data dir when not configured."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+        object.__setattr__(self, "secret_key", key)
+        return key
+
+    @property
+    def ice_host_list(self) -> list[str]:
+        return _split(self.ice_hosts)
+
+    @property
+    def stun_url_list(self) -> list[str]:
+        return _split(self.stun_urls)
+
+    @property
+    def turn_url_list(self) -> list[str]:
+        return _split(self.turn_urls)
+
+    @property
+    def http_signaling_url(self) -> str:
+        """Base HTTP URL of the signaling server, for peers started on their own."""
+        return (self.signaling_url or self.base_url).rstrip("/").replace("ws://", "http://").replace(
+            "wss://", "https://"
+        ).removesuffix("/signal")
+
+    def oauth_providers(self) -> dict[str, OAuthProvider]:
+        """Providers from ``CODESYNC_OAUTH_<NAME>_CLIENT_ID`` (+ ``_CLIENT_SECRET``, ``_ISSUER``).
+
+        Google's issuer defaults to accounts.google.com; GitHub has no OIDC discovery.
+        """
+        env = dict(os.environ)
+        prefix = "CODESYNC_OAUTH_"
+        found: dict[str, OAuthProvider] = {}
+        for key, value in env.items():
+            if key.startswith(prefix) and key.endswith("_CLIENT_ID") and value:
+                name = key[len(prefix) : -len("_CLIENT_ID")].lower()
+                if not name:
+                    continue
+                up = name.upper()
+                issuer = env.get(f"{prefix}{up}_ISSUER") or None
+                if issuer is None and name == "google":
+                    issuer = "https://accounts.google.com"
+                found[name] = OAuthProvider(
+                    name=name,
+                    client_id=value,
+                    client_secret=env.get(f"{prefix}{up}_CLIENT_SECRET", ""),
+                    issuer=issuer,
+                )
+        return found
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,148 @@
+"""JWTs: access tokens, service tokens and invite tokens, all HS256 with the algorithm pinned.
+
+Every token carries ``typ`` so that one kind can never be used as another (an invite is not
+an access token), and ``aud`` so that tokens of another deployment sharing a key do not
+validate. Decoding accepts exactly ``HS256`` — ``none`` and RS/HS confusion are refused by
+construction. Refresh tokens are *not* JWTs: they are opaque random strings whose SHA-256 is
+stored (see ``signaling.auth``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+
+ALGORITHM = "HS256"
+AUDIENCE = "codesync"
+
+TokenType = Literal["access", "service", "invite"]
+SERVICE_SCOPES = ("persistence", "runner")
+
+
+class TokenError(Exception):
+    """A token that is malformed, forged, expired or of the wrong kind."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: str
+    jti: str
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class ServiceClaims:
+    token_id: str
+    scope: str
+
+
+@dataclass(frozen=True)
+class InviteClaims:
+    invite_id: str
+    room_id: str
+    role: str
+    expires_at: int
+
+
+class TokenService:
+    def __init__(self, secret: str, access_ttl: int = 900, invite_ttl: int = 7 * 24 * 3600):
+        if len(secret) < 32:
+            raise ValueError("secret key must be at least 32 characters")
+        self._secret = secret
+        self.access_ttl = access_ttl
+        self.invite_ttl = invite_ttl
+
+    # ------------------------------------------------------------------ encode
+    def _encode(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def issue_access(self, user_id: str, ttl: int | None = None) -> tuple[str, AccessClaims]:
+        now = int(time.time())
+        exp = now + (self.access_ttl if ttl is None else ttl)
+        jti = uuid.uuid4().hex
+        token = self._encode(
+            {"typ": "access", "sub": user_id, "aud": AUDIENCE, "iat": now, "exp": exp, "jti": jti}
+        )
+        return token, AccessClaims(user_id, jti, now, exp)
+
+    def issue_service(self, token_id: str, scope: str) -> str:
+        if scope not in SERVICE_SCOPES:
+            raise ValueError(f"unknown service scope {scope!r}")
+        now = int(time.time())
+        return self._encode(
+            {"typ": "service", "sub": f"service:{scope}", "scope": scope, "aud": AUDIENCE, "iat": now, "jti": token_id}
+        )
+
+    def issue_invite(self, invite_id: str, room_id: str, role: str, expires_at: int) -> str:
+        now = int(time.time())
+        return self._encode(
+            {"typ": "invite", "sub": room_id, "role": role, "aud": AUDIENCE, "iat": now, "exp": expires_at, "jti": invite_id}
+        )
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self, token: str, typ: TokenType, require: list[str]) -> dict[str, Any]:
+        if not token or len(token) > 4096:
+            raise TokenError("invalid_token", "missing or oversized token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                options={"require": require},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token_expired", "token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("invalid_token", "token is for another audience") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenError("invalid_token", f"invalid token ({type(exc).__name__})") from None
+        if claims.get("typ") != typ:
+            raise TokenError("invalid_token", f"not an {typ} token")
+        return claims
+
+    def decode_access(self, token: str) -> AccessClaims:
+        c = self._decode(token, "access", ["exp", "iat", "sub", "jti", "aud"])
+        return AccessClaims(str(c["sub"]), str(c["jti"]), int(c["iat"]), int(c["exp"]))
+
+    def decode_service(self, token: str) -> ServiceClaims:
+        c = self._decode(token, "service", ["iat", "sub", "jti", "aud"])
+        scope = c.get("scope")
+        if scope not in SERVICE_SCOPES:
+            raise TokenError("invalid_token", "unknown service scope")
+        return ServiceClaims(str(c["jti"]), str(scope))
+
+    def decode_invite(self, token: str) -> InviteClaims:
+        c = self._decode(token, "invite", ["exp", "iat", "sub", "jti", "aud"])
+        return InviteClaims(str(c["jti"]), str(c["sub"]), str(c.get("role")), int(c["exp"]))
+
+    @staticmethod
+    def peek_type(token: str) -> str | None:
+        """The unverified ``typ`` claim, only to route a token to the right decoder."""
+        try:
+            return jwt.decode(token, options={"verify_signature": False}).get("typ")
+        except jwt.InvalidTokenError:
+            return None
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """A fresh opaque refresh token and the hash to store for it."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

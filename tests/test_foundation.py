@@ -1,0 +1,33 @@
+"""The skeleton: migrations on both databases, health, errors, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import ROOT, child_env
+
+
+async def test_healthz_reports_database(api):
+    r = await api.client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["checks"]["database"] == "ok"
+
+
+async def test_unknown_api_route_is_json_error(api_sqlite):
+    r = await api_sqlite.client.get("/api/no-such-thing")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+def test_cli_token_and_user_create(tmp_path):
+    env = child_env(CODESYNC_DATA_DIR=str(tmp_path / "d"), CODESYNC_PASSWORD="a long password")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "signaling.cli", *a], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: E731
+    tok = run("token", "--scope", "runner")
+    assert tok.returncode == 0, tok.stderr
+    assert tok.stdout.count(".") == 2  # a JWT
+    made = run("user", "create", "Someone@Example.com")
+    assert made.returncode == 0, made.stderr
+    again = run("user", "create", "someone@example.com")
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
