@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
     web_dist: Path | None = None
+    # /healthz + /metrics of the persistence peer and the runner (signaling/opsserver.py); unset = off.
+    ops_port: int | None = None
+    ops_host: str | None = None  # default: host
 
     # ------------------------------------------------------------------ derived
     @property
