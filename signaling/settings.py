@@ -24,6 +24,12 @@ class OAuthProvider(BaseModel):
     client_id: str
     client_secret: str = ""
     issuer: str | None = None  # OIDC discovery base; None for GitHub (plain OAuth 2)
+    # Extensions (``_AUTHORIZE_URL``, ``_TOKEN_URL``, ``_API_URL``, ``_LABEL``): GitHub's endpoints
+    # can point elsewhere (GitHub Enterprise, the tests' local provider); a label for buttons.
+    authorize_url: str | None = None
+    token_url: str | None = None
+    api_url: str | None = None
+    label: str | None = None
 
 
 class Settings(BaseSettings):
@@ -135,6 +141,10 @@ class Settings(BaseSettings):
                     client_id=value,
                     client_secret=env.get(f"{prefix}{up}_CLIENT_SECRET", ""),
                     issuer=issuer,
+                    authorize_url=env.get(f"{prefix}{up}_AUTHORIZE_URL") or None,
+                    token_url=env.get(f"{prefix}{up}_TOKEN_URL") or None,
+                    api_url=env.get(f"{prefix}{up}_API_URL") or None,
+                    label=env.get(f"{prefix}{up}_LABEL") or None,
                 )
         return found
 
