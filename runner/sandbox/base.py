@@ -1,0 +1,190 @@
+"""The one sandbox interface both backends (bubblewrap, Docker) implement.
+
+A run is: some files written into a private, writable, size-limited work directory, then a
+shell script (compile, then run) executed as an unprivileged user with no network and a
+read-only system, under the same limits on every backend — wall clock, CPU seconds, memory,
+process count, output bytes. Output comes back as ``(stream, bytes)`` chunks in arrival
+order, so the caller can append stdout and stderr interleaved as they happened; ``stop()``
+may be called from any other task and kills everything the run started.
+
+Why an async iterator plus ``stop()`` rather than a callback: the runner service batches
+output every ~50 ms while a user may press Stop at any moment; both are ordinary tasks
+around one ``Execution`` object.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import shlex
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+Stream = Literal["stdout", "stderr"]
+Status = Literal["finished", "failed", "timeout", "killed"]
+
+TRUNCATED_MARKER = "\n[output truncated]\n"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run limits; every backend enforces every field."""
+
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 5
+    memory_bytes: int = 256 * 1024 * 1024
+    # RLIMIT_AS where the backend uses it; Node reserves ~1 GB of address space at start.
+    address_space_bytes: int = 4 * 1024 * 1024 * 1024
+    processes: int = 64
+    output_bytes: int = 64 * 1024
+    work_dir_bytes: int = 64 * 1024 * 1024
+    file_bytes: int = 32 * 1024 * 1024
+    open_files: int = 256
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run: files for the work dir and the commands (compile, then run)."""
+
+    files: dict[str, bytes]
+    run: list[str]
+    compile: list[str] | None = None
+    image: str | None = None  # the Docker image; bubblewrap uses the host's /usr
+    limits: Limits = field(default_factory=Limits)
+
+    def script(self) -> str:
+        """The ``sh -c`` script: compile (if any) and, only when it succeeded, exec the run command."""
+        run = "exec " + shlex.join(self.run)
+        if self.compile:
+            return f"{shlex.join(self.compile)} && {run}"
+        return run
+
+
+@dataclass(frozen=True)
+class Chunk:
+    stream: Stream
+    data: bytes
+
+
+@dataclass
+class RunResult:
+    status: Status
+    exit_code: int | None
+    reason: str = ""
+    truncated: bool = False
+    duration: float = 0.0
+    output_bytes: int = 0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the user's code): missing binary, dockerd down, no image."""
+
+
+class Execution(abc.ABC):
+    """One running sandbox. Iterate it for output chunks; ``await wait()`` for the result.
+
+    Subclasses feed ``_queue`` with ``Chunk`` objects and ``None`` at the end, and set
+    ``_result``. Output beyond ``limits.output_bytes`` is cut, the run is killed, and
+    ``truncated`` is set; the caller appends ``TRUNCATED_MARKER``.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.started = time.monotonic()
+        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        self._done = asyncio.Event()
+        self._result: RunResult | None = None
+        self._stop_reason: tuple[Status, str] | None = None
+        self._emitted = 0
+        self.truncated = False
+
+    # ---------------------------------------------------------------- public
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Chunk]:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def stop(self, status: Status = "killed", reason: str = "stopped") -> None:
+        """Kill the run (idempotent; safe from any task). The first reason given wins."""
+        if self._stop_reason is None and not self._done.is_set():
+            self._stop_reason = (status, reason)
+        await self._kill()
+
+    async def wait(self) -> RunResult:
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
+
+    # ---------------------------------------------------------------- for subclasses
+    def _emit(self, stream: Stream, data: bytes) -> bool:
+        """Queue output within the cap; return False once the cap is reached (caller kills)."""
+        if self.truncated or not data:
+            return not self.truncated
+        room = self.limits.output_bytes - self._emitted
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self.truncated = True
+        if data:
+            self._emitted += len(data)
+            self._queue.put_nowait(Chunk(stream, data))
+        if self.truncated and self._stop_reason is None:
+            self._stop_reason = ("killed", "output limit exceeded")
+        return not self.truncated
+
+    def _finish(self, status: Status, exit_code: int | None, reason: str = "") -> None:
+        if self._stop_reason is not None:
+            status, reason = self._stop_reason
+        self._result = RunResult(
+            status=status,
+            exit_code=exit_code,
+            reason=reason,
+            truncated=self.truncated,
+            duration=time.monotonic() - self.started,
+            output_bytes=self._emitted,
+        )
+        self._queue.put_nowait(None)
+        self._done.set()
+
+    @abc.abstractmethod
+    async def _kill(self) -> None: ...
+
+
+class Sandbox(abc.ABC):
+    """A backend. ``start`` returns once the run is launched (or raises ``SandboxError``)."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self, spec: RunSpec) -> Execution: ...
+
+    async def close(self) -> None:
+        """Release backend resources (clients, cgroup roots)."""
+
+
+def classify_exit(exit_code: int | None) -> tuple[Status, str]:
+    """Status for a process exit code (shell convention: 128+N means killed by signal N)."""
+    if exit_code == 0:
+        return "finished", ""
+    if exit_code is None:
+        return "killed", "no exit status"
+    if exit_code in (128 + 24, -24):  # SIGXCPU: RLIMIT_CPU soft limit
+        return "timeout", "cpu time limit exceeded"
+    if exit_code in (128 + 9, -9):
+        return "killed", "killed (memory or process limit)"
+    if exit_code > 128:
+        return "failed", f"terminated by signal {exit_code - 128}"
+    return "failed", f"exit code {exit_code}"
+
+
+async def run_collect(sandbox: Sandbox, spec: RunSpec) -> tuple[RunResult, list[Chunk]]:
+    """Convenience for tests and benchmarks: run to completion, collecting every chunk."""
+    execution = await sandbox.start(spec)
+    chunks = [chunk async for chunk in execution]
+    return await execution.wait(), chunks

@@ -1,0 +1,246 @@
+"""The embedded default sandbox: bubblewrap namespaces + a per-run cgroup + rlimits + nobody.
+
+Layers, each because the others leave a gap (DESIGN.md, "Sandboxes here"):
+- ``bwrap --unshare-all``: no network (empty net namespace), own pid namespace (when its
+  init exits the kernel kills every process left, so detached children die with the run),
+  read-only binds of the system dirs only — the host's /work, /root, data dir, secret key
+  and database are simply not there — and a size-limited tmpfs as the work dir.
+- The launcher drops to uid/gid 65534 *before* bwrap, so the user's code is unprivileged in
+  the initial namespace too and ``RLIMIT_NPROC`` applies (it is ignored for root).
+- A cgroup per run (v1 or v2, whatever exists) for memory, pids and CPU quota; rlimits for
+  CPU seconds, address space, file size, open files, no core dumps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+from pathlib import Path
+
+from .base import Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
+from .cgroups import CgroupManager, RunCgroup
+
+log = logging.getLogger(__name__)
+
+NOBODY = 65534
+WORK_DIR = "/work"
+# Only what compilers and interpreters need from /etc; nothing else of the host is visible.
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+)
+SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORK_DIR,
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+READ_SIZE = 16 * 1024
+
+
+def _safe_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise SandboxError(f"invalid file name {name!r}")
+    return name
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in SYSTEM_DIRS:
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{name}"]
+    for path in ETC_FILES:
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
+class BubblewrapSandbox(Sandbox):
+    name = "bubblewrap"
+
+    def __init__(self, bwrap: str | None = None, uid: int = NOBODY, gid: int = NOBODY) -> None:
+        self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
+        self.uid, self.gid = uid, gid
+        self.cgroups = CgroupManager()
+        self._system = _system_binds()
+
+    def command(self, spec: RunSpec, file_fds: dict[str, int]) -> list[str]:
+        limits = spec.limits
+        args = [
+            self.bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "sandbox",
+            "--uid",
+            str(self.uid),
+            "--gid",
+            str(self.gid),
+            *self._system,
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(16 * 1024 * 1024),
+            "--tmpfs",
+            "/tmp",
+            "--size",
+            str(limits.work_dir_bytes),
+            "--perms",
+            "0755",
+            "--tmpfs",
+            WORK_DIR,
+        ]
+        for name, fd in file_fds.items():
+            args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
+        args += ["--chdir", WORK_DIR, "--clearenv"]
+        for key, value in ENV.items():
+            args += ["--setenv", key, value]
+        args += ["--", "/bin/sh", "-c", spec.script()]
+        return args
+
+    async def start(self, spec: RunSpec) -> "BubblewrapExecution":
+        if not os.access(self.bwrap, os.X_OK):
+            raise SandboxError(f"bubblewrap not found at {self.bwrap} (apt-get install bubblewrap)")
+        limits = spec.limits
+        fds: dict[str, int] = {}
+        group: RunCgroup | None = None
+        try:
+            for name, content in spec.files.items():
+                fd = os.memfd_create(f"codesync-{_safe_name(name)}", 0)
+                os.write(fd, content)
+                os.lseek(fd, 0, os.SEEK_SET)
+                fds[name] = fd
+            group = self.cgroups.create(limits.memory_bytes, limits.processes)
+            preexec = _make_preexec(limits, group, self.uid, self.gid)
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(spec, fds),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=tuple(fds.values()),
+                start_new_session=True,
+                preexec_fn=preexec,
+                env={},
+                cwd="/",
+            )
+        except SandboxError:
+            if group:
+                group.kill_all(0.1)
+            raise
+        except OSError as exc:
+            if group:
+                group.kill_all(0.1)
+            raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return BubblewrapExecution(proc, limits, group)
+
+
+def _make_preexec(limits: Limits, group: RunCgroup | None, uid: int, gid: int):
+    procs = [os.fsencode(p) for p in (group.procs_files if group else [])]
+    # Without a pids cgroup RLIMIT_NPROC is the only process limit; with one it is a backstop
+    # (it counts every process of uid 65534, so concurrent runs share it).
+    nproc = limits.processes if group is None or "pids" not in group.dirs else limits.processes * 8
+    rlimits = [
+        (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
+        (resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)),
+        (resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes)),
+        (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
+        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_NPROC, (nproc, nproc)),
+    ]
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
+        pid = str(os.getpid()).encode()
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, pid)
+            os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, value)
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+
+    return preexec
+
+
+class BubblewrapExecution(Execution):
+    def __init__(self, proc: asyncio.subprocess.Process, limits: Limits, group: RunCgroup | None) -> None:
+        super().__init__(limits)
+        self.proc = proc
+        self.group = group
+        self._task = asyncio.create_task(self._supervise(), name=f"bwrap-{proc.pid}")
+
+    async def _read(self, stream: asyncio.StreamReader, name) -> None:
+        while True:
+            data = await stream.read(READ_SIZE)
+            if not data:
+                return
+            if not self._emit(name, data):
+                await self._kill()
+                return
+
+    async def _supervise(self) -> None:
+        assert self.proc.stdout and self.proc.stderr
+        readers = [
+            asyncio.create_task(self._read(self.proc.stdout, "stdout")),
+            asyncio.create_task(self._read(self.proc.stderr, "stderr")),
+        ]
+        exit_code: int | None = None
+        try:
+            try:
+                exit_code = await asyncio.wait_for(self.proc.wait(), self.limits.wall_seconds)
+            except asyncio.TimeoutError:
+                await self.stop("timeout", "wall clock limit exceeded")
+                exit_code = await self.proc.wait()
+            # The pid namespace is gone with its init, so pipes close promptly; bound it anyway.
+            await asyncio.wait(readers, timeout=2.0)
+        finally:
+            for task in readers:
+                task.cancel()
+            await self._cleanup()
+            status, reason = classify_exit(exit_code)
+            if status != "finished" and self.group is not None:
+                if self.group.oom_killed():
+                    status, reason = "killed", "memory limit exceeded"
+                elif self.group.pids_exhausted() and status == "failed":
+                    reason = f"{reason}; process limit reached"
+            if self.group is not None:
+                await asyncio.to_thread(self.group.kill_all)
+            self._finish(status, exit_code, reason)
+
+    async def _cleanup(self) -> None:
+        if self.proc.returncode is None:
+            await self._kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 5)
+
+    async def _kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.group is not None:
+            for pid in self.group.pids():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,213 @@
+"""Per-run cgroups for the bubblewrap backend, v1 or v2, whatever this host allows.
+
+rlimits alone are not enough (they are per process, and ``RLIMIT_NPROC`` counts a whole
+uid), so each run gets its own cgroup: a memory limit the kernel enforces with the OOM
+killer, a pids limit that stops fork bombs, and a CPU quota. Hosts differ: this one is a
+hybrid whose memory/pids/cpu controllers exist only as cgroup v1 hierarchies (DESIGN.md,
+"Sandboxes here"); a pure v2 host has them in the unified tree if delegated. We detect at
+run time and use what exists; with none, the run still has rlimits and namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+WANTED = ("memory", "pids", "cpu")
+
+
+def _own_paths() -> dict[str, str]:
+    """Controller (or "" for the unified tree) -> this process's cgroup path."""
+    paths: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:
+            paths[""] = path
+        for c in controllers.split(","):
+            if c:
+                paths[c] = path
+    return paths
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
+@dataclass
+class RunCgroup:
+    """The cgroup directories of one run (one per v1 controller, or one v2 directory)."""
+
+    version: int
+    dirs: dict[str, Path] = field(default_factory=dict)  # controller -> dir (v2: every key same dir)
+
+    @property
+    def procs_files(self) -> list[str]:
+        return sorted({str(d / "cgroup.procs") for d in self.dirs.values()})
+
+    @property
+    def controllers(self) -> list[str]:
+        return sorted(self.dirs)
+
+    def join(self, pid: int) -> None:
+        """Move ``pid`` in; safe to call between fork and exec (no allocation-heavy work)."""
+        for procs in self.procs_files:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+
+    def oom_killed(self) -> bool:
+        d = self.dirs.get("memory")
+        if d is None:
+            return False
+        try:
+            if self.version == 1:
+                for line in (d / "memory.oom_control").read_text().splitlines():
+                    if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                        return True
+                return False
+            for line in (d / "memory.events").read_text().splitlines():
+                if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def pids_exhausted(self) -> bool:
+        d = self.dirs.get("pids")
+        if d is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            for line in (d / "pids.events").read_text().splitlines():
+                if line.startswith("max ") and int(line.split()[1]) > 0:
+                    return True
+        return False
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for procs in self.procs_files:
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(x) for x in Path(procs).read_text().split())
+        return found
+
+    def kill_all(self, timeout: float = 2.0) -> None:
+        """SIGKILL everything still inside (a fork bomb may race us, so repeat), then remove."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.warning("cgroup still has %d processes after kill", len(pids))
+                break
+            time.sleep(0.005)
+        for d in set(self.dirs.values()):
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # EBUSY while the last zombies are reaped
+                    time.sleep(0.01)
+
+
+class CgroupManager:
+    """Detects what the host offers once; creates and configures one cgroup per run."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.root = root
+        self.version = 0
+        self.parents: dict[str, Path] = {}
+        self._detect()
+
+    def _detect(self) -> None:
+        own = _own_paths()
+        v1: dict[str, Path] = {}
+        for c in WANTED:
+            if c in own:
+                base = self.root / c
+                parent = base / own[c].lstrip("/")
+                if (base / "cgroup.procs").exists() and _writable_dir(parent):
+                    v1[c] = parent
+        if v1:
+            self.version, self.parents = 1, v1
+            return
+        # Pure v2 (or the unified tree of a hybrid) with the controllers delegated to us.
+        for unified in (self.root, self.root / "unified"):
+            if not (unified / "cgroup.controllers").exists() or "" not in own:
+                continue
+            parent = unified / own[""].lstrip("/")
+            try:
+                enabled = set((parent / "cgroup.subtree_control").read_text().split())
+            except OSError:
+                continue
+            usable = [c for c in WANTED if c in enabled]
+            if usable and _writable_dir(parent):
+                self.version = 2
+                self.parents = {c: parent for c in usable}
+                return
+
+    @property
+    def available(self) -> list[str]:
+        return sorted(self.parents)
+
+    def create(self, memory_bytes: int, pids: int, cpus: float = 1.0) -> RunCgroup | None:
+        if not self.parents:
+            return None
+        name = f"codesync-run-{secrets.token_hex(6)}"
+        group = RunCgroup(self.version)
+        try:
+            if self.version == 1:
+                for c, parent in self.parents.items():
+                    d = parent / name
+                    d.mkdir()
+                    group.dirs[c] = d
+                _write(group.dirs.get("memory"), "memory.limit_in_bytes", memory_bytes)
+                _write(group.dirs.get("memory"), "memory.memsw.limit_in_bytes", memory_bytes, optional=True)
+                _write(group.dirs.get("memory"), "memory.swappiness", 0, optional=True)
+                _write(group.dirs.get("pids"), "pids.max", pids)
+                _write(group.dirs.get("cpu"), "cpu.cfs_period_us", 100_000)
+                _write(group.dirs.get("cpu"), "cpu.cfs_quota_us", int(100_000 * cpus))
+            else:
+                parent = next(iter(self.parents.values()))
+                d = parent / name
+                d.mkdir()
+                group.dirs = {c: d for c in self.parents}
+                _write(group.dirs.get("memory"), "memory.max", memory_bytes)
+                _write(group.dirs.get("memory"), "memory.swap.max", 0, optional=True)
+                _write(group.dirs.get("pids"), "pids.max", pids)
+                if "cpu" in group.dirs:
+                    (d / "cpu.max").write_text(f"{int(100_000 * cpus)} 100000")
+        except OSError as exc:
+            log.warning("cgroup setup failed (%s); running with rlimits only", exc)
+            group.kill_all(0.1)
+            return None
+        return group
+
+
+def _write(directory: Path | None, name: str, value: int, optional: bool = False) -> None:
+    if directory is None:
+        return
+    try:
+        (directory / name).write_text(str(value))
+    except OSError:
+        if not optional:
+            raise
