@@ -1,0 +1,279 @@
+"""One room's write path: validated updates -> group commit -> compaction -> "saved" state.
+
+Why a dedicated writer task per room: updates arrive one by one (often one per keystroke),
+but a transaction costs far more than an INSERT. The writer commits whatever has queued up
+while the previous transaction ran (plus a few ms of linger), so the delay an update sees
+stays bounded (~``max_delay``) while throughput scales with batch size. Each batch is merged
+(pycrdt ``merge_updates``) into one log row. Compaction runs in the same task, between
+commits, so appends and compactions of one room never interleave.
+
+Invariant the caller keeps: every change to ``doc`` (the room's live document) is either the
+stored document it was loaded from or an update passed to :meth:`submit`. Then the state
+vector of ``doc`` taken when a batch is cut is exactly what is durable once that batch commits
+— that is the ``saved`` state published to clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pycrdt import Doc, merge_updates
+
+from .store import DocumentStore, StoredDocument
+
+log = logging.getLogger("codesync.persistence.writer")
+
+
+class LeaseLost(RuntimeError):
+    """The room's lease is gone: this process must not write to the room any more."""
+
+
+@dataclass
+class SaveState:
+    """What clients see under awareness ``saved`` (see :meth:`as_awareness`)."""
+
+    status: str = "loading"  # loading | saved | saving | error
+    state_vector: bytes = b"\x00"
+    commits: int = 0  # transactions committed by this writer (monotonic per load)
+    stored_updates: int = 0  # updates made durable by this writer
+    pending: int = 0
+    error: str | None = None
+
+    def as_awareness(self) -> dict:
+        out = {
+            "status": self.status,
+            "state_vector": base64.b64encode(self.state_vector).decode(),
+            "seq": self.commits,
+            "pending": self.pending,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class WriterConfig:
+    max_delay: float = 0.05  # an update waits at most about this long before its commit starts
+    linger: float = 0.002  # after the first queued update, wait this long for company
+    compact_rows: int = 200  # compact once the log holds this many rows ...
+    compact_bytes: int = 512 * 1024  # ... or this many bytes
+    retry_max: float = 5.0  # backoff ceiling after a failed commit
+    max_pending_bytes: int = 64 * 1024 * 1024  # beyond this, submit() refuses (the DB is gone)
+
+
+@dataclass
+class _Stats:
+    log_rows: int = 0
+    log_bytes: int = 0
+    compactions: int = 0
+    commit_seconds: list[float] = field(default_factory=list)
+
+
+class RoomWriter:
+    """Durable, batched storage of one room's updates."""
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        room_id: str,
+        doc: Doc,
+        *,
+        config: WriterConfig | None = None,
+        on_saved: Callable[[SaveState], None] | None = None,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.room_id = room_id
+        self.doc = doc
+        self.config = config or WriterConfig()
+        self.state = SaveState()
+        self.stats = _Stats()
+        self._on_saved = on_saved
+        self._may_write = may_write
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._first_pending_at = 0.0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.failed: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def load(self) -> StoredDocument:
+        """Read the stored document (call before anything is submitted).
+
+        The caller applies ``stored.update`` to ``doc`` (e.g. ``room.load``) — or lets
+        :meth:`load_into_doc` do it.
+        """
+        stored = await self.store.load(self.room_id)
+        self.stats.log_rows, self.stats.log_bytes = stored.log_rows, stored.log_bytes
+        return stored
+
+    async def load_into_doc(self) -> StoredDocument:
+        stored = await self.load()
+        self.doc.apply_update(stored.update)
+        self.mark_loaded()
+        return stored
+
+    def mark_loaded(self) -> None:
+        """The stored document is in ``doc``: that much is saved."""
+        self.state.status = "saved"
+        self.state.state_vector = self.doc.get_state()
+        self._publish()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"persist-writer:{self.room_id}")
+
+    async def close(self, *, compact: bool = True, timeout: float = 10.0) -> None:
+        """Flush everything queued, optionally compact, stop the task."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                log.error("room %s: flush did not finish in %.1fs; %d updates unsaved", self.room_id, timeout,
+                          len(self._pending))
+                self._task.cancel()
+        if compact and self.failed is None and self.stats.log_rows > 1 and self._allowed():
+            try:
+                await self._compact()
+            except Exception:  # noqa: BLE001 - a failed compaction loses nothing
+                log.exception("room %s: compaction at close failed", self.room_id)
+
+    # ------------------------------------------------------------------ input
+    def accept(self, update: bytes) -> None:
+        """Apply ``update`` to ``doc`` (validation) and queue it. Raises ValueError if pycrdt rejects it."""
+        try:
+            self.doc.apply_update(update)
+        except Exception as exc:  # noqa: BLE001 - pycrdt raises ValueError or a Rust panic
+            raise ValueError(f"update rejected by pycrdt: {exc}") from None
+        self.submit(update)
+
+    def submit(self, update: bytes) -> None:
+        """Queue an update that is already applied to ``doc``."""
+        if self.failed is not None:
+            raise self.failed
+        if self._pending_bytes + len(update) > self.config.max_pending_bytes:
+            raise RuntimeError(f"room {self.room_id}: {self._pending_bytes} bytes unsaved, refusing more")
+        if not self._pending:
+            self._first_pending_at = time.monotonic()
+        self._pending.append(update)
+        self._pending_bytes += len(update)
+        self._idle.clear()
+        self.state.pending = len(self._pending)
+        if self.state.status == "saved":
+            self.state.status = "saving"
+        self._wake.set()
+        self.start()
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is committed. False on timeout."""
+        if self._pending:
+            self.start()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # ------------------------------------------------------------------ the task
+    async def _run(self) -> None:
+        backoff = 0.05
+        try:
+            while True:
+                if not self._pending:
+                    self._idle.set()
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                linger = self.config.linger - (time.monotonic() - self._first_pending_at)
+                if linger > 0 and not self._closing:
+                    await asyncio.sleep(min(linger, self.config.max_delay))
+                if not self._allowed():
+                    raise LeaseLost(f"room {self.room_id}: lease lost with {len(self._pending)} updates queued")
+                batch, self._pending = self._pending, []
+                batch_bytes, self._pending_bytes = self._pending_bytes, 0
+                state_vector = self.doc.get_state()
+                try:
+                    await self._commit(batch)
+                except LeaseLost:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - DB down, connection reset...
+                    self._pending[:0] = batch
+                    self._pending_bytes += batch_bytes
+                    self.state.status, self.state.error = "error", f"{type(exc).__name__}: {exc}"[:200]
+                    self.state.pending = len(self._pending)
+                    self._publish()
+                    log.warning("room %s: commit of %d updates failed (%s); retrying in %.2fs", self.room_id,
+                                len(batch), exc, backoff)
+                    if self._closing and backoff >= self.config.retry_max:
+                        log.error("room %s: giving up with %d updates unsaved", self.room_id, len(self._pending))
+                        return
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.config.retry_max)
+                    continue
+                backoff = 0.05
+                self.state.commits += 1
+                self.state.stored_updates += len(batch)
+                self.state.state_vector = state_vector
+                self.state.pending = len(self._pending)
+                self.state.error = None
+                self.state.status = "saving" if self._pending else "saved"
+                self._publish()
+                if self.stats.log_rows >= self.config.compact_rows or self.stats.log_bytes >= self.config.compact_bytes:
+                    try:
+                        await self._compact()
+                    except Exception:  # noqa: BLE001 - the log still holds everything
+                        log.exception("room %s: compaction failed (log kept)", self.room_id)
+        except LeaseLost as exc:
+            self.failed = exc
+            self.state.status, self.state.error = "error", "lease lost"
+            log.error("%s", exc)
+        finally:
+            self._idle.set()
+
+    async def _commit(self, batch: list[bytes]) -> None:
+        row = batch[0] if len(batch) == 1 else await _merge_off_loop(batch)
+        started = time.perf_counter()
+        await self.store.append(self.room_id, [row])
+        elapsed = time.perf_counter() - started
+        if len(self.stats.commit_seconds) < 10000:
+            self.stats.commit_seconds.append(elapsed)
+        self.stats.log_rows += 1
+        self.stats.log_bytes += len(row)
+
+    async def _compact(self) -> None:
+        result = await self.store.compact(self.room_id)
+        self.stats.compactions += 1
+        self.stats.log_rows, self.stats.log_bytes = await self.store.log_stats(self.room_id)
+        if result:
+            log.debug("room %s: compacted %d rows into %d bytes (upto %d)", self.room_id, result.merged_rows,
+                      result.snapshot_bytes, result.upto_seq)
+
+    def _allowed(self) -> bool:
+        return self._may_write is None or bool(self._may_write())
+
+    def _publish(self) -> None:
+        if self._on_saved is not None:
+            try:
+                self._on_saved(self.state)
+            except Exception:  # noqa: BLE001
+                log.exception("room %s: on_saved callback failed", self.room_id)
+
+
+async def _merge_off_loop(batch: list[bytes]) -> bytes:
+    # Small batches merge in microseconds; only big ones are worth a thread hop.
+    if sum(len(b) for b in batch) < 64 * 1024:
+        return merge_updates(*batch)
+    return await asyncio.to_thread(merge_updates, *batch)
