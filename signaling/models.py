@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from enum import Enum
 
-from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -137,8 +137,15 @@ class DocumentUpdate(SQLModel, table=True):
     """Append-only log of Yjs updates for a room, in arrival order."""
 
     __tablename__ = "document_updates"
+    # AUTOINCREMENT on SQLite: never reuse a seq after compaction deleted the newest rows.
+    __table_args__ = {"sqlite_autoincrement": True}
 
-    seq: int | None = Field(default=None, primary_key=True)
+    # BIGINT on PostgreSQL (one sequence shared by every room's log); INTEGER PRIMARY KEY
+    # AUTOINCREMENT on SQLite (the rowid alias).
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    )
     room_id: str = Field(index=True, max_length=32)
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)

@@ -25,11 +25,12 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('room_id')
     )
     op.create_table('document_updates',
-    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('room_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('data', sa.LargeBinary(), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('seq')
+    sa.PrimaryKeyConstraint('seq'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('document_updates', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_document_updates_room_id'), ['room_id'], unique=False)
