@@ -1,19 +1,48 @@
 """Account logic shared by the password and OAuth flows: one way to end up signed in.
 
 Whatever way a user signs in, they leave holding the same pair: a short-lived JWT access
-token and an opaque, rotating refresh token (see ``signaling.tokens``).
+token and an opaque, rotating refresh token (see ``signaling.tokens``). Refresh tokens of
+one sign-in form a *family*: each refresh marks the presented token used and issues the next
+one in the family; presenting a used token again means two parties hold it (theft), so the
+whole family is revoked.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .models import RefreshToken, User, new_id, utcnow
+from .passwords import hash_password, needs_rehash, verify_password
 from .state import AppState
-from .tokens import new_refresh_token
+from .tokens import hash_token, new_refresh_token
+
+# Deliberately loose: one "@", something on both sides, a dot in the domain, no spaces.
+# Deliverability is not ours to judge; this only catches obvious typos and junk.
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class AccountError(Exception):
+    """A refused account operation; ``code`` is the API error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def valid_email(email: str) -> bool:
+    return len(email) <= 320 and bool(_EMAIL_RE.match(email))
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -44,3 +73,115 @@ async def issue_tokens(state: AppState, session: AsyncSession, user: User, famil
         "token_type": "Bearer",
         "expires_in": claims.expires_at - claims.issued_at,
     }
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User | None:
+    return (await session.exec(select(User).where(User.email == normalize_email(email)))).first()
+
+
+async def register(session: AsyncSession, email: str, password: str, name: str) -> User:
+    """Create a password account; :class:`AccountError` ``email_taken`` if the email is in use."""
+    email = normalize_email(email)
+    if not valid_email(email):
+        raise AccountError("invalid_email", "that is not an email address")
+    if await user_by_email(session, email) is not None:
+        raise AccountError("email_taken", "an account with this email already exists")
+    user = User(email=email, name=name, password_hash=await hash_password(password))
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError:  # a concurrent registration won the unique index
+        await session.rollback()
+        raise AccountError("email_taken", "an account with this email already exists") from None
+    return user
+
+
+async def authenticate(session: AsyncSession, email: str, password: str) -> User | None:
+    """The user if the password matches, else None — same work whether or not the account exists."""
+    user = await user_by_email(session, email)
+    ok = await verify_password(user.password_hash if user else None, password)
+    if not ok or user is None:
+        return None
+    if user.password_hash and needs_rehash(user.password_hash):
+        user.password_hash = await hash_password(password)
+        session.add(user)
+        await session.commit()
+    return user
+
+
+async def revoke_family(session: AsyncSession, family_id: str) -> None:
+    """Revoke every live token of one sign-in (does not commit)."""
+    await session.exec(
+        update(RefreshToken)
+        .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+async def revoke_all(session: AsyncSession, user_id: str) -> None:
+    """Sign a user out everywhere (commits)."""
+    await session.exec(
+        update(RefreshToken)
+        .where(col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.commit()
+
+
+async def _refresh_row(session: AsyncSession, token: str) -> RefreshToken | None:
+    if not token or len(token) > 512:
+        return None
+    return (await session.exec(select(RefreshToken).where(RefreshToken.token_hash == hash_token(token)))).first()
+
+
+async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str, Any]:
+    """Exchange a refresh token for a new pair in the same family.
+
+    Raises :class:`AccountError` (``invalid_refresh_token`` or ``refresh_token_reused``).
+    The "mark used" step is a conditional UPDATE, so of two concurrent refreshes with one
+    token exactly one wins; the loser is treated as reuse.
+    """
+    row = await _refresh_row(session, token)
+    if row is None:
+        raise AccountError("invalid_refresh_token", "refresh token is not valid")
+    if row.revoked_at is not None:
+        raise AccountError("invalid_refresh_token", "refresh token has been revoked")
+    if row.used_at is not None:
+        await _reuse_detected(session, row.family_id)
+    now = utcnow()
+    if row.expires_at <= now:
+        raise AccountError("invalid_refresh_token", "refresh token has expired")
+    result = await session.exec(
+        update(RefreshToken)
+        .where(
+            col(RefreshToken.id) == row.id,
+            col(RefreshToken.used_at).is_(None),
+            col(RefreshToken.revoked_at).is_(None),
+        )
+        .values(used_at=now)
+    )
+    if result.rowcount != 1:
+        await session.rollback()
+        await _reuse_detected(session, row.family_id)
+    user = await session.get(User, row.user_id)
+    if user is None:  # pragma: no cover - cascade deletes the tokens with the user
+        raise AccountError("invalid_refresh_token", "refresh token is not valid")
+    return await issue_tokens(state, session, user, family_id=row.family_id)
+
+
+async def _reuse_detected(session: AsyncSession, family_id: str) -> NoReturn:
+    await revoke_family(session, family_id)
+    await session.commit()
+    raise AccountError(
+        "refresh_token_reused", "refresh token was already used; this sign-in has been revoked, sign in again"
+    )
+
+
+async def logout(session: AsyncSession, token: str) -> bool:
+    """Revoke the family of ``token``; False if the token is unknown (logout is idempotent)."""
+    row = await _refresh_row(session, token)
+    if row is None:
+        return False
+    await revoke_family(session, row.family_id)
+    await session.commit()
+    return True

@@ -4,7 +4,7 @@ Every token carries ``typ`` so that one kind can never be used as another (an in
 an access token), and ``aud`` so that tokens of another deployment sharing a key do not
 validate. Decoding accepts exactly ``HS256`` — ``none`` and RS/HS confusion are refused by
 construction. Refresh tokens are *not* JWTs: they are opaque random strings whose SHA-256 is
-stored (see ``signaling.auth``).
+stored (see ``signaling.accounts``).
 """
 
 from __future__ import annotations
