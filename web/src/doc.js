@@ -1,0 +1,77 @@
+// The room document, schema v1 (DESIGN.md, "The room document"): `source` Y.Text, `meta` Y.Map
+// {language, title, schema: 1}, `runs` Y.Map run id -> Y.Map {status, language, requested_by,
+// started_at, finished_at, exit_code, output: Y.Text (stderr spans carry {stream: "stderr"})}.
+import * as Y from 'yjs'
+
+export const SCHEMA = 1
+export const LANGUAGES = [
+  { id: 'python', label: 'Python' },
+  { id: 'javascript', label: 'JavaScript (Node)' },
+  { id: 'bash', label: 'Bash' },
+  { id: 'c', label: 'C' }
+]
+export const FINAL_STATUSES = new Set(['finished', 'failed', 'timeout', 'killed', 'refused'])
+
+export function roomParts (doc) {
+  return { source: doc.getText('source'), meta: doc.getMap('meta'), runs: doc.getMap('runs') }
+}
+
+/** Fill in meta defaults only where nothing is set, so a peer never overwrites a shared choice. */
+export function ensureMeta (doc, { language, title }) {
+  const { meta } = roomParts(doc)
+  doc.transact(() => {
+    if (!meta.has('schema')) meta.set('schema', SCHEMA)
+    if (!meta.has('language') && language) meta.set('language', language)
+    if (!meta.has('title') && title) meta.set('title', title)
+  })
+}
+
+/** A plain snapshot of one run for rendering: output as [{text, stderr}] segments. */
+export function runSnapshot (id, run) {
+  const get = (k) => run instanceof Y.Map ? run.get(k) : undefined
+  const output = get('output')
+  let segments = []
+  if (output instanceof Y.Text) {
+    segments = output.toDelta().map(op => ({
+      text: typeof op.insert === 'string' ? op.insert : '',
+      stderr: !!(op.attributes && op.attributes.stream === 'stderr')
+    }))
+  } else if (typeof output === 'string') {
+    segments = [{ text: output, stderr: false }]
+  }
+  return {
+    id,
+    status: get('status') || 'queued',
+    language: get('language') || '',
+    requestedBy: get('requested_by'),
+    startedAt: get('started_at'),
+    finishedAt: get('finished_at'),
+    exitCode: get('exit_code'),
+    segments
+  }
+}
+
+/** Runs newest first (by started_at, unstarted ones first). */
+export function listRuns (doc) {
+  const { runs } = roomParts(doc)
+  const all = []
+  runs.forEach((run, id) => all.push(runSnapshot(id, run)))
+  const t = (r) => toMillis(r.startedAt) ?? Infinity
+  all.sort((a, b) => t(b) - t(a))
+  return all
+}
+
+/** started_at/finished_at may be seconds, milliseconds or ISO strings; normalise to ms. */
+export function toMillis (v) {
+  if (v === undefined || v === null || v === '') return null
+  if (typeof v === 'number') return v < 1e11 ? v * 1000 : v
+  const n = Date.parse(v)
+  return Number.isNaN(n) ? null : n
+}
+
+export function runDuration (run) {
+  const a = toMillis(run.startedAt)
+  const b = toMillis(run.finishedAt)
+  if (a === null || b === null) return null
+  return Math.max(0, b - a)
+}

@@ -1,0 +1,65 @@
+// Entry point: hash router over the screens. Routes: #/login, #/register, #/oauth?…,
+// #/rooms, #/room/<id>, #/invite/<token>.
+import './style.css'
+import { session } from './api.js'
+import { clear, navigate } from './ui.js'
+import { loginView, oauthView, registerView } from './views/auth.js'
+import { inviteView, roomsView } from './views/rooms.js'
+import { roomView } from './views/room.js'
+
+const root = document.getElementById('app')
+let cleanup = null
+let generation = 0
+
+function parse () {
+  const raw = location.hash.replace(/^#\/?/, '')
+  const [path, query = ''] = raw.split('?')
+  return { parts: path.split('/').filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query) }
+}
+
+async function route () {
+  const gen = ++generation
+  if (cleanup) {
+    const c = cleanup
+    cleanup = null
+    try { c() } catch (e) { console.error(e) }
+  }
+  clear(root)
+  const { parts, params } = parse()
+  const [first, second] = parts
+  const needsAuth = !['login', 'register', 'oauth', 'invite'].includes(first || '')
+  if (needsAuth && !session.signedIn) {
+    const reason = session.expiredReason
+    session.expiredReason = null
+    return loginView(root, { message: reason })
+  }
+  switch (first) {
+    case 'login':
+      return loginView(root, { message: params.get('invited') ? 'Sign in or create an account to join the room you were invited to.' : null })
+    case 'register':
+      return registerView(root)
+    case 'oauth':
+      return oauthView(root, params)
+    case 'invite':
+      return inviteView(root, second || '')
+    case 'room': {
+      const c = await roomView(root, second || '')
+      if (gen !== generation) c()
+      else cleanup = c
+      return
+    }
+    case 'rooms':
+    case undefined:
+      if (!first) return navigate('#/rooms')
+      return roomsView(root)
+    default:
+      return navigate('#/rooms')
+  }
+}
+
+// An expired session anywhere sends the user to sign in again, saying why.
+session.onChange((data) => {
+  if (!data && session.expiredReason) route()
+})
+window.addEventListener('hashchange', route)
+route()

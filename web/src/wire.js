@@ -1,0 +1,95 @@
+// Data-channel message framing (DESIGN.md, "Data-channel protocol"): y-protocols types 0/1/3/4
+// plus CodeSync's extensions 100 (chunk) and 101 (app message, JSON). Pure functions and a
+// bounded reassembler; no transport here.
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+
+export const MSG_SYNC = 0
+export const MSG_AWARENESS = 1
+export const MSG_QUERY_AWARENESS = 3
+export const MSG_BC_PEER_ID = 4
+export const MSG_CHUNK = 100
+export const MSG_APP = 101
+
+/** What CodeSync peers put in every announce/signal payload. */
+export const CAPS = ['chunk', 'app']
+
+/** Split `message` into type-100 frames of at most `partSize` payload bytes each. */
+export function encodeChunks (message, messageId, partSize) {
+  const count = Math.ceil(message.length / partSize)
+  const frames = []
+  for (let index = 0; index < count; index++) {
+    const enc = encoding.createEncoder()
+    encoding.writeVarUint(enc, MSG_CHUNK)
+    encoding.writeVarUint(enc, messageId)
+    encoding.writeVarUint(enc, index)
+    encoding.writeVarUint(enc, count)
+    encoding.writeVarUint8Array(enc, message.subarray(index * partSize, (index + 1) * partSize))
+    frames.push(encoding.toUint8Array(enc))
+  }
+  return frames
+}
+
+export function encodeApp (obj) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, MSG_APP)
+  encoding.writeVarString(enc, JSON.stringify(obj))
+  return encoding.toUint8Array(enc)
+}
+
+/** Decode the body of an app message (the decoder is positioned after the type). */
+export function decodeApp (decoder) {
+  const value = JSON.parse(decoding.readVarString(decoder))
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('app message is not an object')
+  return value
+}
+
+/**
+ * Reassembles chunked messages from one peer. Parts must arrive in order (data channels are
+ * ordered); memory and time are bounded: a message may not exceed `maxBytes`, at most
+ * `maxPending` messages are in flight, and a message unfinished after `timeoutMs` is dropped.
+ */
+export class Reassembler {
+  constructor ({ maxBytes = 64 * 1024 * 1024, maxPending = 8, timeoutMs = 30_000 } = {}) {
+    this.maxBytes = maxBytes
+    this.maxPending = maxPending
+    this.timeoutMs = timeoutMs
+    this.pending = new Map() // id -> {parts, size, count, started}
+  }
+
+  /** Feed one chunk frame body; returns the whole message once complete, else null. Throws on protocol errors. */
+  feed (decoder) {
+    const id = decoding.readVarUint(decoder)
+    const index = decoding.readVarUint(decoder)
+    const count = decoding.readVarUint(decoder)
+    const part = decoding.readVarUint8Array(decoder)
+    const now = Date.now()
+    for (const [key, entry] of this.pending) {
+      if (now - entry.started > this.timeoutMs) this.pending.delete(key)
+    }
+    if (count < 1 || index >= count) throw new Error('bad chunk header')
+    let entry = this.pending.get(id)
+    if (!entry) {
+      if (index !== 0) throw new Error('chunk out of order')
+      if (this.pending.size >= this.maxPending) throw new Error('too many chunked messages in flight')
+      entry = { parts: [], size: 0, count, started: now }
+      this.pending.set(id, entry)
+    }
+    if (entry.count !== count || entry.parts.length !== index) {
+      this.pending.delete(id)
+      throw new Error('chunk out of order')
+    }
+    entry.size += part.length
+    if (entry.size > this.maxBytes) {
+      this.pending.delete(id)
+      throw new Error('chunked message too large')
+    }
+    entry.parts.push(part)
+    if (entry.parts.length < count) return null
+    this.pending.delete(id)
+    const out = new Uint8Array(entry.size)
+    let offset = 0
+    for (const p of entry.parts) { out.set(p, offset); offset += p.length }
+    return out
+  }
+}
