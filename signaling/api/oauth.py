@@ -1,7 +1,114 @@
-"""Placeholder: filled in by its feature."""
+"""HTTP routes of OAuth / OpenID Connect sign-in (the flow itself is ``signaling.oauth``).
+
+The browser navigates here (not ``fetch``), so outcomes are redirects into the web client:
+
+* success: ``{base_url}/#/oauth?access_token=…&refresh_token=…&token_type=Bearer&expires_in=…``
+* failure: ``{base_url}/#/oauth?error=<code>&message=<text>``
+
+Tokens travel in the URL *fragment*, which browsers never send to a server or in a Referer.
+Only an unknown provider is answered with a JSON 404, as a mistyped API URL would be.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..errors import ApiError
+from ..oauth import OAuthFlowError, OAuthService, ProviderConfig
+from ..state import STATE, get_state
+
+log = logging.getLogger("codesync.oauth")
+
+SERVICE_KEY = "oauth"
+BINDING_COOKIE = "codesync_oauth"
+COOKIE_PATH = "/api/auth/oauth/"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
+
+
+def service(request: web.Request) -> OAuthService:
+    return get_state(request).extras[SERVICE_KEY]
+
+
+def _provider(request: web.Request) -> ProviderConfig:
+    name = request.match_info["provider"]
+    provider = service(request).provider(name)
+    if provider is None:
+        raise ApiError(404, "unknown_provider", f"no OAuth provider named {name!r} is configured")
+    return provider
+
+
+def _client_redirect(request: web.Request, params: dict[str, Any]) -> web.Response:
+    base = get_state(request).settings.base_url
+    location = f"{base}/#/oauth?{urlencode({k: str(v) for k, v in params.items()})}"
+    return web.Response(status=302, headers={"Location": location, **NO_STORE})
+
+
+def _error_redirect(request: web.Request, code: str, message: str) -> web.Response:
+    return _client_redirect(request, {"error": code, "message": message})
+
+
+async def list_providers(request: web.Request) -> web.Response:
+    """``GET /api/auth/providers`` → ``[{name, label, start_url}]`` for the sign-in buttons."""
+    base = get_state(request).settings.base_url
+    body = [
+        {"name": p.name, "label": p.label, "start_url": f"{base}/api/auth/oauth/{p.name}/start"}
+        for p in service(request).providers().values()
+    ]
+    return web.json_response(body)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    """``GET /api/auth/oauth/{provider}/start`` → 302 to the provider's authorization page."""
+    provider = _provider(request)
+    settings = get_state(request).settings
+    try:
+        flow = await service(request).start(provider, request.cookies.get(BINDING_COOKIE))
+    except OAuthFlowError as exc:
+        log.warning("oauth start with %s failed: %s: %s", provider.name, exc.code, exc.message)
+        return _error_redirect(request, exc.code, exc.message)
+    response = web.Response(status=302, headers={"Location": flow.url, **NO_STORE})
+    response.set_cookie(
+        BINDING_COOKIE,
+        flow.binding,
+        max_age=int(service(request).flow_ttl) + 60,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="Lax",  # sent on the provider's top-level redirect back to the callback
+        secure=settings.base_url.startswith("https://"),
+    )
+    return response
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    """``GET /api/auth/oauth/{provider}/callback`` → 302 into the web client with tokens or an error."""
+    provider = _provider(request)
+    params = {k: v for k, v in request.query.items()}
+    try:
+        body = await service(request).finish(provider, params, request.cookies.get(BINDING_COOKIE))
+    except OAuthFlowError as exc:
+        log.info("oauth sign-in with %s refused: %s: %s", provider.name, exc.code, exc.message)
+        return _error_redirect(request, exc.code, exc.message)
+    except Exception:  # noqa: BLE001 - never a traceback to the browser
+        log.exception("oauth sign-in with %s failed", provider.name)
+        return _error_redirect(request, "internal", "sign-in failed on the server; try again later")
+    log.info("oauth sign-in with %s: user %s", provider.name, body["user"]["id"])
+    return _client_redirect(
+        request,
+        {
+            "access_token": body["access_token"],
+            "refresh_token": body["refresh_token"],
+            "token_type": body.get("token_type", "Bearer"),
+            "expires_in": body["expires_in"],
+        },
+    )
+
 
 def setup(app: web.Application) -> None:
-    pass
+    app[STATE].extras[SERVICE_KEY] = OAuthService(app[STATE])
+    app.router.add_get("/api/auth/providers", list_providers)
+    app.router.add_get("/api/auth/oauth/{provider}/start", start)
+    app.router.add_get("/api/auth/oauth/{provider}/callback", callback)

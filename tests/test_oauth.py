@@ -1,0 +1,477 @@
+"""OAuth / OpenID Connect sign-in against a real OpenID provider on loopback.
+
+The provider is the npm ``oidc-provider`` package (tests/oidc/provider.mjs) in a child process;
+the signaling app runs in-process on a port the provider knows as its redirect URI. The test
+plays the browser with httpx: start → the provider's login and consent forms → callback.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestServer
+from sqlmodel import select
+
+from signaling.api.oauth import SERVICE_KEY
+from signaling.app import create_app
+from signaling.models import OAuthIdentity, User
+from signaling.oauth import OAuthService, _digest
+from signaling.settings import Settings
+from signaling.state import STATE
+from tests.conftest import Api
+from tests.support import ROOT, free_port, require
+
+pytestmark = pytest.mark.timeout(90)
+
+OIDC_DIR = ROOT / "tests" / "oidc"
+LOCAL = {"client_id": "codesync-local", "client_secret": secrets.token_urlsafe(24)}
+GITHUB = {"client_id": "codesync-github", "client_secret": secrets.token_urlsafe(24)}
+
+
+# ----------------------------------------------------------------------------- the provider
+
+
+@dataclass
+class Provider:
+    issuer: str
+    signaling_port: int  # the port every test's signaling app listens on (the registered redirect URIs)
+    proc: subprocess.Popen
+
+
+def _ensure_installed() -> None:
+    require("node", shutil.which("node") is not None, "install nodejs (scripts/system-deps.sh)")
+    require("npm", shutil.which("npm") is not None, "install npm (scripts/system-deps.sh)")
+    if (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
+        return
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, capture_output=True, text=True, timeout=300
+    )
+    require("oidc-provider (npm)", done.returncode == 0, f"`npm ci` in tests/oidc failed:\n{done.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(tmp_path_factory) -> Iterator[Provider]:
+    _ensure_installed()
+    port, signaling_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{signaling_port}/api/auth/oauth"
+    config = {
+        "port": port,
+        "clients": [
+            {**LOCAL, "redirect_uris": [f"{base}/local/callback"]},
+            {
+                **GITHUB,
+                "redirect_uris": [f"{base}/github/callback"],
+                "token_endpoint_auth_method": "client_secret_post",
+            },
+        ],
+    }
+    log_path = tmp_path_factory.mktemp("oidc") / "provider.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        ["node", "provider.mjs", __import__("json").dumps(config)],
+        cwd=OIDC_DIR,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    log.close()
+    # The provider prints "ready <issuer>" once it listens; a watchdog bounds the wait.
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline().decode().strip() if proc.stdout else ""
+    finally:
+        watchdog.cancel()
+    if not line.startswith("ready "):
+        proc.kill()
+        raise AssertionError(f"oidc-provider did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+    try:
+        yield Provider(issuer=line.split(" ", 1)[1], signaling_port=signaling_port, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def oauth_env(oidc_provider: Provider, monkeypatch) -> Provider:
+    """Configure the providers "local" (generic OIDC) and "github" (GitHub code path, local endpoints)."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CODESYNC_OAUTH_"):
+            monkeypatch.delenv(key)
+    issuer = oidc_provider.issuer
+    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_CLIENT_ID", LOCAL["client_id"])
+    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_CLIENT_SECRET", LOCAL["client_secret"])
+    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_ISSUER", issuer)
+    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_LABEL", "Local IdP")
+    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_CLIENT_ID", GITHUB["client_id"])
+    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_CLIENT_SECRET", GITHUB["client_secret"])
+    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_AUTHORIZE_URL", f"{issuer}/auth")
+    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_TOKEN_URL", f"{issuer}/token")
+    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_API_URL", issuer)
+    return oidc_provider
+
+
+# ----------------------------------------------------------------------------- the signaling app
+
+
+@asynccontextmanager
+async def running(settings: Settings, port: int) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:
+            yield Api(server, client, settings)
+    finally:
+        await server.close()
+
+
+def settings_for(make_settings, provider: Provider, **overrides) -> Settings:
+    return make_settings(public_url=f"http://127.0.0.1:{provider.signaling_port}", **overrides)
+
+
+@pytest.fixture
+async def app(make_settings, sqlite_url, oauth_env) -> AsyncIterator[Api]:
+    async with running(settings_for(make_settings, oauth_env, database_url=sqlite_url), oauth_env.signaling_port) as a:
+        yield a
+
+
+@pytest.fixture
+async def app_any_db(make_settings, database_url, oauth_env) -> AsyncIterator[Api]:
+    async with running(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
+        yield a
+
+
+def oauth_service(api: Api) -> OAuthService:
+    return api.server.app[STATE].extras[SERVICE_KEY]
+
+
+# ----------------------------------------------------------------------------- the browser
+
+
+class Browser:
+    """One browser (one cookie jar) walking the redirects and the provider's HTML forms."""
+
+    def __init__(self, api: Api):
+        self.api = api
+        self.http = httpx.AsyncClient(timeout=15, follow_redirects=False)
+
+    async def __aenter__(self) -> "Browser":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.aclose()
+
+    async def start(self, provider: str = "local") -> str:
+        """Open the start URL; return the provider URL it redirects to."""
+        r = await self.http.get(f"{self.api.settings.base_url}/api/auth/oauth/{provider}/start")
+        assert r.status_code == 302, r.text
+        return r.headers["location"]
+
+    async def authorize(self, url: str, login: str, abort: bool = False) -> str:
+        """Walk the provider's pages (login, consent) until it redirects back to CodeSync."""
+        callback_prefix = f"{self.api.settings.base_url}/api/auth/oauth/"
+        for _ in range(12):
+            if url.startswith(callback_prefix):
+                return url
+            r = await self.http.get(url)
+            if r.status_code in (302, 303):
+                url = urljoin(url, r.headers["location"])
+                continue
+            assert r.status_code == 200, f"{url}: {r.status_code} {r.text[:500]}"
+            prompt = re.search(r'name="prompt" value="(\w+)"', r.text)
+            action = re.search(r'<form[^>]*action="([^"]+)"', r.text)
+            assert prompt and action, f"no interaction form at {url}: {r.text[:500]}"
+            if abort:
+                url = urljoin(url, action.group(1).rstrip("/") + "/abort")
+                continue
+            data = {"prompt": prompt.group(1)}
+            if prompt.group(1) == "login":
+                data.update(login=login, password="any password")
+            r = await self.http.post(urljoin(url, action.group(1)), data=data)
+            assert r.status_code in (302, 303), f"{r.status_code} {r.text[:500]}"
+            url = urljoin(url, r.headers["location"])
+        raise AssertionError("the provider never redirected back")
+
+    async def finish(self, callback_url: str) -> dict[str, str]:
+        """Open the callback URL; return the parameters CodeSync put in the web client's fragment."""
+        r = await self.http.get(callback_url)
+        assert r.status_code == 302, r.text
+        return client_fragment(self.api, r.headers["location"])
+
+    async def sign_in(self, login: str, provider: str = "local") -> dict[str, str]:
+        return await self.finish(await self.authorize(await self.start(provider), login))
+
+
+def client_fragment(api: Api, location: str) -> dict[str, str]:
+    prefix = f"{api.settings.base_url}/#/oauth?"
+    assert location.startswith(prefix), location
+    return {k: v[0] for k, v in parse_qs(location[len(prefix):]).items()}
+
+
+def with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query.update(changes)
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+async def me(api: Api, access_token: str) -> dict:
+    r = await api.client.get("/api/me", headers=api.auth(access_token))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def identities(api: Api) -> list[OAuthIdentity]:
+    async with api.server.app[STATE].sessions() as session:
+        return list((await session.exec(select(OAuthIdentity))).all())
+
+
+async def users(api: Api) -> list[User]:
+    async with api.server.app[STATE].sessions() as session:
+        return list((await session.exec(select(User))).all())
+
+
+def user_id_of(body: dict) -> str:
+    return body["id"]
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_providers_list_and_unknown_provider(app: Api) -> None:
+    r = await app.client.get("/api/auth/providers")
+    assert r.status_code == 200
+    base = app.settings.base_url
+    assert r.json() == [
+        {"name": "github", "label": "GitHub", "start_url": f"{base}/api/auth/oauth/github/start"},
+        {"name": "local", "label": "Local IdP", "start_url": f"{base}/api/auth/oauth/local/start"},
+    ]
+    for step in ("start", "callback"):
+        r = await app.client.get(f"/api/auth/oauth/nope/{step}")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "unknown_provider"
+
+
+async def test_start_redirects_with_state_pkce_and_nonce(app: Api) -> None:
+    async with Browser(app) as browser:
+        url = await browser.start()
+    q = query_of(url)
+    assert url.startswith(oauth_service(app).provider("local").issuer + "/auth?")
+    assert q["response_type"] == "code"
+    assert q["client_id"] == LOCAL["client_id"]
+    assert q["redirect_uri"] == f"{app.settings.base_url}/api/auth/oauth/local/callback"
+    assert set(q["scope"].split()) == {"openid", "email", "profile"}
+    assert q["code_challenge_method"] == "S256" and len(q["code_challenge"]) == 43
+    assert len(q["state"]) >= 32 and len(q["nonce"]) >= 24
+
+
+async def test_full_flow_tokens_work_and_second_login_is_same_user(app_any_db: Api) -> None:
+    api = app_any_db
+    async with Browser(api) as browser:
+        first = await browser.sign_in("alice")
+    assert set(first) == {"access_token", "refresh_token", "token_type", "expires_in"}, first
+    assert first["token_type"] == "Bearer" and int(first["expires_in"]) > 0
+    profile = await me(api, first["access_token"])
+    assert profile["email"] == "alice@example.test"
+    # The refresh token is a normal one: it rotates like after a password login.
+    r = await api.client.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status_code == 200, r.text
+
+    async with Browser(api) as browser:  # a fresh browser: new provider session, same account
+        second = await browser.sign_in("alice")
+    assert user_id_of(await me(api, second["access_token"])) == user_id_of(profile)
+    [identity] = await identities(api)
+    assert (identity.provider, identity.subject, identity.email) == ("local", "alice", "alice@example.test")
+    [user] = await users(api)
+    assert user.email == "alice@example.test" and user.email_verified and user.password_hash is None
+    assert user.name == "Test alice"
+
+
+async def test_links_existing_password_account_by_verified_email(app_any_db: Api) -> None:
+    api = app_any_db
+    account = await api.register(email="Dana@Example.test", name="Dana")
+    async with Browser(api) as browser:
+        tokens = await browser.sign_in("dana")
+    assert user_id_of(await me(api, tokens["access_token"])) == account["user"]["id"]
+    [identity] = await identities(api)
+    assert identity.user_id == account["user"]["id"]
+    assert len(await users(api)) == 1
+    # The password still works: linking adds a way in, it takes none away.
+    r = await api.client.post("/api/auth/login", json={"email": "dana@example.test", "password": account["password"]})
+    assert r.status_code == 200, r.text
+
+
+async def test_unverified_email_is_not_linked(app: Api) -> None:
+    account = await app.register(email="erin@example.test")
+    async with Browser(app) as browser:
+        result = await browser.sign_in("unverified-erin")  # the provider says erin@example.test, unverified
+    assert result["error"] == "email_unverified", result
+    assert "verif" in result["message"]
+    assert await identities(app) == []
+    assert [u.id for u in await users(app)] == [account["user"]["id"]]
+
+
+async def test_missing_email_is_refused(app: Api) -> None:
+    async with Browser(app) as browser:
+        result = await browser.sign_in("noemail-frank")
+    assert result["error"] == "email_missing", result
+    assert await users(app) == []
+
+
+async def test_github_code_path_against_local_endpoints(app: Api) -> None:
+    async with Browser(app) as browser:
+        url = await browser.start("github")
+        q = query_of(url)
+        assert "nonce" not in q and q["code_challenge_method"] == "S256"
+        assert set(q["scope"].split()) == {"read:user", "user:email"}
+        tokens = await browser.finish(await browser.authorize(url, "gina"))
+    assert "access_token" in tokens, tokens
+    [identity] = await identities(app)
+    assert (identity.provider, identity.subject, identity.email) == ("github", "gh-gina", "gina@example.test")
+    async with Browser(app) as browser:  # GitHub's primary email unverified: refused
+        result = await browser.sign_in("unverified-hal", provider="github")
+    assert result["error"] == "email_unverified", result
+
+
+async def test_state_mismatch_and_foreign_browser_refused(app: Api) -> None:
+    async with Browser(app) as victim, Browser(app) as attacker:
+        callback = await victim.authorize(await victim.start(), "ivan")
+        # A state CodeSync never issued.
+        forged = await victim.finish(with_query(callback, state=secrets.token_urlsafe(32)))
+        assert forged["error"] == "invalid_state", forged
+        # The victim's own callback link opened in another browser (login CSRF): refused...
+        foreign = await attacker.finish(callback)
+        assert foreign["error"] == "state_mismatch", foreign
+        # ...and the flow is spent, so it cannot be finished afterwards either.
+        spent = await victim.finish(callback)
+        assert spent["error"] == "invalid_state", spent
+    assert await users(app) == []
+
+
+async def test_missing_replayed_and_expired_state_refused(app: Api) -> None:
+    async with Browser(app) as browser:
+        missing = await browser.finish(f"{app.settings.base_url}/api/auth/oauth/local/callback?code=abc")
+        assert missing["error"] == "missing_state", missing
+
+        callback = await browser.authorize(await browser.start(), "judy")
+        ok = await browser.finish(callback)
+        assert "access_token" in ok, ok
+        replay = await browser.finish(callback)
+        assert replay["error"] == "invalid_state", replay
+
+        # A state for one provider is no good at another's callback.
+        callback = await browser.authorize(await browser.start(), "judy")
+        other = await browser.finish(callback.replace("/oauth/local/", "/oauth/github/"))
+        assert other["error"] == "invalid_state", other
+
+        oauth_service(app).flow_ttl = 0.0  # every flow expires at once
+        callback = await browser.authorize(await browser.start(), "judy")
+        expired = await browser.finish(callback)
+        assert expired["error"] == "invalid_state", expired
+        assert "expired" in expired["message"]
+
+
+async def test_pkce_mismatch_refused_by_the_provider(app: Api) -> None:
+    """An intercepted code injected into another flow is redeemed with the wrong verifier."""
+    async with Browser(app) as victim, Browser(app) as attacker:
+        stolen = await victim.authorize(await victim.start(), "kim")
+        attacker_flow = await attacker.start()  # the attacker's own state, cookie and verifier
+        injected = with_query(
+            f"{app.settings.base_url}/api/auth/oauth/local/callback",
+            code=query_of(stolen)["code"],
+            state=query_of(attacker_flow)["state"],
+            iss=query_of(stolen)["iss"],
+        )
+        refused = await attacker.finish(injected)
+        assert refused["error"] == "token_exchange_failed", refused
+        assert "invalid_grant" in refused["message"]
+        assert await users(app) == []
+        # The very same code with the right verifier is accepted: it was PKCE that refused.
+        ok = await victim.finish(stolen)
+        assert "access_token" in ok, ok
+
+
+async def test_wrong_nonce_in_id_token_refused(app: Api) -> None:
+    async with Browser(app) as browser:
+        callback = await browser.authorize(await browser.start(), "leo")
+        record = oauth_service(app)._memory_store._records[_digest(query_of(callback)["state"])][1]
+        record["nonce"] = "not-the-nonce-sent"
+        result = await browser.finish(callback)
+    assert result["error"] == "invalid_id_token", result
+    assert "nonce" in result["message"]
+    assert await users(app) == []
+
+
+async def test_provider_error_access_denied(app: Api) -> None:
+    async with Browser(app) as browser:
+        callback = await browser.authorize(await browser.start(), "mia", abort=True)
+        assert query_of(callback)["error"] == "access_denied"
+        result = await browser.finish(callback)
+    assert result["error"] == "access_denied", result
+    assert "Local IdP" in result["message"]
+    assert await users(app) == []
+
+
+async def test_unreachable_provider_is_a_clear_error(make_settings, sqlite_url, oauth_env, monkeypatch) -> None:
+    monkeypatch.setenv("CODESYNC_OAUTH_DOWN_CLIENT_ID", "x")
+    monkeypatch.setenv("CODESYNC_OAUTH_DOWN_ISSUER", f"http://127.0.0.1:{free_port()}")
+    settings = settings_for(make_settings, oauth_env, database_url=sqlite_url)
+    async with running(settings, oauth_env.signaling_port) as api:
+        r = await api.client.get("/api/auth/oauth/down/start")
+        assert r.status_code == 302
+        result = client_fragment(api, r.headers["location"])
+        assert result["error"] == "provider_unreachable", result
+        assert "Traceback" not in result["message"]
+
+        # The provider goes away between start and callback: the token endpoint is unreachable.
+        async with Browser(api) as browser:
+            callback = await browser.authorize(await browser.start(), "nora")
+            issuer = oauth_service(api).provider("local").issuer
+            oauth_service(api)._metadata[issuer][1]["token_endpoint"] = f"http://127.0.0.1:{free_port()}/token"
+            result = await browser.finish(callback)
+        assert result["error"] == "provider_unreachable", result
+
+
+@pytest.mark.redis
+async def test_flow_started_on_one_node_finishes_on_another(
+    make_settings, sqlite_url, oauth_env, redis_url, redis_prefix
+) -> None:
+    """With Redis, flow records are shared: node B redeems what node A started, exactly once."""
+    settings = settings_for(make_settings, oauth_env, database_url=sqlite_url, redis_url=redis_url,
+                            redis_prefix=redis_prefix)
+    node_b_port = free_port()
+    async with running(settings, oauth_env.signaling_port) as node_a, running(settings, node_b_port) as node_b:
+        async with Browser(node_a) as browser:
+            callback = await browser.authorize(await browser.start(), "olga")
+            redis = node_a.server.app[STATE].redis
+            assert await redis.exists(f"{redis_prefix}:oauth:flow:{_digest(query_of(callback)['state'])}")
+            assert oauth_service(node_a)._memory_store._records == {}
+            on_b = callback.replace(f":{oauth_env.signaling_port}/", f":{node_b_port}/")
+            tokens = await browser.finish(on_b)
+            assert "access_token" in tokens, tokens
+            replay = await browser.finish(callback)  # node A: the record is gone everywhere
+            assert replay["error"] == "invalid_state", replay
+        assert user_id_of(await me(node_a, tokens["access_token"]))
+        keys = [k async for k in redis.scan_iter(match=f"{redis_prefix}:oauth:*")]
+        assert keys == []
