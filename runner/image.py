@@ -97,8 +97,9 @@ def ensure_image(client, tag: str = DEFAULT_TAG, cache_dir: Path = CACHE_DIR) ->
     tarball = rootfs_tarball(cache_dir)
     repository, _, version = tag.partition(":")
     log.info("importing %s as %s", tarball, tag)
-    with open(tarball, "rb") as fh:
-        client.api.import_image_from_stream(fh, repository=repository, tag=version or "latest")
+    # A file path (not a stream): the SDK then sends it with a Content-Length; its chunked
+    # stream upload is rejected by dockerd 20.10 ("invalid byte in chunk length").
+    client.api.import_image(src=str(tarball), repository=repository, tag=version or "latest")
     client.images.get(tag)  # raises if the import did not produce it
     return tag
 
