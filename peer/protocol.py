@@ -1,0 +1,279 @@
+"""y-protocols framing as y-webrtc speaks it on a data channel, plus CodeSync's extensions.
+
+Pure functions, no I/O (DESIGN.md, "Data-channel protocol")::
+
+    varUint messageType, then
+      0 sync:      varUint syncType (0 step1 | 1 step2 | 2 update), varUint8Array payload
+      1 awareness: varUint8Array awarenessUpdate
+      3 query awareness (no payload)          4 BroadcastChannel peer id (ignored)
+      100 chunk:   varUint messageId, varUint index, varUint count, varUint8Array part
+      101 app:     varString JSON
+
+The decoder is strict: every length is checked against the bytes present, integers are
+bounded like lib0's (53 bits), and any violation raises :class:`ProtocolError` — a peer
+drops that one message and carries on. pycrdt's own ``Decoder`` indexes past the end on a
+truncated frame and its ``Encoder.write_var_string`` writes the character count instead
+of the byte count, so awareness states with non-ASCII names are encoded here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MSG_SYNC = 0
+MSG_AWARENESS = 1
+MSG_AUTH = 2
+MSG_QUERY_AWARENESS = 3
+MSG_BC_PEER_ID = 4
+MSG_CHUNK = 100
+MSG_APP = 101
+
+SYNC_STEP1 = 0
+SYNC_STEP2 = 1
+SYNC_UPDATE = 2
+
+CAPS: tuple[str, ...] = ("chunk", "app")
+"""What every CodeSync peer advertises in its ``announce`` and ``signal`` payloads."""
+
+_MAX_VARUINT_BITS = 53  # lib0 refuses larger integers too
+
+EMPTY_UPDATE = b"\x00\x00"
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the framing; the receiver drops it."""
+
+
+# ------------------------------------------------------------------ primitives
+def write_var_uint(num: int) -> bytes:
+    if num < 0:
+        raise ValueError("varUint must not be negative")
+    out = bytearray()
+    while num > 0x7F:
+        out.append(0x80 | (num & 0x7F))
+        num >>= 7
+    out.append(num)
+    return bytes(out)
+
+
+def write_var_uint8array(data: bytes) -> bytes:
+    return write_var_uint(len(data)) + data
+
+
+def write_var_string(text: str) -> bytes:
+    return write_var_uint8array(text.encode("utf-8"))
+
+
+class Reader:
+    """A bounds-checked cursor over one frame."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self.data = bytes(data)
+        self.pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def var_uint(self) -> int:
+        num = 0
+        shift = 0
+        data = self.data
+        while True:
+            if self.pos >= len(data):
+                raise ProtocolError("truncated varUint")
+            byte = data[self.pos]
+            self.pos += 1
+            num |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return num
+            if shift >= _MAX_VARUINT_BITS:
+                raise ProtocolError("varUint out of range")
+
+    def var_uint8array(self) -> bytes:
+        length = self.var_uint()
+        if length > self.remaining:
+            raise ProtocolError(f"declared length {length} exceeds the {self.remaining} bytes left")
+        start = self.pos
+        self.pos += length
+        return self.data[start : self.pos]
+
+    def var_string(self) -> str:
+        try:
+            return self.var_uint8array().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("varString is not UTF-8") from exc
+
+    def rest(self) -> bytes:
+        out = self.data[self.pos :]
+        self.pos = len(self.data)
+        return out
+
+
+# ------------------------------------------------------------------ messages
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    step: int  # SYNC_STEP1 | SYNC_STEP2 | SYNC_UPDATE
+    payload: bytes  # state vector (step1) or update (step2/update)
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessMessage:
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwarenessMessage:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredMessage:
+    """Types we know and deliberately ignore (2 auth, 4 BroadcastChannel peer id)."""
+
+    type: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMessage:
+    message_id: int
+    index: int
+    count: int
+    part: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppMessage:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMessage:
+    type: int
+
+
+Message = (
+    SyncMessage | AwarenessMessage | QueryAwarenessMessage | IgnoredMessage | ChunkMessage | AppMessage | UnknownMessage
+)
+
+
+def parse_message(frame: bytes | bytearray | memoryview) -> Message:
+    """Decode one data-channel frame. Raises ProtocolError for anything malformed.
+
+    Trailing bytes after a well-formed message are tolerated, like lib0's decoder does.
+    """
+    r = Reader(frame)
+    kind = r.var_uint()
+    if kind == MSG_SYNC:
+        step = r.var_uint()
+        if step not in (SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE):
+            raise ProtocolError(f"unknown sync step {step}")
+        return SyncMessage(step, r.var_uint8array())
+    if kind == MSG_AWARENESS:
+        return AwarenessMessage(r.var_uint8array())
+    if kind == MSG_QUERY_AWARENESS:
+        return QueryAwarenessMessage()
+    if kind in (MSG_AUTH, MSG_BC_PEER_ID):
+        return IgnoredMessage(kind)
+    if kind == MSG_CHUNK:
+        message_id = r.var_uint()
+        index = r.var_uint()
+        count = r.var_uint()
+        part = r.var_uint8array()
+        if count == 0 or index >= count:
+            raise ProtocolError(f"chunk index {index} of {count}")
+        return ChunkMessage(message_id, index, count, part)
+    if kind == MSG_APP:
+        text = r.var_string()
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError("app message is not JSON") from exc
+        if not isinstance(body, dict):
+            raise ProtocolError("app message must be a JSON object")
+        return AppMessage(body)
+    return UnknownMessage(kind)
+
+
+def encode_sync_step1(state_vector: bytes) -> bytes:
+    return bytes((MSG_SYNC, SYNC_STEP1)) + write_var_uint8array(state_vector)
+
+
+def encode_sync_step2(update: bytes) -> bytes:
+    return bytes((MSG_SYNC, SYNC_STEP2)) + write_var_uint8array(update)
+
+
+def encode_sync_update(update: bytes) -> bytes:
+    return bytes((MSG_SYNC, SYNC_UPDATE)) + write_var_uint8array(update)
+
+
+def encode_awareness(awareness_update: bytes) -> bytes:
+    return bytes((MSG_AWARENESS,)) + write_var_uint8array(awareness_update)
+
+
+def encode_query_awareness() -> bytes:
+    return bytes((MSG_QUERY_AWARENESS,))
+
+
+def encode_chunk(message_id: int, index: int, count: int, part: bytes) -> bytes:
+    return (
+        bytes((MSG_CHUNK,))
+        + write_var_uint(message_id)
+        + write_var_uint(index)
+        + write_var_uint(count)
+        + write_var_uint8array(part)
+    )
+
+
+def encode_app(body: Mapping[str, Any]) -> bytes:
+    return bytes((MSG_APP,)) + write_var_string(json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+
+
+# ------------------------------------------------------------------ awareness
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    client_id: int
+    clock: int
+    state: dict[str, Any] | None  # None: the client left
+
+
+def encode_awareness_update(
+    states: Mapping[int, dict[str, Any]], meta: Mapping[int, Mapping[str, Any]], client_ids: Iterable[int]
+) -> bytes:
+    """y-protocols ``encodeAwarenessUpdate`` with correct UTF-8 lengths (JSON ``null`` = gone)."""
+    ids = list(client_ids)
+    out = [write_var_uint(len(ids))]
+    for cid in ids:
+        clock = int(meta.get(cid, {}).get("clock", 0))
+        state = states.get(cid)
+        out.append(write_var_uint(cid))
+        out.append(write_var_uint(clock))
+        out.append(write_var_string(json.dumps(state, separators=(",", ":"), ensure_ascii=False)))
+    return b"".join(out)
+
+
+def decode_awareness_update(update: bytes, max_entries: int = 1024) -> list[AwarenessEntry]:
+    """Validate an awareness update fully before anything applies it."""
+    r = Reader(update)
+    count = r.var_uint()
+    if count > max_entries:
+        raise ProtocolError(f"awareness update with {count} entries")
+    entries = []
+    for _ in range(count):
+        cid = r.var_uint()
+        clock = r.var_uint()
+        text = r.var_string()
+        try:
+            state = json.loads(text) if text else None
+        except ValueError as exc:
+            raise ProtocolError("awareness state is not JSON") from exc
+        if state is not None and not isinstance(state, dict):
+            raise ProtocolError("awareness state must be an object or null")
+        entries.append(AwarenessEntry(cid, clock, state))
+    return entries

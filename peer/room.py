@@ -1,0 +1,722 @@
+"""A headless peer in one room: signaling + a WebRTC mesh + a pycrdt document.
+
+Follows y-webrtc's rules so browsers running stock y-webrtc interoperate:
+
+- on (re)subscribing, publish ``announce``; whoever receives an ``announce`` initiates a
+  connection to its sender (while below ``max_conns``);
+- every ``signal`` carries a glare token; an incoming offer while our own offer to the same
+  peer is pending wins only with the larger token;
+- on channel open each side sends SyncStep1 and its awareness states; SyncStep1 is
+  answered with SyncStep2; later changes travel as Update messages.
+
+What is ours (DESIGN.md): the ``caps`` list in every announce/signal; chunk (100) and app
+(101) messages only to peers whose caps list them; outgoing updates coalesced for
+``coalesce_delay`` seconds per peer with ``merge_updates`` (aiortc pays per message, not per
+byte); the SyncStep1 hold for a service peer that must load its stored document first;
+bounds on everything a remote peer can make us hold (awareness entries and rate, chunk
+reassembly, errors per link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pycrdt
+from pycrdt import Awareness, Doc, merge_updates
+
+from . import protocol as p
+from .connection import PeerConnection
+from .ice import apply_ice_policy, rtc_configuration
+from .signaling_client import SignalingClient
+
+log = logging.getLogger(__name__)
+
+_LOAD = object()  # transaction origin marker for Room.load()
+
+
+@dataclass
+class PeerInfo:
+    """What we know about one remote peer id in the room."""
+
+    peer_id: str
+    sender: dict[str, Any] | None = None  # the server's stamp: {user_id, name, role} or {service}
+    caps: frozenset[str] = frozenset()
+    connected: bool = False
+    synced: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def user_id(self) -> str | None:
+        return (self.sender or {}).get("user_id")
+
+    @property
+    def service(self) -> str | None:
+        return (self.sender or {}).get("service")
+
+    @property
+    def name(self) -> str | None:
+        return (self.sender or {}).get("name")
+
+
+@dataclass
+class Limits:
+    """Bounds on what one remote peer can make us do or hold."""
+
+    awareness_per_second: float = 30.0
+    awareness_burst: float = 90.0
+    awareness_entries: int = 64  # per message
+    awareness_clients: int = 512  # remote states held in total
+    awareness_state_bytes: int = 16 * 1024
+    errors_before_drop: int = 20
+    app_per_second: float = 50.0
+    app_burst: float = 200.0
+
+
+class _Bucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class _Link:
+    """Per-connection state the Room keeps next to the transport."""
+
+    __slots__ = ("conn", "outbox", "outbox_bytes", "errors", "awareness_bucket", "app_bucket")
+
+    def __init__(self, conn: PeerConnection, limits: Limits) -> None:
+        self.conn = conn
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+        self.errors = 0
+        self.awareness_bucket = _Bucket(limits.awareness_per_second, limits.awareness_burst)
+        self.app_bucket = _Bucket(limits.app_per_second, limits.app_burst)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit, MemoryError))
+
+
+class Room:
+    def __init__(
+        self,
+        signaling_url: str,
+        token: str,
+        room_id: str,
+        settings: Any = None,
+        *,
+        doc: Doc | None = None,
+        peer_id: str | None = None,
+        signaling: SignalingClient | None = None,
+        hold_sync: bool = False,
+        ready: asyncio.Event | Awaitable[Any] | None = None,
+        max_conns: int = 100,
+        coalesce_delay: float = 0.002,
+        relay: bool = True,
+        limits: Limits | None = None,
+        join_timeout: float = 10.0,
+    ) -> None:
+        self.room_id = room_id
+        self.settings = settings
+        self.doc: Doc = doc if doc is not None else Doc()
+        self.awareness = Awareness(self.doc)
+        self.peer_id = peer_id or str(uuid.uuid4())
+        self.max_conns = max_conns
+        self.coalesce_delay = coalesce_delay
+        self.relay = relay
+        self.limits = limits or Limits()
+        self.join_timeout = join_timeout
+        self.peers: dict[str, PeerInfo] = {}
+        self.stats: dict[str, int] = {
+            "frames_in": 0,
+            "frames_out": 0,
+            "bad_frames": 0,
+            "rejected_updates": 0,
+            "awareness_dropped": 0,
+            "unknown_types": 0,
+        }
+        self._own_signaling = signaling is None
+        self._signaling = signaling or SignalingClient(signaling_url, token, settings)
+        self._links: dict[str, _Link] = {}
+        self._callbacks: dict[str, list[Callable[..., Any]]] = {"update": [], "app": [], "peer": [], "awareness": []}
+        self._applying: Any = None
+        self._remote_changes: list[tuple[bytes, str]] = []
+        self._released = not hold_sync and ready is None
+        self._held_step1: list[tuple[str, bytes]] = []
+        self._ready_source = ready
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._awareness_dirty: set[int] = set()
+        self._joined = asyncio.Event()
+        self._forbidden: str | None = None
+        self._running = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._config = rtc_configuration([])
+        self._last_reannounce = 0.0
+        self._presence_seen: set[str] = set()
+        self._synced_event = asyncio.Event()
+        self._doc_sub = self.doc.observe(self._doc_changed)
+        self._awareness_sub = self.awareness.observe(self._awareness_changed)
+
+    # ------------------------------------------------------------------ public API
+    def on_update(self, cb: Callable[[bytes, str], Any]) -> Callable[[], None]:
+        return self._on("update", cb)
+
+    def on_app(self, cb: Callable[[dict[str, Any], str], Any]) -> Callable[[], None]:
+        return self._on("app", cb)
+
+    def on_peer(self, cb: Callable[[str, PeerInfo, str], Any]) -> Callable[[], None]:
+        return self._on("peer", cb)
+
+    def on_awareness(self, cb: Callable[[dict[str, Any], Any], Any]) -> Callable[[], None]:
+        return self._on("awareness", cb)
+
+    @property
+    def signaling(self) -> SignalingClient:
+        return self._signaling
+
+    @property
+    def connected_peers(self) -> list[str]:
+        return [pid for pid, link in self._links.items() if link.conn.open]
+
+    @property
+    def sync_released(self) -> bool:
+        return self._released
+
+    async def start(self) -> None:
+        """Join: connect signaling (unless shared), subscribe, announce; return once the
+        server echoed our announce. Raises PermissionError when the room is refused."""
+        if self._running:
+            return
+        self._running = True
+        apply_ice_policy(getattr(self.settings, "ice_hosts", None))
+        if self._own_signaling:
+            await self._signaling.start()
+        self._config = rtc_configuration(await self._signaling.ice_servers())
+        self._spawn(self._awareness_loop())
+        if self._ready_source is not None:
+            self._spawn(self._wait_ready(self._ready_source))
+        await self._signaling.subscribe(self.room_id, self)
+        try:
+            await asyncio.wait_for(self._wait_joined(), self.join_timeout)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise ConnectionError(f"room {self.room_id}: no echo of our announce within {self.join_timeout}s") from None
+        if self._forbidden:
+            code = self._forbidden
+            await self.stop()
+            raise PermissionError(f"room {self.room_id}: {code}")
+
+    async def stop(self) -> None:
+        """Leave: flush pending edits, tell peers our awareness is gone, close every link."""
+        if not self._running:
+            return
+        self._flush()
+        try:
+            self.awareness.set_local_state(None)  # y-protocols: null state = left
+            frame = p.encode_awareness(self._encode_awareness([self.awareness.client_id]))
+            for link in list(self._links.values()):
+                link.conn.send(frame)
+        except Exception:
+            log.debug("could not announce our departure", exc_info=True)
+        self._awareness_dirty.clear()
+        self._running = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        await self._signaling.unsubscribe(self.room_id)
+        if self._own_signaling:
+            await self._signaling.stop()
+        links = list(self._links.values())
+        await asyncio.gather(*(link.conn.aclose() for link in links), return_exceptions=True)
+        self._links.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def load(self, update: bytes) -> None:
+        """Apply a stored update without firing on_update; broadcast it only if SyncStep1
+        answers were already released (before that, peers get it in their SyncStep2)."""
+        self._applying = _LOAD
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._applying = None
+
+    def release_sync(self) -> None:
+        """Answer every held and future SyncStep1 (the stored document is loaded)."""
+        if self._released:
+            return
+        self._released = True
+        held, self._held_step1 = self._held_step1, []
+        for peer_id, state_vector in held:
+            link = self._links.get(peer_id)
+            if link is not None and link.conn.open:
+                self._answer_step1(link, state_vector)
+
+    async def wait_synced(self, peer_id: str | None = None, timeout: float = 10.0) -> None:
+        """Until one peer (any, or ``peer_id``) has sent us its SyncStep2."""
+
+        async def check() -> None:
+            while True:
+                if peer_id is None and any(i.synced for i in self.peers.values()):
+                    return
+                if peer_id is not None and self.peers.get(peer_id, PeerInfo(peer_id)).synced:
+                    return
+                self._synced_event.clear()
+                await self._synced_event.wait()
+
+        await asyncio.wait_for(check(), timeout)
+
+    async def send_app(self, peer_id: str, obj: dict[str, Any]) -> bool:
+        """A type-101 message to one peer; False if it is not connected or lacks the "app" cap."""
+        link = self._links.get(peer_id)
+        if link is None or not link.conn.open or "app" not in link.conn.caps:
+            return False
+        return self._send(link, p.encode_app(obj))
+
+    async def broadcast_app(self, obj: dict[str, Any]) -> int:
+        """A type-101 message to every connected peer advertising "app"; returns how many."""
+        frame = p.encode_app(obj)
+        return sum(
+            1 for link in list(self._links.values()) if link.conn.open and "app" in link.conn.caps and self._send(link, frame)
+        )
+
+    def flush(self) -> None:
+        """Send coalesced updates now (normally a timer does it after ``coalesce_delay``)."""
+        self._flush()
+
+    # ------------------------------------------------------------------ internals: helpers
+    def _on(self, kind: str, cb: Callable[..., Any]) -> Callable[[], None]:
+        self._callbacks[kind].append(cb)
+        return lambda: self._callbacks[kind].remove(cb) if cb in self._callbacks[kind] else None
+
+    def _emit(self, kind: str, *args: Any) -> None:
+        for cb in list(self._callbacks[kind]):
+            try:
+                result = cb(*args)
+                if asyncio.iscoroutine(result):
+                    self._spawn(result)
+            except Exception:
+                log.exception("room %s: %s callback failed", self.room_id, kind)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("room %s: background task failed", self.room_id, exc_info=task.exception())
+
+    async def _wait_ready(self, ready: asyncio.Event | Awaitable[Any]) -> None:
+        if isinstance(ready, asyncio.Event):
+            await ready.wait()
+        else:
+            await ready
+        self.release_sync()
+
+    async def _wait_joined(self) -> None:
+        await self._joined.wait()
+
+    def _info(self, peer_id: str) -> PeerInfo:
+        info = self.peers.get(peer_id)
+        if info is None:
+            info = self.peers[peer_id] = PeerInfo(peer_id)
+        return info
+
+    def _send(self, link: _Link, frame: bytes) -> bool:
+        ok = link.conn.send(frame)
+        if ok:
+            self.stats["frames_out"] += 1
+        return ok
+
+    # ------------------------------------------------------------------ document changes
+    def _doc_changed(self, event: pycrdt.TransactionEvent) -> None:
+        update = event.update
+        if update == p.EMPTY_UPDATE:
+            return
+        origin = self._applying
+        if origin is _LOAD:
+            if self._released:
+                self._queue_update(update, None)
+            return
+        if origin is None:  # a local edit
+            self._queue_update(update, None)
+        else:  # a remote update that pycrdt integrated (observers run at commit time)
+            self._remote_changes.append((update, origin))
+            if self.relay:
+                self._queue_update(update, origin)
+
+    def _queue_update(self, update: bytes, except_peer: str | None) -> None:
+        if not self._running:
+            return
+        for peer_id, link in self._links.items():
+            if peer_id != except_peer and link.conn.open:
+                link.outbox.append(update)
+                link.outbox_bytes += len(update)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._running:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.coalesce_delay, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for link in list(self._links.values()):
+            if not link.outbox:
+                continue
+            updates, link.outbox, link.outbox_bytes = link.outbox, [], 0
+            if not link.conn.open:
+                continue
+            try:
+                merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+            except Exception:
+                log.exception("merge_updates failed; sending %d updates one by one", len(updates))
+                for u in updates:
+                    self._send(link, p.encode_sync_update(u))
+                continue
+            self._send(link, p.encode_sync_update(merged))
+        if self._awareness_dirty:
+            ids, self._awareness_dirty = sorted(self._awareness_dirty), set()
+            frame = p.encode_awareness(self._encode_awareness(ids))
+            for link in list(self._links.values()):
+                if link.conn.open:
+                    self._send(link, frame)
+
+    # ------------------------------------------------------------------ awareness
+    def _encode_awareness(self, client_ids: list[int]) -> bytes:
+        return p.encode_awareness_update(self.awareness.states, self.awareness.meta, client_ids)
+
+    def _awareness_changed(self, topic: str, payload: tuple[dict[str, Any], Any]) -> None:
+        changes, origin = payload
+        if topic == "change":
+            self._emit("awareness", changes, origin)
+            return
+        if origin == "local" and self._running:  # "update" also fires on renewal, as in y-protocols
+            self._awareness_dirty.update(changes["added"] + changes["updated"] + changes["removed"])
+            self._schedule_flush()
+
+    async def _awareness_loop(self) -> None:
+        """pycrdt's timer: renews our state and expires silent remote ones."""
+        try:
+            await self.awareness.start()
+        except RuntimeError:
+            pass  # already started by the caller
+
+    def _apply_awareness(self, link: _Link, update: bytes) -> None:
+        if not link.awareness_bucket.take():
+            self.stats["awareness_dropped"] += 1
+            return
+        lim = self.limits
+        entries = p.decode_awareness_update(update, max_entries=lim.awareness_entries)
+        states = self.awareness.states
+        kept = []
+        for e in entries:
+            if e.client_id == self.awareness.client_id and e.state is not None:
+                continue  # nobody speaks for us
+            if e.state is not None:
+                if len(json.dumps(e.state, separators=(",", ":"))) > lim.awareness_state_bytes:
+                    self.stats["awareness_dropped"] += 1
+                    continue
+                if e.client_id not in states and len(states) > lim.awareness_clients:
+                    self.stats["awareness_dropped"] += 1
+                    continue
+            kept.append(e)
+        if not kept:
+            return
+        ids = [e.client_id for e in kept]
+        filtered = p.encode_awareness_update(
+            {e.client_id: e.state for e in kept if e.state is not None},
+            {e.client_id: {"clock": e.clock} for e in kept},
+            ids,
+        )
+        self.awareness.apply_awareness_update(filtered, link.conn.remote_id)
+        link.conn.awareness_ids.update(ids)
+
+    def _forget_awareness_of(self, conn: PeerConnection) -> None:
+        others: set[int] = set()
+        for link in self._links.values():
+            if link.conn is not conn:
+                others |= link.conn.awareness_ids
+        gone = [cid for cid in conn.awareness_ids if cid not in others and cid != self.awareness.client_id]
+        if gone:
+            self.awareness.remove_awareness_states(gone, "disconnect")
+
+    # ------------------------------------------------------------------ signaling
+    def _signaling_connected(self) -> None:
+        if self._running:
+            self._spawn(self._announce())
+
+    def _signaling_disconnected(self) -> None:
+        pass  # links are peer to peer and survive a signaling outage
+
+    async def _announce(self) -> None:
+        await self._signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(p.CAPS)})
+
+    async def _publish_signal(self, to: str, signal: dict[str, Any], token: float | None) -> None:
+        await self._signaling.publish(
+            self.room_id,
+            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(p.CAPS)},
+        )
+
+    def _signal_received(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "error":
+            if message.get("code") == "forbidden":
+                self._forbidden = "forbidden"
+                self._joined.set()  # wake start(), which raises
+            return
+        if kind == "presence":
+            self._presence(message.get("peers"))
+            return
+        if kind != "publish" or not self._running:
+            return
+        data = message.get("data")
+        if not isinstance(data, dict):
+            return  # an encrypted room (base64 string) or junk: not ours to read
+        sender_from = data.get("from")
+        if not isinstance(sender_from, str) or not sender_from:
+            return
+        if sender_from == self.peer_id:
+            if data.get("type") == "announce":
+                self._joined.set()
+            return
+        to = data.get("to")
+        if to is not None and to != self.peer_id:
+            return
+        info = self._info(sender_from)
+        info.last_seen = time.monotonic()
+        sender = message.get("sender")
+        if isinstance(sender, dict):
+            info.sender = sender
+        caps = data.get("caps")
+        if isinstance(caps, list):
+            info.caps = frozenset(c for c in caps if isinstance(c, str))
+        if data.get("type") == "announce":
+            self._on_announce(sender_from)
+        elif data.get("type") == "signal" and to == self.peer_id:
+            signal = data.get("signal")
+            if isinstance(signal, dict):
+                self._spawn(self._on_signal(sender_from, signal, data.get("token")))
+
+    def _presence(self, peers: Any) -> None:
+        if not isinstance(peers, list):
+            return
+        present: set[str] = set()
+        for entry in peers:
+            if isinstance(entry, dict) and isinstance(entry.get("peer_ids"), list):
+                present.update(x for x in entry["peer_ids"] if isinstance(x, str))
+        gone = self._presence_seen - present
+        self._presence_seen = present
+        for peer_id in gone:  # it was here and left: do not wait for ICE consent to fail
+            link = self._links.get(peer_id)
+            if link is not None:
+                log.info("room %s: peer %s left (presence); dropping its link", self.room_id, peer_id)
+                link.conn.close()
+
+    def _on_announce(self, remote: str) -> None:
+        existing = self._links.get(remote)
+        if existing is not None and not existing.conn.closed:
+            return
+        if len(self._links) >= self.max_conns:
+            return
+        conn = self._new_conn(remote, initiator=True)
+        self._spawn(self._start_conn(conn))
+
+    async def _start_conn(self, conn: PeerConnection) -> None:
+        try:
+            await conn.start()
+        except Exception:
+            log.exception("room %s: offer to %s failed", self.room_id, conn.remote_id)
+            conn.close()
+
+    async def _on_signal(self, remote: str, signal: dict[str, Any], token: Any) -> None:
+        kind = signal.get("type")
+        link = self._links.get(remote)
+        if kind == "offer":
+            if link is not None and not link.conn.closed:
+                local = link.conn.glare_token
+                if link.conn.initiator and not link.conn.open:  # glare: both of us are offering
+                    if local is not None and isinstance(token, (int, float)) and local > token:
+                        log.debug("room %s: glare with %s, our offer wins", self.room_id, remote)
+                        return
+                # we lost the glare, or the peer restarted its side: its offer replaces our link
+                link.conn.replaced = True
+                await link.conn.aclose()
+            link = self._links.get(remote)
+            if link is None or link.conn.closed:
+                if len(self._links) >= self.max_conns:
+                    return
+                self._new_conn(remote, initiator=False)
+                link = self._links[remote]
+        elif link is None or link.conn.closed:
+            return  # an answer or candidate for a link we no longer have
+        if kind == "answer":
+            link.conn.glare_token = None
+        try:
+            await link.conn.handle_signal(signal)
+        except Exception as exc:
+            log.info("room %s: bad %s signal from %s: %s", self.room_id, kind, remote, exc)
+            if kind in ("offer", "answer"):
+                link.conn.close()
+
+    def _new_conn(self, remote: str, initiator: bool) -> PeerConnection:
+        conn = PeerConnection(
+            remote,
+            initiator,
+            self._config,
+            lambda signal, token: self._publish_signal(remote, signal, token),
+            self._conn_open,
+            self._conn_message,
+            self._conn_closed,
+        )
+        conn.caps = self._info(remote).caps
+        self._links[remote] = _Link(conn, self.limits)
+        return conn
+
+    # ------------------------------------------------------------------ link events
+    def _conn_open(self, conn: PeerConnection) -> None:
+        link = self._links.get(conn.remote_id)
+        if link is None or link.conn is not conn:
+            return
+        info = self._info(conn.remote_id)
+        conn.caps = info.caps
+        info.connected = True
+        self._send(link, p.encode_sync_step1(self.doc.get_state()))
+        if self.awareness.states:
+            self._send(link, p.encode_awareness(self._encode_awareness(list(self.awareness.states))))
+        self._emit("peer", conn.remote_id, info, "connected")
+
+    def _conn_closed(self, conn: PeerConnection) -> None:
+        link = self._links.get(conn.remote_id)
+        if link is None or link.conn is not conn:
+            return
+        del self._links[conn.remote_id]
+        self._held_step1 = [(pid, sv) for pid, sv in self._held_step1 if pid != conn.remote_id]
+        self._forget_awareness_of(conn)
+        info = self._info(conn.remote_id)
+        was_connected = info.connected
+        info.connected = False
+        info.synced = False
+        if was_connected:
+            self._emit("peer", conn.remote_id, info, "disconnected")
+        if self._running and not conn.replaced and conn.remote_id not in self._links:
+            # y-webrtc re-announces so that a peer still in the room reconnects to us
+            now = time.monotonic()
+            if now - self._last_reannounce > 1.0:
+                self._last_reannounce = now
+                self._spawn(self._announce())
+
+    def _conn_message(self, conn: PeerConnection, data: bytes) -> None:
+        link = self._links.get(conn.remote_id)
+        if link is None or link.conn is not conn:
+            return
+        self.stats["frames_in"] += 1
+        try:
+            self._handle_frame(link, data, allow_chunk=True)
+        except p.ProtocolError as exc:
+            self._bad(link, f"malformed frame: {exc}")
+        except Exception as exc:
+            self._bad(link, f"frame failed: {exc!r}")
+        except BaseException as exc:  # pyo3 PanicException derives from BaseException
+            if _is_fatal(exc):
+                raise
+            self._bad(link, f"frame crashed the decoder: {exc!r}")
+        self._deliver_remote_changes()
+
+    def _bad(self, link: _Link, why: str) -> None:
+        self.stats["bad_frames"] += 1
+        link.errors += 1
+        log.info("room %s: from %s: %s", self.room_id, link.conn.remote_id, why)
+        if link.errors > self.limits.errors_before_drop:
+            log.warning("room %s: dropping %s after %d bad frames", self.room_id, link.conn.remote_id, link.errors)
+            link.conn.close()
+
+    def _handle_frame(self, link: _Link, data: bytes, allow_chunk: bool) -> None:
+        msg = p.parse_message(data)
+        if isinstance(msg, p.SyncMessage):
+            if msg.step == p.SYNC_STEP1:
+                if self._released:
+                    self._answer_step1(link, msg.payload)
+                else:
+                    self._held_step1 = [(pid, sv) for pid, sv in self._held_step1 if pid != link.conn.remote_id]
+                    self._held_step1.append((link.conn.remote_id, msg.payload))
+            else:
+                self._apply_remote(link, msg.payload, msg.step)
+        elif isinstance(msg, p.AwarenessMessage):
+            self._apply_awareness(link, msg.update)
+        elif isinstance(msg, p.QueryAwarenessMessage):
+            self._send(link, p.encode_awareness(self._encode_awareness(list(self.awareness.states))))
+        elif isinstance(msg, p.ChunkMessage):
+            if not allow_chunk:
+                raise p.ProtocolError("a chunk inside a chunk")
+            whole = link.conn.reassembler.feed(msg)
+            if whole is not None:
+                self._handle_frame(link, whole, allow_chunk=False)
+        elif isinstance(msg, p.AppMessage):
+            if not link.app_bucket.take():
+                raise p.ProtocolError("app messages above the rate limit")
+            self._emit("app", msg.body, link.conn.remote_id)
+        elif isinstance(msg, p.IgnoredMessage):
+            pass
+        else:
+            self.stats["unknown_types"] += 1
+            log.debug("room %s: unknown message type %s from %s", self.room_id, msg.type, link.conn.remote_id)
+
+    def _answer_step1(self, link: _Link, state_vector: bytes) -> None:
+        try:
+            update = self.doc.get_update(state_vector)
+        except Exception as exc:
+            raise p.ProtocolError(f"bad state vector: {exc}") from exc
+        # anything queued for this peer is contained in the answer
+        link.outbox.clear()
+        link.outbox_bytes = 0
+        self._send(link, p.encode_sync_step2(update))
+
+    def _apply_remote(self, link: _Link, update: bytes, step: int) -> None:
+        remote = link.conn.remote_id
+        if update != p.EMPTY_UPDATE:
+            self._applying = remote
+            try:
+                self.doc.apply_update(update)
+            except BaseException as exc:
+                if _is_fatal(exc):
+                    raise
+                self.stats["rejected_updates"] += 1
+                raise p.ProtocolError(f"update rejected by pycrdt: {exc}") from exc
+            finally:
+                self._applying = None
+        if step == p.SYNC_STEP2:
+            info = self._info(remote)
+            if not info.synced:
+                info.synced = True
+                link.conn.synced = True
+                self._synced_event.set()
+                self._emit("peer", remote, info, "synced")
+
+    def _deliver_remote_changes(self) -> None:
+        while self._remote_changes:
+            changes, self._remote_changes = self._remote_changes, []
+            for update, origin in changes:
+                self._emit("update", update, origin)
