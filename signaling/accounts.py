@@ -146,8 +146,9 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
     if row.revoked_at is not None:
         raise AccountError("invalid_refresh_token", "refresh token has been revoked")
+    family_id, user_id = row.family_id, row.user_id  # plain values: a rollback expires ``row``
     if row.used_at is not None:
-        await _reuse_detected(session, row.family_id)
+        await _reuse_detected(session, family_id)
     now = utcnow()
     if row.expires_at <= now:
         raise AccountError("invalid_refresh_token", "refresh token has expired")
@@ -162,11 +163,11 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
     )
     if result.rowcount != 1:
         await session.rollback()
-        await _reuse_detected(session, row.family_id)
-    user = await session.get(User, row.user_id)
+        await _reuse_detected(session, family_id)
+    user = await session.get(User, user_id)
     if user is None:  # pragma: no cover - cascade deletes the tokens with the user
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
-    return await issue_tokens(state, session, user, family_id=row.family_id)
+    return await issue_tokens(state, session, user, family_id=family_id)
 
 
 async def _reuse_detected(session: AsyncSession, family_id: str) -> NoReturn:
