@@ -131,6 +131,7 @@ class Room:
         relay: bool = True,
         limits: Limits | None = None,
         join_timeout: float = 10.0,
+        caps: tuple[str, ...] = p.CAPS,
     ) -> None:
         self.room_id = room_id
         self.settings = settings
@@ -142,6 +143,7 @@ class Room:
         self.relay = relay
         self.limits = limits or Limits()
         self.join_timeout = join_timeout
+        self.caps = tuple(caps)  # () behaves like a stock y-webrtc peer (tests, interop)
         self.peers: dict[str, PeerInfo] = {}
         self.stats: dict[str, int] = {
             "frames_in": 0,
@@ -150,6 +152,9 @@ class Room:
             "rejected_updates": 0,
             "awareness_dropped": 0,
             "unknown_types": 0,
+            "awareness_in": 0,
+            "chunks_in": 0,
+            "app_in": 0,
         }
         self._own_signaling = signaling is None
         self._signaling = signaling or SignalingClient(signaling_url, token, settings)
@@ -472,12 +477,12 @@ class Room:
         pass  # links are peer to peer and survive a signaling outage
 
     async def _announce(self) -> None:
-        await self._signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(p.CAPS)})
+        await self._signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(self.caps)})
 
     async def _publish_signal(self, to: str, signal: dict[str, Any], token: float | None) -> None:
         await self._signaling.publish(
             self.room_id,
-            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(p.CAPS)},
+            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(self.caps)},
         )
 
     def _signal_received(self, message: dict[str, Any]) -> None:
@@ -591,7 +596,7 @@ class Room:
             self._conn_message,
             self._conn_closed,
         )
-        conn.caps = self._info(remote).caps
+        conn.caps = self._info(remote).caps & frozenset(self.caps)
         self._links[remote] = _Link(conn, self.limits)
         return conn
 
@@ -601,7 +606,7 @@ class Room:
         if link is None or link.conn is not conn:
             return
         info = self._info(conn.remote_id)
-        conn.caps = info.caps
+        conn.caps = info.caps & frozenset(self.caps)
         info.connected = True
         self._send(link, p.encode_sync_step1(self.doc.get_state()))
         if self.awareness.states:
@@ -665,10 +670,12 @@ class Room:
             else:
                 self._apply_remote(link, msg.payload, msg.step)
         elif isinstance(msg, p.AwarenessMessage):
+            self.stats["awareness_in"] += 1
             self._apply_awareness(link, msg.update)
         elif isinstance(msg, p.QueryAwarenessMessage):
             self._send(link, p.encode_awareness(self._encode_awareness(list(self.awareness.states))))
         elif isinstance(msg, p.ChunkMessage):
+            self.stats["chunks_in"] += 1
             if not allow_chunk:
                 raise p.ProtocolError("a chunk inside a chunk")
             whole = link.conn.reassembler.feed(msg)
@@ -677,6 +684,7 @@ class Room:
         elif isinstance(msg, p.AppMessage):
             if not link.app_bucket.take():
                 raise p.ProtocolError("app messages above the rate limit")
+            self.stats["app_in"] += 1
             self._emit("app", msg.body, link.conn.remote_id)
         elif isinstance(msg, p.IgnoredMessage):
             pass
