@@ -21,6 +21,7 @@ if [ "$profile" = test ]; then
   want turnserver coturn
   want debootstrap debootstrap
   want docker-compose docker-compose
+  want nginx nginx
   want redis-server redis-server
   [ -x "$(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | head -n1)" ] || need+=(postgresql)
 fi

@@ -1,9 +1,9 @@
 """TURN through a real coturn: REST credentials from /api/ice-servers, relay-only ICE.
 
-coturn (Debian package ``coturn``) is started by the test on 127.0.0.1 with
-``use-auth-secret``/``static-auth-secret`` — the deployment's configuration
-(deploy/turnserver.conf) minus TLS, plus ``allow-loopback-peers`` so relayed traffic may go to
-127.0.0.1. Peers use aiortc's relay transport policy, so they gather no host candidates at all
+coturn (Debian package ``coturn``) is started by the test on 127.0.0.1 with the deployment's
+configuration (deploy/turnserver.conf: ``use-auth-secret``, no TLS) and command-line overrides:
+the secret, a realm, loopback listening/relay addresses and ports, and ``allow-loopback-peers`` so
+relayed traffic may go to 127.0.0.1. Peers use aiortc's relay transport policy, so they gather no host candidates at all
 and every packet between them goes through coturn; ``CODESYNC_ICE_HOSTS=127.0.0.1``
 (peer/ice.py) keeps anything else off the machine's real interfaces.
 """
@@ -29,7 +29,7 @@ from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_sync_messag
 from peer.ice import apply_ice_policy, ice_servers_from_json
 from signaling.api.ops import ice_servers
 from tests.conftest import _api
-from tests.support import free_port, port_open, require, wait_for
+from tests.support import ROOT, free_port, port_open, require, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,24 +69,17 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
     log_path = tmp_path / "turnserver.log"
     args = [
         binary,
-        "-n",  # no configuration file: everything is on the command line
+        # The deployment's own file (validates it), with loopback overrides on the command line.
+        "-c",
+        str(ROOT / "deploy" / "turnserver.conf"),
         "--listening-ip=127.0.0.1",
         "--relay-ip=127.0.0.1",
         f"--listening-port={port}",
         f"--min-port={relay_low}",
         f"--max-port={relay_low + 999}",
-        "--use-auth-secret",
         f"--static-auth-secret={secret}",
         f"--realm={REALM}",
         "--allow-loopback-peers",
-        "--no-multicast-peers",
-        "--no-cli",
-        "--no-tls",
-        "--no-dtls",
-        "--no-rfc5780",
-        "--fingerprint",
-        "--log-file=stdout",
-        "--simple-log",
         f"--pidfile={tmp_path / 'turnserver.pid'}",
         f"--userdb={tmp_path / 'turndb'}",
     ]
