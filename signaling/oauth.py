@@ -49,6 +49,15 @@ from .accounts import issue_tokens
 from .models import OAuthIdentity, User
 from .settings import OAuthProvider, Settings
 
+try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
+    import httpx2  # type: ignore[import-not-found]
+
+    _HTTP_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, httpx2.HTTPError)
+    _STATUS_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPStatusError, httpx2.HTTPStatusError)
+except ImportError:  # pragma: no cover - depends on the environment
+    _HTTP_ERRORS = (httpx.HTTPError,)
+    _STATUS_ERRORS = (httpx.HTTPStatusError,)
+
 if TYPE_CHECKING:  # pragma: no cover
     from redis.asyncio import Redis
 
@@ -292,12 +301,15 @@ class OAuthService:
         if not code:
             raise OAuthFlowError("missing_code", f"{provider.label} sent no authorization code")
         if provider.kind == "oidc":
-            # RFC 9207: a provider that names itself in the response must name the right issuer
-            # (defends against mix-up between providers).
+            # RFC 9207: the response must name the right issuer (defends against mix-up between
+            # providers); a provider that promises the parameter must send it.
+            meta = await self.metadata(provider)
             iss = params.get("iss")
+            if iss is None and meta.get("authorization_response_iss_parameter_supported") is True:
+                raise OAuthFlowError("invalid_response", "the sign-in response does not name its issuer")
             if iss is not None and iss.rstrip("/") != provider.issuer:
                 raise OAuthFlowError("invalid_response", "the sign-in response names another issuer")
-            identity = await self._oidc_identity(provider, code, record["verifier"], record["nonce"])
+            identity = await self._oidc_identity(provider, meta, code, record["verifier"], record["nonce"])
         else:
             identity = await self._github_identity(provider, code, record["verifier"])
         async with self.state.sessions() as session:
@@ -318,9 +330,10 @@ class OAuthService:
         self._metadata[provider.issuer] = (time.monotonic() + METADATA_TTL, data)
         return data
 
-    async def _oidc_identity(self, provider: ProviderConfig, code: str, verifier: str, nonce: str) -> Identity:
-        meta = await self.metadata(provider)
-        token = await self._exchange(provider, meta.get("token_endpoint"), code, verifier)
+    async def _oidc_identity(
+        self, provider: ProviderConfig, meta: dict[str, Any], code: str, verifier: str, nonce: str
+    ) -> Identity:
+        token = await self._exchange(provider, meta.get("token_endpoint"), code, verifier, meta)
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
             raise OAuthFlowError("invalid_id_token", f"{provider.label} returned no ID token")
@@ -407,36 +420,39 @@ class OAuthService:
         )
 
     # -- HTTP to the provider
-    def _client(self, provider: ProviderConfig) -> AsyncOAuth2Client:
+    def _client(self, provider: ProviderConfig, meta: dict[str, Any] | None = None) -> AsyncOAuth2Client:
         return AsyncOAuth2Client(
             client_id=provider.client_id,
             client_secret=provider.client_secret or None,
-            token_endpoint_auth_method="client_secret_post" if provider.kind == "github" else "client_secret_basic",
+            token_endpoint_auth_method=_auth_method(provider, meta or {}),
             scope=provider.scope,
             redirect_uri=redirect_uri(self.settings, provider.name),
             code_challenge_method="S256",
             timeout=HTTP_TIMEOUT,
         )
 
-    async def _exchange(self, provider: ProviderConfig, url: Any, code: str, verifier: str) -> dict[str, Any]:
+    async def _exchange(
+        self, provider: ProviderConfig, url: Any, code: str, verifier: str, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if not isinstance(url, str):
             raise OAuthFlowError("provider_error", f"{provider.label} publishes no token endpoint")
         try:
-            async with self._client(provider) as client:
+            async with self._client(provider, meta) as client:
                 token = await client.fetch_token(
                     url, grant_type="authorization_code", code=code, code_verifier=verifier,
                     headers={"Accept": "application/json"},
                 )
         except AuthlibBaseError as exc:
-            detail = exc.error + (f" ({exc.description})" if exc.description else "")
+            detail = (exc.error or "error") + (f" ({exc.description})" if exc.description else "")
             raise OAuthFlowError(
                 "token_exchange_failed", f"{provider.label} refused the authorization code: {detail}"
             ) from None
-        except httpx.HTTPStatusError as exc:
+        except _STATUS_ERRORS as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", "?")
             raise OAuthFlowError(
-                "token_exchange_failed", f"{provider.label}'s token endpoint answered HTTP {exc.response.status_code}"
+                "token_exchange_failed", f"{provider.label}'s token endpoint answered HTTP {status}"
             ) from None
-        except (httpx.HTTPError, asyncio.TimeoutError, OSError) as exc:
+        except (*_HTTP_ERRORS, asyncio.TimeoutError, OSError) as exc:
             raise OAuthFlowError(
                 "provider_unreachable", f"could not reach {provider.label}'s token endpoint ({type(exc).__name__})"
             ) from None
@@ -465,6 +481,18 @@ class OAuthService:
             return response.json()
         except ValueError:
             raise OAuthFlowError("provider_error", f"{provider.label}'s {what} is not JSON") from None
+
+
+def _auth_method(provider: ProviderConfig, meta: dict[str, Any]) -> str:
+    """How to authenticate at the token endpoint: what the provider supports, Basic preferred."""
+    if not provider.client_secret:
+        return "none"  # a public client: PKCE alone protects the code
+    if provider.kind == "github":
+        return "client_secret_post"
+    supported = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+    if "client_secret_basic" not in supported and "client_secret_post" in supported:
+        return "client_secret_post"
+    return "client_secret_basic"
 
 
 def _provider_error(provider: ProviderConfig, params: dict[str, str]) -> OAuthFlowError:

@@ -448,9 +448,20 @@ async def test_unreachable_provider_is_a_clear_error(make_settings, sqlite_url, 
         async with Browser(api) as browser:
             callback = await browser.authorize(await browser.start(), "nora")
             issuer = oauth_service(api).provider("local").issuer
-            oauth_service(api)._metadata[issuer][1]["token_endpoint"] = f"http://127.0.0.1:{free_port()}/token"
+            meta = oauth_service(api)._metadata[issuer][1]
+            token_endpoint, meta["token_endpoint"] = meta["token_endpoint"], f"http://127.0.0.1:{free_port()}/token"
             result = await browser.finish(callback)
-        assert result["error"] == "provider_unreachable", result
+            assert result["error"] == "provider_unreachable", result
+            assert "token endpoint" in result["message"]
+
+            # The signing keys cannot be fetched: the ID token cannot be checked, so no sign-in.
+            meta["token_endpoint"] = token_endpoint
+            meta["jwks_uri"] = f"http://127.0.0.1:{free_port()}/jwks"
+            callback = await browser.authorize(await browser.start(), "nora")
+            result = await browser.finish(callback)
+            assert result["error"] == "provider_unreachable", result
+            assert "JWKS" in result["message"]
+        assert await users(api) == []
 
 
 @pytest.mark.redis
@@ -475,3 +486,28 @@ async def test_flow_started_on_one_node_finishes_on_another(
         assert user_id_of(await me(node_a, tokens["access_token"]))
         keys = [k async for k in redis.scan_iter(match=f"{redis_prefix}:oauth:*")]
         assert keys == []
+
+
+@pytest.mark.redis
+async def test_redis_flow_store_is_one_shot_and_expires(redis_url, redis_prefix) -> None:
+    from redis.asyncio import Redis
+
+    from signaling.oauth import RedisFlowStore
+    from tests.support import wait_for
+
+    redis = Redis.from_url(redis_url)
+    try:
+        store = RedisFlowStore(redis, redis_prefix)
+        await store.put("a", {"provider": "local", "verifier": "v"}, ttl=60)
+        assert await redis.ttl(f"{redis_prefix}:oauth:flow:a") > 50
+        assert await store.take("a") == {"provider": "local", "verifier": "v"}
+        assert await store.take("a") is None  # taken exactly once
+
+        await store.put("b", {"provider": "local"}, ttl=0.05)
+        async def expired() -> bool:
+            return await redis.exists(f"{redis_prefix}:oauth:flow:b") == 0
+
+        await wait_for(expired, timeout=5, what="the flow record to expire")
+        assert await store.take("b") is None
+    finally:
+        await redis.aclose()
