@@ -111,7 +111,8 @@ class BubblewrapSandbox(Sandbox):
         ]
         for name, fd in file_fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
-        args += ["--chdir", WORK_DIR, "--clearenv"]
+        # bwrap's root is a tmpfs it builds the tree in; freeze it so only /work and /tmp are writable.
+        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
         for key, value in ENV.items():
             args += ["--setenv", key, value]
         args += ["--", "/bin/sh", "-c", spec.script()]
