@@ -124,7 +124,9 @@ class Settings(BaseSettings):
 
         Google's issuer defaults to accounts.google.com; GitHub has no OIDC discovery.
         """
-        env = dict(os.environ)
+        # Like the fields above: the environment wins over the ``.env`` file.
+        env_file = self.model_config.get("env_file")
+        env = {**_dotenv(env_file if isinstance(env_file, str) else None), **os.environ}
         prefix = "CODESYNC_OAUTH_"
         found: dict[str, OAuthProvider] = {}
         for key, value in env.items():
@@ -147,6 +149,14 @@ class Settings(BaseSettings):
                     label=env.get(f"{prefix}{up}_LABEL") or None,
                 )
         return found
+
+
+def _dotenv(path: str | None) -> dict[str, str]:
+    if not path or not Path(path).is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def _split(value: str | None) -> list[str]:
