@@ -511,3 +511,20 @@ async def test_redis_flow_store_is_one_shot_and_expires(redis_url, redis_prefix)
         assert await store.take("b") is None
     finally:
         await redis.aclose()
+
+
+def test_providers_from_dotenv_file_environment_wins(tmp_path, monkeypatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CODESYNC_OAUTH_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "CODESYNC_OAUTH_GOOGLE_CLIENT_ID=from-file\nCODESYNC_OAUTH_DEX_CLIENT_ID=dex\nCODESYNC_OAUTH_DEX_ISSUER=https://dex.test\n"
+    )
+    monkeypatch.setenv("CODESYNC_OAUTH_DEX_CLIENT_ID", "from-env")
+    providers = Settings().oauth_providers()
+    assert providers["google"].client_id == "from-file"
+    assert providers["google"].issuer == "https://accounts.google.com"
+    assert (providers["dex"].client_id, providers["dex"].issuer) == ("from-env", "https://dex.test")
