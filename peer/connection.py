@@ -58,6 +58,7 @@ class PeerConnection:
         self.created = time.monotonic()
         self.opened_at: float | None = None
         self.synced = False
+        self.dropped_oversize = 0  # frames too big for a peer that cannot reassemble chunks
         self.replaced = False  # closed because a newer offer from the same peer replaced it
         self.awareness_ids: set[int] = set()
         self.reassembler = Reassembler()
@@ -210,6 +211,7 @@ class PeerConnection:
         limit = self.max_message_size
         if len(frame) > limit:
             if "chunk" not in self.caps:
+                self.dropped_oversize += 1
                 log.warning(
                     "dropping a %d-byte message to %s: above its %d-byte limit and it cannot reassemble chunks",
                     len(frame),

@@ -436,6 +436,7 @@ class Room:
         lim = self.limits
         entries = p.decode_awareness_update(update, max_entries=lim.awareness_entries)
         states = self.awareness.states
+        room_left = lim.awareness_clients - len(states)
         kept = []
         for e in entries:
             if e.client_id == self.awareness.client_id and e.state is not None:
@@ -444,9 +445,11 @@ class Room:
                 if len(json.dumps(e.state, separators=(",", ":"))) > lim.awareness_state_bytes:
                     self.stats["awareness_dropped"] += 1
                     continue
-                if e.client_id not in states and len(states) > lim.awareness_clients:
-                    self.stats["awareness_dropped"] += 1
-                    continue
+                if e.client_id not in states:
+                    if room_left <= 0:
+                        self.stats["awareness_dropped"] += 1
+                        continue
+                    room_left -= 1
             kept.append(e)
         if not kept:
             return
