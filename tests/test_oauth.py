@@ -52,7 +52,8 @@ class Provider:
 def _ensure_installed() -> None:
     require("node", shutil.which("node") is not None, "install nodejs (scripts/system-deps.sh)")
     require("npm", shutil.which("npm") is not None, "install npm (scripts/system-deps.sh)")
-    if (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
+    installed = OIDC_DIR / "node_modules" / ".package-lock.json"  # npm's record of what it installed
+    if installed.exists() and installed.stat().st_mtime >= (OIDC_DIR / "package-lock.json").stat().st_mtime:
         return
     done = subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, capture_output=True, text=True, timeout=300
