@@ -6,9 +6,31 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+# Set by the code handling one HTTP request / one WebSocket connection; every log record
+# emitted meanwhile (also from tasks started there) carries it, so one grep finds a request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("codesync_request_id", default=None)
+CONN_ID: ContextVar[str | None] = ContextVar("codesync_conn_id", default=None)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the request / connection id of the current context onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, var in (("request_id", REQUEST_ID), ("conn_id", CONN_ID)):
+            if getattr(record, key, None) is None:
+                value = var.get()
+                if value is not None:
+                    setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str | None = None):
+        super().__init__()
+        self.service = service  # which CodeSync process wrote the line (compose merges logs)
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -16,6 +38,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.service:
+            entry["service"] = self.service
         for key in ("conn_id", "request_id", "room", "peer_id", "service"):
             value = getattr(record, key, None)
             if value is not None:
@@ -28,10 +52,11 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", as_json: bool = False, service: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(service))
     else:
         prefix = f"[{service}] " if service else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

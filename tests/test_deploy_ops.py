@@ -68,3 +68,74 @@ async def test_ops_server_is_off_without_setting(make_settings):
             r = await client.get(f"http://127.0.0.1:{port}/healthz")
             assert r.json() == {"status": "ok", "service": "runner", "checks": {"sandbox": "ok"}}
             assert "python_info" in (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+
+
+# --------------------------------------------------------------------------- signaling
+
+
+async def test_signaling_healthz_reports_database_and_redis(make_settings, sqlite_url, redis_url, redis_prefix):
+    from tests.conftest import _api
+
+    async with _api(make_settings(database_url=sqlite_url, redis_url=redis_url, redis_prefix=redis_prefix)) as api:
+        r = await api.client.get("/healthz")
+        assert r.status_code == 200
+        assert r.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+
+
+async def test_signaling_healthz_is_503_when_redis_is_down(make_settings, sqlite_url):
+    from tests.conftest import _api
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with _api(make_settings(database_url=sqlite_url, redis_url=dead)) as api:
+        r = await api.client.get("/healthz")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] == "ok"
+        assert body["checks"]["redis"].startswith("error")
+
+
+async def test_request_ids_and_http_metrics(api_sqlite):
+    r = await api_sqlite.client.get("/api/me")
+    assert r.status_code == 401
+    generated = r.headers["X-Request-Id"]
+    assert len(generated) == 16
+    r = await api_sqlite.client.get("/healthz", headers={"X-Request-Id": "proxy-abc.123"})
+    assert r.headers["X-Request-Id"] == "proxy-abc.123"
+    r = await api_sqlite.client.get("/healthz", headers={"X-Request-Id": "bad id\twith junk" * 10})
+    assert r.headers["X-Request-Id"] != "bad id\twith junk" * 10 and len(r.headers["X-Request-Id"]) == 16
+    r = await api_sqlite.client.get("/no/such/page/x-unique-path")
+    metrics = (await api_sqlite.client.get("/metrics")).text
+    assert 'codesync_http_requests_total{method="GET",route="/api/me",status="401"}' in metrics
+    assert 'codesync_http_request_seconds_bucket{le="0.005",route="/healthz"}' in metrics
+    assert "x-unique-path" not in metrics  # raw paths never become labels
+    assert "process_resident_memory_bytes" in metrics
+
+
+def test_json_log_lines_carry_the_request_id():
+    import io
+    import json
+    import logging
+
+    from signaling.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("signaling"))
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("codesync.test.requestid")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("outside")
+        token, ctoken = REQUEST_ID.set("req-1"), CONN_ID.set("c-9")
+        try:
+            logger.warning("inside %s", "x")
+        finally:
+            REQUEST_ID.reset(token)
+            CONN_ID.reset(ctoken)
+    finally:
+        logger.removeHandler(handler)
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "request_id" not in outside and outside["service"] == "signaling"
+    assert inside["msg"] == "inside x" and inside["request_id"] == "req-1" and inside["conn_id"] == "c-9"

@@ -1,17 +1,27 @@
-"""Operations endpoints: ``/healthz``, ``/metrics`` and ``GET /api/ice-servers``."""
+"""Operations endpoints: ``/healthz``, ``/metrics`` and ``GET /api/ice-servers``.
+
+Also the request-id middleware: every HTTP request (and so every ``/signal`` connection) gets
+an id — the reverse proxy's ``X-Request-Id`` when it sent a sane one, else a fresh one — that
+is put on every log line written while handling it (``signaling.logs.REQUEST_ID``), returned
+in the ``X-Request-Id`` response header, and counted in the HTTP metrics.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import re
+import secrets
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from sqlalchemy import text
 
 from ..errors import ApiError
+from ..logs import REQUEST_ID
 from ..principal import Principal, bearer_token, principal_from_token, require_user
 from ..settings import Settings
 from ..state import get_state
@@ -19,23 +29,79 @@ from ..tokens import TokenError
 
 routes = web.RouteTableDef()
 
+HEALTH_TIMEOUT = 3.0  # a dependency that hangs is a failed dependency: answer within the probe's timeout
+REQUEST_ID_HEADER = "X-Request-Id"
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+HTTP_REQUESTS = Counter(
+    "codesync_http_requests_total", "HTTP requests answered by signaling", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "codesync_http_request_seconds",
+    "HTTP request duration (WebSocket sessions excluded)",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def _route_label(request: web.Request) -> str:
+    """The route pattern (bounded label set), never the raw path."""
+    resource = request.match_info.route.resource if request.match_info.route else None
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler) -> web.StreamResponse:
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = offered if _SANE_ID.match(offered) else secrets.token_hex(8)
+    token = REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        REQUEST_ID.reset(token)
+        route = _route_label(request)
+        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        if status != 101:  # a WebSocket session's length says nothing about latency
+            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+
+
+async def _check(probe) -> str:
+    try:
+        await asyncio.wait_for(probe(), HEALTH_TIMEOUT)
+        return "ok"
+    except asyncio.TimeoutError:
+        return "error: timeout"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"error: {type(exc).__name__}"
+
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """200 when the database (and Redis, when configured) answer; 503 naming what failed."""
     state = get_state(request)
-    checks: dict[str, str] = {}
-    try:
+
+    async def database() -> None:
         async with state.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        checks["database"] = f"error: {type(exc).__name__}"
+
+    probes = {"database": database}
     if state.redis is not None:
-        try:
-            await state.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["redis"] = f"error: {type(exc).__name__}"
+        probes["redis"] = state.redis.ping
+    names = list(probes)
+    results = await asyncio.gather(*(_check(probes[name]) for name in names))
+    checks = dict(zip(names, results))
     healthy = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
 
@@ -86,3 +152,6 @@ async def _any_principal(request: web.Request) -> Principal:
 
 def setup(app: web.Application) -> None:
     app.add_routes(routes)
+    # Outermost, so it sees the final status (after the JSON error middleware) and every
+    # log line of the request — including a /signal connection's — carries the id.
+    app.middlewares.insert(0, request_id_middleware)
