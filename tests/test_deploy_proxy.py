@@ -1,0 +1,263 @@
+"""The reverse proxy of the deployment (deploy/nginx.conf) in front of two signaling nodes.
+
+A real nginx (Debian package) runs the committed configuration, rewritten only where the
+test machine differs from compose: loopback addresses for the listener and the upstream
+nodes, files under the test's directory. Then: HTTP is balanced and tagged with request ids,
+a node that is down is skipped, WebSockets pass through, and a graceful shutdown of one node
+(SIGTERM: its sockets close with 1001 "going away") moves its clients to the other node —
+peers keep editing throughout and no edit is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, free_port, require, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+@dataclass
+class Proxy:
+    url: str
+    access_log: Path
+    proc: subprocess.Popen
+
+    @property
+    def ws_base(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    def upstreams_used(self) -> list[str]:
+        return re.findall(r'"upstream":"([^"]*)"', self.access_log.read_text() if self.access_log.exists() else "")
+
+
+def render_nginx_conf(text: str, workdir: Path, port: int, upstreams: list[str]) -> str:
+    """deploy/nginx.conf with loopback addresses and private paths; fails if the file drifted."""
+
+    def replace(pattern: str, repl: str, count: int = 1) -> None:
+        nonlocal text
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        assert n == count, f"deploy/nginx.conf: expected {count} match(es) of {pattern!r}, found {n}"
+
+    servers = re.findall(r"^\s*server signaling-\d+:8000[^;]*;\n", text, flags=re.M)
+    assert len(servers) >= 2, "deploy/nginx.conf should balance over at least two signaling nodes"
+    options = re.search(r"server signaling-\d+:8000([^;]*);", servers[0]).group(1)  # type: ignore[union-attr]
+    lines = "".join(f"        server {u}{options};\n" for u in upstreams)
+    text = text.replace(servers[0], lines, 1)
+    for extra in servers[1:]:
+        text = text.replace(extra, "", 1)
+    replace(r"^worker_processes auto;", "worker_processes 1;")
+    replace(r"^\s*listen 80;", f"        listen 127.0.0.1:{port};")
+    replace(r"access_log /dev/stdout codesync_json;", f"access_log {workdir / 'access.log'} codesync_json;")
+    temp = "".join(
+        f"    {kind}_temp_path {workdir / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replace(r"^http \{\n", "http {\n" + temp)
+    return text
+
+
+@asynccontextmanager
+async def nginx_proxy(workdir: Path, upstreams: list[str]) -> AsyncIterator[Proxy]:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    require("nginx", binary is not None, "apt-get install nginx")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(render_nginx_conf(NGINX_CONF.read_text(), workdir, port, upstreams))
+    globals_ = f"daemon off; pid {workdir / 'nginx.pid'}; error_log {workdir / 'error.log'} notice;"
+    if os.geteuid() == 0:
+        globals_ += " user root;"  # workers must write the test's private temp dirs
+    proc = subprocess.Popen(
+        [binary, "-p", str(workdir), "-c", str(conf), "-g", globals_],  # type: ignore[list-item]
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "stderr.log", "wb"),
+    )
+    proxy = Proxy(f"http://127.0.0.1:{port}", workdir / "access.log", proc)
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+
+            async def up() -> bool:
+                assert proc.poll() is None, (workdir / "stderr.log").read_text() + _read(workdir / "error.log")
+                try:
+                    return (await client.get(f"{proxy.url}/proxy-healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(up, timeout=15, what="nginx to listen")
+        yield proxy
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _hostport(url: str) -> str:
+    return url.removeprefix("http://")
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+async def test_proxy_balances_http_tags_request_ids_and_skips_a_dead_node(tmp_path: Path):
+    from tests.stack import signaling_stack
+
+    async with signaling_stack(tmp_path, nodes=2) as stack:
+        nodes = [_hostport(n.url or "") for n in stack.nodes]
+        async with nginx_proxy(tmp_path / "nginx", nodes) as proxy:
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=5) as client:
+                for _ in range(4):
+                    r = await client.get("/healthz")
+                    assert r.status_code == 200 and r.json()["checks"]["database"] == "ok"
+                    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])  # nginx made one
+                r = await client.get("/healthz", headers={"X-Request-Id": "client-chosen-7"})
+                assert r.headers.get_list("x-request-id") == ["client-chosen-7"]
+                await wait_for(lambda: set(nodes) <= set(proxy.upstreams_used()), timeout=5, what="both nodes used")
+
+                stack.nodes[0].stop()  # graceful: SIGTERM, waits for the exit
+                for _ in range(6):
+                    r = await client.get("/healthz")
+                    assert r.status_code == 200, r.text
+                unauth = await client.get("/api/me")
+                assert unauth.status_code == 401 and unauth.json()["error"]["code"]
+
+
+# --------------------------------------------------------------------------- WebSockets
+
+
+async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp_path: Path, redis_url, redis_prefix):
+    from tests.stack import SignalClient, signaling_stack
+
+    async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2) as stack:
+        room = await stack.seed_room({"a": "owner", "b": "editor", "c": "editor", "d": "editor"})
+        nodes = [_hostport(n.url or "") for n in stack.nodes]
+        async with nginx_proxy(tmp_path / "nginx", nodes) as proxy:
+            clients = {}
+            contexts = []
+            try:
+                # One nginx worker, round robin: the four sockets alternate between the nodes.
+                for label in "abcd":
+                    ctx = SignalClient.connect(f"{proxy.ws_base}/signal?token={room.token(label)}")
+                    contexts.append(ctx)
+                    clients[label] = await ctx.__aenter__()
+                    await clients[label].subscribe(room.id)
+                    await clients[label].expect("presence")
+                for label, client in clients.items():
+                    await client.send({"type": "ping"})
+                    await client.expect("pong")
+                # Cross-node fan-out through Redis, via the proxy.
+                await clients["a"].publish(room.id, {"type": "announce", "from": "peer-a"})
+                for client in clients.values():
+                    frame = await client.expect("publish", lambda f: f["data"].get("from") == "peer-a")
+                    assert frame["sender"]["user_id"] == room.user("a").id
+
+                stack.nodes[0].stop()
+                gone = [label for label, c in clients.items() if c.closed or await _closed_soon(c)]
+                assert len(gone) == 2, f"expected the two sockets of the stopped node to close, got {gone}"
+                for label in gone:
+                    assert clients[label].close_code == 1001, (label, clients[label].close_code)
+                stayed = [label for label in clients if label not in gone]
+                for label in stayed:
+                    assert not clients[label].closed
+
+                # Clients reconnect through the proxy and land on the surviving node.
+                for label in gone:
+                    ctx = SignalClient.connect(f"{proxy.ws_base}/signal?token={room.token(label)}")
+                    contexts.append(ctx)
+                    clients[label] = await ctx.__aenter__()
+                    await clients[label].subscribe(room.id)
+
+                def everyone_present(frame: dict) -> bool:
+                    return {p["user_id"] for p in frame["peers"]} == {room.user(x).id for x in "abcd"}
+
+                await clients[stayed[0]].expect("presence", everyone_present, timeout=20)
+                await clients[gone[0]].publish(room.id, {"type": "announce", "from": f"peer-{gone[0]}-2"})
+                for client in clients.values():
+                    await client.expect("publish", lambda f: f["data"].get("from") == f"peer-{gone[0]}-2")
+            finally:
+                for ctx in reversed(contexts):
+                    await ctx.__aexit__(None, None, None)
+
+
+async def _closed_soon(client, timeout: float = 5.0) -> bool:
+    try:
+        await client.wait_closed(timeout)
+        return True
+    except (asyncio.TimeoutError, TimeoutError):
+        return False
+
+
+# --------------------------------------------------------------------------- peers keep every edit
+
+
+async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_url, redis_prefix):
+    from peer import Room
+    from signaling.settings import Settings
+    from tests.stack import signaling_stack
+
+    settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")
+    async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2) as stack:
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
+        nodes = [_hostport(n.url or "") for n in stack.nodes]
+        async with nginx_proxy(tmp_path / "nginx", nodes) as proxy:
+            rooms: list[Room] = []
+            try:
+                alice = Room(proxy.url, seeded.token("alice"), seeded.id, settings)
+                bob = Room(proxy.url, seeded.token("bob"), seeded.id, settings)
+                rooms += [alice, bob]
+                await alice.start()
+                await bob.start()
+                await alice.wait_synced(timeout=20)
+                await bob.wait_synced(timeout=20)
+                from pycrdt import Text
+
+                text_a = alice.doc.get("source", type=Text)
+                text_b = bob.doc.get("source", type=Text)
+
+                total, stop_at = 120, 40
+                for i in range(total):
+                    writer = text_a if i % 2 == 0 else text_b
+                    writer.insert(len(writer), f"edit {i}\n")  # ASCII: byte and UTF-16 offsets agree
+                    if i == stop_at:
+                        stack.nodes[0].stop()  # graceful; returns once the node has exited
+                    await asyncio.sleep(0.005)  # a typing pace, not a synchronisation
+
+                expected = {f"edit {i}" for i in range(total)}
+
+                def converged(*texts: Text) -> bool:
+                    lines = [set(str(t).splitlines()) for t in texts]
+                    return all(x == expected for x in lines) and len({str(t) for t in texts}) == 1
+
+                await wait_for(lambda: converged(text_a, text_b), timeout=20, what="alice and bob to converge")
+                # Both are back on signaling (through the proxy, on the surviving node) ...
+                await wait_for(lambda: alice.signaling.connected and bob.signaling.connected, timeout=20,
+                               what="alice and bob to reconnect to signaling")
+                # ... and a newcomer, who can only meet them through the surviving node, gets every edit.
+                carol = Room(proxy.url, seeded.token("carol"), seeded.id, settings)
+                rooms.append(carol)
+                await carol.start()
+                text_c = carol.doc.get("source", type=Text)
+                await wait_for(lambda: converged(text_a, text_b, text_c), timeout=30, what="carol to get every edit")
+                assert len(str(text_c).splitlines()) == total  # nothing duplicated either
+            finally:
+                await asyncio.gather(*(r.stop() for r in rooms), return_exceptions=True)
