@@ -86,6 +86,7 @@ class OAuthFlowError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.next_path: str | None = None  # where the web client wanted to go, once known
 
 
 # ----------------------------------------------------------------------------- provider registry
@@ -206,6 +207,19 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def safe_next_path(value: str | None) -> str | None:
+    """A web-client route to return to (``/room/abc``); anything else is dropped.
+
+    It is only ever handed back as a parameter inside ``#/oauth?…`` — never used as a redirect
+    target — so it cannot become an open redirect; the check just keeps it a plain route.
+    """
+    if not value or len(value) > 300 or not value.startswith("/") or value.startswith("//"):
+        return None
+    if any(ch in value for ch in "\\#") or not value.isprintable() or " " in value:
+        return None
+    return value
+
+
 # ----------------------------------------------------------------------------- identities
 
 
@@ -224,6 +238,12 @@ class Identity:
 class StartedFlow:
     url: str  # where to send the browser
     binding: str  # the browser-binding cookie value
+
+
+@dataclass(frozen=True)
+class FinishedFlow:
+    tokens: dict[str, Any]  # the ``issue_tokens`` body
+    next_path: str | None
 
 
 class OAuthService:
@@ -254,7 +274,9 @@ class OAuthService:
         return self._memory_store
 
     # -- the two steps
-    async def start(self, provider: ProviderConfig, binding: str | None) -> StartedFlow:
+    async def start(
+        self, provider: ProviderConfig, binding: str | None, next_path: str | None = None
+    ) -> StartedFlow:
         """Make a flow record and the provider URL to send the browser to."""
         authorize_url = provider.authorize_url
         if provider.kind == "oidc":
@@ -268,7 +290,13 @@ class OAuthService:
         nonce = secrets.token_urlsafe(24) if provider.kind == "oidc" else None
         await self.flows.put(
             _digest(state),
-            {"provider": provider.name, "verifier": verifier, "nonce": nonce, "binding": _digest(binding)},
+            {
+                "provider": provider.name,
+                "verifier": verifier,
+                "nonce": nonce,
+                "binding": _digest(binding),
+                "next": safe_next_path(next_path),
+            },
             self.flow_ttl,
         )
         extra = {"nonce": nonce} if nonce else {}
@@ -278,8 +306,8 @@ class OAuthService:
 
     async def finish(
         self, provider: ProviderConfig, params: dict[str, str], binding: str | None
-    ) -> dict[str, Any]:
-        """Check the callback, redeem the code, sign the user in: the ``issue_tokens`` body."""
+    ) -> FinishedFlow:
+        """Check the callback, redeem the code and sign the user in."""
         state = params.get("state") or ""
         if not state:
             # A provider error without state is still worth reporting as what it is.
@@ -295,6 +323,14 @@ class OAuthService:
             raise OAuthFlowError(
                 "state_mismatch", "this sign-in was started in another browser (or its cookie is gone); start again"
             )
+        try:
+            tokens = await self._redeem(provider, params, record)
+        except OAuthFlowError as exc:
+            exc.next_path = record.get("next")
+            raise
+        return FinishedFlow(tokens=tokens, next_path=record.get("next"))
+
+    async def _redeem(self, provider: ProviderConfig, params: dict[str, str], record: dict[str, Any]) -> dict[str, Any]:
         if params.get("error"):
             raise _provider_error(provider, params)
         code = params.get("code") or ""

@@ -179,9 +179,9 @@ class Browser:
     async def __aexit__(self, *exc) -> None:
         await self.http.aclose()
 
-    async def start(self, provider: str = "local") -> str:
+    async def start(self, provider: str = "local", **query: str) -> str:
         """Open the start URL; return the provider URL it redirects to."""
-        r = await self.http.get(f"{self.api.settings.base_url}/api/auth/oauth/{provider}/start")
+        r = await self.http.get(f"{self.api.settings.base_url}/api/auth/oauth/{provider}/start", params=query)
         assert r.status_code == 302, r.text
         return r.headers["location"]
 
@@ -432,6 +432,18 @@ async def test_provider_error_access_denied(app: Api) -> None:
     assert result["error"] == "access_denied", result
     assert "Local IdP" in result["message"]
     assert await users(app) == []
+
+
+async def test_next_route_is_handed_back_to_the_web_client(app: Api) -> None:
+    async with Browser(app) as browser:
+        ok = await browser.finish(await browser.authorize(await browser.start(next="/room/abc?tab=run"), "pia"))
+        assert ok["next"] == "/room/abc?tab=run" and "access_token" in ok, ok
+        for bad in ("//evil.example/x", "https://evil.example/", "room", "/a#b", "/a b"):
+            dropped = await browser.finish(await browser.authorize(await browser.start(next=bad), "pia"))
+            assert "access_token" in dropped and "next" not in dropped, (bad, dropped)
+    async with Browser(app) as browser:  # a fresh browser, so the provider shows its login page
+        denied = await browser.finish(await browser.authorize(await browser.start(next="/room/x"), "pia", abort=True))
+        assert (denied["error"], denied["next"]) == ("access_denied", "/room/x"), denied
 
 
 async def test_unreachable_provider_is_a_clear_error(make_settings, sqlite_url, oauth_env, monkeypatch) -> None:

@@ -5,6 +5,9 @@ The browser navigates here (not ``fetch``), so outcomes are redirects into the w
 * success: ``{base_url}/#/oauth?access_token=…&refresh_token=…&token_type=Bearer&expires_in=…``
 * failure: ``{base_url}/#/oauth?error=<code>&message=<text>``
 
+Both carry ``next=<route>`` when ``start`` was given ``?next=/some/route`` (e.g. the room the
+user was about to open), so the web client can go on where it was.
+
 Tokens travel in the URL *fragment*, which browsers never send to a server or in a Referer.
 Only an unknown provider is answered with a JSON 404, as a mistyped API URL would be.
 """
@@ -18,7 +21,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..errors import ApiError
-from ..oauth import OAuthFlowError, OAuthService, ProviderConfig
+from ..oauth import OAuthFlowError, OAuthService, ProviderConfig, safe_next_path
 from ..state import STATE, get_state
 
 log = logging.getLogger("codesync.oauth")
@@ -47,8 +50,11 @@ def _client_redirect(request: web.Request, params: dict[str, Any]) -> web.Respon
     return web.Response(status=302, headers={"Location": location, **NO_STORE})
 
 
-def _error_redirect(request: web.Request, code: str, message: str) -> web.Response:
-    return _client_redirect(request, {"error": code, "message": message})
+def _error_redirect(request: web.Request, code: str, message: str, next_path: str | None = None) -> web.Response:
+    params = {"error": code, "message": message}
+    if next_path:
+        params["next"] = next_path
+    return _client_redirect(request, params)
 
 
 async def list_providers(request: web.Request) -> web.Response:
@@ -65,11 +71,15 @@ async def start(request: web.Request) -> web.StreamResponse:
     """``GET /api/auth/oauth/{provider}/start`` → 302 to the provider's authorization page."""
     provider = _provider(request)
     settings = get_state(request).settings
+    next_path = safe_next_path(request.query.get("next"))
     try:
-        flow = await service(request).start(provider, request.cookies.get(BINDING_COOKIE))
+        flow = await service(request).start(provider, request.cookies.get(BINDING_COOKIE), next_path)
     except OAuthFlowError as exc:
         log.warning("oauth start with %s failed: %s: %s", provider.name, exc.code, exc.message)
-        return _error_redirect(request, exc.code, exc.message)
+        return _error_redirect(request, exc.code, exc.message, next_path)
+    except Exception:  # noqa: BLE001 - e.g. Redis down: still a page the web client understands
+        log.exception("oauth start with %s failed", provider.name)
+        return _error_redirect(request, "internal", "sign-in could not start; try again later", next_path)
     response = web.Response(status=302, headers={"Location": flow.url, **NO_STORE})
     response.set_cookie(
         BINDING_COOKIE,
@@ -88,23 +98,24 @@ async def callback(request: web.Request) -> web.StreamResponse:
     provider = _provider(request)
     params = {k: v for k, v in request.query.items()}
     try:
-        body = await service(request).finish(provider, params, request.cookies.get(BINDING_COOKIE))
+        done = await service(request).finish(provider, params, request.cookies.get(BINDING_COOKIE))
     except OAuthFlowError as exc:
         log.info("oauth sign-in with %s refused: %s: %s", provider.name, exc.code, exc.message)
-        return _error_redirect(request, exc.code, exc.message)
+        return _error_redirect(request, exc.code, exc.message, exc.next_path)
     except Exception:  # noqa: BLE001 - never a traceback to the browser
         log.exception("oauth sign-in with %s failed", provider.name)
         return _error_redirect(request, "internal", "sign-in failed on the server; try again later")
+    body = done.tokens
     log.info("oauth sign-in with %s: user %s", provider.name, body["user"]["id"])
-    return _client_redirect(
-        request,
-        {
-            "access_token": body["access_token"],
-            "refresh_token": body["refresh_token"],
-            "token_type": body.get("token_type", "Bearer"),
-            "expires_in": body["expires_in"],
-        },
-    )
+    result = {
+        "access_token": body["access_token"],
+        "refresh_token": body["refresh_token"],
+        "token_type": body.get("token_type", "Bearer"),
+        "expires_in": body["expires_in"],
+    }
+    if done.next_path:
+        result["next"] = done.next_path
+    return _client_redirect(request, result)
 
 
 def setup(app: web.Application) -> None:
