@@ -51,9 +51,25 @@ export async function roomView (root, roomId) {
   const msg = notice('room-error')
   root.appendChild(h('div.page', header(), h('main.rooms-page', h('p.muted', 'Opening room…'), msg.el)))
   let room
+  let loadError = null
+  let offline = false
+  const cacheKey = `codesync.room.${roomId}`
   try {
     room = await Rooms.get(roomId)
+    localStorage.setItem(cacheKey, JSON.stringify(room))
   } catch (err) {
+    loadError = err
+    const cached = err.status === 0 ? localStorage.getItem(cacheKey) : null
+    if (cached) {
+      // Server unreachable: open the room from what this browser remembers (IndexedDB has the text).
+      room = JSON.parse(cached)
+      offline = true
+    } else if (err.status === 403 || err.status === 404) {
+      localStorage.removeItem(cacheKey)
+    }
+  }
+  if (!room) {
+    const err = loadError || { status: 0, message: 'unknown error' }
     root.replaceChildren(h('div.page', header(), h('main.rooms-page', h('h1', 'Room unavailable'),
       h('div.notice.error', { testid: 'room-error' }, err.status === 403 || err.status === 404
         ? "You don't have access to this room, or it no longer exists. Ask its owner for an invite link."
@@ -156,7 +172,7 @@ export async function roomView (root, roomId) {
     } else if (everConnected || st === 'disconnected') {
       connMsg.show(direct
         ? `Signaling server unreachable — editing continues peer to peer with ${direct} connected peer${direct === 1 ? '' : 's'}. Reconnecting…`
-        : 'Signaling server unreachable — your edits are kept in this browser and merge when the connection returns. Reconnecting…', 'warn')
+        : `${offline ? 'Working offline from this browser\'s copy. ' : ''}Signaling server unreachable — your edits are kept in this browser and merge when the connection returns. Reconnecting…`, 'warn')
     }
     if (runBtn) runBtn.disabled = false
   }
