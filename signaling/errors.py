@@ -73,7 +73,7 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         raise ApiError(413, "payload_too_large", "request body too large") from None
     try:
         data: Any = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested input
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid", "request body must be a JSON object")
