@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=900, description="seconds")
     refresh_token_ttl: int = Field(default=30 * 24 * 3600, description="seconds")
     invite_ttl: int = Field(default=7 * 24 * 3600, description="seconds")
+    # Login throttling (signaling.ratelimit): attempts per window, per account and per client IP.
+    login_attempts_per_account: int = 10
+    login_attempts_per_ip: int = 60
+    login_window: int = Field(default=300, description="seconds")
     log_json: bool = False
     log_level: str = "INFO"
     web_dist: Path | None = None
