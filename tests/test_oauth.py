@@ -7,6 +7,7 @@ plays the browser with httpx: start â†’ the provider's login and consent forms â
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -15,7 +16,6 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
@@ -80,7 +80,7 @@ def oidc_provider(tmp_path_factory) -> Iterator[Provider]:
     log_path = tmp_path_factory.mktemp("oidc") / "provider.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        ["node", "provider.mjs", __import__("json").dumps(config)],
+        ["node", "provider.mjs", json.dumps(config)],
         cwd=OIDC_DIR,
         stdout=subprocess.PIPE,
         stderr=log,
