@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_SIZE = 65536
 MAX_SEND_SIZE = 256 * 1024  # Chromium never sends above this; do not go above it either
 MAX_PENDING_CANDIDATES = 64
+DEFAULT_CHUNK_SIZE = 64 * 1024  # see bench/peer_bench.py: aiortc moves big messages slower
 
 
 def new_glare_token() -> float:
@@ -58,6 +59,7 @@ class PeerConnection:
         self.created = time.monotonic()
         self.opened_at: float | None = None
         self.synced = False
+        self.chunk_size = DEFAULT_CHUNK_SIZE
         self.dropped_oversize = 0  # frames too big for a peer that cannot reassemble chunks
         self.replaced = False  # closed because a newer offer from the same peer replaced it
         self.awareness_ids: set[int] = set()
@@ -209,7 +211,7 @@ class PeerConnection:
         if channel is None or channel.readyState != "open" or self.closed:
             return False
         limit = self.max_message_size
-        if len(frame) > limit:
+        if len(frame) > limit or (len(frame) > self.chunk_size and "chunk" in self.caps):
             if "chunk" not in self.caps:
                 self.dropped_oversize += 1
                 log.warning(
@@ -220,7 +222,7 @@ class PeerConnection:
                 )
                 return False
             self._next_message_id += 1
-            parts = split_message(frame, limit, self._next_message_id)
+            parts = split_message(frame, min(limit, self.chunk_size), self._next_message_id)
         else:
             parts = [frame]
         try:

@@ -18,6 +18,8 @@ def _check(pos: int, limit: int, unit: str) -> None:
 
 def codepoint_to_utf8(s: str, pos: int) -> int:
     _check(pos, len(s), "code point")
+    if s.isascii():  # O(1) in CPython: the common case for code costs nothing
+        return pos
     return len(s[:pos].encode("utf-8"))
 
 
@@ -32,6 +34,8 @@ def utf8_to_codepoint(s: str, pos: int) -> int:
 
 def codepoint_to_utf16(s: str, pos: int) -> int:
     _check(pos, len(s), "code point")
+    if s.isascii():
+        return pos
     return pos + sum(1 for ch in s[:pos] if ord(ch) > 0xFFFF)
 
 
@@ -39,6 +43,9 @@ def utf16_to_codepoint(s: str, pos: int) -> int:
     """Code-point index of a UTF-16 offset (an offset between surrogates is refused)."""
     if pos < 0:
         raise IndexError(f"UTF-16 position {pos} is negative")
+    if s.isascii():
+        _check(pos, len(s), "UTF-16")
+        return pos
     units = 0
     for i, ch in enumerate(s):
         if units == pos:
