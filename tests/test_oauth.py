@@ -541,3 +541,39 @@ def test_providers_from_dotenv_file_environment_wins(tmp_path, monkeypatch) -> N
     assert providers["google"].client_id == "from-file"
     assert providers["google"].issuer == "https://accounts.google.com"
     assert (providers["dex"].client_id, providers["dex"].issuer) == ("from-env", "https://dex.test")
+
+
+async def test_forged_id_tokens_refused(app: Api) -> None:
+    """Tokens not signed by the provider's JWKS key are refused: forged key, HS256 with the secret, none."""
+    import base64
+    import time
+
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import OctKey, RSAKey
+
+    from signaling.oauth import OAuthFlowError
+
+    service = oauth_service(app)
+    provider = service.provider("local")
+    meta = await service.metadata(provider)
+    async with httpx.AsyncClient() as http:
+        real_kid = (await http.get(meta["jwks_uri"])).json()["keys"][0].get("kid")
+    now = int(time.time())
+    claims = {"iss": provider.issuer, "sub": "mallory", "aud": provider.client_id, "iat": now, "exp": now + 300,
+              "nonce": "n", "email": "victim@example.test", "email_verified": True}
+
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    forged_key = RSAKey.generate_key(2048, parameters={"kid": real_kid})
+    tokens = {
+        "foreign RSA key, provider's kid": jose_jwt.encode({"alg": "RS256", "kid": real_kid}, claims, forged_key),
+        "HS256 keyed with the client secret": jose_jwt.encode(
+            {"alg": "HS256"}, claims, OctKey.import_key(LOCAL["client_secret"]), algorithms=["HS256"]
+        ),
+        "alg none": f"{b64({'alg': 'none'})}.{b64(claims)}.",
+    }
+    for what, token in tokens.items():
+        with pytest.raises(OAuthFlowError) as refused:
+            await service.validate_id_token(provider, meta, token, "n")
+        assert refused.value.code == "invalid_id_token", what
