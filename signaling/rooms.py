@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -122,15 +122,17 @@ async def member_room(
 ) -> tuple[Room, Role]:
     """The room and the caller's role; 404 for non-members, 403 below ``minimum``.
 
-    ``lock`` takes a row lock on the room (PostgreSQL) so concurrent membership changes of
-    one room serialize — the last-owner rule depends on it.
+    ``lock`` makes concurrent membership changes of one room serialize — the last-owner
+    rule depends on it. It is a no-op UPDATE of the room issued *first* in the transaction:
+    a row lock on PostgreSQL, and on SQLite it takes the write lock before anything is read
+    (``SELECT … FOR UPDATE`` does not exist there, and a read-then-write transaction would
+    act on a stale snapshot).
     """
     if not room_id or len(room_id) > 32:
         raise not_found()
-    query = select(Room).where(Room.id == room_id)
     if lock:
-        query = query.with_for_update()
-    room = (await session.exec(query)).first()
+        await session.exec(update(Room).where(col(Room.id) == room_id).values(name=Room.name))
+    room = (await session.exec(select(Room).where(Room.id == room_id))).first()
     if room is None:
         raise not_found()
     membership = await session.get(Membership, (room_id, user_id), populate_existing=True)

@@ -344,3 +344,38 @@ async def test_delete_room_per_role(api):
         for table in (Room, Membership, Invite, DocumentUpdate, DocumentSnapshot):
             rows = (await session.exec(select(table).where(table.room_id == w.rid if table is not Room else Room.id == w.rid))).all()
             assert rows == [], table.__name__
+
+
+async def test_two_owners_stepping_down_at_once_leave_one_owner(api):
+    """The last-owner rule holds under concurrency: the room row is locked while it is checked."""
+    import asyncio
+
+    for _ in range(3):
+        a = await account(api, "A")
+        b = await account(api, "B")
+        room = (await api.client.post("/api/rooms", json={"name": "race"}, headers=api.auth(a))).json()
+        token = (
+            await api.client.post(f"/api/rooms/{room['id']}/invites", json={"role": "editor"}, headers=api.auth(a))
+        ).json()["token"]
+        await api.client.post(f"/api/invites/{token}/accept", headers=api.auth(b))
+        promoted = await api.client.put(
+            f"/api/rooms/{room['id']}/members/{uid(b)}", json={"role": "owner"}, headers=api.auth(a)
+        )
+        assert promoted.status_code == 200
+        leave_a = api.client.delete(f"/api/rooms/{room['id']}/members/{uid(a)}", headers=api.auth(a))
+        demote_b = api.client.put(
+            f"/api/rooms/{room['id']}/members/{uid(b)}", json={"role": "viewer"}, headers=api.auth(b)
+        )
+        results = await asyncio.gather(leave_a, demote_b)
+        assert sorted(r.status_code for r in results) in ([200, 409], [204, 409]), [r.text for r in results]
+        state = api.server.app[STATE]
+        from sqlmodel import select
+
+        async with state.sessions() as session:
+            owners = (
+                await session.exec(
+                    select(Membership).where(Membership.room_id == room["id"], Membership.role == "owner")
+                )
+            ).all()
+            stored = await session.get(Room, room["id"])
+        assert len(owners) == 1 and stored.owner_id == owners[0].user_id
