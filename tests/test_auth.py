@@ -18,6 +18,7 @@ from signaling.models import RefreshToken, User, utcnow
 from signaling.state import STATE
 from signaling.tokens import hash_token
 from tests.conftest import Api, _api
+from tests.support import wait_for
 
 PASSWORD = "correct horse battery"
 
@@ -282,6 +283,47 @@ async def test_login_throttle_in_redis_is_shared_by_nodes(throttled, redis_url, 
         async for key in redis.scan_iter(f"{redis_prefix}:*"):
             await redis.delete(key)
         await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_limiter_counts_across_clients(make_settings, redis_url, redis_prefix):
+    """Two limiters with their own Redis connections (two nodes) see one count, with expiry."""
+    from redis.asyncio import Redis
+
+    from signaling.ratelimit import LoginThrottle, RateLimited, RedisLimiter
+
+    settings = make_settings(redis_prefix=redis_prefix, login_attempts_per_account=3, login_attempts_per_ip=100)
+    r1, r2 = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    try:
+        node1, node2 = LoginThrottle(RedisLimiter(r1), settings), LoginThrottle(RedisLimiter(r2), settings)
+        for node in (node1, node2, node1):
+            await node.attempt("shared@example.com", "10.1.1.1")
+        with pytest.raises(RateLimited) as refused:
+            await node2.attempt("shared@example.com", "10.1.1.2")
+        assert 1 <= refused.value.retry_after <= settings.login_window
+        key = node1.account_key("shared@example.com")
+        assert key.startswith(f"{redis_prefix}:ratelimit:login:account:") and int(await r1.get(key)) == 4
+        assert 0 < await r1.pttl(key) <= settings.login_window * 1000
+        await node2.succeeded("shared@example.com")
+        assert await r1.exists(key) == 0
+        await node1.attempt("shared@example.com", "10.1.1.1")  # allowed again
+        # A window that has run out starts over (a 50 ms window, waited for by polling Redis).
+        count, _ = await node1.limiter.hit(f"{redis_prefix}:short", 0.05)
+        assert count == 1
+        await wait_for(_gone(r1, f"{redis_prefix}:short"), timeout=5, what="the 50 ms window to expire")
+        assert (await node2.limiter.hit(f"{redis_prefix}:short", 0.05))[0] == 1
+    finally:
+        async for key in r1.scan_iter(f"{redis_prefix}:*"):
+            await r1.delete(key)
+        await r1.aclose()
+        await r2.aclose()
+
+
+def _gone(redis, key: str):
+    async def check() -> bool:
+        return await redis.exists(key) == 0
+
+    return check
 
 
 async def test_login_throttle_survives_redis_outage(make_settings, redis_prefix):
