@@ -144,6 +144,20 @@ async def member_room(
     return room, role
 
 
+async def update_room(
+    session: AsyncSession, room_id: str, user_id: str, name: str | None, language: str | None
+) -> tuple[Room, Role]:
+    """Rename a room or change its language: editors and owners (viewers only read)."""
+    room, role = await member_room(session, room_id, user_id, Role.editor, lock=True)
+    if name is not None:
+        room.name = name
+    if language is not None:
+        room.language = language
+    session.add(room)
+    await session.commit()
+    return room, role
+
+
 async def delete_room(state: AppState, session: AsyncSession, room_id: str, user_id: str) -> None:
     room, _ = await member_room(session, room_id, user_id, Role.owner, lock=True)
     # The document tables carry no foreign key to rooms (the persistence peer owns them);

@@ -126,6 +126,22 @@ async def test_get_room_per_role(api):
     assert_error(await w.call(None, "GET", f"/api/rooms/{w.rid}"), 401, "unauthorized")
 
 
+async def test_update_room_per_role(api):
+    w = await make_world(api)
+    path = f"/api/rooms/{w.rid}"
+    r = await w.call(w.owner, "PATCH", path, json={"name": "Renamed"})
+    assert r.status_code == 200 and r.json()["name"] == "Renamed" and r.json()["language"] == "python"
+    r = await w.call(w.editor, "PATCH", path, json={"language": "javascript"})
+    assert r.status_code == 200 and r.json()["role"] == "editor" and r.json()["language"] == "javascript"
+    assert_error(await w.call(w.viewer, "PATCH", path, json={"name": "Mine"}), 403, "forbidden")
+    assert_error(await w.call(w.outsider, "PATCH", path, json={"name": "Mine"}), 404, "not_found")
+    assert_error(await w.call(None, "PATCH", path, json={"name": "Mine"}), 401, "unauthorized")
+    for bad in ({"name": ""}, {"name": "n" * 201}, {"language": "cobol"}, {"name": 3}):
+        assert_error(await w.call(w.owner, "PATCH", path, json=bad), 422, "invalid")
+    room = (await w.call(w.viewer, "GET", path)).json()
+    assert (room["name"], room["language"]) == ("Renamed", "javascript")
+
+
 async def test_create_invite_per_role(api):
     w = await make_world(api)
     path = f"/api/rooms/{w.rid}/invites"

@@ -42,6 +42,11 @@ class CreateRoomBody(BaseModel):
     language: Language = "plaintext"
 
 
+class UpdateRoomBody(BaseModel):
+    name: RoomName | None = None
+    language: Language | None = None
+
+
 class CreateInviteBody(BaseModel):
     role: Literal["editor", "viewer"]
     expires_in: int | None = Field(default=None, ge=60, le=rooms.MAX_INVITE_TTL, description="seconds")
@@ -79,6 +84,15 @@ async def get_room(request: web.Request) -> web.Response:
     user_id = await _user_id(request)
     async with get_state(request).sessions() as session:
         room, role = await rooms.member_room(session, request.match_info["room_id"], user_id)
+    return web.json_response(rooms.room_json(room, role))
+
+
+@routes.patch("/api/rooms/{room_id}")
+async def update_room(request: web.Request) -> web.Response:
+    user_id = await _user_id(request)
+    body = await read_json(request, UpdateRoomBody)
+    async with get_state(request).sessions() as session:
+        room, role = await rooms.update_room(session, request.match_info["room_id"], user_id, body.name, body.language)
     return web.json_response(rooms.room_json(room, role))
 
 
