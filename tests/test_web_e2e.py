@@ -70,6 +70,10 @@ def test_language_change_reaches_both(e2e):
     assert res["meta"]["language"] == "javascript"
 
 
+def test_phone_sized_layout_stacks_panels(e2e):
+    step(e2e, "phone_layout")
+
+
 def test_run_streams_same_output_to_both(e2e):
     res = step(e2e, "run_streams_output", needs_service="runner peer")
     assert "hello from the runner" in res["output"] and "to stderr" in res["output"]

@@ -188,6 +188,20 @@ async def main() -> None:
 
             await steps.run("language_change", language, ("invite_accepted",))
 
+            async def phone_layout():
+                await b.set_viewport_size({"width": 390, "height": 844})
+                try:
+                    editor = await b.locator(".editor-pane").bounding_box()
+                    side = await b.locator(".side").bounding_box()
+                    await b.screenshot(path=str(SHOTS / "room-phone.png"))
+                    assert side["y"] >= editor["y"] + editor["height"] - 1, (editor, side)
+                    assert editor["width"] <= 390 and side["width"] <= 390, (editor, side)
+                finally:
+                    await b.set_viewport_size(phone)
+                return {}
+
+            await steps.run("phone_layout", phone_layout, ("invite_accepted",))
+
             # ---------------------------------------------------------------- run
             async def run_output():
                 if "runner" not in stack.procs or not stack.procs["runner"].alive():

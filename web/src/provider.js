@@ -213,12 +213,32 @@ export class CodeSyncProvider extends ObservableV2 {
     this.forceRefresh = false
     this.pending = new Map() // origin conn (or null) -> [update]
     this.flushTimer = null
+    this.cooling = false
+    this.coolPending = false
+    this.microFlush = false
 
     this._onUpdate = (update, origin) => {
       const key = origin instanceof PeerConn ? origin : null
       if (!this.pending.has(key)) this.pending.set(key, [])
       this.pending.get(key).push(update)
-      if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), COALESCE_MS)
+      // Leading edge: the first update goes out at the end of this task; updates arriving in the
+      // next few milliseconds are merged into one message (each data-channel message costs an
+      // SCTP packet + DTLS record on the receiving peer, DESIGN.md "aiortc carries few small messages").
+      if (this.cooling) {
+        this.coolPending = true
+      } else if (!this.microFlush) {
+        this.microFlush = true
+        queueMicrotask(() => {
+          this.microFlush = false
+          this.flush()
+          this.cooling = true
+          this.flushTimer = setTimeout(() => {
+            this.cooling = false
+            this.flushTimer = null
+            if (this.coolPending) { this.coolPending = false; this.flush() }
+          }, COALESCE_MS)
+        })
+      }
     }
     this._onAwareness = ({ added, updated, removed }, origin) => {
       if (origin instanceof PeerConn) return
@@ -392,7 +412,6 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   flush () {
-    this.flushTimer = null
     const pending = this.pending
     this.pending = new Map()
     pending.forEach((updates, origin) => {

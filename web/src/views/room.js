@@ -26,16 +26,26 @@ function toBase64 (bytes) {
   return btoa(s)
 }
 
-/** The persistence peer's save status, from its awareness state (any of the shapes it may use). */
-export function savedStatus (awareness) {
+/**
+ * The persistence peer's save status from its awareness state `saved: {status, state_vector, …}`
+ * (peer/persistence/writer.py). "saved" only when the stored state vector covers everything this
+ * browser has, so a fresh local edit shows "saving…" until the persistence peer has it.
+ */
+export function savedStatus (awareness, doc) {
   for (const state of awareness.getStates().values()) {
-    if (!state) continue
-    const p = state.persistence || (state.service === 'persistence' ? state : null) ||
-      (state.user && state.user.service === 'persistence' ? state : null)
-    if (!p) continue
-    if (typeof p.saved === 'boolean') return p.saved ? 'saved' : 'saving'
-    if (typeof p.status === 'string') return p.status
-    if (typeof p.save_status === 'string') return p.save_status
+    const saved = state && state.saved
+    if (!saved || typeof saved !== 'object') continue
+    if (saved.status === 'error') return `not saved: ${saved.error || 'storage error'}`
+    if (saved.status !== 'saved') return saved.status === 'loading' ? 'loading…' : 'saving…'
+    if (typeof saved.state_vector === 'string') {
+      try {
+        const stored = Y.decodeStateVector(Uint8Array.from(atob(saved.state_vector), c => c.charCodeAt(0)))
+        const mine = Y.decodeStateVector(Y.encodeStateVector(doc))
+        for (const [client, clock] of mine) {
+          if ((stored.get(client) || 0) < clock) return 'saving…'
+        }
+      } catch (e) {}
+    }
     return 'saved'
   }
   return null
@@ -161,7 +171,7 @@ export async function roomView (root, roomId) {
     status.signaling.className = st === 'connected' ? 'ok' : 'bad'
     const direct = provider.connectedPeers().length
     status.peers.textContent = `${direct} direct`
-    const saved = savedStatus(awareness)
+    const saved = savedStatus(awareness, doc)
     status.saved.textContent = saved || (direct ? 'not saved on the server (no persistence peer connected)' : 'local only')
     status.saved.className = saved === 'saved' ? 'ok' : ''
     if (st === 'connected') {
@@ -176,6 +186,11 @@ export async function roomView (root, roomId) {
     }
     if (runBtn) runBtn.disabled = false
   }
+  let statusTimer = null
+  const onDocUpdate = () => {
+    if (!statusTimer) statusTimer = setTimeout(() => { statusTimer = null; renderStatus() }, 100)
+  }
+  doc.on('update', onDocUpdate)
   provider.on('status', renderStatus)
   provider.on('peers', () => { renderStatus(); renderPeople() })
   provider.on('error', (e) => {
@@ -185,7 +200,14 @@ export async function roomView (root, roomId) {
 
   // ------------------------------------------------------------------ presence
   let presence = []
-  provider.on('presence', (p) => { presence = p; renderPeople() })
+  let reloadMembers = null
+  let knownUsers = ''
+  provider.on('presence', (p) => {
+    presence = p
+    renderPeople()
+    const users = p.map(x => x.user_id).filter(Boolean).sort().join(',')
+    if (users !== knownUsers) { knownUsers = users; if (reloadMembers) reloadMembers() }
+  })
   function renderPeople () {
     const items = []
     const seen = new Set()
@@ -304,7 +326,7 @@ export async function roomView (root, roomId) {
   window.addEventListener('keydown', onKey)
 
   // ------------------------------------------------------------------ sharing (owner)
-  if (role === 'owner') renderShare(sharePanel, roomId)
+  if (role === 'owner') reloadMembers = renderShare(sharePanel, roomId)
   else sharePanel.remove()
 
   renderStatus()
@@ -314,6 +336,8 @@ export async function roomView (root, roomId) {
   return () => {
     window.removeEventListener('keydown', onKey)
     clearTimeout(runTimer)
+    clearTimeout(statusTimer)
+    doc.off('update', onDocUpdate)
     meta.unobserve(onMeta)
     runs.unobserveDeep(scheduleRuns)
     provider.destroy()
@@ -369,4 +393,5 @@ function renderShare (panel, roomId) {
   panel.replaceChildren(h('h2', 'Share'), msg.el, h('div.share-row', role, make), link,
     h('h3', h('span', 'Members '), h('button.link', { testid: 'reload-members', on: { click: loadMembers } }, 'refresh')), members)
   loadMembers()
+  return loadMembers
 }
