@@ -108,7 +108,7 @@ class RedisLimiter:
 
 
 class LoginThrottle:
-    """Login attempts per account and per client IP.
+    """Login attempts per account and per client IP (and registrations per client IP).
 
     Every attempt counts against both; a successful login clears the account's count (the
     owner got in, earlier typos should not lock them out next time) but not the IP's.
@@ -141,6 +141,12 @@ class LoginThrottle:
         if waits:
             left, what = max(waits)
             raise RateLimited(max(1, math.ceil(left)), what)
+
+    async def register_attempt(self, ip: str) -> None:
+        """Count one registration from ``ip`` (its own bucket, same per-address limit)."""
+        count, left = await self.limiter.hit(f"{self._prefix}:register:{ip}", self._window)
+        if count > self._per_ip:
+            raise RateLimited(max(1, math.ceil(left)), "registrations from this address")
 
     async def succeeded(self, email: str) -> None:
         await self.limiter.reset(self.account_key(email))

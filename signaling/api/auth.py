@@ -15,7 +15,7 @@ from .. import accounts
 from ..errors import ApiError, read_json
 from ..models import User
 from ..passwords import MAX_LENGTH, MIN_LENGTH
-from ..principal import bearer_token, require_user
+from ..principal import require_user
 from ..ratelimit import RateLimited, login_throttle
 from ..state import get_state
 
@@ -59,10 +59,18 @@ def _refused(exc: accounts.AccountError) -> ApiError:
     return ApiError(status, exc.code, exc.message)
 
 
+def _rate_limited(exc: RateLimited) -> ApiError:
+    return ApiError(429, "rate_limited", str(exc), {"Retry-After": str(exc.retry_after)})
+
+
 @routes.post("/api/auth/register")
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterBody)
     state = get_state(request)
+    try:  # each registration costs an Argon2 hash: bound them per address like logins
+        await login_throttle(state).register_attempt(request.remote or "unknown")
+    except RateLimited as exc:
+        raise _rate_limited(exc) from None
     async with state.sessions() as session:
         try:
             user = await accounts.register(session, body.email, body.password, body.name)
@@ -81,7 +89,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         await throttle.attempt(email, request.remote or "unknown")
     except RateLimited as exc:
-        raise ApiError(429, "rate_limited", str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        raise _rate_limited(exc) from None
     async with state.sessions() as session:
         user = await accounts.authenticate(session, email, body.password)
         if user is None:
@@ -113,9 +121,9 @@ async def logout(request: web.Request) -> web.Response:
     state = get_state(request)
     if not body.all and body.refresh_token is None:
         raise ApiError(422, "invalid", "send refresh_token, or all: true with a Bearer token")
-    user_id = None
-    if body.all or bearer_token(request) is not None:
-        user_id = (await require_user(request)).user_id
+    # The refresh token alone is enough to revoke its sign-in; a stale Bearer header sent
+    # along (clients often do) must not stand in the way. "all" needs a valid one.
+    user_id = (await require_user(request)).user_id if body.all else None
     async with state.sessions() as session:
         if body.refresh_token is not None:
             await accounts.logout(session, body.refresh_token)
