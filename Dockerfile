@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # CodeSync images, all from one Debian bookworm base (the release the project is tested on):
 #
 #   target "app"        signaling, persistence peer, runner, migrations  (compose: codesync:latest)

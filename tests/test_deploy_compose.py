@@ -202,3 +202,35 @@ def test_service_token_entrypoint(tmp_path: Path):
     (tmp_path / "runner").write_text("from-volume\n")
     assert run().stdout.strip() == "token=from-volume args=runner"
     assert run(CODESYNC_SERVICE_TOKEN="from-env").stdout.strip() == "token=from-env args=runner"
+
+
+def test_bootstrap_migrates_and_makes_each_service_token_once(tmp_path: Path):
+    """deploy/bootstrap.sh (the migrate service) with the real CLI on SQLite."""
+    import secrets as _secrets
+    import sys
+
+    from signaling.tokens import TokenService
+
+    secret = _secrets.token_urlsafe(48)
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CODESYNC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'codesync.db'}",
+        "CODESYNC_SECRET_KEY": secret,
+        "CODESYNC_DATA_DIR": str(tmp_path / "data"),
+        "CODESYNC_TOKEN_DIR": str(tokens),
+    }
+    run = lambda: subprocess.run(  # noqa: E731
+        ["sh", str(ROOT / "deploy" / "bootstrap.sh")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    first = run()
+    assert first.returncode == 0, first.stderr
+    made = {scope: (tokens / scope).read_text().strip() for scope in ("persistence", "runner")}
+    for scope, token in made.items():
+        assert (tokens / scope).stat().st_mode & 0o077 == 0, "service tokens must not be readable by others"
+        assert TokenService(secret).decode_service(token).scope == scope
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert {scope: (tokens / scope).read_text().strip() for scope in made} == made
+    assert "created" not in second.stdout
