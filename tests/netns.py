@@ -188,6 +188,7 @@ class Stack:
 
     workdir: Path
     port: int = 0
+    access_ttl: int = 900  # seconds; short values exercise silent refresh and 4001 reconnects
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -205,8 +206,7 @@ class Stack:
                 CODESYNC_DATA_DIR=str(self.workdir / "data"), CODESYNC_SECRET_KEY=secrets.token_urlsafe(48),
                 CODESYNC_ICE_HOSTS=NS_ADDR, CODESYNC_SIGNALING_URL=f"ws://{NS_ADDR}:{self.port}/signal",
                 CODESYNC_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-                # Short-lived access tokens let the tests exercise silent refresh and reconnects.
-                CODESYNC_ACCESS_TOKEN_TTL=os.environ.get("CODESYNC_TEST_ACCESS_TTL", "900"),
+                CODESYNC_ACCESS_TOKEN_TTL=str(self.access_ttl),
             )
             self.env = env
         return self.env

@@ -58,7 +58,9 @@ class Session {
   store ({ access_token, refresh_token, user, expires_in }) {
     const exp = tokenExpiry(access_token)
     const expiresAt = exp ? exp * 1000 : Date.now() + (Number(expires_in) || 900) * 1000
-    this.data = { access_token, refresh_token, user: user || (this.data && this.data.user) || null, expires_at: expiresAt }
+    // Refresh a minute before expiry, or after three quarters of a short token's lifetime.
+    const margin = Math.min(REFRESH_MARGIN_MS, Math.max(1000, (expiresAt - Date.now()) / 4))
+    this.data = { access_token, refresh_token, user: user || (this.data && this.data.user) || null, expires_at: expiresAt, margin }
     localStorage.setItem(STORE_KEY, JSON.stringify(this.data))
     this._emit()
   }
@@ -73,7 +75,7 @@ class Session {
   /** A valid access token, refreshing it first when it is (nearly) expired. */
   async accessToken ({ force = false } = {}) {
     if (!this.signedIn) throw new ApiError(401, 'not_signed_in', 'Please sign in.')
-    if (!force && this.data.expires_at - Date.now() > REFRESH_MARGIN_MS) return this.data.access_token
+    if (!force && this.data.expires_at - Date.now() > (this.data.margin || REFRESH_MARGIN_MS)) return this.data.access_token
     await this.refresh(force ? this.data.access_token : null)
     return this.data.access_token
   }
@@ -91,7 +93,7 @@ class Session {
     // Another tab may have rotated the pair while we waited for the lock.
     const stored = readStored()
     if (stored && stored.refresh_token && (!this.data || stored.refresh_token !== this.data.refresh_token) &&
-        stored.expires_at - Date.now() > REFRESH_MARGIN_MS && stored.access_token !== staleAccess) {
+        stored.expires_at - Date.now() > (stored.margin || REFRESH_MARGIN_MS) && stored.access_token !== staleAccess) {
       this.data = stored
       return
     }

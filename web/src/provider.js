@@ -308,8 +308,27 @@ export class CodeSyncProvider extends ObservableV2 {
       clearInterval(pinger)
       if (this.ws === ws) this.ws = null
       if (this.destroyed) return
-      // A refused or quickly closed socket usually means an expired or rejected token: get a new one.
-      if (!opened || ev.code === 4001 || ev.code === 4401 || ev.code === 1008) this.forceRefresh = true
+      // Close codes of /signal (signaling/ws/protocol.py): 4001 token expired -> reconnect with a
+      // fresh token at once; 4003 unauthorized -> one retry with a refreshed token, then give up;
+      // 4029 too many connections -> slow down. A socket refused before opening also gets a new token.
+      if (ev.code === 4001) {
+        this.forceRefresh = true
+        this.backoff = 0
+      } else if (ev.code === 4003) {
+        this.forceRefresh = true
+        this.unauthorized = (this.unauthorized || 0) + 1
+        if (this.unauthorized > 2) {
+          this.setState('unauthorized', { code: ev.code, reason: ev.reason })
+          this.emit('error', [{ code: 'unauthorized', message: 'The signaling server does not accept your session. Please sign in again.' }])
+          return
+        }
+      } else if (ev.code === 4029) {
+        this.backoff = Math.max(this.backoff, 5000)
+        this.emit('error', [{ code: 'too_many_connections', message: 'Too many open CodeSync tabs or devices: close some and this one reconnects.' }])
+      } else if (!opened) {
+        this.forceRefresh = true
+      }
+      if (opened && ev.code !== 4003) this.unauthorized = 0
       this.setState('disconnected', { code: ev.code, reason: ev.reason })
       this.scheduleReconnect()
     }
@@ -319,7 +338,7 @@ export class CodeSyncProvider extends ObservableV2 {
   scheduleReconnect () {
     if (this.destroyed || this.reconnectTimer) return
     const delay = this.backoff
-    this.backoff = Math.min(this.backoff * 2, 8000)
+    this.backoff = Math.min(Math.max(this.backoff * 2, 500), 8000)
     this.reconnectTimer = setTimeout(() => { this.reconnectTimer = null; this.connectSignaling() }, delay)
   }
 

@@ -179,6 +179,8 @@ export async function roomView (root, roomId) {
       connMsg.clear()
     } else if (st === 'forbidden') {
       connMsg.show("You don't have access to this room any more.", 'error')
+    } else if (st === 'unauthorized') {
+      connMsg.show('The signaling server does not accept your session. Please sign in again.', 'error')
     } else if (everConnected || st === 'disconnected') {
       connMsg.show(direct
         ? `Signaling server unreachable — editing continues peer to peer with ${direct} connected peer${direct === 1 ? '' : 's'}. Reconnecting…`
@@ -195,6 +197,8 @@ export async function roomView (root, roomId) {
   provider.on('peers', () => { renderStatus(); renderPeople() })
   provider.on('error', (e) => {
     if (e.code === 'session_expired') connMsg.show('Your session has expired. Please sign in again.', 'error')
+    else if (e.code === 'unauthorized' || e.code === 'too_many_connections') connMsg.show(e.message, 'error')
+    else if (e.code === 'forbidden') connMsg.show("You don't have access to this room any more.", 'error')
   })
   awareness.on('change', () => { renderStatus(); renderPeople() })
 

@@ -1,0 +1,115 @@
+"""Driver (INSIDE a private network namespace, see tests/netns.py): sessions in the browser.
+Access tokens live a few seconds, so the page must refresh them silently (the refresh token
+rotates) and reconnect to /signal with a fresh token each time the server closes with 4001,
+without the user noticing; a revoked session ends on the sign-in page with a message; a
+non-member opening a room gets a clear "no access" page. Prints one RESULT line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import httpx  # noqa: E402
+from playwright.async_api import async_playwright  # noqa: E402
+
+from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+
+PASSWORD = "correct horse battery"
+T = 30_000
+
+
+async def open_as(browser, url: str, tokens: dict, route: str):
+    ctx = await browser.new_context()
+    session = {"access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"], "user": tokens["user"]}
+    await ctx.add_init_script(
+        f"if (!localStorage.getItem('codesync.session')) localStorage.setItem('codesync.session', JSON.stringify({json.dumps(session)}))"
+    )
+    page = await ctx.new_page()
+    page.set_default_timeout(T)
+    await page.goto(f"{url}/{route}")
+    return page
+
+
+async def main() -> None:
+    cfg = read_config()
+    ttl = int(cfg.get("access_ttl", 6))
+    setup_interfaces()
+    stack = Stack(Path(cfg["workdir"]), access_ttl=ttl)
+    result: dict = {"steps": {}}
+    steps = result["steps"]
+    try:
+        await stack.start_signaling()
+        async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+            users = {}
+            for name in ("alice", "bob", "carol"):
+                r = await http.post("/api/auth/register", json={"email": f"{name}@example.com", "password": PASSWORD, "name": name.title()})
+                r.raise_for_status()
+                users[name] = r.json()
+            auth = {"Authorization": f"Bearer {users['alice']['access_token']}"}
+            room = (await http.post("/api/rooms", json={"name": "sessions", "language": "python"}, headers=auth)).json()
+            inv = (await http.post(f"/api/rooms/{room['id']}/invites", json={"role": "editor"}, headers=auth)).json()
+            (await http.post(f"/api/invites/{inv['token']}/accept", headers={"Authorization": f"Bearer {users['bob']['access_token']}"})).raise_for_status()
+        async with async_playwright() as pw:
+            browser = await launch_chromium(pw)
+            route = f"#/room/{room['id']}"
+            a = await open_as(browser, stack.url, users["alice"], route)
+            b = await open_as(browser, stack.url, users["bob"], route)
+            for p in (a, b):
+                await p.wait_for_selector(".cm-content")
+                await p.evaluate("""() => { window.connects = 0; const p = window.codesync.provider;
+                    if (p.state === 'connected') window.connects++;
+                    p.on('status', e => { if (e.state === 'connected') window.connects++ }) }""")
+                await p.wait_for_function("() => window.codesync.provider.connectedPeers().length > 0")
+            first_refresh = users["alice"]["refresh_token"]
+
+            # Several token lifetimes pass: the server closes with 4001, the page reconnects each time.
+            await a.wait_for_function("() => window.connects >= 3", timeout=(ttl * 3 + 20) * 1000)
+            stored = await a.evaluate("() => JSON.parse(localStorage.getItem('codesync.session'))")
+            await a.click(".cm-content")
+            await a.keyboard.type("still editing after refreshes\n", delay=5)
+            await b.wait_for_function("() => window.codesync.doc.getText('source').toString().includes('still editing after refreshes')")
+            await a.wait_for_selector("[data-testid=status-signaling].ok")
+            on_login = await a.locator("[data-testid=login-submit]").count()
+            steps["silent_refresh_and_reconnect"] = {
+                "ok": stored["refresh_token"] != first_refresh and on_login == 0,
+                "connects": await a.evaluate("() => window.connects"), "rotated": stored["refresh_token"] != first_refresh,
+            }
+
+            # An API screen after expiry works without signing in again.
+            await a.goto(f"{stack.url}/#/rooms")
+            await a.wait_for_selector("[data-testid=room-link]")
+            steps["api_after_expiry"] = {"ok": True}
+
+            # No access: Carol is not a member of the room.
+            c = await open_as(browser, stack.url, users["carol"], route)
+            err = await c.wait_for_selector("[data-testid=room-error]")
+            text = await err.inner_text()
+            steps["no_access_message"] = {"ok": "don't have access" in text, "text": text}
+
+            # Revoked session: the next refresh fails and the page asks to sign in again, saying why.
+            stored = await a.evaluate("() => JSON.parse(localStorage.getItem('codesync.session'))")
+            async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+                r = await http.post("/api/auth/logout", json={"refresh_token": stored["refresh_token"], "all": True},
+                                    headers={"Authorization": f"Bearer {stored['access_token']}"})
+            await a.goto(f"{stack.url}/#/room/{room['id']}")
+            msg = await a.wait_for_selector("[data-testid=auth-message]", timeout=(ttl * 2 + 20) * 1000)
+            text = await msg.inner_text()
+            steps["expired_session_message"] = {"ok": "expired" in text, "text": text, "logout_status": r.status_code}
+            await browser.close()
+    except Exception as exc:  # noqa: BLE001
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["trace"] = traceback.format_exc()[-3000:]
+    finally:
+        stack.stop()
+        result["logs"] = {n: p.tail(2500) for n, p in stack.procs.items()}
+        emit_result(result)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
