@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     # /healthz + /metrics of the persistence peer and the runner (signaling/opsserver.py); unset = off.
     ops_port: int | None = None
     ops_host: str | None = None  # default: host
+    # /signal WebSocket (signaling/ws): presence expiry, keepalive and per-connection limits.
+    presence_ttl: float = Field(default=15.0, description="seconds a node's presence outlives its last heartbeat")
+    signal_heartbeat: float = Field(default=20.0, description="seconds between WebSocket pings")
+    signal_max_frame: int = Field(default=64 * 1024, description="bytes per incoming frame")
+    signal_max_topics: int = 32
+    signal_rate: float = Field(default=100.0, description="frames per second per connection (burst: 2x)")
+    signal_max_conns_per_user: int = 20
+    signal_send_queue: int = Field(default=1024, description="frames buffered for a slow reader before it is dropped")
+    signal_max_strikes: int = Field(default=10, description="bad frames tolerated before closing with 1008")
 
     # ------------------------------------------------------------------ derived
     @property

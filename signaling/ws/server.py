@@ -1,7 +1,237 @@
-"""Placeholder: filled in by its feature."""
+"""``WS /signal`` and ``GET /api/rooms/{id}/presence``.
 
-from aiohttp import web
+Transport only: authenticate, apply the per-connection limits, turn frames into hub calls.
+The wire format is in :mod:`signaling.ws.protocol`, the room state in the hub
+(:mod:`signaling.ws.hub`, in-process or Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from ..access import room_role
+from ..errors import ApiError
+from ..principal import Principal, principal_from_token, require_user
+from ..state import STATE, AppState, get_state
+from ..tokens import TokenError
+from . import metrics, protocol
+from .connection import Connection
+from .hub import Hub
+from .limits import Limits
+from .memory import MemoryHub
+from .protocol import ProtocolError
+
+log = logging.getLogger("codesync.signal")
+
+HUB: web.AppKey[Hub] = web.AppKey("codesync_signal_hub", Hub)
+LIMITS: web.AppKey[Limits] = web.AppKey("codesync_signal_limits", Limits)
 
 
 def setup(app: web.Application) -> None:
-    pass
+    app.router.add_get("/signal", signal_handler)
+    app.router.add_get("/api/rooms/{room_id}/presence", presence_handler)
+    app.cleanup_ctx.append(_hub_context)
+    app.on_shutdown.append(_going_away)
+
+
+def make_hub(state: AppState) -> Hub:
+    settings = state.settings
+    if settings.redis_url:
+        from .redis_backend import RedisHub
+
+        return RedisHub(settings.redis_url, settings.redis_prefix, settings.presence_ttl)
+    return MemoryHub()
+
+
+async def _hub_context(app: web.Application):
+    state = app[STATE]
+    hub = make_hub(state)
+    await hub.start()
+    app[HUB] = hub
+    app[LIMITS] = Limits.from_settings(state.settings)
+    try:
+        yield
+    finally:
+        await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        await hub.stop()
+
+
+async def _going_away(app: web.Application) -> None:
+    hub = app.get(HUB)
+    if hub is not None:
+        await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+
+
+# ----------------------------------------------------------------------------- HTTP
+async def presence_handler(request: web.Request) -> web.Response:
+    """Who is connected to the room now (members only)."""
+    principal = await require_user(request)
+    room_id = request.match_info["room_id"]
+    state = get_state(request)
+    async with state.sessions() as session:
+        role = await room_role(session, room_id, principal.user_id or "")
+    if role is None:
+        raise ApiError(403, "forbidden", "not a member of this room")
+    peers = await request.app[HUB].presence(room_id)
+    return web.json_response({"room_id": room_id, "peers": peers})
+
+
+# ----------------------------------------------------------------------------- WebSocket
+async def signal_handler(request: web.Request) -> web.WebSocketResponse:
+    state = get_state(request)
+    hub = request.app[HUB]
+    limits = request.app[LIMITS]
+    ws = web.WebSocketResponse(heartbeat=limits.heartbeat, max_msg_size=limits.max_frame, autoping=True)
+    await ws.prepare(request)
+
+    principal = await _authenticate(state, ws, request.query.get("token"))
+    if principal is None:
+        return ws
+    conn = Connection(ws, principal, limits, request.transport)
+    if not hub.can_attach(conn, limits.max_conns_per_user):
+        metrics.REFUSALS.labels("too_many_connections").inc()
+        await _refuse(ws, "too_many_connections", "too many connections for this user", protocol.CLOSE_TOO_MANY_CONNECTIONS)
+        return ws
+
+    conn.start()
+    await hub.attach(conn)
+    expiry = _schedule_expiry(conn)
+    try:
+        async for msg in ws:
+            if conn.closed:
+                break
+            if conn.closing:
+                continue
+            if msg.type == WSMsgType.TEXT:
+                await _handle(state, hub, conn, msg.data)
+                await conn.backpressure()
+            elif msg.type == WSMsgType.BINARY:
+                _bad(conn, ProtocolError("binary_unsupported", "send JSON text frames, not binary"))
+            elif msg.type == WSMsgType.ERROR:
+                break
+        if ws.close_code == protocol.CLOSE_TOO_BIG:
+            metrics.REFUSALS.labels("too_large").inc()
+    except Exception:  # noqa: BLE001 - never a traceback to the client, never a dead server
+        log.exception("signal connection %s failed", conn.id)
+        conn.close(protocol.CLOSE_INTERNAL, "internal error")
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        try:
+            await hub.detach(conn)
+        finally:
+            await conn.finish()
+    return ws
+
+
+async def _authenticate(state: AppState, ws: web.WebSocketResponse, token: str | None) -> Principal | None:
+    """The connection's principal, or None after closing with 4003 (or 4001 when expired)."""
+    if not token:
+        metrics.REFUSALS.labels("unauthorized").inc()
+        await _refuse(ws, "unauthorized", "missing ?token=", protocol.CLOSE_UNAUTHORIZED)
+        return None
+    try:
+        principal = await principal_from_token(state, token)
+    except TokenError as exc:
+        expired = exc.code == "token_expired"
+        metrics.REFUSALS.labels("token_expired" if expired else "unauthorized").inc()
+        code = protocol.CLOSE_TOKEN_EXPIRED if expired else protocol.CLOSE_UNAUTHORIZED
+        await _refuse(ws, exc.code if expired else "unauthorized", exc.message, code)
+        return None
+    if principal.expires_at is not None and principal.expires_at <= time.time():
+        metrics.REFUSALS.labels("token_expired").inc()
+        await _refuse(ws, "token_expired", "token has expired", protocol.CLOSE_TOKEN_EXPIRED)
+        return None
+    return principal
+
+
+async def _refuse(ws: web.WebSocketResponse, code: str, message: str, close_code: int) -> None:
+    try:
+        await ws.send_str(protocol.error_frame(code, message))
+        await asyncio.wait_for(ws.close(code=close_code, message=message.encode()[:120]), 2.0)
+    except Exception:  # noqa: BLE001 - the client may already be gone
+        pass
+
+
+def _schedule_expiry(conn: Connection) -> asyncio.TimerHandle | None:
+    expires_at = conn.principal.expires_at
+    if expires_at is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def expire() -> None:
+        metrics.REFUSALS.labels("token_expired").inc()
+        conn.send(protocol.error_frame("token_expired", "access token expired: reconnect with a fresh one"))
+        conn.close_soon(protocol.CLOSE_TOKEN_EXPIRED, "token expired")
+
+    return loop.call_at(loop.time() + max(0.0, expires_at - time.time()), expire)
+
+
+def _bad(conn: Connection, exc: ProtocolError) -> None:
+    """Answer a bad frame with an ``error`` frame; too many of them close the socket (1008)."""
+    metrics.REFUSALS.labels(exc.code).inc()
+    conn.strikes += 1
+    conn.send(protocol.error_frame(exc.code, exc.message, exc.topic))
+    if conn.strikes >= conn.limits.max_strikes and not conn.closing:
+        log.info("closing %s: %d bad frames", conn.id, conn.strikes)
+        conn.close_soon(protocol.CLOSE_POLICY, "too many bad frames")
+
+
+async def _handle(state: AppState, hub: Hub, conn: Connection, text: str) -> None:
+    if not conn.bucket.take():
+        _bad(conn, ProtocolError("rate_limited", f"more than {conn.limits.rate:g} frames per second"))
+        return
+    try:
+        message = protocol.parse(text)
+    except ProtocolError as exc:
+        metrics.MESSAGES_IN.labels("invalid").inc()
+        _bad(conn, exc)
+        return
+    if isinstance(message, protocol.Publish):
+        metrics.MESSAGES_IN.labels("publish").inc()
+        await _publish(hub, conn, message)
+    elif isinstance(message, protocol.Ping):
+        metrics.MESSAGES_IN.labels("ping").inc()
+        conn.send(protocol.PONG)
+    elif isinstance(message, protocol.Subscribe):
+        metrics.MESSAGES_IN.labels("subscribe").inc()
+        await _subscribe(state, hub, conn, message.topics)
+    elif isinstance(message, protocol.Unsubscribe):
+        metrics.MESSAGES_IN.labels("unsubscribe").inc()
+        for topic in message.topics:
+            await hub.unsubscribe(conn, topic)
+
+
+async def _subscribe(state: AppState, hub: Hub, conn: Connection, topics: tuple[str, ...]) -> None:
+    for topic in topics:
+        if topic in conn.roles:
+            continue
+        if len(conn.roles) >= conn.limits.max_topics:
+            metrics.REFUSALS.labels("too_many_topics").inc()
+            conn.send(protocol.error_frame("too_many_topics", f"at most {conn.limits.max_topics} topics per connection", topic))
+            continue
+        role: str | None = None
+        if not conn.is_service:  # service connections may join every room
+            async with state.sessions() as session:
+                found = await room_role(session, topic, conn.principal.user_id or "")
+            if found is None:
+                metrics.REFUSALS.labels("forbidden").inc()
+                conn.send(protocol.error_frame("forbidden", "not a member of this room", topic))
+                continue
+            role = found.value
+        await hub.subscribe(conn, topic, role)
+
+
+async def _publish(hub: Hub, conn: Connection, message: protocol.Publish) -> None:
+    topic = message.topic
+    if topic not in conn.roles:
+        _bad(conn, ProtocolError("not_subscribed", "subscribe to a topic before publishing to it", topic))
+        return
+    if message.peer_id is not None and not await hub.claim_peer_id(conn, topic, message.peer_id):
+        _bad(conn, ProtocolError("peer_id_taken", "that peer id belongs to another connection", topic))
+        return
+    await hub.publish(conn, topic, message.data)

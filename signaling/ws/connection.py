@@ -1,0 +1,181 @@
+"""One ``/signal`` client: who it is, what it subscribed, and a bounded outgoing queue.
+
+Fan-out never awaits a socket: it appends the (already serialized) frame to each receiver's
+queue and a per-connection writer task drains it. A receiver whose queue is full has stopped
+reading; it is dropped (close 4008) instead of being buffered for without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from ..principal import Principal
+from . import metrics
+from .limits import Limits, TokenBucket
+from .protocol import CLOSE_SLOW_CONSUMER
+
+log = logging.getLogger("codesync.signal")
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, principal: Principal, limits: Limits, transport: Any = None):
+        self.id = uuid.uuid4().hex[:16]
+        self.ws = ws
+        self.principal = principal
+        self.limits = limits
+        self.transport = transport
+        # topic -> role ("owner"/"editor"/"viewer"; None for service connections)
+        self.roles: dict[str, str | None] = {}
+        # topic -> peer ids this connection used as ``from`` in that topic (for presence)
+        self.peer_ids: dict[str, set[str]] = {}
+        self.bound: set[str] = set()  # every peer id bound to this connection
+        self.bucket = TokenBucket(limits.rate, limits.burst)
+        self.strikes = 0
+        self.closing = False  # decided to close (e.g. after too many strikes): ignore further frames
+        self.closed = False
+        self._queue: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._roomy = asyncio.Event()  # set while the queue is at most half full
+        self._roomy.set()
+        self._writer: asyncio.Task | None = None
+        self._closer: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def is_service(self) -> bool:
+        return self.principal.is_service
+
+    @property
+    def principal_key(self) -> str:
+        """Same string for every connection of one user (or one service scope)."""
+        if self.principal.service:
+            return f"s:{self.principal.service}"
+        return f"u:{self.principal.user_id}"
+
+    def sender(self, topic: str) -> dict[str, Any]:
+        """The ``sender`` stamp on this connection's publishes in ``topic``."""
+        if self.principal.service:
+            return {"service": self.principal.service}
+        return {"user_id": self.principal.user_id, "name": self.principal.name, "role": self.roles.get(topic)}
+
+    def entry(self, topic: str) -> dict[str, Any]:
+        """This connection's presence record in ``topic`` (compact; also stored in Redis)."""
+        return {
+            "u": self.principal.user_id,
+            "n": self.principal.name,
+            "r": self.roles.get(topic),
+            "s": self.principal.service,
+            "p": sorted(self.peer_ids.get(topic, ())),
+        }
+
+    # ------------------------------------------------------------------ sending
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"signal-writer-{self.id}")
+
+    def send(self, text: str) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self.limits.send_queue:
+            metrics.REFUSALS.labels("slow_consumer").inc()
+            log.info("dropping connection %s: send buffer full (client stopped reading)", self.id)
+            self.close(CLOSE_SLOW_CONSUMER, "send buffer overflow: client is not reading")
+            return
+        self._queue.append(text)
+        self._wake.set()
+        if len(self._queue) > self.limits.send_queue // 2:
+            self._roomy.clear()
+        metrics.MESSAGES_OUT.inc()
+
+    async def backpressure(self) -> None:
+        """Wait (before reading this client's next frame) while its own replies pile up.
+
+        A client bursting pings must not overflow its own queue just because the reader
+        loop runs ahead of the writer; one that stops reading stalls here, and overflows
+        (and is dropped) only through what others publish to it.
+        """
+        if not self._roomy.is_set():
+            await self._roomy.wait()
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        queue = self._queue
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while queue and not self.closed:
+                    await ws.send_str(queue.popleft())
+                    if len(queue) <= self.limits.send_queue // 2:
+                        self._roomy.set()
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - a broken socket must not kill the server
+            log.debug("writer of %s failed", self.id, exc_info=True)
+
+    # ------------------------------------------------------------------ closing
+    def close(self, code: int, message: str) -> None:
+        """Close once, from any task; aborts the transport if the close handshake stalls."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        self._roomy.set()
+        self._closer = asyncio.create_task(self._close(code, message))
+
+    def close_soon(self, code: int, message: str, grace: float = 0.5) -> None:
+        """Stop handling frames now; let already-queued frames (an ``error``) go out, then close."""
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        asyncio.ensure_future(self._flush_then_close(code, message, grace))
+
+    async def _flush_then_close(self, code: int, message: str, grace: float) -> None:
+        try:
+            await asyncio.wait_for(self._drain(), grace)
+        except asyncio.TimeoutError:
+            pass
+        self.close(code, message)
+
+    async def _drain(self) -> None:
+        while self._queue and not self.closed:
+            await asyncio.sleep(0.005)
+
+    async def _close(self, code: int, message: str) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+        closing = asyncio.ensure_future(self.ws.close(code=code, message=message.encode()[:120]))
+        # asyncio.wait, not wait_for: a close stuck behind a full socket must not hold us.
+        done, _ = await asyncio.wait({closing}, timeout=2.0)
+        if not done:
+            closing.cancel()
+            self.abort()
+        elif self.transport is not None and code == CLOSE_SLOW_CONSUMER:
+            self.abort()  # its buffer will never drain: a graceful transport close would wait forever
+        elif self.transport is not None:
+            # A graceful close flushes the buffer first; don't let a non-reader keep it alive.
+            asyncio.get_running_loop().call_later(5.0, self.transport.abort)
+
+    def abort(self) -> None:
+        """Cut the TCP connection (the reader loop then ends and the hub forgets us)."""
+        self.closed = True
+        self._wake.set()
+        self._roomy.set()
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def finish(self) -> None:
+        """Called once the reader loop ended: stop the writer."""
+        self.closed = True
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass

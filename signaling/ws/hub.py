@@ -1,0 +1,217 @@
+"""The hub: who is subscribed to which topic, presence, peer-id ownership, fan-out.
+
+One small interface with two backends (chosen by ``CODESYNC_REDIS_URL``):
+
+- :class:`signaling.ws.memory.MemoryHub` — in-process, one node (the embedded default);
+- :class:`signaling.ws.redis_backend.RedisHub` — several nodes sharing one Redis: presence kept
+  in Redis with heartbeats and expiry, publishes fanned out with Redis pub/sub.
+
+This base class holds everything both share: the node's own subscribers, delivery to them,
+presence aggregation and the ``room-active``/``room-idle`` bookkeeping for service
+connections. A backend supplies what lies beyond this node (``_remote_entries``, claims of
+peer ids, remote fan-out) through the hooks at the bottom.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from . import metrics
+from .connection import Connection
+from .protocol import presence_frame, publish_frame, room_state_frame
+
+Entry = dict[str, Any]  # {"u": user_id, "n": name, "r": role, "s": service, "p": [peer ids]}
+
+
+def aggregate_presence(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Presence ``peers``: one record per user (all their connections' peer ids merged).
+
+    Service connections (persistence, runner) are not people and are left out.
+    """
+    users: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        uid = e.get("u")
+        if not uid:
+            continue
+        rec = users.get(uid)
+        if rec is None:
+            rec = users[uid] = {"user_id": uid, "name": e.get("n") or "", "role": e.get("r"), "peer_ids": set()}
+        rec["peer_ids"].update(e.get("p") or ())
+    out = [dict(r, peer_ids=sorted(r["peer_ids"])) for r in users.values()]
+    out.sort(key=lambda r: (r["name"], r["user_id"]))
+    return out
+
+
+class Hub(ABC):
+    """What ``/signal`` and ``GET /api/rooms/{id}/presence`` need from a backend."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, dict[str, Connection]] = {}  # local subscribers
+        self.services: dict[str, Connection] = {}
+        self.connections: dict[str, Connection] = {}
+        self.user_conns: dict[str, int] = {}
+        self.active: set[str] = set()  # rooms with >= 1 user subscriber (anywhere)
+        self._presence_sent: dict[str, list[dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def stop(self) -> None:  # noqa: B027
+        pass
+
+    # ------------------------------------------------------------------ connections
+    def can_attach(self, conn: Connection, max_per_user: int) -> bool:
+        uid = conn.principal.user_id
+        return conn.is_service or uid is None or self.user_conns.get(uid, 0) < max_per_user
+
+    async def attach(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+        uid = conn.principal.user_id
+        if conn.is_service:
+            first = not self.services
+            self.services[conn.id] = conn
+            if first:
+                await self._services_appeared()
+            for topic in sorted(self.active):
+                conn.send(room_state_frame(topic, True))
+        elif uid:
+            self.user_conns[uid] = self.user_conns.get(uid, 0) + 1
+        metrics.CONNECTIONS.labels("service" if conn.is_service else "user").inc()
+
+    async def detach(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        for topic in list(conn.roles):
+            await self.unsubscribe(conn, topic)
+        if conn.bound:
+            await self._release(conn, set(conn.bound))
+            conn.bound.clear()
+        uid = conn.principal.user_id
+        if conn.is_service:
+            self.services.pop(conn.id, None)
+        elif uid:
+            n = self.user_conns.get(uid, 1) - 1
+            if n <= 0:
+                self.user_conns.pop(uid, None)
+            else:
+                self.user_conns[uid] = n
+        metrics.CONNECTIONS.labels("service" if conn.is_service else "user").dec()
+
+    # ------------------------------------------------------------------ topics
+    async def subscribe(self, conn: Connection, topic: str, role: str | None) -> None:
+        conn.roles[topic] = role
+        conn.peer_ids.setdefault(topic, set())
+        subs = self.topics.get(topic)
+        if subs is None:
+            subs = self.topics[topic] = {}
+            metrics.ROOMS.inc()
+        subs[conn.id] = conn
+        sent = self._presence_sent.get(topic)
+        await self._entry_changed(conn, topic, present=True)
+        current = self._presence_sent.get(topic)
+        if current is not None and current is sent:  # unchanged (e.g. a service joined): tell the newcomer
+            conn.send(presence_frame(topic, current))
+
+    async def unsubscribe(self, conn: Connection, topic: str) -> None:
+        if topic not in conn.roles:
+            return
+        conn.roles.pop(topic, None)
+        conn.peer_ids.pop(topic, None)
+        subs = self.topics.get(topic)
+        if subs is not None:
+            subs.pop(conn.id, None)
+            if not subs:
+                del self.topics[topic]
+                self._presence_sent.pop(topic, None)
+                metrics.ROOMS.dec()
+        await self._entry_changed(conn, topic, present=False)
+
+    async def claim_peer_id(self, conn: Connection, topic: str, peer_id: str) -> bool:
+        """Bind ``peer_id`` to ``conn`` (first user wins; the same principal may take it over)."""
+        if peer_id not in conn.bound:
+            if not await self._claim(conn, peer_id):
+                return False
+            conn.bound.add(peer_id)
+        used = conn.peer_ids.setdefault(topic, set())
+        if peer_id not in used:
+            used.add(peer_id)
+            await self._entry_changed(conn, topic, present=True)
+        return True
+
+    # ------------------------------------------------------------------ publish
+    async def publish(self, conn: Connection, topic: str, data: Any) -> None:
+        t0 = time.time()
+        frame = publish_frame(topic, data, self.clients(topic), conn.sender(topic))
+        self.deliver_local(topic, frame)
+        metrics.FANOUT.observe(time.time() - t0)
+        await self._fanout_remote(topic, frame, t0)
+
+    def deliver_local(self, topic: str, frame: str) -> None:
+        subs = self.topics.get(topic)
+        if subs:
+            for receiver in list(subs.values()):
+                receiver.send(frame)
+
+    def clients(self, topic: str) -> int:
+        """Subscribers of ``topic`` on every node (the reference server's ``clients``)."""
+        return len(self.topics.get(topic, ())) + self._remote_count(topic)
+
+    # ------------------------------------------------------------------ presence / activity
+    def local_entries(self, topic: str) -> list[Entry]:
+        return [c.entry(topic) for c in self.topics.get(topic, {}).values()]
+
+    async def presence(self, topic: str) -> list[dict[str, Any]]:
+        await self._refresh(topic)
+        return aggregate_presence(self.local_entries(topic) + self._remote_entries(topic))
+
+    def room_changed(self, topic: str) -> None:
+        """Recompute ``topic``'s presence and activity; tell whoever needs to know here."""
+        entries = self.local_entries(topic) + self._remote_entries(topic)
+        if topic in self.topics:
+            peers = aggregate_presence(entries)
+            if self._presence_sent.get(topic) != peers:
+                self._presence_sent[topic] = peers
+                self.deliver_local(topic, presence_frame(topic, peers))
+        active = any(e.get("u") for e in entries)
+        if active != (topic in self.active):
+            if active:
+                self.active.add(topic)
+            else:
+                self.active.discard(topic)
+            if self.services:
+                frame = room_state_frame(topic, active)
+                for svc in list(self.services.values()):
+                    svc.send(frame)
+
+    async def close_all(self, code: int, message: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.close(code, message)
+
+    # ------------------------------------------------------------------ backend hooks
+    @abstractmethod
+    async def _entry_changed(self, conn: Connection, topic: str, present: bool) -> None:
+        """``conn``'s presence entry in ``topic`` was added/updated (present) or removed."""
+
+    @abstractmethod
+    async def _claim(self, conn: Connection, peer_id: str) -> bool: ...
+
+    @abstractmethod
+    async def _release(self, conn: Connection, peer_ids: set[str]) -> None: ...
+
+    async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:  # noqa: B027
+        pass
+
+    def _remote_entries(self, topic: str) -> list[Entry]:
+        return []
+
+    def _remote_count(self, topic: str) -> int:
+        return 0
+
+    async def _refresh(self, topic: str) -> None:  # noqa: B027
+        pass
+
+    async def _services_appeared(self) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,58 @@
+"""Per-connection limits of ``/signal``, all read from Settings (``CODESYNC_SIGNAL_*``).
+
+The reference server has none: it dies on one malformed frame and buffers without bound for
+a client that stops reading. These keep one client from hurting the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame: int
+    max_topics: int
+    rate: float  # frames per second, sustained
+    burst: float
+    max_conns_per_user: int
+    send_queue: int
+    max_strikes: int
+    heartbeat: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Limits":
+        return cls(
+            max_frame=settings.signal_max_frame,
+            max_topics=settings.signal_max_topics,
+            rate=settings.signal_rate,
+            burst=max(1.0, settings.signal_rate * 2),
+            max_conns_per_user=settings.signal_max_conns_per_user,
+            send_queue=settings.signal_send_queue,
+            max_strikes=settings.signal_max_strikes,
+            heartbeat=settings.signal_heartbeat,
+        )
+
+
+class TokenBucket:
+    """Classic token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

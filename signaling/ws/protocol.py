@@ -1,0 +1,164 @@
+"""The ``/signal`` wire format: parsing and validating client frames, building server frames.
+
+Pure functions only (no I/O), so every malformed-input case can be tested without a socket.
+The core is y-webrtc's signaling protocol exactly as its reference server speaks it
+(``subscribe``/``unsubscribe``/``publish``/``ping``); CodeSync adds ``error``, ``presence``,
+``room-active``/``room-idle`` frames and the server-stamped ``sender`` (DESIGN.md,
+"Signaling protocol").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+MAX_TOPIC_LENGTH = 128
+MAX_PEER_ID_LENGTH = 128
+
+# Close codes (documented in README, section "signaling").
+CLOSE_GOING_AWAY = 1001  # server shutting down
+CLOSE_POLICY = 1008  # repeated abuse (bad frames, flooding)
+CLOSE_TOO_BIG = 1009  # a frame above signal_max_frame
+CLOSE_INTERNAL = 1011
+CLOSE_TOKEN_EXPIRED = 4001  # the access token expired while connected: refresh and reconnect
+CLOSE_UNAUTHORIZED = 4003  # no token, a forged/unknown token, wrong kind
+CLOSE_SLOW_CONSUMER = 4008  # the client stopped reading; its send buffer overflowed
+CLOSE_TOO_MANY_CONNECTIONS = 4029  # connections per user exceeded
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be acted on; becomes an ``error`` frame (and a strike)."""
+
+    def __init__(self, code: str, message: str, topic: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.topic = topic
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    data: Any  # a dict (plain rooms) or a base64 string (encrypted rooms), relayed untouched
+    peer_id: str | None  # data["from"] when data is an object carrying one
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+Message = Union[Subscribe, Unsubscribe, Publish, Ping]
+
+
+def decode_text(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("invalid_utf8", "frame is not valid UTF-8") from None
+
+
+def parse(text: str) -> Message:
+    """One client text frame -> a message, or :class:`ProtocolError`."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed_json", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("invalid_frame", "frame must be a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("missing_field", "frame needs a string 'type'")
+    if kind == "publish":
+        return _publish(frame)
+    if kind == "subscribe":
+        return Subscribe(_topics(frame))
+    if kind == "unsubscribe":
+        return Unsubscribe(_topics(frame))
+    if kind == "ping":
+        return Ping()
+    raise ProtocolError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def _topic(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid_topic", "a topic is a non-empty string")
+    if len(value) > MAX_TOPIC_LENGTH:
+        raise ProtocolError("invalid_topic", f"a topic is at most {MAX_TOPIC_LENGTH} characters")
+    return value
+
+
+def _topics(frame: dict[str, Any]) -> tuple[str, ...]:
+    if "topics" not in frame:
+        raise ProtocolError("missing_field", "frame needs 'topics' (an array of strings)")
+    topics = frame["topics"]
+    if not isinstance(topics, list):
+        raise ProtocolError("invalid_field", "'topics' must be an array of strings")
+    out: list[str] = []
+    for value in topics:
+        topic = _topic(value)
+        if topic not in out:
+            out.append(topic)
+    return tuple(out)
+
+
+def _publish(frame: dict[str, Any]) -> Publish:
+    if "topic" not in frame:
+        raise ProtocolError("missing_field", "publish needs 'topic'")
+    topic = _topic(frame["topic"])
+    if "data" not in frame:
+        raise ProtocolError("missing_field", "publish needs 'data'", topic)
+    data = frame["data"]
+    peer_id: str | None = None
+    if isinstance(data, dict):
+        sender = data.get("from")
+        if sender is not None:
+            if not isinstance(sender, str) or not sender or len(sender) > MAX_PEER_ID_LENGTH:
+                raise ProtocolError("invalid_field", "'data.from' must be a peer id string", topic)
+            peer_id = sender
+    elif not isinstance(data, str):
+        raise ProtocolError("invalid_field", "'data' must be an object or an encrypted string", topic)
+    return Publish(topic, data, peer_id)
+
+
+# ----------------------------------------------------------------------------- server frames
+def dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(code: str, message: str, topic: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if topic is not None:
+        frame["topic"] = topic
+    return dumps(frame)
+
+
+def publish_frame(topic: str, data: Any, clients: int, sender: dict[str, Any]) -> str:
+    """What every subscriber receives: the reference server's frame plus ``sender``.
+
+    Built fresh (never the client's own dict), so no client-supplied field survives but
+    ``data``, and ``sender`` cannot be forged.
+    """
+    return dumps({"type": "publish", "topic": topic, "data": data, "clients": clients, "sender": sender})
+
+
+def presence_frame(topic: str, peers: list[dict[str, Any]]) -> str:
+    return dumps({"type": "presence", "topic": topic, "peers": peers})
+
+
+def room_state_frame(topic: str, active: bool) -> str:
+    return dumps({"type": "room-active" if active else "room-idle", "topic": topic})
+
+
+PONG = dumps({"type": "pong"})

@@ -1,0 +1,306 @@
+"""A real signaling process with users, a room, memberships and tokens — for any test.
+
+Usage (any test file)::
+
+    from tests.stack import signaling_stack, SignalClient
+
+    async def test_something(tmp_path):
+        async with signaling_stack(tmp_path) as stack:          # one `codesync signaling` process
+            room = await stack.seed_room({"alice": "owner", "bob": "viewer", "eve": None})
+            async with SignalClient.connect(stack.ws_url(room.token("alice"))) as alice:
+                await alice.subscribe(room.id)
+                await alice.expect("presence")
+
+- ``signaling_stack(tmp_path, redis_url=..., redis_prefix=..., nodes=2, **env)`` starts one or
+  more nodes on one database (SQLite file under tmp_path unless ``database_url`` is given);
+  ``env`` are extra ``CODESYNC_*`` variables (e.g. ``CODESYNC_PRESENCE_TTL="2"``).
+- ``seed_room(database_url, secret, roles)`` writes users/room/memberships straight into the
+  database with sqlmodel (no REST API needed) and returns a :class:`SeededRoom` with access
+  tokens per label; a role of ``None`` makes a user who is *not* a member.
+- ``service_token(database_url, secret, scope)`` makes a ``persistence``/``runner`` token.
+- :class:`SignalClient` is a small aiohttp WebSocket client for ``/signal`` that keeps every
+  frame it receives and lets a test wait for the next frame matching a predicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from signaling import db
+from signaling.models import Membership, Role, Room, ServiceToken, User
+from signaling.settings import Settings
+from signaling.tokens import TokenService
+from tests.support import Service, child_env, start_signaling
+
+
+# ----------------------------------------------------------------------------- seeding
+@dataclass
+class SeededUser:
+    label: str
+    id: str
+    name: str
+    role: str | None
+    token: str
+
+
+@dataclass
+class SeededRoom:
+    id: str
+    users: dict[str, SeededUser]
+    secret: str
+
+    def token(self, label: str) -> str:
+        return self.users[label].token
+
+    def user(self, label: str) -> SeededUser:
+        return self.users[label]
+
+
+def _settings(database_url: str, secret: str, data_dir: Path | None = None) -> Settings:
+    return Settings(database_url=database_url, secret_key=secret, data_dir=data_dir or Path("./data"))
+
+
+async def seed_room(
+    database_url: str,
+    secret: str,
+    roles: dict[str, str | None],
+    name: str = "test room",
+    language: str = "python",
+    token_ttl: int | None = None,
+) -> SeededRoom:
+    """One room; a user per label in ``roles`` (role ``None`` = not a member); access tokens.
+
+    The first label with role ``owner`` owns the room (one is created if none is given).
+    """
+    settings = _settings(database_url, secret)
+    engine = db.create_engine(settings)
+    tokens = TokenService(secret)
+    try:
+        await db.migrate(engine)
+        async with db.session_factory(engine)() as session:
+            users: dict[str, User] = {}
+            for label in roles:
+                user = User(email=f"{label}-{secrets.token_hex(4)}@example.com", name=label.capitalize())
+                session.add(user)
+                users[label] = user
+            owner_label = next((label for label, role in roles.items() if role == "owner"), None)
+            if owner_label is None:
+                owner = User(email=f"owner-{secrets.token_hex(4)}@example.com", name="Owner")
+                session.add(owner)
+            else:
+                owner = users[owner_label]
+            await session.flush()
+            room = Room(name=name, language=language, owner_id=owner.id)
+            session.add(room)
+            await session.flush()
+            for label, role in roles.items():
+                if role is not None:
+                    session.add(Membership(room_id=room.id, user_id=users[label].id, role=Role(role).value))
+            await session.commit()
+            seeded = {
+                label: SeededUser(label, u.id, u.name, roles[label], tokens.issue_access(u.id, ttl=token_ttl)[0])
+                for label, u in users.items()
+            }
+            return SeededRoom(room.id, seeded, secret)
+    finally:
+        await engine.dispose()
+
+
+async def add_member(database_url: str, secret: str, room_id: str, user_id: str, role: str) -> None:
+    engine = db.create_engine(_settings(database_url, secret))
+    try:
+        async with db.session_factory(engine)() as session:
+            session.add(Membership(room_id=room_id, user_id=user_id, role=Role(role).value))
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+async def service_token(database_url: str, secret: str, scope: str = "persistence") -> str:
+    engine = db.create_engine(_settings(database_url, secret))
+    try:
+        await db.migrate(engine)
+        async with db.session_factory(engine)() as session:
+            row = ServiceToken(scope=scope, name=f"test {scope}")
+            session.add(row)
+            await session.commit()
+            return TokenService(secret).issue_service(row.id, scope)
+    finally:
+        await engine.dispose()
+
+
+def access_token(secret: str, user_id: str, ttl: int | None = None) -> str:
+    return TokenService(secret).issue_access(user_id, ttl=ttl)[0]
+
+
+# ----------------------------------------------------------------------------- processes
+@dataclass
+class Stack:
+    """Running signaling node(s) sharing one database (and Redis, when given)."""
+
+    nodes: list[Service]
+    database_url: str
+    secret: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url or ""
+
+    def ws_url(self, token: str | None, node: int = 0) -> str:
+        base = (self.nodes[node].url or "").replace("http://", "ws://") + "/signal"
+        return base if token is None else f"{base}?token={token}"
+
+    async def seed_room(self, roles: dict[str, str | None], **kw: Any) -> SeededRoom:
+        return await seed_room(self.database_url, self.secret, roles, **kw)
+
+    async def service_token(self, scope: str = "persistence") -> str:
+        return await service_token(self.database_url, self.secret, scope)
+
+    def access_token(self, user_id: str, ttl: int | None = None) -> str:
+        return access_token(self.secret, user_id, ttl)
+
+
+@asynccontextmanager
+async def signaling_stack(
+    tmp_path: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    redis_prefix: str | None = None,
+    nodes: int = 1,
+    **env: str,
+) -> AsyncIterator[Stack]:
+    """Start ``nodes`` real ``codesync signaling`` processes; stop them afterwards."""
+    secret = secrets.token_urlsafe(48)
+    database_url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'codesync.db'}"
+    overrides = {
+        "CODESYNC_DATABASE_URL": database_url,
+        "CODESYNC_SECRET_KEY": secret,
+        "CODESYNC_DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    if redis_url:
+        overrides["CODESYNC_REDIS_URL"] = redis_url
+    if redis_prefix:
+        overrides["CODESYNC_REDIS_PREFIX"] = redis_prefix
+    started: list[Service] = []
+    try:
+        for _ in range(nodes):
+            started.append(await start_signaling(tmp_path, child_env(**overrides)))
+        yield Stack(started, database_url, secret, overrides)
+    finally:
+        for svc in started:
+            svc.stop()
+
+
+# ----------------------------------------------------------------------------- client
+class SignalClient:
+    """A ``/signal`` WebSocket client that records every frame for ``expect``."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse):
+        self.session = session
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []  # everything received, in order
+        self.pending: list[dict[str, Any]] = []  # received and not yet returned by expect()
+        self._cond = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, **kw: Any) -> AsyncIterator["SignalClient"]:
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(url, autoping=True, **kw)
+            client = cls(session, ws)
+            try:
+                yield client
+            finally:
+                await client.close()
+        finally:
+            await session.close()
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    frame = json.loads(msg.data)
+                    async with self._cond:
+                        self.frames.append(frame)
+                        self.pending.append(frame)
+                        self._cond.notify_all()
+        finally:
+            async with self._cond:
+                self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        if isinstance(frame, bytes):
+            await self.ws.send_bytes(frame)
+        elif isinstance(frame, str):
+            await self.ws.send_str(frame)
+        else:
+            await self.ws.send_str(json.dumps(frame))
+
+    async def subscribe(self, *topics: str) -> None:
+        await self.send({"type": "subscribe", "topics": list(topics)})
+
+    async def publish(self, topic: str, data: Any) -> None:
+        await self.send({"type": "publish", "topic": topic, "data": data})
+
+    async def expect(
+        self, type_: str | None = None, where: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The oldest not-yet-returned frame of ``type_`` matching ``where`` (others stay pending)."""
+
+        def match(f: dict[str, Any]) -> bool:
+            return (type_ is None or f.get("type") == type_) and (where is None or where(f))
+
+        async def find() -> dict[str, Any]:
+            async with self._cond:
+                while True:
+                    for i, frame in enumerate(self.pending):
+                        if match(frame):
+                            return self.pending.pop(i)
+                    if self._reader.done():
+                        raise AssertionError(f"socket closed ({self.close_code}) before a {type_} frame; got {_short(self.pending)}")
+                    await self._cond.wait()
+
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no {type_} frame within {timeout}s; got {_short(self.pending)}") from None
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close()
+        self._reader.cancel()
+        try:
+            await self._reader
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            pass
+
+
+def _short(frames: list[dict[str, Any]], limit: int = 1500) -> str:
+    text = repr(frames)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

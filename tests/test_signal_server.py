@@ -1,0 +1,410 @@
+"""``/signal`` against a real ``codesync signaling`` process (in-process backend).
+
+Frame by frame: the y-webrtc core as the reference server speaks it, then CodeSync's
+additions (auth, membership, sender stamp, peer-id binding, presence, service activity),
+every bad-input case and the limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.stack import SignalClient, Stack, signaling_stack
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
+
+ENV = {
+    "CODESYNC_SIGNAL_RATE": "40",
+    "CODESYNC_SIGNAL_MAX_TOPICS": "3",
+    "CODESYNC_SIGNAL_MAX_CONNS_PER_USER": "3",
+    "CODESYNC_SIGNAL_SEND_QUEUE": "50",
+    "CODESYNC_SIGNAL_MAX_STRIKES": "5",
+    "CODESYNC_SIGNAL_MAX_FRAME": "8192",
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory) -> Stack:
+    async with signaling_stack(tmp_path_factory.mktemp("signal"), **ENV) as s:
+        yield s
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def room(stack: Stack):
+    return await stack.seed_room({"alice": "owner", "bob": "editor", "vic": "viewer", "eve": None})
+
+
+def announce(peer: str) -> dict:
+    return {"type": "announce", "from": peer}
+
+
+# ----------------------------------------------------------------------------- y-webrtc core
+async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a, SignalClient.connect(
+        stack.ws_url(room.token("bob"))
+    ) as b:
+        await a.send({"type": "ping"})
+        assert await a.expect() == {"type": "pong"}
+
+        await a.subscribe(room.id)
+        await a.expect("presence")
+        await a.publish(room.id, announce("peer-a"))
+        own = await a.expect("publish")  # the sender receives its own publish, like the reference
+        assert own["topic"] == room.id and own["data"] == announce("peer-a") and own["clients"] == 1
+        assert own["sender"] == {"user_id": room.user("alice").id, "name": "Alice", "role": "owner"}
+
+        await b.subscribe(room.id)
+        await b.expect("presence")
+        signal_data = {"type": "signal", "from": "peer-b", "to": "peer-a", "token": 0.5, "signal": {"type": "offer", "sdp": "v=0"}}
+        await b.publish(room.id, signal_data)
+        for client in (a, b):
+            got = await client.expect("publish")
+            assert got["data"] == signal_data and got["clients"] == 2
+            assert got["sender"]["user_id"] == room.user("bob").id and got["sender"]["role"] == "editor"
+
+        encrypted = "c2VjcmV0LWJ5dGVz"  # encrypted rooms publish base64 strings: relayed untouched
+        await a.publish(room.id, encrypted)
+        assert (await b.expect("publish"))["data"] == encrypted
+        assert (await a.expect("publish"))["data"] == encrypted
+
+        await b.send({"type": "unsubscribe", "topics": [room.id]})
+        await a.expect("presence", lambda f: [p["name"] for p in f["peers"]] == ["Alice"])
+        await a.publish(room.id, announce("peer-a"))
+        assert (await a.expect("publish"))["clients"] == 1
+        await b.send({"type": "ping"})
+        await b.expect("pong")
+        assert not [f for f in b.pending if f["type"] == "publish"]  # nothing after unsubscribing
+
+
+async def test_client_supplied_sender_and_extras_are_not_relayed(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a:
+        await a.subscribe(room.id)
+        await a.send({"type": "publish", "topic": room.id, "data": {"x": 1}, "sender": {"user_id": "forged"}, "clients": 99})
+        got = await a.expect("publish")
+        assert got["sender"]["user_id"] == room.user("alice").id and got["clients"] == 1
+
+
+# ----------------------------------------------------------------------------- auth
+@pytest.mark.parametrize("token,code", [(None, 4003), ("not-a-jwt", 4003), ("eyJhbGciOiJIUzI1NiJ9.e30.x", 4003)])
+async def test_refuses_missing_or_bad_token(stack: Stack, token, code) -> None:
+    async with SignalClient.connect(stack.ws_url(token)) as c:
+        err = await c.expect("error")
+        assert err["code"] == "unauthorized"
+        assert await c.wait_closed() == code
+
+
+async def test_refuses_expired_token(stack: Stack, room) -> None:
+    token = stack.access_token(room.user("alice").id, ttl=-60)  # beyond the 5 s decoding leeway
+    async with SignalClient.connect(stack.ws_url(token)) as c:
+        assert (await c.expect("error"))["code"] == "token_expired"
+        assert await c.wait_closed() == 4001
+
+
+async def test_token_from_another_key_is_refused(stack: Stack, room) -> None:
+    from signaling.tokens import TokenService
+
+    forged = TokenService("x" * 48).issue_access(room.user("alice").id)[0]
+    async with SignalClient.connect(stack.ws_url(forged)) as c:
+        assert await c.wait_closed() == 4003
+
+
+async def test_membership_viewer_allowed_non_member_forbidden(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("vic"))) as v, SignalClient.connect(
+        stack.ws_url(room.token("eve"))
+    ) as e, SignalClient.connect(stack.ws_url(room.token("alice"))) as a:
+        await a.subscribe(room.id)
+        await a.expect("presence")
+        await v.subscribe(room.id)
+        presence = await v.expect("presence")
+        assert {p["name"]: p["role"] for p in presence["peers"]} == {"Alice": "owner", "Vic": "viewer"}
+        await v.publish(room.id, announce("peer-v"))  # viewers take part in signaling
+        assert (await a.expect("publish"))["sender"]["role"] == "viewer"
+
+        await e.subscribe(room.id, "no-such-room")
+        errors = [await e.expect("error"), await e.expect("error")]
+        assert {(x["code"], x["topic"]) for x in errors} == {("forbidden", room.id), ("forbidden", "no-such-room")}
+        await e.publish(room.id, announce("peer-e"))
+        assert (await e.expect("error"))["code"] == "not_subscribed"
+        await a.publish(room.id, announce("peer-a"))
+        await a.expect("publish")
+        await e.send({"type": "ping"})
+        await e.expect("pong")
+        assert not [f for f in e.frames if f["type"] in ("publish", "presence")]  # nothing from that room
+
+
+async def test_token_expiry_closes_with_4001_and_fresh_token_reconnects(stack: Stack, room) -> None:
+    user = room.user("bob")
+    async with SignalClient.connect(stack.ws_url(stack.access_token(user.id, ttl=2))) as c:
+        await c.subscribe(room.id)
+        await c.expect("presence")
+        err = await c.expect("error", timeout=10)
+        assert err["code"] == "token_expired"
+        assert await c.wait_closed() == 4001
+    async with SignalClient.connect(stack.ws_url(stack.access_token(user.id))) as c:
+        await c.subscribe(room.id)
+        await c.expect("presence")
+
+
+# ----------------------------------------------------------------------------- peer ids
+async def test_peer_id_spoofing_refused(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a, SignalClient.connect(
+        stack.ws_url(room.token("bob"))
+    ) as b:
+        await a.subscribe(room.id)
+        await b.subscribe(room.id)
+        await a.expect("presence", lambda f: len(f["peers"]) == 2)
+        await a.publish(room.id, announce("alice-peer"))
+        await a.expect("publish")
+        await b.expect("publish")
+        await b.publish(room.id, {"type": "signal", "from": "alice-peer", "to": "x", "signal": {"type": "answer"}})
+        err = await b.expect("error")
+        assert err["code"] == "peer_id_taken" and err["topic"] == room.id
+        await b.publish(room.id, announce("bob-peer"))
+        assert (await a.expect("publish"))["data"]["from"] == "bob-peer"  # the spoofed one never arrived
+        presence = await a.expect("presence", lambda f: any(p["peer_ids"] == ["bob-peer"] for p in f["peers"]))
+        assert {p["name"]: p["peer_ids"] for p in presence["peers"]} == {"Alice": ["alice-peer"], "Bob": ["bob-peer"]}
+
+    # The same user reconnecting (old socket not yet gone) takes its peer id over.
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a1, SignalClient.connect(
+        stack.ws_url(room.token("alice"))
+    ) as a2:
+        await a1.subscribe(room.id)
+        await a2.subscribe(room.id)
+        await a1.publish(room.id, announce("alice-again"))
+        await a1.expect("publish")
+        await a2.publish(room.id, announce("alice-again"))
+        assert (await a2.expect("publish", lambda f: f["sender"]["user_id"] == room.user("alice").id))
+
+
+# ----------------------------------------------------------------------------- presence
+async def test_presence_join_leave_and_http(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a:
+        await a.subscribe(room.id)
+        first = await a.expect("presence")
+        assert first["topic"] == room.id and [p["user_id"] for p in first["peers"]] == [room.user("alice").id]
+        async with SignalClient.connect(stack.ws_url(room.token("bob"))) as b:
+            await b.subscribe(room.id)
+            joined = await a.expect("presence", lambda f: len(f["peers"]) == 2)
+            assert sorted(p["name"] for p in joined["peers"]) == ["Alice", "Bob"]
+            async with httpx.AsyncClient(base_url=stack.url) as http:
+                r = await http.get(f"/api/rooms/{room.id}/presence", headers={"Authorization": f"Bearer {room.token('vic')}"})
+                assert r.status_code == 200 and sorted(p["name"] for p in r.json()["peers"]) == ["Alice", "Bob"]
+                r = await http.get(f"/api/rooms/{room.id}/presence", headers={"Authorization": f"Bearer {room.token('eve')}"})
+                assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+                r = await http.get(f"/api/rooms/{room.id}/presence")
+                assert r.status_code == 401
+        left = await a.expect("presence", lambda f: len(f["peers"]) == 1)
+        assert left["peers"][0]["name"] == "Alice"
+
+
+async def test_service_connection_room_active_idle(stack: Stack, room) -> None:
+    token = await stack.service_token("persistence")
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a:
+        await a.subscribe(room.id)
+        await a.expect("presence")
+        # A service that connects late learns about rooms that are already active.
+        async with SignalClient.connect(stack.ws_url(token)) as svc:
+            assert (await svc.expect("room-active", lambda f: f["topic"] == room.id))
+            await svc.subscribe(room.id)  # services may join any room, no membership needed
+            await svc.publish(room.id, announce("persist-peer"))
+            got = await a.expect("publish", lambda f: "service" in f["sender"])
+            assert got["sender"] == {"service": "persistence"} and got["clients"] == 2
+            presence = await svc.expect("presence")
+            assert [p["name"] for p in presence["peers"]] == ["Alice"]  # services are not people
+            await a.send({"type": "unsubscribe", "topics": [room.id]})
+            await svc.expect("room-idle", lambda f: f["topic"] == room.id)
+            await a.subscribe(room.id)
+            await svc.expect("room-active", lambda f: f["topic"] == room.id)
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD_FRAMES = [
+    ("garbage", "malformed_json"),
+    ('{"type": "subscribe", "topics": "room"}', "invalid_field"),
+    ('{"type": "subscribe"}', "missing_field"),
+    ('{"type": "subscribe", "topics": [1, 2]}', "invalid_topic"),
+    ('{"type": "publish", "data": {}}', "missing_field"),
+    ('{"type": "publish", "topic": "r"}', "missing_field"),
+    ('{"type": "publish", "topic": "r", "data": 5}', "invalid_field"),
+    ('{"type": "publish", "topic": "r", "data": {"from": 7}}', "invalid_field"),
+    ('{"type": "frobnicate"}', "unknown_type"),
+    ('{"topics": []}', "missing_field"),
+    ("[1, 2, 3]", "invalid_frame"),
+    ('"just a string"', "invalid_frame"),
+    ("[" * 100000 + "]" * 100000, None),  # above the frame limit: closes with 1009 instead
+]
+
+
+@pytest.mark.parametrize("frame,code", [f for f in BAD_FRAMES if f[1]])
+async def test_bad_frame_gets_error_and_connection_survives(stack: Stack, room, frame: str, code: str) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        await c.send(frame)
+        err = await c.expect("error")
+        assert err["code"] == code, err
+        await c.send({"type": "ping"})
+        await c.expect("pong")
+
+
+async def test_binary_and_invalid_utf8(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        await c.send(b'{"type":"ping"}')
+        assert (await c.expect("error"))["code"] == "binary_unsupported"
+        await c.send(b"\xff\xfe garbage")
+        assert (await c.expect("error"))["code"] == "binary_unsupported"
+        await c.send({"type": "ping"})
+        await c.expect("pong")
+    # Invalid UTF-8 in a *text* frame is a WebSocket protocol error (RFC 6455 §8.1): close 1007.
+    reader, writer = await raw_upgrade(stack, room.token("alice"))
+    try:
+        payload = b"\xc3\x28 invalid"
+        mask = b"\x01\x02\x03\x04"
+        writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        await writer.drain()
+        frame = await asyncio.wait_for(reader.read(64), 5)
+        assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1007, frame
+    finally:
+        writer.close()
+    async with httpx.AsyncClient(base_url=stack.url) as http:  # the server is still fine
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_oversized_frame_closes_1009(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        await c.publish(room.id, {"blob": "x" * 20000})
+        assert await c.wait_closed() == 1009
+
+
+async def test_repeated_abuse_closes_1008(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        for _ in range(5):
+            await c.send("not json")
+        assert await c.wait_closed() == 1008
+        assert len([f for f in c.frames if f["type"] == "error"]) == 5
+
+
+# ----------------------------------------------------------------------------- limits
+async def test_rate_limit(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        for _ in range(120):  # burst is 2 x 40
+            await c.send({"type": "ping"})
+        err = await c.expect("error")
+        assert err["code"] == "rate_limited"
+        assert await c.wait_closed() == 1008  # flooding counts as abuse
+        assert 70 <= len([f for f in c.frames if f["type"] == "pong"]) <= 90
+
+
+async def test_topics_per_connection(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        extra = [await stack.seed_room({"alice2": "owner"}) for _ in range(3)]
+        # alice is only a member of room; use a service token to test the topic limit alone
+        svc = await stack.service_token("runner")
+        async with SignalClient.connect(stack.ws_url(svc)) as s:
+            await s.subscribe(room.id, *[r.id for r in extra])
+            err = await s.expect("error")
+            assert err["code"] == "too_many_topics" and err["topic"] == extra[-1].id
+        await c.subscribe(room.id)
+        await c.expect("presence")
+
+
+async def test_connections_per_user(stack: Stack, room) -> None:
+    url = stack.ws_url(room.token("bob"))
+    async with SignalClient.connect(url) as c1, SignalClient.connect(url) as c2, SignalClient.connect(url) as c3:
+        for c in (c1, c2, c3):
+            await c.send({"type": "ping"})
+            await c.expect("pong")
+        async with SignalClient.connect(url) as c4:
+            assert (await c4.expect("error"))["code"] == "too_many_connections"
+            assert await c4.wait_closed() == 4029
+    async with SignalClient.connect(url) as c5:  # slots are freed on close
+        await c5.send({"type": "ping"})
+        await c5.expect("pong")
+
+
+def masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def raw_upgrade(stack: Stack, token: str, rcvbuf: int | None = None):
+    """A hand-made WebSocket client (for what no well-behaved client library will send)."""
+    import socket
+
+    host, port = "127.0.0.1", int(stack.url.rsplit(":", 1)[1])
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        (
+            f"GET /signal?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def test_client_that_stops_reading_is_dropped(tmp_path) -> None:
+    # Own node with a generous frame size and rate, so filling the kernel buffers is quick.
+    env = {"CODESYNC_SIGNAL_RATE": "2000", "CODESYNC_SIGNAL_SEND_QUEUE": "50"}
+    async with signaling_stack(tmp_path, **env) as own:
+        room = await own.seed_room({"alice": "owner", "vic": "viewer"})
+        async with SignalClient.connect(own.ws_url(room.token("alice"))) as a:
+            await a.subscribe(room.id)
+            await a.expect("presence")
+            # vic subscribes and then never reads its socket again (tiny receive buffer).
+            _reader, writer = await raw_upgrade(own, room.token("vic"), rcvbuf=4096)
+            try:
+                writer.write(masked_text_frame(json.dumps({"type": "subscribe", "topics": [room.id]})))
+                await writer.drain()
+                await a.expect("presence", lambda f: len(f["peers"]) == 2)
+                blob = {"type": "signal", "from": "alice-flood", "to": "x", "pad": "y" * 60000}
+                for _ in range(2000):  # ~120 MB at most; the kernel holds a few MB before vic's queue fills
+                    await a.publish(room.id, blob)
+                    if [f for f in a.pending if f["type"] == "presence" and len(f["peers"]) == 1]:
+                        break
+                await a.expect("presence", lambda f: len(f["peers"]) == 1, timeout=10)  # vic was dropped
+                assert not a.closed
+            finally:
+                writer.close()
+        assert "send buffer full" in own.nodes[0].log()
+
+
+# ----------------------------------------------------------------------------- ops
+async def test_metrics_exposed(stack: Stack, room) -> None:
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
+        await c.subscribe(room.id)
+        await c.publish(room.id, announce("m"))
+        await c.expect("publish")
+        async with httpx.AsyncClient(base_url=stack.url) as http:
+            text = (await http.get("/metrics")).text
+    for name in (
+        'codesync_signal_connections{kind="user"}',
+        "codesync_signal_rooms",
+        'codesync_signal_messages_in_total{type="publish"}',
+        "codesync_signal_messages_out_total",
+        'codesync_signal_refusals_total{reason="forbidden"}',
+        "codesync_signal_fanout_seconds_bucket",
+    ):
+        assert name in text, name
+
+
+async def test_graceful_shutdown_closes_1001(tmp_path, room) -> None:
+    async with signaling_stack(tmp_path) as own:
+        r = await own.seed_room({"zed": "owner"})
+        async with SignalClient.connect(own.ws_url(r.token("zed"))) as c:
+            await c.subscribe(r.id)
+            await c.expect("presence")
+            own.nodes[0].proc.send_signal(signal.SIGTERM)
+            assert await c.wait_closed() == 1001
