@@ -189,6 +189,7 @@ class Stack:
     workdir: Path
     port: int = 0
     access_ttl: int = 900  # seconds; short values exercise silent refresh and 4001 reconnects
+    extra_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -208,6 +209,7 @@ class Stack:
                 CODESYNC_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
                 CODESYNC_ACCESS_TOKEN_TTL=str(self.access_ttl),
             )
+            env.update(self.extra_env)
             self.env = env
         return self.env
 

@@ -37,3 +37,7 @@ def test_no_access_to_room_is_explained(result):
 
 def test_revoked_session_asks_to_sign_in_again(result):
     assert result["expired_session_message"]["ok"], result["expired_session_message"]
+
+
+def test_oauth_buttons_landing_and_errors(result):
+    assert result["oauth_flow_in_client"]["ok"], result["oauth_flow_in_client"]

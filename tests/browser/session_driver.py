@@ -40,7 +40,8 @@ async def main() -> None:
     cfg = read_config()
     ttl = int(cfg.get("access_ttl", 6))
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]), access_ttl=ttl)
+    # A configured OAuth provider (GitHub needs no discovery, so nothing is contacted unless clicked).
+    stack = Stack(Path(cfg["workdir"]), access_ttl=ttl, extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
     result: dict = {"steps": {}}
     steps = result["steps"]
     try:
@@ -101,6 +102,30 @@ async def main() -> None:
             msg = await a.wait_for_selector("[data-testid=auth-message]", timeout=(ttl * 2 + 20) * 1000)
             text = await msg.inner_text()
             steps["expired_session_message"] = {"ok": "expired" in text, "text": text, "logout_status": r.status_code}
+
+            # OAuth: the configured provider's button, the #/oauth landing (tokens, `next`) and its error form.
+            d_ctx = await browser.new_context()
+            d = await d_ctx.new_page()
+            d.set_default_timeout(T)
+            await d.goto(f"{stack.url}/#/invite/some-invite-token")
+            button = await d.wait_for_selector("[data-testid=oauth-github]")
+            href = await button.get_attribute("href")
+            label = await button.inner_text()
+            await d.goto(f"{stack.url}/#/oauth?error=access_denied&message=You+cancelled+the+sign-in")
+            err_text = await (await d.wait_for_selector("[data-testid=auth-message]")).inner_text()
+            async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+                r = await http.post("/api/auth/login", json={"email": "bob@example.com", "password": PASSWORD})
+                r.raise_for_status()
+                t = r.json()
+            from urllib.parse import urlencode
+
+            await d.goto(f"{stack.url}/#/oauth?" + urlencode({"access_token": t["access_token"], "refresh_token": t["refresh_token"], "expires_in": ttl, "next": f"/room/{room['id']}"}))
+            await d.wait_for_selector(".cm-content")
+            steps["oauth_flow_in_client"] = {
+                "ok": "github" in href and "next=%2Finvite%2Fsome-invite-token" in href and "GitHub" in label
+                and "cancelled" in err_text and "access_token" not in d.url,
+                "href": href, "label": label, "error_text": err_text, "url": d.url,
+            }
             await browser.close()
     except Exception as exc:  # noqa: BLE001
         result["error"] = f"{type(exc).__name__}: {exc}"

@@ -28,8 +28,11 @@ async function providerButtons (box) {
     const providers = await Auth.providers()
     if (!Array.isArray(providers) || providers.length === 0) return
     box.appendChild(h('div.divider', 'or'))
+    // Come back to the invite being accepted, if any (the server hands `next` back in #/oauth?…).
+    const invite = sessionStorage.getItem(PENDING_INVITE)
+    const next = invite ? `?next=${encodeURIComponent(`/invite/${invite}`)}` : ''
     for (const p of providers) {
-      box.appendChild(h('a.button.oauth', { href: p.start_url, testid: `oauth-${p.name}` }, `Sign in with ${p.label || p.name}`))
+      box.appendChild(h('a.button.oauth', { href: p.start_url + next, testid: `oauth-${p.name}` }, `Sign in with ${p.label || p.name}`))
     }
   } catch (e) {
     // No providers endpoint or none configured: email + password only.
@@ -127,5 +130,11 @@ export async function oauthView (root, params) {
     const me = await Auth.me()
     session.store({ ...session.data, user: me.user || me })
   } catch (e) {}
-  afterSignIn()
+  const next = params.get('next')
+  if (next && /^\/(rooms|room\/[^/?#]+|invite\/[^/?#]+)$/.test(next)) {
+    sessionStorage.removeItem(PENDING_INVITE)
+    navigate('#' + next)
+  } else {
+    afterSignIn()
+  }
 }
