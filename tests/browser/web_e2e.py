@@ -307,6 +307,11 @@ async def main() -> None:
             async def reload_from_persistence():
                 if "persist" not in stack.procs or not stack.procs["persist"].alive():
                     return {"skipped": True, "error": f"persistence peer: {services.get('persist')} {stack.procs.get('persist') and stack.procs['persist'].tail(1500)}"}
+                # A 300 KB paste: one update far above the channels' 64 KiB limit, so it must travel
+                # chunked to Bob and to the persistence peer, and come back chunked in SyncStep2.
+                big = "".join(f"# filler line {i:06d} ........................................\n" for i in range(5000))
+                await a.evaluate("(t) => { const s = window.codesync.doc.getText('source'); s.insert(s.length, t) }", big)
+                await wait_js(b, "(n) => window.codesync.doc.getText('source').length >= n", len(big))
                 await wait_js(a, "() => document.querySelector('[data-testid=status-saved]').textContent === 'saved'", timeout=30_000)
                 expected = await doc_text(a)
                 # Every browser leaves; a fresh context (empty IndexedDB) can only get the text from the persistence peer.
@@ -324,10 +329,14 @@ async def main() -> None:
                 await e.screenshot(path=str(SHOTS / "rooms.png"))
                 await e.click("[data-testid=room-link]")
                 await wait_js(e, "(t) => window.codesync && window.codesync.doc.getText('source').toString() === t", expected, timeout=30_000)
+                # Remove the filler again so the later steps work on a small document.
+                await e.evaluate("(t) => { const s = window.codesync.doc.getText('source'); const i = s.toString().indexOf(t); if (i >= 0) s.delete(i, t.length) }", big)
+                await wait_js(e, "() => document.querySelector('[data-testid=status-saved]').textContent === 'saved'", timeout=30_000)
+                expected = await doc_text(e)
                 await ctx_e.close()
                 await a.goto(f"{stack.url}/#/room/{state['room_id']}")
                 await b.goto(f"{stack.url}/#/room/{state['room_id']}")
-                return {"chars": len(expected)}
+                return {"chars": len(expected), "big_chars": len(big)}
 
             await steps.run("reload_from_persistence_peer", reload_from_persistence, ("two_browsers_converge",))
             if "rooms.png" not in [p.name for p in SHOTS.glob("*.png")]:
