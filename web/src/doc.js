@@ -43,7 +43,8 @@ export function runSnapshot (id, run) {
     id,
     status: get('status') || 'queued',
     language: get('language') || '',
-    requestedBy: get('requested_by'),
+    requestedBy: get('requested_by_name') || get('requested_by'),
+    requestedAt: get('requested_at'),
     startedAt: get('started_at'),
     finishedAt: get('finished_at'),
     exitCode: get('exit_code'),
@@ -51,12 +52,12 @@ export function runSnapshot (id, run) {
   }
 }
 
-/** Runs newest first (by started_at, unstarted ones first). */
+/** Runs newest first (by requested_at, else started_at; undated ones first). */
 export function listRuns (doc) {
   const { runs } = roomParts(doc)
   const all = []
   runs.forEach((run, id) => all.push(runSnapshot(id, run)))
-  const t = (r) => toMillis(r.startedAt) ?? Infinity
+  const t = (r) => toMillis(r.requestedAt) ?? toMillis(r.startedAt) ?? Infinity
   all.sort((a, b) => t(b) - t(a))
   return all
 }
