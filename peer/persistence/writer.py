@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Doc, get_state, merge_updates
 
 from .store import DocumentStore, StoredDocument
 
@@ -119,13 +119,15 @@ class RoomWriter:
     async def load_into_doc(self) -> StoredDocument:
         stored = await self.load()
         self.doc.apply_update(stored.update)
-        self.mark_loaded()
+        self.mark_loaded(stored)
         return stored
 
-    def mark_loaded(self) -> None:
-        """The stored document is in ``doc``: that much is saved."""
-        self.state.status = "saved"
-        self.state.state_vector = self.doc.get_state()
+    def mark_loaded(self, stored: StoredDocument) -> None:
+        """``stored`` is in ``doc``: that much is saved (updates submitted meanwhile are not yet)."""
+        if self.state.commits == 0:
+            self.state.state_vector = get_state(stored.update)
+        if self.state.status == "loading":
+            self.state.status = "saving" if self._pending else "saved"
         self._publish()
 
     def start(self) -> None:

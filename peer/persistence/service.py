@@ -1,0 +1,226 @@
+"""``codesync persist``: the persistence peer.
+
+One signaling connection (a service token) for all rooms. The server says which rooms have
+people in them (``room-active`` / ``room-idle``); for each active room this process competes
+for the room's lease and, holding it, joins the room as an ordinary peer:
+
+1. join with SyncStep1 answers *held*, load the stored document (snapshot + log) meanwhile;
+2. put it in the room's doc, then release the hold — nobody ever syncs from a half-loaded
+   document (it would look like the code was deleted);
+3. store every remote update the peer library accepted (pycrdt applied it first, so nothing
+   pycrdt rejects is ever stored) through the room's group-commit writer;
+4. publish ``saved`` (status + stored state vector) in its awareness state;
+5. ``persist_idle_grace`` seconds after ``room-idle``: flush, compact, leave, release the lease.
+
+Losing the lease (renewal failed: another process may own the room now) stops writing at
+once; the room is left and competed for again. SIGTERM/SIGINT flush every room first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+
+from pycrdt import Doc
+
+from signaling.settings import Settings
+
+from .lease import HeldLease, LeaseBackend, lease_backend
+from .store import DocumentStore
+from .writer import RoomWriter, SaveState, WriterConfig
+
+log = logging.getLogger("codesync.persistence")
+
+MAX_ROOM_ID = 32  # document_updates.room_id / rooms.id length
+
+
+class RoomKeeper:
+    """This process's part in one room: compete for the lease, persist while holding it."""
+
+    def __init__(self, service: "PersistenceService", room_id: str) -> None:
+        self.service = service
+        self.room_id = room_id
+        self.room = None  # peer.Room while persisting
+        self.writer: RoomWriter | None = None
+        self.owning = False
+        self._stop = asyncio.Event()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"persist:{self.room_id}")
+
+    def active(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def idle(self, grace: float) -> None:
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(grace, self._stop.set)
+
+    async def stop(self) -> None:
+        self.active()
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def _run(self) -> None:
+        settings = self.service.settings
+        ttl = settings.persist_lease_ttl
+        try:
+            while not self._stop.is_set():
+                lost = asyncio.Event()
+                held = HeldLease(self.service.leases, self.room_id, ttl, on_lost=lost.set)
+                if await held.acquire():
+                    try:
+                        await self._persist(held, lost)
+                    except Exception:  # noqa: BLE001 - one room's trouble must not end the service
+                        log.exception("room %s: persisting failed; will retry", self.room_id)
+                    finally:
+                        self.owning = False
+                        await held.release()
+                if not self._stop.is_set():
+                    # Somebody else owns it (or we just lost it): look again well before it can expire.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), ttl * random.uniform(0.3, 0.5))
+        finally:
+            self.service._room_done(self)
+
+    async def _persist(self, held: HeldLease, lost: asyncio.Event) -> None:
+        service = self.service
+        doc = Doc()
+        room = service.client.room(self.room_id, hold_sync=True, doc=doc)
+        writer = RoomWriter(
+            service.store,
+            self.room_id,
+            doc,
+            config=service.writer_config,
+            on_saved=lambda state: self._publish(room, state),
+            may_write=held.valid,
+        )
+        room.on_update(lambda update, _origin: writer.submit(update))
+        self.room, self.writer, self.owning = room, writer, True
+        log.info("room %s: owner (lease %s)", self.room_id, service.leases.owner)
+        started = False
+        try:
+            loading = asyncio.create_task(writer.load())
+            try:
+                await room.start()
+                started = True
+            finally:
+                stored = await loading
+            room.load(stored.update)
+            writer.mark_loaded(stored)
+            room.release_sync()
+            log.info("room %s: loaded %d bytes (snapshot upto %d, %d log rows)", self.room_id, len(stored.update),
+                     stored.snapshot_seq, stored.log_rows)
+            stop = asyncio.create_task(self._stop.wait())
+            gone = asyncio.create_task(lost.wait())
+            try:
+                while not (self._stop.is_set() or lost.is_set() or writer.failed):
+                    await asyncio.wait({stop, gone}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                gone.cancel()
+        finally:
+            # Stop taking updates, then make what we have durable (only while still the owner).
+            if started:
+                await room.stop()
+            await writer.close(compact=not lost.is_set())
+            if writer.state.pending:
+                log.error("room %s: left with %d updates unsaved (peers still hold them)", self.room_id,
+                          writer.state.pending)
+            log.info("room %s: left (%d updates stored this time)", self.room_id, writer.state.stored_updates)
+            self.room = self.writer = None
+
+    def _publish(self, room, state: SaveState) -> None:
+        try:
+            room.awareness.set_local_state({"service": "persistence", "saved": state.as_awareness()})
+        except Exception:  # noqa: BLE001 - cosmetic; never let it break saving
+            log.debug("room %s: could not publish save state", self.room_id, exc_info=True)
+
+
+class PersistenceService:
+    def __init__(self, settings: Settings, store: DocumentStore | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.leases: LeaseBackend | None = None
+        self.client = None
+        self.rooms: dict[str, RoomKeeper] = {}
+        self.writer_config = WriterConfig(compact_rows=settings.persist_compact_rows)
+        self._stopping = False
+
+    async def start(self) -> None:
+        from peer import SignalingClient
+
+        if self.store is None:
+            self.store = await DocumentStore.open(self.settings)
+        self.leases = lease_backend(self.settings, self.store.engine)
+        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
+        self.client.on_room_active(self._on_active)
+        self.client.on_room_idle(self._on_idle)
+        await self.client.start()
+        log.info("persistence peer %s connected to %s", self.leases.owner, self.client.url)
+
+    def _on_active(self, topic: str) -> None:
+        if self._stopping:
+            return
+        if not topic or len(topic) > MAX_ROOM_ID:
+            log.warning("ignoring room-active for an unusable room id %r", topic[:80])
+            return
+        keeper = self.rooms.get(topic)
+        if keeper is None:
+            keeper = self.rooms[topic] = RoomKeeper(self, topic)
+            keeper.start()
+        keeper.active()
+
+    def _on_idle(self, topic: str) -> None:
+        keeper = self.rooms.get(topic)
+        if keeper is not None:
+            keeper.idle(self.settings.persist_idle_grace)
+
+    def _room_done(self, keeper: RoomKeeper) -> None:
+        if self.rooms.get(keeper.room_id) is keeper:
+            del self.rooms[keeper.room_id]
+
+    async def stop(self) -> None:
+        """Flush and leave every room, release every lease, disconnect."""
+        self._stopping = True
+        await asyncio.gather(*(k.stop() for k in list(self.rooms.values())), return_exceptions=True)
+        if self.client is not None:
+            await self.client.stop()
+        if self.leases is not None:
+            await self.leases.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def run_persistence(settings: Settings) -> int:
+    if not settings.signaling_url or not settings.service_token:
+        log.error("codesync persist needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
+                  "(make one with: codesync token --scope persistence)")
+        return 2
+    service = PersistenceService(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except Exception as exc:  # noqa: BLE001 - a clear line, not a traceback
+        log.error("persistence peer could not start: %s", exc)
+        await service.stop()
+        return 1
+    await stop.wait()
+    log.info("stopping: flushing %d rooms", len(service.rooms))
+    await service.stop()
+    return 0

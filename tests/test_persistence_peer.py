@@ -1,0 +1,318 @@
+"""The persistence peer end to end: real ``codesync signaling`` and ``codesync persist``
+processes, aiortc peers on loopback, SQLite and PostgreSQL, real Redis for the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import signal
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import pycrdt
+import pytest
+
+from peer import Room
+from peer import protocol as p
+from peer import text as ptext
+from peer.persistence.store import DocumentStore
+from signaling.settings import Settings
+from tests.stack import Stack, signaling_stack
+from tests.support import Service, child_env, postgres_database, start_service, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+SETTINGS = Settings(ice_hosts="127.0.0.1")
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "rustcode.json.gz"
+
+
+# ----------------------------------------------------------------------------- helpers
+def read_sv(sv: bytes) -> dict[int, int]:
+    def varuint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            b = sv[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, pos
+
+    n, pos = varuint(0)
+    out = {}
+    for _ in range(n):
+        client, pos = varuint(pos)
+        out[client], pos = varuint(pos)
+    return out
+
+
+def persistence_states(room: Room) -> list[dict]:
+    return [s for s in room.awareness.states.values() if isinstance(s, dict) and s.get("service") == "persistence"]
+
+
+def saved_covers(room: Room) -> bool:
+    """Some persistence peer says it has stored everything this peer's document holds."""
+    mine = read_sv(room.doc.get_state())
+    for state in persistence_states(room):
+        saved = state.get("saved") or {}
+        if saved.get("status") != "saved":
+            continue
+        stored = read_sv(base64.b64decode(saved["state_vector"]))
+        if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
+            return True
+    return False
+
+
+def persistence_peers(room: Room) -> list[str]:
+    return [pid for pid, info in room.peers.items() if info.service == "persistence" and info.connected]
+
+
+def source(room: Room) -> pycrdt.Text:
+    return room.doc.get("source", type=pycrdt.Text)
+
+
+async def stored_text(database_url: str, room_id: str, tmp: Path) -> str:
+    store = await DocumentStore.open(Settings(database_url=database_url, data_dir=tmp / "data"))
+    try:
+        doc = pycrdt.Doc()
+        doc.apply_update((await store.load(room_id)).update)
+        return str(doc.get("source", type=pycrdt.Text))
+    finally:
+        await store.close()
+
+
+class Persisters:
+    """``codesync persist`` child processes for one stack."""
+
+    def __init__(self, stack: Stack, tmp: Path, token: str, **env: str) -> None:
+        self.stack, self.tmp, self.token, self.env = stack, tmp, token, env
+        self.started: list[Service] = []
+
+    def start(self, **env: str) -> Service:
+        n = len(self.started)
+        svc = start_service(
+            ["persist"],
+            child_env(
+                **{
+                    **self.stack.env,
+                    "CODESYNC_SIGNALING_URL": self.stack.url,
+                    "CODESYNC_SERVICE_TOKEN": self.token,
+                    "CODESYNC_ICE_HOSTS": "127.0.0.1",
+                    "CODESYNC_PERSIST_IDLE_GRACE": "1",
+                    "CODESYNC_PERSIST_LEASE_TTL": "2",
+                    "CODESYNC_PERSIST_COMPACT_ROWS": "20",
+                    **self.env,
+                    **env,
+                }
+            ),
+            self.tmp / f"persist-{n}.log",
+            name=f"persist-{n}",
+        )
+        self.started.append(svc)
+        return svc
+
+    def stop_all(self) -> None:
+        for svc in self.started:
+            svc.stop()
+
+
+@asynccontextmanager
+async def persist_stack(tmp: Path, database_url: str | None = None, **env: str) -> AsyncIterator[tuple[Stack, Persisters]]:
+    async with signaling_stack(tmp, database_url=database_url) as stack:
+        persisters = Persisters(stack, tmp, await stack.service_token("persistence"), **env)
+        try:
+            yield stack, persisters
+        finally:
+            persisters.stop_all()
+
+
+@asynccontextmanager
+async def joined(stack: Stack, seeded, *labels: str) -> AsyncIterator[list[Room]]:
+    async with AsyncExitStack() as es:
+        rooms = []
+        for label in labels:
+            room = Room(stack.url, seeded.token(label), seeded.id, SETTINGS)
+            await room.start()
+            es.push_async_callback(room.stop)
+            rooms.append(room)
+        yield rooms
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request, tmp_path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'codesync.db'}"
+    else:
+        async with postgres_database() as url:
+            yield url.replace("postgresql://", "postgresql+asyncpg://")
+
+
+# ----------------------------------------------------------------------------- tests
+async def test_late_joiner_gets_the_document_from_the_persistence_peer_alone(tmp_path, db_url):
+    async with persist_stack(tmp_path, db_url) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
+        persisters.start()
+        async with joined(stack, seeded, "alice") as (alice,):
+            await wait_for(lambda: persistence_peers(alice), 20, what="persistence peer joins")
+            for i in range(200):
+                source(alice).insert(len(source(alice)), f"print({i})\n")
+                if i % 10 == 0:
+                    await asyncio.sleep(0.005)
+            expected = str(source(alice))
+            await wait_for(lambda: saved_covers(alice), 15, what="'saved' covering alice's edits")
+        # alice is gone: only the persistence peer holds the document now
+        async with joined(stack, seeded, "bob") as (bob,):
+            await wait_for(lambda: str(source(bob)) == expected, 20, what="bob receives the stored document")
+        assert await stored_text(db_url, seeded.id, tmp_path) == expected
+
+
+async def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, db_url):
+    async with persist_stack(tmp_path, db_url) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
+        first = persisters.start()
+        async with joined(stack, seeded, "alice", "bob") as (alice, bob):
+            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 20, what="persistence joins")
+            stop_typing = asyncio.Event()
+
+            async def typist(room: Room, tag: str) -> None:
+                i = 0
+                while not stop_typing.is_set():
+                    source(room).insert(0 if tag == "a" else len(source(room)), f"{tag}{i};")
+                    i += 1
+                    await asyncio.sleep(0.002)
+
+            typing = [asyncio.create_task(typist(alice, "a")), asyncio.create_task(typist(bob, "b"))]
+            await wait_for(lambda: len(str(source(alice))) > 3000, 20, what="a stream of edits")
+            first.kill(signal.SIGKILL)
+            await wait_for(lambda: len(str(source(alice))) > 6000, 20, what="edits while no persistence peer runs")
+            persisters.start()  # the restart
+            await wait_for(lambda: len(str(source(alice))) > 9000, 20, what="edits after the restart")
+            stop_typing.set()
+            await asyncio.gather(*typing)
+            await wait_for(lambda: str(source(alice)) == str(source(bob)), 20, what="alice and bob converge")
+            await wait_for(lambda: saved_covers(alice) and saved_covers(bob), 30, what="restarted peer saved all")
+            expected = str(source(alice))
+        assert await stored_text(db_url, seeded.id, tmp_path) == expected
+        async with joined(stack, seeded, "carol") as (carol,):
+            await wait_for(lambda: str(source(carol)) == expected, 20, what="carol gets everything from storage")
+
+
+@pytest.mark.timeout(240)
+async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
+    if not TRACE.exists():
+        pytest.skip(f"trace not found: {TRACE}")
+    with gzip.open(TRACE, "rt", encoding="utf-8") as f:
+        trace = json.load(f)
+    async with persist_stack(tmp_path) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
+        first = persisters.start(CODESYNC_PERSIST_COMPACT_ROWS="200")
+        async with joined(stack, seeded, "alice", "bob") as (alice, bob):
+            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 20, what="persistence joins")
+            text, current = source(alice), ""
+            for n, txn in enumerate(trace["txns"]):
+                with alice.doc.transaction():
+                    for pos, delete, insert in txn["patches"]:
+                        if delete:
+                            ptext.delete_codepoints(text, pos, delete, current)
+                            current = current[:pos] + current[pos + delete :]
+                        if insert:
+                            ptext.insert_codepoints(text, pos, insert, current)
+                            current = current[:pos] + insert + current[pos:]
+                if n % 50 == 0:
+                    await asyncio.sleep(0)
+            assert current == trace["endContent"]
+            await wait_for(lambda: str(source(bob)) == trace["endContent"], 60, what="bob converges")
+            await wait_for(lambda: saved_covers(alice), 60, what="persistence stored the whole trace")
+        first.stop()  # SIGTERM: flush, compact, leave
+        assert first.proc.wait(30) == 0, first.log()[-3000:]
+        assert await stored_text(stack.database_url, seeded.id, tmp_path) == trace["endContent"]
+        persisters.start()
+        async with joined(stack, seeded, "carol") as (carol,):
+            await wait_for(lambda: str(source(carol)) == trace["endContent"], 30, what="carol loads the trace's end")
+
+
+async def test_two_persistence_peers_share_a_room_one_at_a_time(tmp_path, redis_url, redis_prefix):
+    env = {"CODESYNC_REDIS_URL": redis_url, "CODESYNC_REDIS_PREFIX": redis_prefix}
+    async with persist_stack(tmp_path, **env) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
+        one, two = persisters.start(), persisters.start()
+        async with joined(stack, seeded, "alice") as (alice,):
+            await wait_for(lambda: persistence_peers(alice), 20, what="a persistence peer joins")
+            # Several lease periods (ttl 2 s): the other one keeps trying and never joins.
+            seen_max = 0
+            for i in range(40):
+                seen_max = max(seen_max, len(persistence_peers(alice)))
+                source(alice).insert(len(source(alice)), f"x{i}\n")
+                await asyncio.sleep(0.1)
+            assert seen_max == 1, "both persistence peers joined the room"
+            owners = [s for s in (one, two) if f"room {seeded.id}: owner" in s.log()]
+            assert len(owners) == 1, "exactly one process became owner"
+            owner, other = owners[0], (two if owners[0] is one else one)
+            await wait_for(lambda: saved_covers(alice), 15, what="saved")
+            owner.kill(signal.SIGKILL)
+            for i in range(20):
+                source(alice).insert(len(source(alice)), f"y{i}\n")
+            expected = str(source(alice))
+            await wait_for(lambda: f"room {seeded.id}: owner" in other.log(), 20, what="takeover after the lease expired")
+            await wait_for(lambda: saved_covers(alice), 20, what="the new owner saved everything")
+        assert await stored_text(stack.database_url, seeded.id, tmp_path) == expected
+
+
+async def test_malformed_frames_do_not_hurt_the_stored_document(tmp_path):
+    async with persist_stack(tmp_path) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
+        svc = persisters.start()
+        async with joined(stack, seeded, "alice") as (alice,):
+            await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins")
+            source(alice).insert(0, "before\n")
+            await wait_for(lambda: saved_covers(alice), 15, what="saved")
+            link = alice._links[persistence_peers(alice)[0]]
+            junk = [
+                b"",
+                b"\x00",  # sync without a sync type
+                b"\x00\x02",  # Update without payload
+                b"\x00\x02\x05abc",  # truncated payload
+                b"\x00\x02\x04\xff\xff\xff\xff",  # an update pycrdt rejects
+                b"\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f",  # absurd length
+                b"\x01\x03\x01\x02\x03",  # awareness garbage
+                b"\x4d\x01\x02",  # unknown message type
+                b"\x64\x00\x05\x00\x01x",  # a chunk that never completes
+                bytes(range(256)) * 4,
+            ]
+            for frame in junk:
+                link.conn.send(frame)
+            source(alice).insert(len(source(alice)), "after\n")
+            await wait_for(lambda: saved_covers(alice), 15, what="saving carries on")
+            assert svc.proc.poll() is None, svc.log()[-3000:]
+        assert await stored_text(stack.database_url, seeded.id, tmp_path) == "before\nafter\n"
+        async with joined(stack, seeded, "bob") as (bob,):
+            await wait_for(lambda: str(source(bob)) == "before\nafter\n", 20, what="bob loads it")
+
+
+async def test_idle_room_is_left_and_sigterm_flushes(tmp_path):
+    async with persist_stack(tmp_path) as (stack, persisters):
+        seeded = await stack.seed_room({"alice": "owner"})
+        svc = persisters.start()
+        async with joined(stack, seeded, "alice") as (alice,):
+            await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins")
+            source(alice).insert(0, "hello")
+            await wait_for(lambda: saved_covers(alice), 15, what="saved")
+        # room-idle, then the 1 s grace: the peer leaves (and says so in its log)
+        await wait_for(lambda: f"room {seeded.id}: left" in svc.log(), 15, what="leaving an idle room")
+        async with joined(stack, seeded, "alice") as (alice,):
+            await wait_for(lambda: persistence_peers(alice), 20, what="persistence rejoins")
+            await wait_for(lambda: str(source(alice)) == "hello", 20, what="the stored document comes back")
+            source(alice).insert(5, " world")
+            await wait_for(lambda: saved_covers(alice), 15, what="saved")
+            svc.stop()
+            assert svc.proc.wait(20) == 0
+        assert await stored_text(stack.database_url, seeded.id, tmp_path) == "hello world"
+
+
+def test_persist_without_configuration_fails_clearly(tmp_path):
+    svc = start_service(["persist"], child_env(CODESYNC_DATA_DIR=str(tmp_path)), tmp_path / "p.log")
+    assert svc.proc.wait(30) == 2
+    assert "CODESYNC_SIGNALING_URL" in svc.log() and "Traceback" not in svc.log()
