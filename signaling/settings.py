@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # /healthz + /metrics of the persistence peer and the runner (signaling/opsserver.py); unset = off.
     ops_port: int | None = None
     ops_host: str | None = None  # default: host
+    # Persistence peer (peer/persistence): room lease lifetime (renewed every third of it), how
+    # long it stays in a room after room-idle, and when the update log is compacted.
+    persist_lease_ttl: float = Field(default=10.0, description="seconds")
+    persist_idle_grace: float = Field(default=30.0, description="seconds")
+    persist_compact_rows: int = 200
     # /signal WebSocket (signaling/ws): presence expiry, keepalive and per-connection limits.
     presence_ttl: float = Field(default=15.0, description="seconds a node's presence outlives its last heartbeat")
     signal_heartbeat: float = Field(default=20.0, description="seconds between WebSocket pings")
