@@ -41,3 +41,7 @@ def test_revoked_session_asks_to_sign_in_again(result):
 
 def test_oauth_buttons_landing_and_errors(result):
     assert result["oauth_flow_in_client"]["ok"], result["oauth_flow_in_client"]
+
+
+def test_run_without_runner_says_so(result):
+    assert result["runner_unavailable_message"]["ok"], result["runner_unavailable_message"]

@@ -69,6 +69,12 @@ async def main() -> None:
                 await p.wait_for_function("() => window.codesync.provider.connectedPeers().length > 0")
             first_refresh = users["alice"]["refresh_token"]
 
+            # No runner in this stack: Run explains instead of doing nothing.
+            await b.click("[data-testid=run]")
+            run_msg = await (await b.wait_for_selector("[data-testid=run-message]:not([hidden])")).inner_text()
+            runner_status = await b.inner_text("[data-testid=status-runner]")
+            steps["runner_unavailable_message"] = {"ok": "runner is not available" in run_msg and runner_status == "not connected", "text": run_msg}
+
             # Several token lifetimes pass: the server closes with 4001, the page reconnects each time.
             await a.wait_for_function("() => window.connects >= 3", timeout=(ttl * 3 + 20) * 1000)
             stored = await a.evaluate("() => JSON.parse(localStorage.getItem('codesync.session'))")

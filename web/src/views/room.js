@@ -119,7 +119,8 @@ export async function roomView (root, roomId) {
   const status = {
     signaling: h('span', { testid: 'status-signaling' }, 'connecting'),
     peers: h('span', { testid: 'status-peers' }, '0'),
-    saved: h('span', { testid: 'status-saved' }, '—')
+    saved: h('span', { testid: 'status-saved' }, '—'),
+    runner: h('span', { testid: 'status-runner' }, '—')
   }
   const runMsg = notice('run-message')
   const connMsg = notice('conn-message')
@@ -136,7 +137,8 @@ export async function roomView (root, roomId) {
     h('footer.status', { testid: 'status' },
       h('span', 'Signaling: ', status.signaling), ' · ',
       h('span', 'Peers: ', status.peers), ' · ',
-      h('span', 'Document: ', status.saved)))
+      h('span', 'Document: ', status.saved), ' · ',
+      h('span', 'Runner: ', status.runner)))
   root.replaceChildren(page)
 
   // ------------------------------------------------------------------ editor + provider
@@ -186,7 +188,9 @@ export async function roomView (root, roomId) {
         ? `Signaling server unreachable — editing continues peer to peer with ${direct} connected peer${direct === 1 ? '' : 's'}. Reconnecting…`
         : `${offline ? 'Working offline from this browser\'s copy. ' : ''}Signaling server unreachable — your edits are kept in this browser and merge when the connection returns. Reconnecting…`, 'warn')
     }
-    if (runBtn) runBtn.disabled = false
+    const runner = provider.runnerPeer()
+    status.runner.textContent = runner ? 'ready' : 'not connected'
+    status.runner.className = runner ? 'ok' : ''
   }
   let statusTimer = null
   const onDocUpdate = () => {
