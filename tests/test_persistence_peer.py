@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
+import httpx
 import pycrdt
 import pytest
 
@@ -21,7 +22,7 @@ from peer import text as ptext
 from peer.persistence.store import DocumentStore
 from signaling.settings import Settings
 from tests.stack import Stack, signaling_stack
-from tests.support import Service, child_env, postgres_database, start_service, wait_for
+from tests.support import Service, child_env, free_port, postgres_database, start_service, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -154,7 +155,7 @@ async def db_url(request, tmp_path) -> AsyncIterator[str]:
 async def test_late_joiner_gets_the_document_from_the_persistence_peer_alone(tmp_path, db_url):
     async with persist_stack(tmp_path, db_url) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
-        persisters.start()
+        svc = persisters.start()
         async with joined(stack, seeded, "alice") as (alice,):
             await wait_for(lambda: persistence_peers(alice), 20, what="persistence peer joins")
             for i in range(200):
@@ -163,9 +164,13 @@ async def test_late_joiner_gets_the_document_from_the_persistence_peer_alone(tmp
                     await asyncio.sleep(0.005)
             expected = str(source(alice))
             await wait_for(lambda: saved_covers(alice), 15, what="'saved' covering alice's edits")
-        # alice is gone: only the persistence peer holds the document now
+        # alice is gone and the persistence peer left the idle room: the document is only in SQL
+        await wait_for(lambda: f"room {seeded.id}: left" in svc.log(), 15, what="persistence leaves the idle room")
         async with joined(stack, seeded, "bob") as (bob,):
-            await wait_for(lambda: str(source(bob)) == expected, 20, what="bob receives the stored document")
+            await wait_for(lambda: persistence_peers(bob), 20, what="persistence peer rejoins")
+            await bob.wait_synced(persistence_peers(bob)[0], timeout=20)
+            # its SyncStep2 was held until the stored document was loaded: complete at once
+            assert str(source(bob)) == expected
         assert await stored_text(db_url, seeded.id, tmp_path) == expected
 
 
@@ -295,7 +300,12 @@ async def test_malformed_frames_do_not_hurt_the_stored_document(tmp_path):
 async def test_idle_room_is_left_and_sigterm_flushes(tmp_path):
     async with persist_stack(tmp_path) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner"})
-        svc = persisters.start()
+        ops_port = free_port()
+        svc = persisters.start(CODESYNC_OPS_PORT=str(ops_port))
+        await wait_http_ok(f"http://127.0.0.1:{ops_port}/healthz", svc)
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"http://127.0.0.1:{ops_port}/healthz")).json()
+        assert health["checks"] == {"database": "ok", "signaling": "ok"}
         async with joined(stack, seeded, "alice") as (alice,):
             await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins")
             source(alice).insert(0, "hello")
@@ -307,6 +317,9 @@ async def test_idle_room_is_left_and_sigterm_flushes(tmp_path):
             await wait_for(lambda: str(source(alice)) == "hello", 20, what="the stored document comes back")
             source(alice).insert(5, " world")
             await wait_for(lambda: saved_covers(alice), 15, what="saved")
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{ops_port}/metrics")).text
+            assert "codesync_persist_updates_stored_total" in metrics
             svc.stop()
             assert svc.proc.wait(20) == 0
         assert await stored_text(stack.database_url, seeded.id, tmp_path) == "hello world"

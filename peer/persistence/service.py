@@ -24,8 +24,11 @@ import logging
 import random
 import signal
 
+from prometheus_client import Counter, Gauge
 from pycrdt import Doc
+from sqlalchemy import text
 
+from signaling.opsserver import ops_server
 from signaling.settings import Settings
 
 from .lease import HeldLease, LeaseBackend, lease_backend
@@ -35,6 +38,10 @@ from .writer import RoomWriter, SaveState, WriterConfig
 log = logging.getLogger("codesync.persistence")
 
 MAX_ROOM_ID = 32  # document_updates.room_id / rooms.id length
+
+ROOMS_OWNED = Gauge("codesync_persist_rooms_owned", "rooms this persistence peer owns (holds the lease of)")
+UPDATES_STORED = Counter("codesync_persist_updates_stored_total", "updates made durable")
+COMMITS = Counter("codesync_persist_commits_total", "update-log transactions committed")
 
 
 class RoomKeeper:
@@ -49,6 +56,7 @@ class RoomKeeper:
         self._stop = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
+        self._commits_seen = self._updates_seen = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -109,6 +117,8 @@ class RoomKeeper:
         )
         room.on_update(lambda update, _origin: writer.submit(update))
         self.room, self.writer, self.owning = room, writer, True
+        self._commits_seen = self._updates_seen = 0
+        ROOMS_OWNED.inc()
         log.info("room %s: owner (lease %s)", self.room_id, service.leases.owner)
         started = False
         try:
@@ -141,8 +151,13 @@ class RoomKeeper:
                           writer.state.pending)
             log.info("room %s: left (%d updates stored this time)", self.room_id, writer.state.stored_updates)
             self.room = self.writer = None
+            ROOMS_OWNED.dec()
 
     def _publish(self, room, state: SaveState) -> None:
+        if state.commits > self._commits_seen:
+            COMMITS.inc(state.commits - self._commits_seen)
+            UPDATES_STORED.inc(state.stored_updates - self._updates_seen)
+        self._commits_seen, self._updates_seen = state.commits, state.stored_updates
         try:
             room.awareness.set_local_state({"service": "persistence", "saved": state.as_awareness()})
         except Exception:  # noqa: BLE001 - cosmetic; never let it break saving
@@ -168,6 +183,7 @@ class PersistenceService:
         self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
         self.client.on_room_active(self._on_active)
         self.client.on_room_idle(self._on_idle)
+        self.client.on_connected(self._on_connected)
         await self.client.start()
         log.info("persistence peer %s connected to %s", self.leases.owner, self.client.url)
 
@@ -182,6 +198,21 @@ class PersistenceService:
             keeper = self.rooms[topic] = RoomKeeper(self, topic)
             keeper.start()
         keeper.active()
+
+    def _on_connected(self) -> None:
+        # After a reconnect the server re-sends room-active for every active room; a room that
+        # went idle while we were away gets no room-idle, so every room starts its idle grace
+        # now and the room-active frames that follow cancel it.
+        for keeper in self.rooms.values():
+            keeper.idle(self.settings.persist_idle_grace)
+
+    async def database_ok(self) -> bool:
+        async with self.store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    def signaling_ok(self) -> bool | str:
+        return True if self.client is not None and self.client.connected else "not connected"
 
     def _on_idle(self, topic: str) -> None:
         keeper = self.rooms.get(topic)
@@ -220,7 +251,8 @@ async def run_persistence(settings: Settings) -> int:
         log.error("persistence peer could not start: %s", exc)
         await service.stop()
         return 1
-    await stop.wait()
-    log.info("stopping: flushing %d rooms", len(service.rooms))
-    await service.stop()
+    async with ops_server(settings, "persistence", {"database": service.database_ok, "signaling": service.signaling_ok}):
+        await stop.wait()
+        log.info("stopping: flushing %d rooms", len(service.rooms))
+        await service.stop()
     return 0
