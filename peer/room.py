@@ -98,12 +98,10 @@ class _Bucket:
 class _Link:
     """Per-connection state the Room keeps next to the transport."""
 
-    __slots__ = ("conn", "outbox", "outbox_bytes", "errors", "awareness_bucket", "app_bucket")
+    __slots__ = ("conn", "errors", "awareness_bucket", "app_bucket")
 
     def __init__(self, conn: PeerConnection, limits: Limits) -> None:
         self.conn = conn
-        self.outbox: list[bytes] = []
-        self.outbox_bytes = 0
         self.errors = 0
         self.awareness_bucket = _Bucket(limits.awareness_per_second, limits.awareness_burst)
         self.app_bucket = _Bucket(limits.app_per_second, limits.app_burst)
@@ -166,6 +164,8 @@ class Room:
         self._held_step1: list[tuple[str, bytes]] = []
         self._ready_source = ready
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._last_flush = 0.0
+        self._pending: list[tuple[bytes, str | None]] = []  # (update, origin peer or None=local)
         self._awareness_dirty: set[int] = set()
         self._joined = asyncio.Event()
         self._forbidden: str | None = None
@@ -371,43 +371,63 @@ class Room:
             if self.relay:
                 self._queue_update(update, origin)
 
-    def _queue_update(self, update: bytes, except_peer: str | None) -> None:
-        if not self._running:
-            return
-        for peer_id, link in self._links.items():
-            if peer_id != except_peer and link.conn.open:
-                link.outbox.append(update)
-                link.outbox_bytes += len(update)
-        self._schedule_flush()
+    def _queue_update(self, update: bytes, origin: str | None) -> None:
+        """Hot path (once per keystroke): an append; the per-peer work happens at flush."""
+        if self._running and self._links:
+            self._pending.append((update, origin))
+            if self._flush_handle is None:
+                self._schedule_flush()
 
     def _schedule_flush(self) -> None:
+        """Leading edge: after a quiet spell, send on the next loop turn (everything produced
+        in this turn goes in one message); during a burst, at most one message per peer
+        every ``coalesce_delay``."""
         if self._flush_handle is None and self._running:
-            self._flush_handle = asyncio.get_running_loop().call_later(self.coalesce_delay, self._flush)
+            loop = asyncio.get_running_loop()
+            wait = self._last_flush + self.coalesce_delay - loop.time()
+            if wait <= 0:
+                self._flush_handle = loop.call_soon(self._flush)  # type: ignore[assignment]
+            else:
+                self._flush_handle = loop.call_later(wait, self._flush)
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        for link in list(self._links.values()):
-            if not link.outbox:
-                continue
-            updates, link.outbox, link.outbox_bytes = link.outbox, [], 0
-            if not link.conn.open:
-                continue
-            try:
-                merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
-            except Exception:
-                log.exception("merge_updates failed; sending %d updates one by one", len(updates))
-                for u in updates:
-                    self._send(link, p.encode_sync_update(u))
-                continue
-            self._send(link, p.encode_sync_update(merged))
+        try:
+            self._last_flush = asyncio.get_running_loop().time()
+        except RuntimeError:
+            pass
+        if self._pending:
+            pending, self._pending = self._pending, []
+            frames: dict[str | None, bytes | None] = {}  # excluded origin -> merged frame
+            origins = {origin for _, origin in pending}
+            for peer_id, link in list(self._links.items()):
+                if not link.conn.open:
+                    continue
+                key = peer_id if peer_id in origins else None
+                if key not in frames:
+                    frames[key] = self._merged_frame([u for u, o in pending if o is None or o != key])
+                frame = frames[key]
+                if frame is not None:
+                    self._send(link, frame)
         if self._awareness_dirty:
             ids, self._awareness_dirty = sorted(self._awareness_dirty), set()
             frame = p.encode_awareness(self._encode_awareness(ids))
             for link in list(self._links.values()):
                 if link.conn.open:
                     self._send(link, frame)
+
+    @staticmethod
+    def _merged_frame(updates: list[bytes]) -> bytes | None:
+        if not updates:
+            return None
+        try:
+            merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+        except Exception:
+            log.exception("merge_updates failed on %d updates", len(updates))
+            return None
+        return p.encode_sync_update(merged)
 
     # ------------------------------------------------------------------ awareness
     def _encode_awareness(self, client_ids: list[int]) -> bytes:
@@ -700,9 +720,6 @@ class Room:
             update = self.doc.get_update(state_vector)
         except Exception as exc:
             raise p.ProtocolError(f"bad state vector: {exc}") from exc
-        # anything queued for this peer is contained in the answer
-        link.outbox.clear()
-        link.outbox_bytes = 0
         self._send(link, p.encode_sync_step2(update))
 
     def _apply_remote(self, link: _Link, update: bytes, step: int) -> None:
