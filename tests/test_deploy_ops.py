@@ -82,17 +82,39 @@ async def test_signaling_healthz_reports_database_and_redis(make_settings, sqlit
         assert r.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
 
 
-async def test_signaling_healthz_is_503_when_redis_is_down(make_settings, sqlite_url):
-    from tests.conftest import _api
+async def test_signaling_healthz_is_503_when_redis_goes_down(make_settings, sqlite_url, tmp_path):
+    """A private redis-server, stopped under a running node: /healthz names Redis and answers 503."""
+    import shutil
+    import subprocess
 
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    async with _api(make_settings(database_url=sqlite_url, redis_url=dead)) as api:
-        r = await api.client.get("/healthz")
-        assert r.status_code == 503
-        body = r.json()
-        assert body["status"] == "degraded"
-        assert body["checks"]["database"] == "ok"
-        assert body["checks"]["redis"].startswith("error")
+    from tests.conftest import _api
+    from tests.support import port_open, require, wait_for
+
+    binary = shutil.which("redis-server")
+    require("redis-server", binary is not None, "apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: port_open("127.0.0.1", port), timeout=10, what="redis-server to listen")
+        settings = make_settings(database_url=sqlite_url, redis_url=f"redis://127.0.0.1:{port}/0")
+        async with _api(settings) as api:
+            assert (await api.client.get("/healthz")).status_code == 200
+            proc.terminate()
+            proc.wait(10)
+            r = await api.client.get("/healthz")
+            assert r.status_code == 503
+            body = r.json()
+            assert body["status"] == "degraded"
+            assert body["checks"]["database"] == "ok"
+            assert body["checks"]["redis"].startswith("error")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 async def test_request_ids_and_http_metrics(api_sqlite):
