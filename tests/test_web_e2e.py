@@ -100,5 +100,5 @@ def test_signaling_restart_browsers_reconnect(e2e):
     step(e2e, "signaling_restart_reconnects")
 
 
-def test_reload_keeps_document_from_local_storage(e2e):
+def test_reload_keeps_document_from_local_storage_and_offline_edits_merge(e2e):
     step(e2e, "reload_from_local_storage")

@@ -379,12 +379,28 @@ async def main() -> None:
                 # Bob's signaling is cut (mocked socket: no peers can reach him), so after a reload
                 # the text, including what he typed while signaling was down, comes from IndexedDB.
                 expected = state["offline_text"]
-                await ctx_b.route_web_socket("**/signal*", lambda ws: None)
+                cut = {"on": True}
+
+                def signal_route(ws):
+                    # While cut: a socket that opens but never delivers anything. Afterwards: the real server.
+                    if not cut["on"]:
+                        ws.connect_to_server()
+
+                await ctx_b.route_web_socket("**/signal*", signal_route)
                 await b.reload()
                 await wait_js(b, "(t) => window.codesync && window.codesync.doc.getText('source').toString() === t", expected)
                 peers = await b.evaluate("() => window.codesync.provider.connectedPeers().length")
                 assert peers == 0, peers
-                await ctx_b.unroute_all()
+                # Both edit while apart; when Bob's connection returns the edits merge.
+                await type_into_editor(b, "# bob edited offline\n", delay=5)
+                await type_into_editor(a, "# alice edited meanwhile\n", delay=5)
+                cut["on"] = False
+                await b.reload()
+                both = "(t) => { const s = window.codesync && window.codesync.doc.getText('source').toString(); return !!s && s.includes('# bob edited offline') && s.includes('# alice edited meanwhile') }"
+                await wait_js(b, both, None, timeout=30_000)
+                await wait_js(a, both, None, timeout=30_000)
+                ta, tb = await doc_text(a), await doc_text(b)
+                assert ta == tb, (ta, tb)
                 return {}
 
             await steps.run("reload_from_local_storage", reload_from_local, ("signaling_restart_reconnects",))
