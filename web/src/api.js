@@ -182,6 +182,7 @@ export const Rooms = {
   list () { return api('GET', '/api/rooms') },
   create (name, language) { return api('POST', '/api/rooms', { name, language }) },
   get (id) { return api('GET', `/api/rooms/${encodeURIComponent(id)}`) },
+  update (id, fields) { return api('PATCH', `/api/rooms/${encodeURIComponent(id)}`, fields) },
   remove (id) { return api('DELETE', `/api/rooms/${encodeURIComponent(id)}`) },
   invite (id, role) { return api('POST', `/api/rooms/${encodeURIComponent(id)}/invites`, { role }) },
   accept (token) { return api('POST', `/api/invites/${encodeURIComponent(token)}/accept`, {}) },

@@ -157,6 +157,8 @@ export async function roomView (root, roomId) {
       if (!meta.has('schema')) meta.set('schema', SCHEMA)
       meta.set('language', langSelect.value)
     })
+    // The document is the source of truth; the room record follows so the room list shows it too.
+    Rooms.update(roomId, { language: langSelect.value }).catch(() => {})
   })
   const onMeta = () => {
     langSelect.value = language()
