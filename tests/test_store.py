@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text, merge_updates
 from sqlalchemy import insert, select
 
 from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
@@ -118,6 +118,40 @@ async def test_undecodable_row_is_reported_not_fatal(store: DocumentStore):
     assert result is not None and result.merged_rows == 1
     assert (await store.log_stats("r"))[0] == 1  # the bad row stays for a human to look at
     assert text_of((await store.load("r")).update) == "kept"
+
+
+async def test_pending_updates_survive_compaction(store: DocumentStore):
+    """An update whose dependencies are missing is kept until they arrive — never compacted away."""
+    doc = Doc()
+    updates = recorder(doc)
+    text = doc.get("source", type=Text)
+    text.insert(0, "abc")
+    text.insert(3, "def")
+    text.insert(6, "ghi")
+    first, second, third = updates
+    await store.append("p", [first, third])  # "def" missing: "ghi" is pending
+    assert text_of((await store.load("p")).update) == "abc"
+    assert (await store.compact("p")).merged_rows == 1
+    assert await store.log_stats("p") == (1, len(third)), "the pending row must stay in the log"
+    await store.append("p", [second])
+    assert text_of((await store.load("p")).update) == "abcdefghi"
+    await store.compact("p")
+    assert text_of((await store.load("p")).update) == "abcdefghi"
+
+
+async def test_compaction_keeps_the_document_and_drops_deleted_text(store: DocumentStore):
+    doc = Doc()
+    updates = recorder(doc)
+    text = doc.get("source", type=Text)
+    for i in range(300):
+        text.insert(len(text), "x" * 50)
+        if i % 2:
+            del text[0:50]
+    await store.append("gc", updates)
+    await store.compact("gc")
+    after = (await store.load("gc")).update
+    assert text_of(after) == str(text)
+    assert len(after) < len(merge_updates(*updates)) / 2, "deleted text was stored in the snapshot"
 
 
 async def test_writer_group_commits_and_reports_saved(store: DocumentStore):

@@ -4,7 +4,7 @@ Why a dedicated writer task per room: updates arrive one by one (often one per k
 but a transaction costs far more than an INSERT. The writer commits whatever has queued up
 while the previous transaction ran (plus a few ms of linger), so the delay an update sees
 stays bounded (~``max_delay``) while throughput scales with batch size. Each batch is merged
-(pycrdt ``merge_updates``) into one log row. Compaction runs in the same task, between
+(pycrdt ``merge_updates``, in slices) into log rows. Compaction runs in the same task, between
 commits, so appends and compactions of one room never interleave.
 
 Invariant the caller keeps: every change to ``doc`` (the room's live document) is either the
@@ -27,6 +27,8 @@ from pycrdt import Doc, get_state, merge_updates
 from .store import DocumentStore, StoredDocument
 
 log = logging.getLogger("codesync.persistence.writer")
+
+ROW_UPDATES = 256  # updates merged into one log row at most
 
 
 class LeaseLost(RuntimeError):
@@ -246,14 +248,19 @@ class RoomWriter:
             self._idle.set()
 
     async def _commit(self, batch: list[bytes]) -> None:
-        row = batch[0] if len(batch) == 1 else await _merge_off_loop(batch)
+        # merge_updates costs grow faster than linearly with the number of updates: merge in
+        # slices of ROW_UPDATES, one row each, all rows in the one transaction.
+        rows = [
+            chunk[0] if len(chunk) == 1 else await _merge_off_loop(chunk)
+            for chunk in (batch[i : i + ROW_UPDATES] for i in range(0, len(batch), ROW_UPDATES))
+        ]
         started = time.perf_counter()
-        await self.store.append(self.room_id, [row])
+        await self.store.append(self.room_id, rows)
         elapsed = time.perf_counter() - started
         if len(self.stats.commit_seconds) < 10000:
             self.stats.commit_seconds.append(elapsed)
-        self.stats.log_rows += 1
-        self.stats.log_bytes += len(row)
+        self.stats.log_rows += len(rows)
+        self.stats.log_bytes += sum(len(r) for r in rows)
 
     async def _compact(self) -> None:
         result = await self.store.compact(self.room_id)
