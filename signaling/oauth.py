@@ -40,13 +40,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .accounts import issue_tokens
-from .models import OAuthIdentity, User
+from .models import OAuthIdentity, RefreshToken, User, utcnow
 from .settings import OAuthProvider, Settings
 
 try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
@@ -592,7 +592,17 @@ async def _resolve_user(session: AsyncSession, identity: Identity) -> User:
         session.add(user)
         await session.flush()
     elif not user.email_verified:
-        user.email_verified = True  # the provider just proved the address
+        # The provider just proved who owns the address. Whoever registered it with a password
+        # never did (pre-account-hijacking): drop that password and every session it opened,
+        # so the verified owner takes the account over alone.
+        user.email_verified = True
+        if user.password_hash is not None:
+            user.password_hash = None
+            await session.exec(
+                update(RefreshToken)
+                .where(col(RefreshToken.user_id) == user.id, col(RefreshToken.revoked_at).is_(None))
+                .values(revoked_at=utcnow())
+            )
         session.add(user)
     session.add(OAuthIdentity(user_id=user.id, provider=identity.provider, subject=identity.subject, email=email))
     await session.flush()

@@ -318,9 +318,13 @@ async def test_links_existing_password_account_by_verified_email(app_any_db: Api
     [identity] = await identities(api)
     assert identity.user_id == account["user"]["id"]
     assert len(await users(api)) == 1
-    # The password still works: linking adds a way in, it takes none away.
+    # The password was set by someone who never proved the address (pre-account-hijacking):
+    # once the provider proves who owns it, that password and its sessions stop working.
     r = await api.client.post("/api/auth/login", json={"email": "dana@example.test", "password": account["password"]})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 401, r.text
+    r = await api.client.post("/api/auth/refresh", json={"refresh_token": account["refresh_token"]})
+    assert r.status_code == 401, r.text
+    assert (await me(api, tokens["access_token"]))["email"] == "dana@example.test"
 
 
 async def test_unverified_email_is_not_linked(app: Api) -> None:
