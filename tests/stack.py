@@ -287,6 +287,10 @@ class SignalClient:
         except asyncio.TimeoutError:
             raise AssertionError(f"no {type_} frame within {timeout}s; got {_short(self.pending)}") from None
 
+    def forget(self, type_: str | None = None) -> None:
+        """Drop pending frames (of ``type_``), so the next ``expect`` sees only newer ones."""
+        self.pending[:] = [f for f in self.pending if type_ is not None and f.get("type") != type_]
+
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return self.close_code

@@ -1,0 +1,391 @@
+"""Redis hub: several signaling nodes sharing one Redis behave as one server.
+
+Layout (``P`` = ``{redis_prefix}:sig``):
+
+- ``P:nodes`` — sorted set, node id -> unix time of its last heartbeat (every ``presence_ttl/3``).
+- ``P:room:{topic}`` — hash, ``{node}:{conn}`` -> the connection's presence entry (JSON).
+- ``P:rooms`` — set of topics that have entries; ``P:noderooms:{node}`` — topics a node wrote to.
+- ``P:peer:{peer id}`` — ``{principal}|{node}:{conn}``: who owns a peer id; expires with the node.
+- channel ``P:bus`` — ``m`` frames (a publish, already serialized with ``sender`` and ``clients``,
+  forwarded as is to the node's local subscribers) and ``c`` notices ("topic X's entries changed").
+
+A node that stops heartbeating for ``presence_ttl`` seconds is reaped by whichever node notices
+first: its entries are deleted and a ``c`` notice goes out, so its peers leave everyone's
+presence. Each node keeps a view of the other nodes' entries only for topics it needs (topics
+with local subscribers; every topic while it has service connections, for ``room-active``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import metrics
+from .connection import Connection
+from .hub import Entry, Hub
+
+log = logging.getLogger("codesync.signal.redis")
+
+# KEYS: room hash, rooms set; ARGV: field, topic. Remove one entry; forget the room when empty.
+_LEAVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return 1
+"""
+# KEYS: room hash, rooms set; ARGV: field prefix ("node:"), topic. Remove a dead node's entries.
+_PURGE = """
+local n = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #ARGV[1]) == ARGV[1] then redis.call('HDEL', KEYS[1], f); n = n + 1 end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return n
+"""
+# KEYS: peer key; ARGV: owner value, principal key, ttl ms. 1 = ours, 2 = taken over, 0 = refused.
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]); return 1 end
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[3]); return 1 end
+local p = string.match(cur, '^([^|]*)|')
+if p == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]); return 2 end
+return 0
+"""
+# KEYS: peer key; ARGV: owner value. Delete only if still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: node's peer set; ARGV: "|node:". Drop the peer ids a dead node still owned.
+_PURGE_PEERS = """
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[2] .. id
+  local cur = redis.call('GET', key)
+  if cur and string.find(cur, ARGV[1], 1, true) then redis.call('DEL', key) end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+BATCH = 512  # publishes per Redis pipeline
+
+
+class RedisHub(Hub):
+    def __init__(self, url: str, prefix: str, ttl: float):
+        super().__init__()
+        self.node = uuid.uuid4().hex[:12]
+        self.redis = Redis.from_url(url, decode_responses=True)
+        self.ttl = max(0.5, float(ttl))
+        self.p = f"{prefix}:sig"
+        self.channel = f"{self.p}:bus"
+        self.views: dict[str, dict[str, Entry]] = {}  # topic -> other nodes' entries
+        self._local_owner: dict[str, Connection] = {}  # peer id -> local connection owning it
+        self._outbox: deque[str] = deque()
+        self._out_wake = asyncio.Event()
+        self._refreshing: dict[str, asyncio.Task] = {}
+        self._dirty: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._pubsub: Any = None
+        self._stopped = False
+        self._reads = 0
+        self._applied: dict[str, int] = {}  # topic -> sequence number of the view's read
+        self._leave = self.redis.register_script(_LEAVE)
+        self._purge = self.redis.register_script(_PURGE)
+        self._claim_script = self.redis.register_script(_CLAIM)
+        self._release_script = self.redis.register_script(_RELEASE)
+        self._purge_peers = self.redis.register_script(_PURGE_PEERS)
+
+    # ------------------------------------------------------------------ keys
+    def _room(self, topic: str) -> str:
+        return f"{self.p}:room:{topic}"
+
+    def _field(self, conn: Connection) -> str:
+        return f"{self.node}:{conn.id}"
+
+    def _noderooms(self, node: str) -> str:
+        return f"{self.p}:noderooms:{node}"
+
+    def _peer(self, peer_id: str) -> str:
+        return f"{self.p}:peer:{peer_id}"
+
+    def _nodepeers(self, node: str) -> str:
+        return f"{self.p}:nodepeers:{node}"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.redis.zadd(f"{self.p}:nodes", {self.node: time.time()})
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="signal-redis-listen"),
+            asyncio.create_task(self._send_loop(), name="signal-redis-send"),
+            asyncio.create_task(self._heartbeat(), name="signal-redis-heartbeat"),
+        ]
+        log.info("signal hub on Redis as node %s (prefix %s, presence ttl %.1fs)", self.node, self.p, self.ttl)
+
+    async def stop(self) -> None:
+        """Leave cleanly: our entries go now (not after the expiry), others are told."""
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        try:
+            topics = set(self.topics) | set(await self.redis.smembers(self._noderooms(self.node)))
+            await self._purge_node(self.node, topics)
+        except Exception:  # noqa: BLE001 - Redis gone: the others reap us after the ttl
+            log.warning("could not remove this node's presence from Redis", exc_info=True)
+        try:
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
+            await self.redis.aclose()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ presence entries
+    async def _entry_changed(self, conn: Connection, topic: str, present: bool) -> None:
+        if self._stopped:  # connections closing after stop(): stop() removed all our entries
+            return
+        room = self._room(topic)
+        if present:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(room, self._field(conn), json.dumps(conn.entry(topic), separators=(",", ":")))
+            pipe.sadd(f"{self.p}:rooms", topic)
+            pipe.sadd(self._noderooms(self.node), topic)
+            await pipe.execute()
+            if topic not in self.views:
+                await self._refresh(topic)
+        else:
+            await self._leave(keys=[room, f"{self.p}:rooms"], args=[self._field(conn), topic])
+        self._notice(topic)
+        self.room_changed(topic)
+        if topic not in self.topics and not self.services:
+            self.views.pop(topic, None)
+            self._applied.pop(topic, None)
+
+    def _notice(self, topic: str) -> None:
+        self._outbox.append(f"c {self.node} 0 {len(topic)}\n{topic}")
+        self._out_wake.set()
+
+    def _remote_entries(self, topic: str) -> list[Entry]:
+        return list(self.views.get(topic, {}).values())
+
+    def _remote_count(self, topic: str) -> int:
+        return len(self.views.get(topic, ()))
+
+    async def _refresh(self, topic: str) -> None:
+        """Re-read the other nodes' entries of ``topic`` from Redis.
+
+        Reads can overlap (pooled connections); the one issued last wins, never an older one
+        that happened to answer late.
+        """
+        self._reads += 1
+        seq = self._reads
+        raw = await self.redis.hgetall(self._room(topic))
+        if seq > self._applied.get(topic, 0):
+            self._applied[topic] = seq
+            self.views[topic] = self._parse_view(raw)
+
+    def _parse_view(self, raw: dict[str, str]) -> dict[str, Entry]:
+        mine = f"{self.node}:"
+        view: dict[str, Entry] = {}
+        for fld, value in raw.items():
+            if fld.startswith(mine):
+                continue
+            try:
+                view[fld] = json.loads(value)
+            except ValueError:
+                continue
+        return view
+
+    async def presence(self, topic: str) -> list[dict[str, Any]]:
+        from .hub import aggregate_presence
+
+        view = self._parse_view(await self.redis.hgetall(self._room(topic)))
+        return aggregate_presence(self.local_entries(topic) + list(view.values()))
+
+    def _tracked(self, topic: str) -> bool:
+        return topic in self.topics or bool(self.services)
+
+    def _schedule_refresh(self, topic: str) -> None:
+        if topic in self._refreshing:
+            self._dirty.add(topic)
+            return
+        self._refreshing[topic] = asyncio.create_task(self._refresh_loop(topic))
+
+    async def _refresh_loop(self, topic: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(topic)
+                if not self._tracked(topic):
+                    self.views.pop(topic, None)
+                    self._applied.pop(topic, None)
+                    return
+                await self._refresh(topic)
+                self.room_changed(topic)
+                if topic not in self._dirty:
+                    return
+        except Exception:  # noqa: BLE001
+            log.warning("refreshing %s failed", topic, exc_info=True)
+        finally:
+            self._refreshing.pop(topic, None)
+
+    async def _services_appeared(self) -> None:
+        """A service connected here: load every room so ``room-active`` covers all of them."""
+        topics = list(await self.redis.smembers(f"{self.p}:rooms"))
+        if topics:
+            self._reads += 1
+            seq = self._reads
+            pipe = self.redis.pipeline(transaction=False)
+            for topic in topics:
+                pipe.hgetall(self._room(topic))
+            for topic, raw in zip(topics, await pipe.execute()):
+                if seq > self._applied.get(topic, 0):
+                    self._applied[topic] = seq
+                    self.views[topic] = self._parse_view(raw)
+        self.active = {
+            t for t in set(self.views) | set(self.topics) if any(e.get("u") for e in self.local_entries(t) + self._remote_entries(t))
+        }
+
+    # ------------------------------------------------------------------ peer ids
+    async def _claim(self, conn: Connection, peer_id: str) -> bool:
+        owner = f"{conn.principal_key}|{self._field(conn)}"
+        result = await self._claim_script(
+            keys=[self._peer(peer_id)], args=[owner, conn.principal_key, int(self.ttl * 1000)]
+        )
+        if not result:
+            return False
+        await self.redis.sadd(self._nodepeers(self.node), peer_id)
+        previous = self._local_owner.get(peer_id)
+        if previous is not None and previous is not conn:
+            previous.bound.discard(peer_id)
+            for topic, used in previous.peer_ids.items():
+                if peer_id in used:
+                    used.discard(peer_id)
+                    await self._entry_changed(previous, topic, present=True)
+        self._local_owner[peer_id] = conn
+        return True
+
+    async def _release(self, conn: Connection, peer_ids: set[str]) -> None:
+        owner = f"{conn.principal_key}|{self._field(conn)}"
+        for peer_id in peer_ids:
+            if self._local_owner.get(peer_id) is conn:
+                del self._local_owner[peer_id]
+            if self._stopped:
+                continue
+            try:
+                await self._release_script(keys=[self._peer(peer_id)], args=[owner])
+                await self.redis.srem(self._nodepeers(self.node), peer_id)
+            except Exception:  # noqa: BLE001 - expires on its own
+                log.debug("release of %s failed", peer_id, exc_info=True)
+
+    # ------------------------------------------------------------------ fan-out
+    async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:
+        self._outbox.append(f"m {self.node} {t0:.6f} {len(topic)}\n{topic}{frame}")
+        self._out_wake.set()
+
+    async def _send_loop(self) -> None:
+        """Drain the outbox into Redis, many PUBLISHes per round trip, in order."""
+        while True:
+            await self._out_wake.wait()
+            self._out_wake.clear()
+            while self._outbox:
+                pipe = self.redis.pipeline(transaction=False)
+                for _ in range(min(BATCH, len(self._outbox))):
+                    pipe.publish(self.channel, self._outbox.popleft())
+                try:
+                    await pipe.execute()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - lost frames; y-webrtc peers re-announce
+                    metrics.REFUSALS.labels("redis_error").inc()
+                    log.warning("publishing to Redis failed", exc_info=True)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    if message.get("type") == "message":
+                        self._on_bus(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - reconnect and carry on
+                log.warning("Redis pub/sub listener failed; resubscribing", exc_info=True)
+                await asyncio.sleep(0.5)
+                try:
+                    await self._pubsub.subscribe(self.channel)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _on_bus(self, data: str) -> None:
+        try:
+            header, rest = data.split("\n", 1)
+            kind, node, t0, n = header.split(" ")
+            size = int(n)
+        except ValueError:
+            return
+        if node == self.node:
+            return
+        topic = rest[:size]
+        if kind == "m":
+            subs = self.topics.get(topic)
+            if subs:
+                self.deliver_local(topic, rest[size:])
+                metrics.FANOUT.observe(max(0.0, time.time() - float(t0)))
+        elif kind == "c" and self._tracked(topic):
+            self._schedule_refresh(topic)
+
+    # ------------------------------------------------------------------ liveness
+    async def _heartbeat(self) -> None:
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.warning("presence heartbeat failed", exc_info=True)
+
+    async def _beat(self) -> None:
+        now = time.time()
+        added = await self.redis.zadd(f"{self.p}:nodes", {self.node: now})
+        if added:  # we had been reaped (stalled longer than the ttl): write our entries again
+            log.warning("node %s was reaped while alive; re-registering", self.node)
+            for topic, subs in list(self.topics.items()):
+                for conn in list(subs.values()):
+                    await self._entry_changed(conn, topic, present=True)
+        if self._local_owner:
+            pipe = self.redis.pipeline(transaction=False)
+            for peer_id in self._local_owner:
+                pipe.pexpire(self._peer(peer_id), int(self.ttl * 1000))
+            await pipe.execute()
+        dead = await self.redis.zrangebyscore(f"{self.p}:nodes", "-inf", now - self.ttl)
+        for node in dead:
+            if node != self.node:
+                log.info("reaping signaling node %s (no heartbeat for %.1fs)", node, self.ttl)
+                await self._purge_node(node, set(await self.redis.smembers(self._noderooms(node))))
+
+    async def _purge_node(self, node: str, topics: set[str]) -> None:
+        await self._purge_peers(keys=[self._nodepeers(node)], args=[f"|{node}:", f"{self.p}:peer:"])
+        for topic in topics:
+            await self._purge(keys=[self._room(topic), f"{self.p}:rooms"], args=[f"{node}:", topic])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self._noderooms(node))
+        pipe.zrem(f"{self.p}:nodes", node)
+        for topic in topics:
+            pipe.publish(self.channel, f"c {node}-reaped 0 {len(topic)}\n{topic}")
+        await pipe.execute()
+        for topic in topics:
+            if self._tracked(topic) and node != self.node:
+                self._schedule_refresh(topic)
