@@ -72,11 +72,19 @@ def decode_text(payload: bytes) -> str:
 def parse(text: str) -> Message:
     """One client text frame -> a message, or :class:`ProtocolError`."""
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ProtocolError("malformed_json", "frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise ProtocolError("invalid_frame", "frame must be a JSON object")
+    try:
+        # "\ud800" escapes decode to lone surrogates: relaying one would kill every
+        # subscriber's writer (UTF-8 encode error) and it cannot be stored (found by fuzzing).
+        dumps(frame).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("invalid_unicode", "frame contains a lone surrogate (\\ud800-\\udfff)") from None
+    except RecursionError:
+        raise ProtocolError("malformed_json", "frame is nested too deeply") from None
     kind = frame.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("missing_field", "frame needs a string 'type'")
@@ -89,6 +97,11 @@ def parse(text: str) -> Message:
     if kind == "ping":
         return Ping()
     raise ProtocolError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def _no_constant(name: str) -> Any:
+    """NaN/Infinity are not JSON: a browser's JSON.parse would throw on the relayed frame."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _topic(value: Any) -> str:
