@@ -116,6 +116,13 @@ def _hostport(url: str) -> str:
     return url.removeprefix("http://")
 
 
+async def signal_connections(node_url: str) -> int:
+    """Open /signal sockets on one node, from its own metrics."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"{node_url}/metrics")).text
+    return int(sum(float(v) for v in re.findall(r"^codesync_signal_connections\{[^}]*\} (\S+)$", text, re.M)))
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -171,9 +178,11 @@ async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp
                     frame = await client.expect("publish", lambda f: f["data"].get("from") == "peer-a")
                     assert frame["sender"]["user_id"] == room.user("a").id
 
+                on_first = await signal_connections(stack.nodes[0].url or "")
+                assert 1 <= on_first <= 3, "the proxy should spread the four sockets over both nodes"
                 stack.nodes[0].stop()
                 gone = [label for label, c in clients.items() if c.closed or await _closed_soon(c)]
-                assert len(gone) == 2, f"expected the two sockets of the stopped node to close, got {gone}"
+                assert len(gone) == on_first, f"expected the {on_first} sockets of the stopped node to close, got {gone}"
                 for label in gone:
                     assert clients[label].close_code == 1001, (label, clients[label].close_code)
                 stayed = [label for label in clients if label not in gone]
@@ -186,6 +195,7 @@ async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp
                     contexts.append(ctx)
                     clients[label] = await ctx.__aenter__()
                     await clients[label].subscribe(room.id)
+                    await clients[label].expect("presence")
 
                 def everyone_present(frame: dict) -> bool:
                     return {p["user_id"] for p in frame["peers"]} == {room.user(x).id for x in "abcd"}
@@ -197,6 +207,10 @@ async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp
             finally:
                 for ctx in reversed(contexts):
                     await ctx.__aexit__(None, None, None)
+
+
+async def _eq(awaitable, value) -> bool:
+    return (await awaitable) == value
 
 
 async def _closed_soon(client, timeout: float = 5.0) -> bool:
@@ -233,13 +247,20 @@ async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_u
 
                 text_a = alice.doc.get("source", type=Text)
                 text_b = bob.doc.get("source", type=Text)
+                dropped: list[str] = []
+                alice.signaling.on_disconnected(lambda: dropped.append("alice"))
+                bob.signaling.on_disconnected(lambda: dropped.append("bob"))
+                # Stop the node holding more of their signaling sockets (at least one of them).
+                counts = [await signal_connections(n.url or "") for n in stack.nodes]
+                victim = stack.nodes[0] if counts[0] >= counts[1] else stack.nodes[1]
+                assert max(counts) >= 1 and sum(counts) == 2, counts
 
                 total, stop_at = 120, 40
                 for i in range(total):
                     writer = text_a if i % 2 == 0 else text_b
                     writer.insert(len(writer), f"edit {i}\n")  # ASCII: byte and UTF-16 offsets agree
                     if i == stop_at:
-                        stack.nodes[0].stop()  # graceful; returns once the node has exited
+                        victim.stop()  # graceful (SIGTERM); returns once the node has exited
                     await asyncio.sleep(0.005)  # a typing pace, not a synchronisation
 
                 expected = {f"edit {i}" for i in range(total)}
@@ -250,8 +271,12 @@ async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_u
 
                 await wait_for(lambda: converged(text_a, text_b), timeout=20, what="alice and bob to converge")
                 # Both are back on signaling (through the proxy, on the surviving node) ...
+                assert len(set(dropped)) == max(counts), (dropped, counts)  # the victim's clients were moved
                 await wait_for(lambda: alice.signaling.connected and bob.signaling.connected, timeout=20,
                                what="alice and bob to reconnect to signaling")
+                survivor = stack.nodes[1] if victim is stack.nodes[0] else stack.nodes[0]
+                await wait_for(lambda: _eq(signal_connections(survivor.url or ""), 2), timeout=20,
+                               what="both on the surviving node")
                 # ... and a newcomer, who can only meet them through the surviving node, gets every edit.
                 carol = Room(proxy.url, seeded.token("carol"), seeded.id, settings)
                 rooms.append(carol)
