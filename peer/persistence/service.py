@@ -41,6 +41,7 @@ MAX_ROOM_ID = 32  # document_updates.room_id / rooms.id length
 
 ROOMS_OWNED = Gauge("codesync_persist_rooms_owned", "rooms this persistence peer owns (holds the lease of)")
 UPDATES_STORED = Counter("codesync_persist_updates_stored_total", "updates made durable")
+PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the save state
 COMMITS = Counter("codesync_persist_commits_total", "update-log transactions committed")
 
 
@@ -57,6 +58,8 @@ class RoomKeeper:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._commits_seen = self._updates_seen = 0
+        self._publish_timer: asyncio.TimerHandle | None = None
+        self._last_publish = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -151,13 +154,35 @@ class RoomKeeper:
                           writer.state.pending)
             log.info("room %s: left (%d updates stored this time)", self.room_id, writer.state.stored_updates)
             self.room = self.writer = None
+            if self._publish_timer is not None:
+                self._publish_timer.cancel()
+                self._publish_timer = None
             ROOMS_OWNED.dec()
 
     def _publish(self, room, state: SaveState) -> None:
+        """Save state into awareness — at most every PUBLISH_INTERVAL, the latest always last.
+
+        Peers rate-limit awareness per link (peer.room.Limits); publishing on every commit
+        would get the final "saved" dropped and clients would wait for the next renewal.
+        """
         if state.commits > self._commits_seen:
             COMMITS.inc(state.commits - self._commits_seen)
             UPDATES_STORED.inc(state.stored_updates - self._updates_seen)
         self._commits_seen, self._updates_seen = state.commits, state.stored_updates
+        if self._publish_timer is not None:
+            return  # the pending trailing publish will send the latest state
+        loop = asyncio.get_running_loop()
+        wait = self._last_publish + PUBLISH_INTERVAL - loop.time()
+        if wait > 0:
+            self._publish_timer = loop.call_later(wait, self._publish_now, room, state)
+        else:
+            self._publish_now(room, state)
+
+    def _publish_now(self, room, state: SaveState) -> None:
+        self._publish_timer = None
+        self._last_publish = asyncio.get_running_loop().time()
+        if room is not self.room:
+            return  # left meanwhile
         try:
             room.awareness.set_local_state({"service": "persistence", "saved": state.as_awareness()})
         except Exception:  # noqa: BLE001 - cosmetic; never let it break saving
