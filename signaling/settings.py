@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     persist_lease_ttl: float = Field(default=10.0, description="seconds")
     persist_idle_grace: float = Field(default=30.0, description="seconds")
     persist_compact_rows: int = 200
+    # Runner (runner/): a JSON file extending the languages table, the Docker engine URL
+    # (default: DOCKER_HOST / the local socket) and run image, per-run limits, idle grace.
+    runner_languages: Path | None = None
+    runner_docker_url: str | None = None
+    runner_image: str = "codesync-runner:bookworm"
+    runner_wall_seconds: float = Field(default=10.0, description="seconds per run")
+    runner_cpu_seconds: int = 5
+    runner_memory_mb: int = 256
+    runner_processes: int = 64
+    runner_output_kb: int = 64
+    runner_idle_grace: float = Field(default=30.0, description="seconds in a room after room-idle")
     # /signal WebSocket (signaling/ws): presence expiry, keepalive and per-connection limits.
     presence_ttl: float = Field(default=15.0, description="seconds a node's presence outlives its last heartbeat")
     signal_heartbeat: float = Field(default=20.0, description="seconds between WebSocket pings")
