@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
 from peer.persistence.writer import RoomWriter, WriterConfig
 from signaling.models import utcnow
-from tests.support import ROOT, child_env
+from tests.support import ROOT, child_env, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -308,3 +308,40 @@ async def test_sigkill_mid_stream_leaves_a_loadable_prefix(store: DocumentStore,
     async with store.engine.connect() as conn:
         snap = (await conn.execute(select(SNAPSHOTS.c.upto_seq).where(SNAPSHOTS.c.room_id == "crash"))).first()
     assert snap is not None, "the writer never compacted — the test did not exercise compaction"
+
+
+async def test_writer_survives_a_locked_database_and_reports_it(tmp_path: Path):
+    """Commits fail while another process holds the SQLite write lock; nothing is lost."""
+    import sqlite3
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from signaling import db as sdb
+
+    path = tmp_path / "locked.db"
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05})
+    await sdb.migrate(engine)
+    store = DocumentStore(engine, own_engine=True)
+    statuses: list[str] = []
+    doc = Doc()
+    writer = RoomWriter(store, "locked", doc, config=WriterConfig(retry_max=0.2),
+                        on_saved=lambda s: statuses.append(s.status))
+    await writer.load_into_doc()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        writer.accept(_item_update(doc, "a"))
+        writer.accept(_item_update(doc, "b"))
+        await wait_for(lambda: writer.state.status == "error", 10, what="the error status")
+        assert "locked" in (writer.state.error or "")
+        assert writer.state.as_awareness()["status"] == "error"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await writer.flush(10)
+    assert writer.state.status == "saved" and writer.state.error is None
+    await writer.close()
+    loaded = Doc()
+    loaded.apply_update((await store.load("locked")).update)
+    assert list(loaded.get("items", type=Array)) == ["a", "b"]
+    await store.close()
