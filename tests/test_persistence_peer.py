@@ -329,3 +329,41 @@ def test_persist_without_configuration_fails_clearly(tmp_path):
     svc = start_service(["persist"], child_env(CODESYNC_DATA_DIR=str(tmp_path)), tmp_path / "p.log")
     assert svc.proc.wait(30) == 2
     assert "CODESYNC_SIGNALING_URL" in svc.log() and "Traceback" not in svc.log()
+
+
+class SlowLoadStore(DocumentStore):
+    """The real store, with loading slowed down: makes the SyncStep1 hold observable."""
+
+    delay = 1.5
+
+    async def load(self, room_id: str):
+        await asyncio.sleep(self.delay)
+        return await super().load(room_id)
+
+
+async def test_sync_step1_is_answered_only_after_the_stored_document_is_loaded(tmp_path):
+    from peer.persistence.service import PersistenceService
+
+    async with signaling_stack(tmp_path) as stack:
+        seeded = await stack.seed_room({"alice": "owner"})
+        settings = Settings(
+            database_url=stack.database_url, data_dir=tmp_path / "data", ice_hosts="127.0.0.1",
+            signaling_url=stack.url, service_token=await stack.service_token("persistence"),
+        )
+        store = await SlowLoadStore.open(settings)
+        writer_doc = pycrdt.Doc()
+        updates: list[bytes] = []
+        writer_doc.observe(lambda e: updates.append(e.update))
+        writer_doc.get("source", type=pycrdt.Text).insert(0, "stored before anyone came")
+        await store.append(seeded.id, updates)
+        service = PersistenceService(settings, store=store)
+        await service.start()
+        try:
+            async with joined(stack, seeded, "alice") as (alice,):
+                await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins (while loading)")
+                pid = persistence_peers(alice)[0]
+                await alice.wait_synced(pid, timeout=20)
+                assert str(source(alice)) == "stored before anyone came", "answered SyncStep1 before loading"
+                await wait_for(lambda: saved_covers(alice), 15, what="saved")
+        finally:
+            await service.stop()
