@@ -199,11 +199,11 @@ async def memory_per_connection(links: int) -> dict:
     async def make_pair() -> None:
         holder: dict[str, PeerConnection] = {}
 
-        async def to_b(signal, token):
-            await holder["b"].handle_signal(signal)
+        async def to_b(signal, token):  # delivered later, as signaling would
+            asyncio.ensure_future(holder["b"].handle_signal(signal))
 
         async def to_a(signal, token):
-            await holder["a"].handle_signal(signal)
+            asyncio.ensure_future(holder["a"].handle_signal(signal))
 
         holder["a"] = PeerConnection("b", True, config, to_b, on_open, lambda c, d: None, lambda c: None)
         holder["b"] = PeerConnection("a", False, config, to_a, on_open, lambda c, d: None, lambda c: None)
