@@ -1,0 +1,279 @@
+"""``codesync runner``: the runner service peer.
+
+One signaling connection (a ``runner`` service token) for all rooms. For every room the
+server reports active, the runner joins as an ordinary peer (its document syncs from the
+others), and listens for type-101 app messages on its data channels:
+
+- ``{"op":"run","run_id","language","state_vector"}`` → ``run-accepted`` / ``run-refused``;
+- ``{"op":"stop","run_id"}`` → ``stop-accepted`` / ``stop-refused`` (CodeSync extension).
+
+Who asks is taken from the server's stamp on that peer's signaling messages (``sender``:
+user id, name, role) — never from the message itself. Everything about runs (roles, queue,
+rate limit, state-vector wait, output batching, pruning) is in ``runner.runs``; the sandbox
+backend is chosen by ``CODESYNC_SANDBOX``. A room is left ``runner_idle_grace`` seconds after
+``room-idle`` once no run is queued or running there.
+
+Several runners may serve one deployment: a client sends its request to one runner peer of
+its choice (a data channel is point to point), so a run never executes twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from pycrdt import Doc
+
+from signaling.settings import Settings
+
+from .languages import LanguageTable
+from .runs import RoomRuns, RunnerConfig, RunRequest
+from .sandbox.base import Limits, Sandbox
+
+log = logging.getLogger("codesync.runner")
+
+MAX_ROOM_ID = 64
+REQUESTS = Counter("codesync_runner_requests_total", "run/stop requests by op and outcome", ["op", "outcome"])
+ROOMS = Gauge("codesync_runner_rooms", "rooms the runner is in")
+
+
+def make_sandbox(settings: Settings) -> Sandbox:
+    if settings.sandbox == "docker":
+        from .sandbox.docker import DockerSandbox
+
+        return DockerSandbox(settings.runner_docker_url, image=settings.runner_image)
+    from .sandbox.bubblewrap import BubblewrapSandbox
+
+    return BubblewrapSandbox()
+
+
+def runner_config(settings: Settings) -> RunnerConfig:
+    return RunnerConfig(
+        limits=Limits(
+            wall_seconds=settings.runner_wall_seconds,
+            cpu_seconds=settings.runner_cpu_seconds,
+            memory_bytes=settings.runner_memory_mb * 1024 * 1024,
+            processes=settings.runner_processes,
+            output_bytes=settings.runner_output_kb * 1024,
+        )
+    )
+
+
+class RoomRunner:
+    """The runner's presence in one room: a peer.Room plus the room's RoomRuns."""
+
+    def __init__(self, service: "RunnerService", room_id: str) -> None:
+        self.service = service
+        self.room_id = room_id
+        self.room: Any = None
+        self.runs: RoomRuns | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._leave = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"runner:{self.room_id}")
+
+    def active(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def idle(self, grace: float) -> None:
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(grace, self._maybe_leave, grace)
+
+    def _maybe_leave(self, grace: float) -> None:
+        self._idle_timer = None
+        if self.runs is not None and self.runs.busy:
+            self.idle(grace)  # finish the runs first; look again later
+        else:
+            self._leave.set()
+
+    async def stop(self) -> None:
+        self.active()
+        self._leave.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        service = self.service
+        doc = Doc()
+        room = service.client.room(self.room_id, doc=doc)
+        runs = RoomRuns(doc, service.sandbox, service.languages, service.config)
+        room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))
+        self.room, self.runs = room, runs
+        ROOMS.inc()
+        started = False
+        try:
+            await room.start()
+            started = True
+            log.info("room %s: joined as runner", self.room_id)
+            await self._leave.wait()
+        except Exception as exc:  # noqa: BLE001 - one room's trouble must not end the service
+            log.warning("room %s: runner left after an error: %s", self.room_id, exc)
+        finally:
+            await runs.close()
+            if started:
+                with contextlib.suppress(Exception):
+                    room.flush()
+                    await room.stop()
+            ROOMS.dec()
+            self.room = self.runs = None
+            service._room_done(self)
+            log.info("room %s: left", self.room_id)
+
+    async def _on_app(self, obj: dict[str, Any], peer_id: str) -> None:
+        room, runs = self.room, self.runs
+        if room is None or runs is None or not isinstance(obj, dict):
+            return
+        op = obj.get("op")
+        if op not in ("run", "stop"):
+            return  # replies and other peers' ops are not for us
+        info = room.peers.get(peer_id)
+        sender = (info.sender if info is not None else None) or {}
+        if sender.get("service"):
+            return  # services never run code
+        role = sender.get("role")
+        user_id = str(sender.get("user_id") or "")
+        name = str(sender.get("name") or user_id)
+        run_id = obj.get("run_id")
+        run_id = run_id if isinstance(run_id, str) else ""
+        if op == "run":
+            decision = await runs.request(
+                RunRequest(
+                    run_id=run_id,
+                    language=obj.get("language") if isinstance(obj.get("language"), str) else "",
+                    user_id=user_id,
+                    user_name=name,
+                    role=role if user_id else None,
+                    state_vector=_state_vector(obj.get("state_vector")),
+                )
+            )
+            reply = decision.message()
+        else:
+            decision = await runs.stop(run_id, role if user_id else None, by=name)
+            reply = {"op": "stop-accepted" if decision.accepted else "stop-refused", "run_id": run_id}
+            if decision.reason:
+                reply["reason"] = decision.reason
+        REQUESTS.labels(op, "accepted" if decision.accepted else "refused").inc()
+        if not decision.accepted:
+            log.info("room %s: %s %s from %s refused: %s", self.room_id, op, run_id[:64], name, decision.reason)
+        await room.send_app(peer_id, reply)
+
+
+def _state_vector(value: Any) -> bytes | None:
+    """Base64 SyncStep1 state vector; None when absent, b"" when malformed (RoomRuns refuses it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 1_000_000:
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+class RunnerService:
+    def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
+        self.settings = settings
+        self.sandbox = sandbox or make_sandbox(settings)
+        self.languages = LanguageTable.load(settings.runner_languages)
+        self.config = runner_config(settings)
+        self.client: Any = None
+        self.rooms: dict[str, RoomRunner] = {}
+        self._stopping = False
+
+    async def start(self) -> None:
+        from peer import SignalingClient
+
+        if self.sandbox.name == "docker":
+            await self._prepare_docker()
+        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
+        self.client.on_room_active(self._on_active)
+        self.client.on_room_idle(self._on_idle)
+        self.client.on_connected(self._on_connected)
+        await self.client.start()
+        log.info("runner (%s sandbox; %s) connected to %s", self.sandbox.name, ", ".join(self.languages.names),
+                 self.client.url)
+
+    async def _prepare_docker(self) -> None:
+        from .image import ImageError, ensure_image
+
+        sandbox = self.sandbox
+        try:
+            removed = await sandbox.cleanup_leftovers()  # type: ignore[attr-defined]
+            if removed:
+                log.info("removed %d containers left by an earlier runner", removed)
+            await asyncio.to_thread(ensure_image, sandbox.client, self.settings.runner_image)  # type: ignore[attr-defined]
+        except (ImageError, Exception) as exc:  # noqa: BLE001 - runs will report it; keep serving
+            log.error("docker sandbox not ready (%s); runs will fail until it is", exc)
+
+    def _on_active(self, topic: str) -> None:
+        if self._stopping or not topic or len(topic) > MAX_ROOM_ID:
+            return
+        keeper = self.rooms.get(topic)
+        if keeper is None:
+            keeper = self.rooms[topic] = RoomRunner(self, topic)
+            keeper.start()
+        keeper.active()
+
+    def _on_idle(self, topic: str) -> None:
+        keeper = self.rooms.get(topic)
+        if keeper is not None:
+            keeper.idle(self.settings.runner_idle_grace)
+
+    def _on_connected(self) -> None:
+        # After a reconnect the server re-sends room-active for active rooms; others go idle.
+        for keeper in self.rooms.values():
+            keeper.idle(self.settings.runner_idle_grace)
+
+    def _room_done(self, keeper: RoomRunner) -> None:
+        if self.rooms.get(keeper.room_id) is keeper:
+            del self.rooms[keeper.room_id]
+
+    def signaling_ok(self) -> bool | str:
+        return True if self.client is not None and self.client.connected else "not connected"
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*(k.stop() for k in list(self.rooms.values())), return_exceptions=True)
+        if self.client is not None:
+            await self.client.stop()
+        await self.sandbox.close()
+
+
+async def run_runner(settings: Settings) -> int:
+    if not settings.signaling_url or not settings.service_token:
+        log.error("codesync runner needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
+                  "(make one with: codesync token --scope runner)")
+        return 2
+    from signaling.opsserver import ops_server
+
+    try:
+        service = RunnerService(settings)
+    except Exception as exc:  # noqa: BLE001 - bad languages file, etc.: one clear line
+        log.error("runner could not start: %s", exc)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except Exception as exc:  # noqa: BLE001
+        log.error("runner could not start: %s", exc)
+        await service.stop()
+        return 1
+    async with ops_server(settings, "runner", {"signaling": service.signaling_ok}):
+        await stop.wait()
+        log.info("stopping: %d rooms", len(service.rooms))
+        await service.stop()
+    return 0

@@ -1,0 +1,158 @@
+"""The runner peer end to end: real ``codesync signaling`` and ``codesync runner`` processes,
+aiortc peers on loopback, the bubblewrap sandbox. Every peer sees the output arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import pycrdt
+import pytest
+
+from peer import Room
+from signaling.settings import Settings
+from tests.stack import SeededRoom, Stack, signaling_stack
+from tests.support import Service, child_env, require, start_service, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+SETTINGS = Settings(ice_hosts="127.0.0.1")
+
+
+@asynccontextmanager
+async def runner_stack(tmp: Path, **env: str) -> AsyncIterator[tuple[Stack, SeededRoom, Service]]:
+    require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
+    async with signaling_stack(tmp) as stack:
+        seeded = await stack.seed_room({"ann": "owner", "ed": "editor", "vic": "viewer"})
+        runner = start_service(
+            ["runner"],
+            child_env(
+                **{
+                    **stack.env,
+                    "CODESYNC_SIGNALING_URL": stack.url,
+                    "CODESYNC_SERVICE_TOKEN": await stack.service_token("runner"),
+                    "CODESYNC_ICE_HOSTS": "127.0.0.1",
+                    "CODESYNC_SANDBOX": "bubblewrap",
+                    "CODESYNC_RUNNER_IDLE_GRACE": "1",
+                    **env,
+                }
+            ),
+            tmp / "runner.log",
+            name="runner",
+        )
+        try:
+            yield stack, seeded, runner
+        finally:
+            runner.stop()
+
+
+class Client:
+    """A user's aiortc peer plus the app replies it received."""
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.replies: list[dict] = []
+        room.on_app(lambda obj, _peer: self.replies.append(obj))
+
+    @property
+    def runs(self) -> pycrdt.Map:
+        return self.room.doc.get("runs", type=pycrdt.Map)
+
+    @property
+    def source(self) -> pycrdt.Text:
+        return self.room.doc.get("source", type=pycrdt.Text)
+
+    def runner(self) -> str | None:
+        for peer_id, info in self.room.peers.items():
+            if info.service == "runner" and info.connected and "app" in info.caps:
+                return peer_id
+        return None
+
+    def field(self, run_id: str, key: str):
+        entry = self.runs.get(run_id)
+        return None if entry is None else entry.get(key)
+
+    def output(self, run_id: str) -> str:
+        entry = self.runs.get(run_id)
+        return "" if entry is None else str(entry["output"])
+
+    async def request(self, op: str, run_id: str, **extra) -> dict:
+        runner = await wait_for(self.runner, timeout=20, what="a connected runner peer")
+        assert await self.room.send_app(runner, {"op": op, "run_id": run_id, **extra})
+        return await wait_for(
+            lambda: next((r for r in self.replies if r.get("run_id") == run_id and str(r.get("op")).startswith(op + "-")), None),
+            timeout=15,
+            what=f"reply to {op}",
+        )
+
+    async def run(self, run_id: str, language: str = "python") -> dict:
+        sv = base64.b64encode(self.room.doc.get_state()).decode()
+        return await self.request("run", run_id, language=language, state_vector=sv)
+
+
+@asynccontextmanager
+async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterator[list[Client]]:
+    async with AsyncExitStack() as es:
+        out = []
+        for label in labels:
+            room = Room(stack.url, seeded.token(label), seeded.id, SETTINGS)
+            await room.start()
+            es.push_async_callback(room.stop)
+            out.append(Client(room))
+        yield out
+
+
+async def test_run_is_seen_live_by_every_peer_and_viewer_is_refused(tmp_path):
+    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ann", "vic") as (ann, vic):
+        await wait_for(ann.runner, timeout=30, what="runner joined")
+        # The edit made just before Run must be what runs (the runner waits for this state vector).
+        ann.source.insert(0, "import sys, time\nfor i in range(4):\n    print('tick', i, flush=True)\n"
+                             "    time.sleep(0.4)\nprint('bad', file=sys.stderr)\n")
+        reply = await ann.run("r1")
+        assert reply == {"op": "run-accepted", "run_id": "r1"}, runner.log()[-3000:]
+        await wait_for(lambda: "tick 0" in vic.output("r1"), timeout=15, what="viewer sees first output")
+        assert vic.field("r1", "status") == "running" and "tick 3" not in vic.output("r1")  # live, not at the end
+        await wait_for(lambda: vic.field("r1", "status") == "finished", timeout=15, what="finished")
+        for client in (ann, vic):
+            await wait_for(lambda c=client: c.field("r1", "status") == "finished", timeout=10, what="finished")
+            entry = client.runs["r1"]
+            assert str(entry["output"]) == "tick 0\ntick 1\ntick 2\ntick 3\nbad\n"
+            assert entry["output"].diff()[-1] == ("bad\n", {"stream": "stderr"})
+            assert entry["exit_code"] == 0 and entry["requested_by"] == seeded.user("ann").id
+            assert entry["language"] == "python" and entry["started_at"] <= entry["finished_at"]
+        refused = await vic.run("v1")
+        assert refused["op"] == "run-refused" and "editors" in refused["reason"]
+        assert "v1" not in ann.runs
+        stop_refused = await vic.request("stop", "r1")
+        assert stop_refused["op"] == "stop-refused"
+
+
+async def test_stop_mid_run_and_runner_survives_a_vanishing_peer(tmp_path):
+    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ann") as (ann,):
+        async with clients(stack, seeded, "ed") as (ed,):
+            await wait_for(ed.runner, timeout=30, what="runner joined")
+            ed.source.insert(0, "import time\nfor i in range(1000):\n    print(i, flush=True)\n    time.sleep(0.05)\n")
+            assert (await ed.run("long"))["op"] == "run-accepted"
+            await wait_for(lambda: "5\n" in ann.output("long"), timeout=15, what="output")
+            assert (await ed.request("stop", "long"))["op"] == "stop-accepted"
+            await wait_for(lambda: ann.field("long", "status") == "killed", timeout=10, what="killed")
+            assert ann.field("long", "reason") == "stopped by Ed"
+            # ed asks for another run and vanishes while it runs.
+            del ed.source[:]
+            ed.source.insert(0, "import time\nfor i in range(6):\n    print('after', i, flush=True)\n    time.sleep(0.2)\n")
+            assert (await ed.run("orphan"))["op"] == "run-accepted"
+            await wait_for(lambda: "after 0" in ann.output("orphan"), timeout=15, what="orphan output")
+        # ed is gone; the run goes on, the document keeps getting its output, the runner keeps serving.
+        await wait_for(lambda: ann.field("orphan", "status") == "finished", timeout=20, what="orphan finished")
+        assert ann.output("orphan").count("after") == 6
+        del ann.source[:]
+        ann.source.insert(0, "console.log('js', 6 * 7)")
+        assert (await ann.run("js", language="javascript"))["op"] == "run-accepted"
+        await wait_for(lambda: ann.field("js", "status") == "finished", timeout=20, what="js finished")
+        assert ann.output("js") == "js 42\n"
+        assert runner.proc.poll() is None
