@@ -227,6 +227,8 @@ async def memory_per_connection(links: int) -> dict:
 # ------------------------------------------------------------------ main
 async def run(quick: bool) -> dict:
     results: dict = {"loadavg_before": os.getloadavg()}
+    results["memory"] = await memory_per_connection(20 if quick else 50)  # first: a fresh heap
+    print("memory", results["memory"], flush=True)
     with tempfile.TemporaryDirectory(prefix="codesync-peer-bench-") as tmp:
         async with signaling_stack(Path(tmp)) as stack:
             seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
@@ -243,8 +245,6 @@ async def run(quick: bool) -> dict:
             replay["ratio"] = replay["updates_per_s"] / rate
             results["trace_replay"] = replay
             print("replay", replay, flush=True)
-    results["memory"] = await memory_per_connection(20 if quick else 50)
-    print("memory", results["memory"], flush=True)
     results["loadavg_after"] = os.getloadavg()
     return results
 

@@ -308,3 +308,86 @@ async def test_a_service_client_joins_many_rooms_over_one_connection(stack, seed
         for room in rooms.values():
             await room.stop()
         await client.stop()
+
+
+# ------------------------------------------------------------------ y-webrtc signalling details
+
+
+async def test_glare_both_sides_offering_ends_in_one_working_link(stack, seeded) -> None:
+    # max_conns=0: nobody initiates on announce; then both initiate in the same loop turn
+    async with joined(stack, seeded, "alice", "bob", max_conns=0) as (a, b):
+        a.max_conns = b.max_conns = 10
+        a._on_announce(b.peer_id)
+        b._on_announce(a.peer_id)
+        assert a._links[b.peer_id].conn.initiator and b._links[a.peer_id].conn.initiator
+        await all_connected([a, b])
+        link_a, link_b = a._links[b.peer_id].conn, b._links[a.peer_id].conn
+        assert link_a.initiator != link_b.initiator  # exactly one offer won
+        source(a).insert(0, "after glare")
+        await wait_for(lambda: str(source(b)) == "after glare", what="edit over the surviving link")
+
+
+async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, seeded) -> None:
+    """Peer B behaves like a browser: SDP without candidates, then one signal per candidate."""
+    async with joined(stack, seeded, "alice") as (a,):
+        b = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
+        original = b._publish_signal
+        trickled: list[str] = []
+
+        async def trickling(to: str, signal: dict, token) -> None:
+            if signal.get("type") not in ("offer", "answer"):
+                return await original(to, signal, token)
+            lines = signal["sdp"].split("\r\n")
+            cands = [line[2:] for line in lines if line.startswith("a=candidate:")]
+            mid = next(line[6:] for line in lines if line.startswith("a=mid:"))
+            sdp = "\r\n".join(l for l in lines if not l.startswith("a=candidate:") and l != "a=end-of-candidates")
+            await original(to, {"type": signal["type"], "sdp": sdp}, token)
+            foreign = [
+                "candidate:9 1 udp 2122260223 192.0.2.7 50000 typ host",  # outside the allowed networks
+                "candidate:8 1 udp 2122260223 4f0e9e3c-1d7a-4c55-9d1e-5b2b7d1c0a11.local 50001 typ host",
+            ]
+            for cand in foreign + cands:
+                trickled.append(cand)
+                await original(to, {"type": "candidate", "candidate": {"candidate": cand, "sdpMid": mid, "sdpMLineIndex": 0}}, token)
+            await original(to, {"type": "candidate", "candidate": {"candidate": "", "sdpMid": mid, "sdpMLineIndex": 0}}, token)
+
+        b._publish_signal = trickling  # type: ignore[method-assign]
+        await b.start()
+        try:
+            await all_connected([a, b])
+            assert len(trickled) >= 3
+            source(b).insert(0, "trickled")
+            await wait_for(lambda: str(source(a)) == "trickled", what="edit over the trickled link")
+            remote_hosts = {c.host for c in a._links[b.peer_id].conn._pc.sctp.transport.transport._connection.remote_candidates}
+            assert "192.0.2.7" not in remote_hosts and "127.0.0.1" in remote_hosts
+        finally:
+            await b.stop()
+
+
+async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
+    from tests.support import start_service, wait_http_ok
+
+    async with signaling_stack(tmp_path) as st:
+        seeded = await st.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
+        a = Room(st.url, seeded.token("alice"), seeded.id, SETTINGS)
+        b = Room(st.url, seeded.token("bob"), seeded.id, SETTINGS)
+        for r in (a, b):
+            r.signaling.backoff_max = 0.5
+            await r.start()
+        try:
+            await all_connected([a, b])
+            node = st.nodes[0]
+            node.kill()
+            await wait_for(lambda: not a.signaling.connected and not b.signaling.connected, what="signaling gone")
+            source(a).insert(0, "p2p ")  # the data channels do not need signaling
+            await wait_for(lambda: str(source(b)) == "p2p ", what="edit without signaling")
+            st.nodes[0] = start_service(["signaling"], node.env, tmp_path / "signaling-restarted.log")
+            st.nodes[0].url = node.url
+            await wait_http_ok(f"{node.url}/healthz", st.nodes[0])
+            await wait_for(lambda: a.signaling.connects == 2 and b.signaling.connects == 2, 20, what="reconnected")
+            async with joined(st, seeded, "carol") as (c,):  # re-subscribed: a newcomer meets both
+                await all_connected([a, b, c], timeout=20)
+                assert str(source(c)) == "p2p " or await converged([a, b, c])
+        finally:
+            await b.stop()
+            await a.stop()
