@@ -115,6 +115,43 @@ async def seed_room(
         await engine.dispose()
 
 
+async def seed_rooms(
+    database_url: str, secret: str, rooms: int, users_per_room: int, token_ttl: int | None = 3600
+) -> list[SeededRoom]:
+    """Many rooms at once (benchmarks): ``users_per_room`` fresh users each, labels ``u0..``;
+    the first user of each room is its owner, the others editors."""
+    settings = _settings(database_url, secret)
+    engine = db.create_engine(settings)
+    tokens = TokenService(secret)
+    out: list[SeededRoom] = []
+    try:
+        await db.migrate(engine)
+        async with db.session_factory(engine)() as session:
+            plan = []
+            for r in range(rooms):
+                users = [
+                    User(email=f"r{r}u{i}-{secrets.token_hex(4)}@example.com", name=f"R{r}U{i}")
+                    for i in range(users_per_room)
+                ]
+                session.add_all(users)
+                plan.append(users)
+            await session.flush()
+            for users in plan:
+                room = Room(name="bench", language="python", owner_id=users[0].id)
+                session.add(room)
+                await session.flush()
+                seeded = {}
+                for i, u in enumerate(users):
+                    role = "owner" if i == 0 else "editor"
+                    session.add(Membership(room_id=room.id, user_id=u.id, role=role))
+                    seeded[f"u{i}"] = SeededUser(f"u{i}", u.id, u.name, role, tokens.issue_access(u.id, ttl=token_ttl)[0])
+                out.append(SeededRoom(room.id, seeded, secret))
+            await session.commit()
+        return out
+    finally:
+        await engine.dispose()
+
+
 async def add_member(database_url: str, secret: str, room_id: str, user_id: str, role: str) -> None:
     engine = db.create_engine(_settings(database_url, secret))
     try:
@@ -162,6 +199,9 @@ class Stack:
 
     async def seed_room(self, roles: dict[str, str | None], **kw: Any) -> SeededRoom:
         return await seed_room(self.database_url, self.secret, roles, **kw)
+
+    async def seed_rooms(self, rooms: int, users_per_room: int) -> list[SeededRoom]:
+        return await seed_rooms(self.database_url, self.secret, rooms, users_per_room)
 
     async def service_token(self, scope: str = "persistence") -> str:
         return await service_token(self.database_url, self.secret, scope)

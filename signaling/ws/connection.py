@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,13 +25,38 @@ from .protocol import CLOSE_SLOW_CONSUMER
 log = logging.getLogger("codesync.signal")
 
 
+def encode_text_frame(text: str) -> bytes:
+    """One complete, unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2).
+
+    Server frames are never masked; ``/signal`` never negotiates permessage-deflate, so this
+    is the whole encoding. Built once per published message and shared by all receivers.
+    """
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, principal: Principal, limits: Limits, transport: Any = None):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        principal: Principal,
+        limits: Limits,
+        transport: Any = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.id = uuid.uuid4().hex[:16]
         self.ws = ws
         self.principal = principal
         self.limits = limits
         self.transport = transport
+        self.drain = drain  # the HTTP writer's drain(): waits while the socket is paused
         # topic -> role ("owner"/"editor"/"viewer"; None for service connections)
         self.roles: dict[str, str | None] = {}
         # topic -> peer ids this connection used as ``from`` in that topic (for presence)
@@ -39,8 +66,7 @@ class Connection:
         self.strikes = 0
         self.closing = False  # decided to close (e.g. after too many strikes): ignore further frames
         self.closed = False
-        self._queue: deque[str] = deque()
-        self._wake = asyncio.Event()
+        self._queue: deque[bytes] = deque()
         self._roomy = asyncio.Event()  # set while the queue is at most half full
         self._roomy.set()
         self._writer: asyncio.Task | None = None
@@ -76,21 +102,36 @@ class Connection:
 
     # ------------------------------------------------------------------ sending
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"signal-writer-{self.id}")
+        """Nothing to start: a writer task exists only while there is a backlog."""
 
     def send(self, text: str) -> None:
+        metrics.MESSAGES_OUT.inc()
+        self.send_frame(encode_text_frame(text))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue one already-framed text message (see :func:`encode_text_frame`).
+
+        Fast path: nothing queued and the socket keeps up -> straight into the transport (no
+        task switch, one encoding shared by every receiver of a publish). Otherwise the frame
+        waits in a bounded queue drained by a writer task that honours TCP backpressure.
+        """
         if self.closed:
             return
+        transport = self.transport
+        if not self._queue and transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                transport.write(frame)
+                return
         if len(self._queue) >= self.limits.send_queue:
             metrics.REFUSALS.labels("slow_consumer").inc()
             log.info("dropping connection %s: send buffer full (client stopped reading)", self.id)
             self.close(CLOSE_SLOW_CONSUMER, "send buffer overflow: client is not reading")
             return
-        self._queue.append(text)
-        self._wake.set()
+        self._queue.append(frame)
         if len(self._queue) > self.limits.send_queue // 2:
             self._roomy.clear()
-        metrics.MESSAGES_OUT.inc()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._flush(), name=f"signal-writer-{self.id}")
 
     async def backpressure(self) -> None:
         """Wait (before reading this client's next frame) while its own replies pile up.
@@ -102,17 +143,22 @@ class Connection:
         if not self._roomy.is_set():
             await self._roomy.wait()
 
-    async def _write_loop(self) -> None:
-        ws = self.ws
+    async def _flush(self) -> None:
         queue = self._queue
         try:
-            while not self.closed:
-                await self._wake.wait()
-                self._wake.clear()
-                while queue and not self.closed:
-                    await ws.send_str(queue.popleft())
-                    if len(queue) <= self.limits.send_queue // 2:
-                        self._roomy.set()
+            while queue and not self.closed:
+                if self.drain is not None:
+                    await self.drain()  # returns at once unless the socket is paused
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    return
+                high = transport.get_write_buffer_limits()[1]
+                while queue and transport.get_write_buffer_size() <= high:
+                    transport.write(queue.popleft())
+                if len(queue) <= self.limits.send_queue // 2:
+                    self._roomy.set()
+                if queue and not self.closed and self.drain is None:
+                    await asyncio.sleep(0.01)  # no drain hook: poll gently
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - a broken socket must not kill the server
@@ -124,7 +170,6 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self._wake.set()
         self._roomy.set()
         self._closer = asyncio.create_task(self._close(code, message))
 
@@ -164,7 +209,6 @@ class Connection:
     def abort(self) -> None:
         """Cut the TCP connection (the reader loop then ends and the hub forgets us)."""
         self.closed = True
-        self._wake.set()
         self._roomy.set()
         if self.transport is not None:
             self.transport.abort()
@@ -172,7 +216,6 @@ class Connection:
     async def finish(self) -> None:
         """Called once the reader loop ended: stop the writer."""
         self.closed = True
-        self._wake.set()
         if self._writer is not None:
             self._writer.cancel()
             try:

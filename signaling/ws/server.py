@@ -85,13 +85,14 @@ async def signal_handler(request: web.Request) -> web.WebSocketResponse:
     state = get_state(request)
     hub = request.app[HUB]
     limits = request.app[LIMITS]
-    ws = web.WebSocketResponse(heartbeat=limits.heartbeat, max_msg_size=limits.max_frame, autoping=True)
+    # compress=False: frames are written pre-encoded (connection.encode_text_frame), never deflated.
+    ws = web.WebSocketResponse(heartbeat=limits.heartbeat, max_msg_size=limits.max_frame, autoping=True, compress=False)
     await ws.prepare(request)
 
     principal = await _authenticate(state, ws, request.query.get("token"))
     if principal is None:
         return ws
-    conn = Connection(ws, principal, limits, request.transport)
+    conn = Connection(ws, principal, limits, request.transport, request.writer.drain)
     if not hub.can_attach(conn, limits.max_conns_per_user):
         metrics.REFUSALS.labels("too_many_connections").inc()
         await _refuse(ws, "too_many_connections", "too many connections for this user", protocol.CLOSE_TOO_MANY_CONNECTIONS)
@@ -181,6 +182,9 @@ def _bad(conn: Connection, exc: ProtocolError) -> None:
         conn.close_soon(protocol.CLOSE_POLICY, "too many bad frames")
 
 
+_IN = {kind: metrics.MESSAGES_IN.labels(kind) for kind in ("publish", "ping", "subscribe", "unsubscribe", "invalid")}
+
+
 async def _handle(state: AppState, hub: Hub, conn: Connection, text: str) -> None:
     if not conn.bucket.take():
         _bad(conn, ProtocolError("rate_limited", f"more than {conn.limits.rate:g} frames per second"))
@@ -188,20 +192,20 @@ async def _handle(state: AppState, hub: Hub, conn: Connection, text: str) -> Non
     try:
         message = protocol.parse(text)
     except ProtocolError as exc:
-        metrics.MESSAGES_IN.labels("invalid").inc()
+        _IN["invalid"].inc()
         _bad(conn, exc)
         return
     if isinstance(message, protocol.Publish):
-        metrics.MESSAGES_IN.labels("publish").inc()
+        _IN["publish"].inc()
         await _publish(hub, conn, message)
     elif isinstance(message, protocol.Ping):
-        metrics.MESSAGES_IN.labels("ping").inc()
+        _IN["ping"].inc()
         conn.send(protocol.PONG)
     elif isinstance(message, protocol.Subscribe):
-        metrics.MESSAGES_IN.labels("subscribe").inc()
+        _IN["subscribe"].inc()
         await _subscribe(state, hub, conn, message.topics)
     elif isinstance(message, protocol.Unsubscribe):
-        metrics.MESSAGES_IN.labels("unsubscribe").inc()
+        _IN["unsubscribe"].inc()
         for topic in message.topics:
             await hub.unsubscribe(conn, topic)
 

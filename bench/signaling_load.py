@@ -1,0 +1,303 @@
+"""Signaling load: many clients in many rooms publishing signal-sized messages at a set rate.
+
+Runs the same load against CodeSync's ``/signal`` (in-process hub; Redis hub on one or two
+nodes) and against y-webrtc's reference server (``node tests/js/node_modules/y-webrtc/bin/server.js``),
+and reports delivered messages/s, p50/p99 fan-out latency (publish sent -> frame received by each
+subscriber, the sender included), loss and the server's RSS. The reference server has no auth
+and no per-message checks; ours authenticates every connection, checks membership on subscribe,
+binds peer ids and stamps ``sender`` — the comparison is deliberately not in our favour.
+
+Usage::
+
+    .venv/bin/python -m bench.signaling_load [--clients 400] [--rooms 100] [--rate 5] \\
+        [--duration 10] [--size 300] [--targets memory,redis,reference] [--redis-nodes 2] [--json out.json]
+
+Needs Node.js + ``npm ci`` in tests/js for the reference, Redis on 127.0.0.1:6379 for ``redis``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.stack import signaling_stack  # noqa: E402
+from tests.support import REDIS_URL, ROOT, free_port, port_open  # noqa: E402
+
+JS = ROOT / "tests" / "js"
+
+
+@dataclass
+class Target:
+    name: str
+    urls: list[str]  # one ws URL per client, in client order
+    pids: list[int]
+    note: str = ""
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    expected: int = 0
+    received: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))]
+
+
+# ----------------------------------------------------------------------------- servers
+@asynccontextmanager
+async def ours(tmp: Path, clients: int, rooms: int, redis_nodes: int = 0) -> AsyncIterator[Target]:
+    per_room = clients // rooms
+    env = {
+        "CODESYNC_LOG_LEVEL": "WARNING",
+        "CODESYNC_SIGNAL_MAX_CONNS_PER_USER": "4",
+    }
+    kw: dict = {}
+    if redis_nodes:
+        kw = dict(redis_url=REDIS_URL, redis_prefix=f"bench-{secrets.token_hex(4)}", nodes=redis_nodes)
+    async with signaling_stack(tmp, **kw, **env) as stack:
+        seeded = await stack.seed_rooms(rooms, per_room)
+        urls = []
+        for r in range(rooms):
+            for i in range(per_room):
+                node = (r * per_room + i) % len(stack.nodes)
+                urls.append(stack.ws_url(seeded[r].token(f"u{i}"), node=node))
+        name = f"codesync redis x{redis_nodes}" if redis_nodes else "codesync memory"
+        target = Target(name, urls, [n.proc.pid for n in stack.nodes])
+        target.topics = [s.id for s in seeded]  # type: ignore[attr-defined]
+        yield target
+
+
+@asynccontextmanager
+async def reference(clients: int, rooms: int) -> AsyncIterator[Target]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", "node_modules/y-webrtc/bin/server.js"],
+        cwd=JS,
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("reference server did not start")
+            await asyncio.sleep(0.05)
+        target = Target("y-webrtc reference", [f"ws://127.0.0.1:{port}"] * clients, [proc.pid], note="no auth")
+        target.topics = [f"bench-room-{r}" for r in range(rooms)]  # type: ignore[attr-defined]
+        yield target
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ----------------------------------------------------------------------------- load
+async def run_load(target: Target, rooms: int, rate: float, duration: float, size: int) -> dict:
+    clients = len(target.urls)
+    per_room = clients // rooms
+    topics: list[str] = target.topics  # type: ignore[attr-defined]
+    stats = Stats()
+    pad = "x" * max(0, size - 160)
+    hello_from: list[set[str]] = [set() for _ in range(clients)]
+    measuring = False
+    connector = aiohttp.TCPConnector(limit=0)
+    session = aiohttp.ClientSession(connector=connector)
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def reader(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+        nonlocal measuring
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            kind = frame.get("type")
+            if kind == "publish":
+                data = frame.get("data") or {}
+                if data.get("hello"):
+                    hello_from[i].add(data.get("from"))
+                elif "t" in data:
+                    stats.received += 1
+                    stats.latencies.append(time.perf_counter() - data["t"])
+            elif kind == "error":
+                stats.errors += 1
+
+    try:
+        # connect (bounded concurrency, like a crowd arriving) and subscribe
+        sem = asyncio.Semaphore(50)
+
+        async def connect(i: int) -> aiohttp.ClientWebSocketResponse:
+            async with sem:
+                return await session.ws_connect(target.urls[i], heartbeat=None, max_msg_size=0)
+
+        sockets = list(await asyncio.gather(*(connect(i) for i in range(clients))))
+        readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
+        for i, ws in enumerate(sockets):
+            await ws.send_str(json.dumps({"type": "subscribe", "topics": [topics[i // per_room]]}))
+        # barrier: every client hears every room-mate's hello (subscriptions are in place)
+        deadline = time.monotonic() + 60
+        while True:
+            missing = [i for i in range(clients) if len(hello_from[i]) < per_room]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"setup incomplete: {len(missing)} clients missing hellos")
+            for i in range(clients):  # (re)announce until every room-mate has heard everyone
+                await sockets[i].send_str(json.dumps({"type": "publish", "topic": topics[i // per_room], "data": {"type": "announce", "from": f"peer-{i}", "hello": 1}}))
+            await asyncio.sleep(0.5)
+
+        async def publisher(i: int, stop_at: float) -> None:
+            topic = topics[i // per_room]
+            interval = 1.0 / rate
+            next_at = time.perf_counter() + random.random() * interval
+            seq = 0
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                seq += 1
+                data = {
+                    "type": "signal", "from": f"peer-{i}", "to": f"peer-{(i + 1) % clients}", "token": 0.5,
+                    "signal": {"type": "candidate", "candidate": {"candidate": pad, "sdpMLineIndex": 0, "sdpMid": "0"}},
+                    "seq": seq, "t": time.perf_counter(),
+                }
+                await sockets[i].send_str(json.dumps({"type": "publish", "topic": topic, "data": data}))
+                stats.sent += 1
+                stats.expected += per_room
+                next_at += interval
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publisher(i, t0 + duration) for i in range(clients)))
+        elapsed = time.perf_counter() - t0
+        # let in-flight frames arrive (bounded)
+        drain_deadline = time.monotonic() + 5
+        last = -1
+        while stats.received < stats.expected and time.monotonic() < drain_deadline:
+            if stats.received == last:
+                await asyncio.sleep(0.25)
+            last = stats.received
+            await asyncio.sleep(0.05)
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        rss = sum(rss_mb(pid) for pid in target.pids)
+        for task in readers:
+            task.cancel()
+        lat = stats.latencies
+        return {
+            "target": target.name,
+            "note": target.note,
+            "clients": clients,
+            "rooms": rooms,
+            "rate_per_client": rate,
+            "offered_msgs_per_s": round(stats.sent / elapsed, 1),
+            "delivered_msgs_per_s": round(stats.received / elapsed, 1),
+            "p50_ms": round(pct(lat, 50) * 1000, 2),
+            "p99_ms": round(pct(lat, 99) * 1000, 2),
+            "loss_pct": round(100 * (1 - stats.received / stats.expected), 3) if stats.expected else 0.0,
+            "errors": stats.errors,
+            "server_rss_mb": round(rss, 1),
+            "bench_cpu_pct": round(100 * ((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)) / elapsed, 1),
+        }
+    finally:
+        for ws in sockets:
+            try:
+                await asyncio.wait_for(ws.close(), 1)
+            except Exception:  # noqa: BLE001
+                pass
+        await session.close()
+
+
+def show(r: dict) -> None:
+    print(
+        f"{r['target']:<22} {r['offered_msgs_per_s']:>9.0f} pub/s offered  {r['delivered_msgs_per_s']:>9.0f} msg/s delivered  "
+        f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>8.2f} ms  loss {r['loss_pct']:>6.2f} %  "
+        f"RSS {r['server_rss_mb']:>6.1f} MB  (bench client CPU {r['bench_cpu_pct']:.0f} %){'  [' + r['note'] + ']' if r['note'] else ''}",
+        flush=True,
+    )
+
+
+async def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=400)
+    ap.add_argument("--rooms", type=int, default=100)
+    ap.add_argument("--rate", type=str, default="5", help="publishes per second per client; a comma list runs each")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
+    ap.add_argument("--size", type=int, default=300, help="approximate bytes per publish frame")
+    ap.add_argument("--targets", default="memory,redis,reference")
+    ap.add_argument("--redis-nodes", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.clients % args.rooms:
+        ap.error("--clients must be a multiple of --rooms")
+    rates = [float(r) for r in args.rate.split(",")]
+    results = []
+    print(f"{args.clients} clients in {args.rooms} rooms ({args.clients // args.rooms} per room), "
+          f"~{args.size} B signal frames, {args.duration:g} s per run", flush=True)
+    for name in args.targets.split(","):
+        for rate in rates:
+            with tempfile.TemporaryDirectory(prefix="sigbench-") as tmp:
+                if name == "memory":
+                    cm = ours(Path(tmp), args.clients, args.rooms)
+                elif name == "redis":
+                    if not port_open("127.0.0.1", 6379):
+                        print("redis: skipped (no Redis on 127.0.0.1:6379)")
+                        continue
+                    cm = ours(Path(tmp), args.clients, args.rooms, redis_nodes=args.redis_nodes)
+                elif name == "reference":
+                    if not (JS / "node_modules" / "y-webrtc").exists():
+                        print("reference: skipped (run npm ci in tests/js)")
+                        continue
+                    cm = reference(args.clients, args.rooms)
+                else:
+                    ap.error(f"unknown target {name}")
+                async with cm as target:
+                    result = await run_load(target, args.rooms, rate, args.duration, args.size)
+                    show(result)
+                    results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
