@@ -45,3 +45,7 @@ def test_oauth_buttons_landing_and_errors(result):
 
 def test_run_without_runner_says_so(result):
     assert result["runner_unavailable_message"]["ok"], result["runner_unavailable_message"]
+
+
+def test_owner_changes_role_and_removes_member(result):
+    assert result["owner_manages_members"]["ok"], result["owner_manages_members"]

@@ -43,7 +43,7 @@ async function route () {
     case 'invite':
       return inviteView(root, second || '')
     case 'room': {
-      const c = await roomView(root, second || '')
+      const c = await roomView(root, second || '', () => gen === generation)
       if (gen !== generation) c()
       else cleanup = c
       return

@@ -57,7 +57,8 @@ function describeRequester (r) {
   return r.name || r.user_id || r.id || ''
 }
 
-export async function roomView (root, roomId) {
+/** `alive()` is false once the user has navigated away (or been signed out) during an await. */
+export async function roomView (root, roomId, alive = () => true) {
   const msg = notice('room-error')
   root.appendChild(h('div.page', header(), h('main.rooms-page', h('p.muted', 'Opening room…'), msg.el)))
   let room
@@ -78,6 +79,7 @@ export async function roomView (root, roomId) {
       localStorage.removeItem(cacheKey)
     }
   }
+  if (!alive()) return () => {}
   if (!room) {
     const err = loadError || { status: 0, message: 'unknown error' }
     root.replaceChildren(h('div.page', header(), h('main.rooms-page', h('h1', 'Room unavailable'),
@@ -87,6 +89,13 @@ export async function roomView (root, roomId) {
       h('p', h('a', { href: '#/rooms' }, 'Back to your rooms')))))
     return () => {}
   }
+  let iceServers = []
+  try {
+    const got = await api('GET', '/api/ice-servers')
+    iceServers = Array.isArray(got) ? got : (got && got.ice_servers) || (got && got.iceServers) || []
+  } catch (e) {}
+  if (!alive()) return () => {}
+
   const role = room.role || 'viewer'
   const canEdit = role === 'owner' || role === 'editor'
   const me = session.user || {}
@@ -96,12 +105,6 @@ export async function roomView (root, roomId) {
   const idb = new IndexeddbPersistence(`codesync-room-${roomId}`, doc)
   const awareness = new Awareness(doc)
   awareness.setLocalStateField('user', { id: me.id, name: me.name || me.email || 'Someone', ...colorFor(me.id || me.email || doc.clientID) })
-
-  let iceServers = []
-  try {
-    const got = await api('GET', '/api/ice-servers')
-    iceServers = Array.isArray(got) ? got : (got && got.ice_servers) || (got && got.iceServers) || []
-  } catch (e) {}
 
   // ------------------------------------------------------------------ layout
   const language = () => meta.get('language') || room.language || 'python'
