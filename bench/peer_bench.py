@@ -185,6 +185,66 @@ async def trace_replay(stack, seeded, updates: list[bytes], end: str, batch: int
     return {"updates": len(updates), "seconds": elapsed, "updates_per_s": len(updates) / elapsed, "messages": received}
 
 
+_RECEIVER = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+import pycrdt
+from peer import Room
+from signaling.settings import Settings
+
+async def main():
+    room = Room({url!r}, {token!r}, {room!r}, Settings(ice_hosts="127.0.0.1"))
+    text = room.doc.get("source", type=pycrdt.Text)
+    done = asyncio.Event()
+    def check(update, origin):
+        if len(text) == {length} and not done.is_set() and str(text) == {end!r}:
+            done.set()
+    room.on_update(check)
+    await room.start()
+    print("ready", flush=True)
+    await done.wait()
+    await room.broadcast_app({{"op": "done"}})
+    await asyncio.sleep(1)
+    await room.stop()
+
+asyncio.run(main())
+"""
+
+
+async def trace_replay_two_processes(stack, seeded, updates: list[bytes], end: str, batch: int) -> dict:
+    """Like trace_replay, but peer B runs in its own process (as it would in reality) and
+    tells A with an app message when it holds ``endContent``."""
+    code = _RECEIVER.format(
+        root=str(Path(__file__).resolve().parent.parent), url=stack.url, token=seeded.token("bob"),
+        room=seeded.id, length=len(end), end=end,
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    a = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
+    done = asyncio.Event()
+    a.on_app(lambda obj, peer: done.set() if obj.get("op") == "done" else None)
+    try:
+        assert child.stdout is not None
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+        await a.start()
+        await until(lambda: a.connected_peers, 30)
+        await a.wait_synced(timeout=30)
+        t0 = time.perf_counter()
+        for i, u in enumerate(updates, 1):
+            a.doc.apply_update(u)
+            if i % batch == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await a.stop()
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+    return {"updates": len(updates), "seconds": elapsed, "updates_per_s": len(updates) / elapsed}
+
+
 # ------------------------------------------------------------------ memory per connection
 async def memory_per_connection(links: int) -> dict:
     apply_ice_policy(SETTINGS.ice_hosts)
@@ -245,6 +305,10 @@ async def run(quick: bool) -> dict:
             replay["ratio"] = replay["updates_per_s"] / rate
             results["trace_replay"] = replay
             print("replay", replay, flush=True)
+            two = await trace_replay_two_processes(stack, seeded, updates, end, batch=50)
+            two["ratio"] = two["updates_per_s"] / rate
+            results["trace_replay_two_processes"] = two
+            print("replay, B in its own process", two, flush=True)
     results["loadavg_after"] = os.getloadavg()
     return results
 
