@@ -207,6 +207,18 @@ async def main() -> None:
                 if "runner" not in stack.procs or not stack.procs["runner"].alive():
                     return {"skipped": True, "error": f"runner: {services.get('runner')} {stack.procs.get('runner') and stack.procs['runner'].tail(1500)}"}
                 await wait_js(a, "() => !!window.codesync.provider.runnerPeer()", timeout=30_000)
+                # A long run, stopped by the other user mid-run.
+                await a.click(".cm-content")
+                await a.keyboard.press("Control+a")
+                await a.keyboard.type("import time\nprint('started', flush=True)\ntime.sleep(60)\n", delay=2)
+                await a.keyboard.press("Control+Enter")
+                for p in (a, b):
+                    await p.wait_for_selector("[data-testid=output] >> text=started", timeout=30_000)
+                await b.wait_for_selector("[data-testid=stop]:not([disabled])")
+                await b.click("[data-testid=stop]")
+                for p in (a, b):
+                    await p.wait_for_selector("[data-testid=run-state] >> text=killed", timeout=30_000)
+                # The run whose output everyone sees in the screenshot.
                 await a.click(".cm-content")
                 await a.keyboard.press("Control+a")
                 await a.keyboard.type("import sys\nprint('hello from the runner')\nprint('to stderr', file=sys.stderr)\n", delay=2)
@@ -224,9 +236,13 @@ async def main() -> None:
                 # Both cursors visible, then the screenshot of a working room.
                 await b.click(".cm-content")
                 await b.keyboard.press("Control+Home")
+                await b.keyboard.press("ArrowDown")
+                await b.keyboard.press("End")
                 await a.wait_for_selector(".cm-ySelectionInfo >> text=Bob")
                 await a.screenshot(path=str(SHOTS / "room.png"))
-                return {"output": out_a, "exit": exit_a, "exit_b": exit_b}
+                recent = await b.inner_text("[data-testid=recent-runs]")
+                assert "killed" in recent and "finished" in recent, recent
+                return {"output": out_a, "exit": exit_a, "exit_b": exit_b, "recent": recent}
 
             ran = await steps.run("run_streams_output", run_output, ("two_browsers_converge",))
             if not ran:
