@@ -369,6 +369,7 @@ class _OutputWriter:
             "stderr": codecs.getincrementaldecoder("utf-8")(errors="replace"),
         }
         self.timer: asyncio.TimerHandle | None = None
+        self.flushed = False
 
     def add(self, stream: str, data: bytes) -> None:
         text = self.decoders[stream].decode(data)
@@ -381,13 +382,17 @@ class _OutputWriter:
         else:
             self.pending.append((stream, text))
         if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+            # The first output goes out at once (time to first byte is what users feel);
+            # after that, one transaction per interval.
+            delay = self.interval if self.flushed else 0.0
+            self.timer = asyncio.get_running_loop().call_later(delay, self.flush)
 
     def flush(self) -> None:
         self.timer = None
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        self.flushed = True
         entry = self.owner._entry(self.run_id)
         if entry is None:
             return

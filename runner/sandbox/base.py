@@ -164,6 +164,9 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def start(self, spec: RunSpec) -> Execution: ...
 
+    async def prewarm(self, limits: Limits, image: str | None = None) -> None:
+        """Get ready for runs with these limits (Docker: pre-start containers); returns when ready."""
+
     async def close(self) -> None:
         """Release backend resources (clients, cgroup roots)."""
 

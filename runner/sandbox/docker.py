@@ -6,9 +6,12 @@ memory (+swap) / pids / CPU limits, a read-only root with a size-limited tmpfs w
 ulimits (CPU seconds, address space, file size, open files, no cores). When the container's
 main process exits, Docker kills everything else in it, so detached children die too.
 
-The source reaches the read-only container through environment variables (base64) that the
-start script decodes into the tmpfs and unsets before the user's program runs; no volume,
-no host path, no ``put_archive`` into a mount that does not exist until start.
+Starting a container is the slow part (runc: 300-450 ms on this loaded machine), so the
+backend keeps a small pool of *started* containers, each blocked reading one line from its
+stdin. A run takes one, writes a single line — the base64 of a script that unpacks the
+files into the tmpfs and execs compile/run — and closes stdin (``stdin_once``). Each
+container serves exactly one run and is then removed; a refill starts in the background.
+No volume, no host path, no environment carrying the code.
 
 The SDK is blocking, so the output stream is read by a dedicated thread (not the default
 executor: a long run must not starve short calls) and handed to the event loop; ``stop()``
@@ -21,7 +24,11 @@ import asyncio
 import base64
 import contextlib
 import logging
+import shlex
+import socket
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..image import DEFAULT_TAG
@@ -47,24 +54,31 @@ def _safe_name(name: str) -> str:
     return name
 
 
-def container_options(spec: RunSpec, image: str) -> dict[str, Any]:
+# Reads one line (the base64 of the run script) and evaluates it; read(1) per byte in dash is
+# fine for sources up to the 256 KiB the languages table accepts.
+BOOTSTRAP = 'cd /work && IFS= read -r s && eval "$(printf %s "$s" | base64 -d)"'
+POOL_IDLE_SECONDS = 600.0  # a warm container older than this is replaced (fresh limits, no drift)
+
+
+def run_script(spec: RunSpec) -> str:
+    """The script a warm container evaluates: write the files, then compile/run."""
+    lines = [
+        f"printf %s {shlex.quote(base64.b64encode(content).decode())} | base64 -d > {_safe_name(name)}"
+        for name, content in spec.files.items()
+    ]
+    return " && ".join([*lines, spec.script()])
+
+
+def container_options(limits: Limits, image: str) -> dict[str, Any]:
     """The ``containers.create`` keyword arguments for one run (pure: easy to inspect)."""
     import docker.types
 
-    limits: Limits = spec.limits
-    env = dict(ENV)
-    unpack: list[str] = []
-    for i, (name, content) in enumerate(spec.files.items()):
-        var = f"CODESYNC_FILE_{i}"
-        env[var] = base64.b64encode(content).decode()
-        unpack.append(f'printf %s "${var}" | base64 -d > {_safe_name(name)} && unset {var}')
-    # No ``working_dir``: Docker would create it before mounting and the tmpfs mode is lost.
-    script = " && ".join([f"cd {WORK_DIR}", *unpack, spec.script()])
     nproc = limits.processes * 8  # per-uid backstop; pids_limit is the per-run limit
     return dict(
         image=image,
-        command=["/bin/sh", "-c", script],
-        environment=env,
+        # No ``working_dir``: Docker would create it before mounting and the tmpfs mode is lost.
+        command=["/bin/sh", "-c", BOOTSTRAP],
+        environment=dict(ENV),
         user="65534:65534",
         hostname="sandbox",
         network_mode="none",
@@ -89,19 +103,48 @@ def container_options(spec: RunSpec, image: str) -> dict[str, Any]:
         ],
         log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         labels={LABEL: "1"},
-        stdin_open=False,
+        # The SDK sets StdinOnce (EOF on the container's stdin when we close ours) only for
+        # stdin_open with detach=False; detach here is just that config flag, create never blocks.
+        stdin_open=True,
         tty=False,
-        detach=True,
+        detach=False,
     )
+
+
+@dataclass
+class _Warm:
+    """A started container waiting for its script on stdin, and the attached socket."""
+
+    container: Any
+    sock: Any
+    created: float
+
+    def send(self, script: str) -> None:
+        raw = getattr(self.sock, "_sock", self.sock)
+        raw.sendall(base64.b64encode(script.encode()) + b"\n")
+        raw.shutdown(socket.SHUT_WR)  # EOF on the container's stdin (stdin_once)
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.container.remove(force=True)
+        with contextlib.suppress(Exception):
+            self.sock.close()
 
 
 class DockerSandbox(Sandbox):
     name = "docker"
 
-    def __init__(self, base_url: str | None = None, image: str = DEFAULT_TAG, client: Any = None) -> None:
+    def __init__(
+        self, base_url: str | None = None, image: str = DEFAULT_TAG, client: Any = None, pool_size: int = 1
+    ) -> None:
         self.base_url = base_url
         self.image = image
+        self.pool_size = pool_size
         self._client = client
+        self._pool: dict[tuple[str, Limits], list[_Warm]] = {}
+        self._filling: dict[tuple[str, Limits], set[asyncio.Future]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
 
     @property
     def client(self):
@@ -116,37 +159,104 @@ class DockerSandbox(Sandbox):
                 raise SandboxError(f"cannot reach dockerd: {exc}") from exc
         return self._client
 
-    async def start(self, spec: RunSpec) -> "DockerExecution":
+    def _prepare(self, image: str, limits: Limits) -> _Warm:
+        """Create, attach (before start, so nothing is missed) and start one container."""
+        container = self.client.containers.create(**container_options(limits, image))
+        try:
+            sock = self.client.api.attach_socket(
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            container.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise
+        return _Warm(container, sock, time.monotonic())
+
+    async def _prepare_async(self, image: str, limits: Limits) -> _Warm:
         import docker.errors
 
-        image = spec.image or self.image
-        options = container_options(spec, image)
-
-        def create_and_attach():
-            container = self.client.containers.create(**options)
-            try:
-                # Attach before start so the first bytes are not missed (logs=True covers a race).
-                stream = self.client.api.attach(
-                    container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-                )
-                container.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise
-            return container, stream
-
         try:
-            container, stream = await asyncio.to_thread(create_and_attach)
+            return await asyncio.to_thread(self._prepare, image, limits)
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"run image {image!r} is missing (python -m runner.image)") from exc
-        except docker.errors.DockerException as exc:
+        except SandboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - DockerException, connection errors from the SDK
             raise SandboxError(f"docker could not start the run: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - requests/connection errors from the SDK
-            raise SandboxError(f"docker could not start the run: {exc}") from exc
-        return DockerExecution(container, stream, spec.limits)
+
+    def _take(self, key: tuple[str, Limits]) -> _Warm | None:
+        pool = self._pool.get(key) or []
+        while pool:
+            warm = pool.pop(0)
+            if time.monotonic() - warm.created < POOL_IDLE_SECONDS:
+                return warm
+            self._spawn(asyncio.to_thread(warm.discard))
+        return None
+
+    def _spawn(self, coro) -> None:
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, task: asyncio.Future) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refill(self, key: tuple[str, Limits]) -> None:
+        filling = self._filling.setdefault(key, set())
+        missing = self.pool_size - len(self._pool.get(key, [])) - len(filling)
+        for _ in range(max(missing, 0)):
+            task = asyncio.ensure_future(self._fill_one(key))
+            filling.add(task)
+            task.add_done_callback(filling.discard)
+            self._track(task)
+
+    async def _fill_one(self, key: tuple[str, Limits]) -> None:
+        try:
+            warm = await self._prepare_async(*key)
+        except SandboxError as exc:
+            log.warning("could not pre-start a container: %s", exc)
+            return
+        if self._closed:
+            await asyncio.to_thread(warm.discard)
+        else:
+            self._pool.setdefault(key, []).append(warm)
+
+    async def prewarm(self, limits: Limits, image: str | None = None) -> None:
+        """Start the pool for these limits now (the service calls this at start)."""
+        key = (image or self.image, limits)
+        self._refill(key)
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def start(self, spec: RunSpec) -> "DockerExecution":
+        key = (spec.image or self.image, spec.limits)
+        script = run_script(spec)
+        warm = self._take(key) if self.pool_size > 0 else None
+        if warm is None and self._filling.get(key):
+            # A container is already being started for this pool: it is further along than a new one.
+            await asyncio.wait(set(self._filling[key]), return_when=asyncio.FIRST_COMPLETED)
+            warm = self._take(key)
+        if self.pool_size > 0:
+            self._refill(key)
+        for attempt in range(2):
+            if warm is None:
+                warm = await self._prepare_async(*key)
+            try:
+                await asyncio.to_thread(warm.send, script)
+                return DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
+            except OSError as exc:  # the warm container died meanwhile: use a fresh one
+                log.warning("warm container unusable (%s); starting a fresh one", exc)
+                await asyncio.to_thread(warm.discard)
+                warm = None
+                if attempt:
+                    raise SandboxError(f"docker could not start the run: {exc}") from exc
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        self._closed = True
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        warm = [w for pool in self._pool.values() for w in pool]
+        self._pool.clear()
+        await asyncio.gather(*(asyncio.to_thread(w.discard) for w in warm), return_exceptions=True)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._client.close)
@@ -166,7 +276,9 @@ class DockerSandbox(Sandbox):
 
 
 class DockerExecution(Execution):
-    def __init__(self, container, stream, limits: Limits) -> None:
+    """One run in one container; ``stream`` is the attached (multiplexed) socket."""
+
+    def __init__(self, container, stream, limits: Limits, track=None) -> None:
         super().__init__(limits)
         self.container = container
         self._loop = asyncio.get_running_loop()
@@ -176,15 +288,18 @@ class DockerExecution(Execution):
         self._reader = threading.Thread(target=self._read, name=f"docker-{container.short_id}", daemon=True)
         self._reader.start()
         self._task = asyncio.create_task(self._supervise(), name=f"docker-{container.short_id}")
+        if track is not None:
+            track(self._task)  # the sandbox's close() waits for the container removal
 
     def _read(self) -> None:
         """Reader thread: forward demuxed frames to the loop in order; mark the end."""
+        from docker.utils.socket import frames_iter
+
         try:
-            for out, err in self._stream:
-                if out:
-                    self._loop.call_soon_threadsafe(self._deliver, "stdout", out)
-                if err:
-                    self._loop.call_soon_threadsafe(self._deliver, "stderr", err)
+            for stream_id, data in frames_iter(self._stream, tty=False):
+                if data:
+                    name = "stderr" if stream_id == 2 else "stdout"
+                    self._loop.call_soon_threadsafe(self._deliver, name, data)
         except Exception as exc:  # noqa: BLE001 - the connection drops when the container is removed
             log.debug("docker stream ended: %s", exc)
         finally:
@@ -213,13 +328,16 @@ class DockerExecution(Execution):
             log.warning("docker run supervision failed: %s", exc)
             status, reason = "failed", f"sandbox error: {exc}"
         finally:
-            await asyncio.to_thread(self._remove)
+            # Report first, clean up after: removal is not part of the user's wait.
             self._finish(status, exit_code, reason)  # type: ignore[arg-type]
+            await asyncio.to_thread(self._remove)
 
     def _exit_state(self) -> tuple[int | None, bool]:
-        result = self.container.wait(timeout=15)
+        code = self.container.wait(timeout=15).get("StatusCode")
+        if code == 0:
+            return 0, False
         self.container.reload()
-        return result.get("StatusCode"), bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+        return code, bool(self.container.attrs.get("State", {}).get("OOMKilled"))
 
     def _remove(self) -> None:
         with contextlib.suppress(Exception):

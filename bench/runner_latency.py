@@ -1,0 +1,172 @@
+"""Runner benchmark: request → first output byte and → finished, per language and backend;
+output throughput.
+
+Two levels, both with the real sandboxes:
+- ``sandbox``: ``Sandbox.start()`` → first chunk → result (the isolation cost alone);
+- ``doc``: ``RoomRuns.request()`` → first byte of output in the room document → final status
+  (what a peer sees, minus the data channel's sub-millisecond hop).
+
+The Docker half starts a private dockerd (tests/dockerd.py) and imports the run image
+(cached rootfs under /var/cache/codesync).
+
+    python -m bench.runner_latency [--backends bubblewrap,docker] [--repeat 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import pycrdt
+
+from runner.languages import LanguageTable
+from runner.runs import RoomRuns, RunnerConfig, RunRequest
+from runner.sandbox.base import Limits, Sandbox
+
+PROGRAMS = {
+    "python": "print(1)",
+    "javascript": "console.log(1)",
+    "bash": "echo 1",
+    "c": '#include <stdio.h>\nint main(void) { printf("1\\n"); return 0; }\n',
+}
+FLOOD_BYTES = 8 * 1024 * 1024
+FLOOD = {"python": f"import sys\nsys.stdout.write('x' * {FLOOD_BYTES})\n"}
+
+
+def ms(values: list[float]) -> str:
+    values = sorted(values)
+    p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
+    return f"{statistics.median(values) * 1000:7.1f} / {p90 * 1000:7.1f}"
+
+
+async def sandbox_level(box: Sandbox, table: LanguageTable, language: str, repeat: int) -> tuple[list, list]:
+    first, done = [], []
+    for _ in range(repeat):
+        spec = table.get(language).spec(PROGRAMS[language], Limits())
+        await box.prewarm(spec.limits)  # steady state: requests further apart than a container start
+        t0 = time.perf_counter()
+        execution = await box.start(spec)
+        t_first = None
+        async for _chunk in execution:
+            t_first = t_first or time.perf_counter()
+        result = await execution.wait()
+        t_done = time.perf_counter()
+        assert result.status == "finished", result
+        first.append(t_first - t0)
+        done.append(t_done - t0)
+    return first, done
+
+
+async def doc_level(box: Sandbox, table: LanguageTable, language: str, repeat: int) -> tuple[list, list]:
+    first, done = [], []
+    doc = pycrdt.Doc()
+    doc.get("source", type=pycrdt.Text).insert(0, PROGRAMS[language])
+    runs = RoomRuns(doc, box, table, RunnerConfig(rate_burst=1000, rate_per_minute=100000, keep_runs=5))
+    runs_map = doc.get("runs", type=pycrdt.Map)
+    try:
+        for i in range(repeat):
+            run_id = f"{language}-{i}"
+            got_first = asyncio.Event()
+            got_done = asyncio.Event()
+            marks: dict[str, float] = {}
+
+            def on_change(_event, run_id=run_id, marks=marks, got_first=got_first, got_done=got_done):
+                # Inside the callback the doc is mid-transaction; look on the next loop turn.
+                asyncio.get_running_loop().call_soon(check, run_id, marks, got_first, got_done)
+
+            def check(run_id, marks, got_first, got_done):
+                entry = runs_map.get(run_id)
+                if entry is None:
+                    return
+                if "first" not in marks and len(entry["output"]) > 0:
+                    marks["first"] = time.perf_counter()
+                    got_first.set()
+                if "done" not in marks and entry.get("status") in ("finished", "failed", "timeout", "killed"):
+                    marks["done"] = time.perf_counter()
+                    got_done.set()
+
+            sub = doc.observe(on_change)
+            await box.prewarm(runs.config.limits)
+            t0 = time.perf_counter()
+            decision = await runs.request(RunRequest(run_id, language, "bench", "bench", "owner", doc.get_state()))
+            assert decision.accepted, decision
+            await asyncio.wait_for(got_done.wait(), 60)
+            await asyncio.wait_for(got_first.wait(), 5)
+            doc.unobserve(sub)
+            assert runs_map[run_id]["status"] == "finished", runs_map[run_id].get("reason")
+            first.append(marks["first"] - t0)
+            done.append(marks["done"] - t0)
+    finally:
+        await runs.close()
+    return first, done
+
+
+async def throughput(box: Sandbox, table: LanguageTable) -> tuple[float, float]:
+    limits = Limits(output_bytes=FLOOD_BYTES, wall_seconds=60, cpu_seconds=30)
+    spec = table.get("python").spec(FLOOD["python"], limits)
+    t0 = time.perf_counter()
+    execution = await box.start(spec)
+    total = sum([len(chunk.data) async for chunk in execution])
+    raw = total / (time.perf_counter() - t0)
+    # Through the document (decoding + one Y.Text insert per 50 ms batch).
+    doc = pycrdt.Doc()
+    doc.get("source", type=pycrdt.Text).insert(0, FLOOD["python"])
+    runs = RoomRuns(doc, box, table, RunnerConfig(limits=limits))
+    t0 = time.perf_counter()
+    assert (await runs.request(RunRequest("flood", "python", "bench", "bench", "owner"))).accepted
+    runs_map = doc.get("runs", type=pycrdt.Map)
+    while runs_map["flood"].get("status") not in ("finished", "failed", "timeout", "killed"):
+        await asyncio.sleep(0.01)
+    in_doc = len(str(runs_map["flood"]["output"])) / (time.perf_counter() - t0)
+    await runs.close()
+    return raw, in_doc
+
+
+async def bench_backend(name: str, box: Sandbox, repeat: int) -> list[str]:
+    table = LanguageTable()
+    rows = []
+    for language in PROGRAMS:
+        await sandbox_level(box, table, language, 1)  # warm caches (page cache, image layers)
+        s_first, s_done = await sandbox_level(box, table, language, repeat)
+        d_first, d_done = await doc_level(box, table, language, repeat)
+        rows.append(f"| {name} | {language} | {ms(s_first)} | {ms(s_done)} | {ms(d_first)} | {ms(d_done)} |")
+        print(rows[-1], flush=True)
+    raw, in_doc = await throughput(box, table)
+    rows.append(f"| {name} | output throughput (python, 8 MiB) | sandbox {raw / 1e6:.0f} MB/s | | doc {in_doc / 1e6:.0f} MB/s | |")
+    print(rows[-1], flush=True)
+    return rows
+
+
+async def main(backends: list[str], repeat: int) -> None:
+    print("| backend | language | sandbox: first output ms (median / p90) | sandbox: finished ms | "
+          "request → first output in doc ms | request → finished in doc ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    if "bubblewrap" in backends:
+        from runner.sandbox.bubblewrap import BubblewrapSandbox
+
+        await bench_backend("bubblewrap", BubblewrapSandbox(), repeat)
+    if "docker" in backends:
+        from runner.image import ensure_image
+        from runner.sandbox.docker import DockerSandbox
+        from tests.dockerd import running_dockerd
+
+        with running_dockerd() as daemon:
+            client = daemon.client()
+            image = ensure_image(client)
+            for label, pool in (("docker (warm pool)", 1), ("docker (cold, no pool)", 0)):
+                box = DockerSandbox(daemon.url, image=image, pool_size=pool)
+                try:
+                    await bench_backend(label, box, repeat)
+                finally:
+                    await box.close()
+            client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backends", default="bubblewrap,docker")
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    asyncio.run(main(args.backends.split(","), args.repeat))
