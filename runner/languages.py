@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .image import DEFAULT_TAG
 from .sandbox.base import Limits, RunSpec
 
 MAX_SOURCE_BYTES = 256 * 1024
@@ -32,7 +31,7 @@ class Language:
     file: str
     run: list[str]
     compile: list[str] | None = None
-    image: str = DEFAULT_TAG
+    image: str | None = None  # None: the backend's default (CODESYNC_RUNNER_IMAGE)
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def spec(self, source: str | bytes, limits: Limits | None = None, image: str | None = None) -> RunSpec:
@@ -119,8 +118,8 @@ def _parse(name: str, entry: object, path: Path) -> Language:
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise LanguageError(f"{path}: {name}.aliases must be a list of strings")
-    image = entry.get("image", DEFAULT_TAG)
-    if not isinstance(image, str) or not image:
+    image = entry.get("image")
+    if image is not None and (not isinstance(image, str) or not image):
         raise LanguageError(f"{path}: {name}.image must be a string")
     return Language(
         name=name.lower(),

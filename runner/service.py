@@ -213,6 +213,7 @@ class RunnerService:
             if removed:
                 log.info("removed %d containers left by an earlier runner", removed)
             await asyncio.to_thread(ensure_image, sandbox.client, self.settings.runner_image)  # type: ignore[attr-defined]
+            await sandbox.prewarm(self.config.limits, self.settings.runner_image)
         except (ImageError, Exception) as exc:  # noqa: BLE001 - runs will report it; keep serving
             log.error("docker sandbox not ready (%s); runs will fail until it is", exc)
 

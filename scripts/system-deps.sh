@@ -13,6 +13,9 @@ want bwrap bubblewrap
 want node nodejs
 want npm npm
 want gcc gcc
+# The bubblewrap sandbox runs the host's /usr: C needs the libc headers, Python /usr/bin/python3.
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -x /usr/bin/python3 ] || need+=(python3)
 want ip iproute2
 want unshare util-linux
 if [ "$profile" = test ]; then
