@@ -130,6 +130,7 @@ class Room:
         limits: Limits | None = None,
         join_timeout: float = 10.0,
         caps: tuple[str, ...] = p.CAPS,
+        read_only_roles: tuple[str, ...] = ("viewer",),
     ) -> None:
         self.room_id = room_id
         self.settings = settings
@@ -141,6 +142,7 @@ class Room:
         self.relay = relay
         self.limits = limits or Limits()
         self.join_timeout = join_timeout
+        self.read_only_roles = tuple(read_only_roles)  # updates from these roles are dropped
         self.caps = tuple(caps)  # () behaves like a stock y-webrtc peer (tests, interop)
         self.peers: dict[str, PeerInfo] = {}
         self.stats: dict[str, int] = {
@@ -153,6 +155,7 @@ class Room:
             "awareness_in": 0,
             "chunks_in": 0,
             "app_in": 0,
+            "read_only_dropped": 0,
         }
         self._own_signaling = signaling is None
         self._signaling = signaling or SignalingClient(signaling_url, token, settings)
@@ -209,6 +212,8 @@ class Room:
         if self._running:
             return
         self._running = True
+        self._joined.clear()
+        self._forbidden = None
         apply_ice_policy(getattr(self.settings, "ice_hosts", None))
         if self._own_signaling:
             await self._signaling.start()
@@ -724,6 +729,12 @@ class Room:
 
     def _apply_remote(self, link: _Link, update: bytes, step: int) -> None:
         remote = link.conn.remote_id
+        role = (self._info(remote).sender or {}).get("role")
+        if role in self.read_only_roles and update != p.EMPTY_UPDATE:
+            # the server's stamp says this peer may not edit; its SyncStep2 can only hold what
+            # editors wrote, and those reach us from the editors themselves
+            self.stats["read_only_dropped"] += 1
+            update = p.EMPTY_UPDATE
         if update != p.EMPTY_UPDATE:
             self._applying = remote
             try:

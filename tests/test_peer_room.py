@@ -391,3 +391,21 @@ async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
         finally:
             await b.stop()
             await a.stop()
+
+
+# ------------------------------------------------------------------ roles
+
+
+async def test_a_non_member_is_refused_and_a_viewer_cannot_edit(stack, seeded) -> None:
+    other = await stack.seed_room({"erin": "owner", "eve": None})
+    outsider = Room(stack.url, other.token("eve"), other.id, SETTINGS)
+    with pytest.raises(PermissionError):
+        await outsider.start()
+    async with joined(stack, seeded, "alice", "dave") as (a, viewer):
+        await all_connected([a, viewer])
+        assert a.peers[viewer.peer_id].sender["role"] == "viewer"
+        source(viewer).insert(0, "vandalism")
+        source(a).insert(0, "hello viewer")
+        await wait_for(lambda: "hello viewer" in str(source(viewer)), what="viewer receives edits")
+        await wait_for(lambda: a.stats["read_only_dropped"] >= 1, what="viewer's update dropped")
+        assert str(source(a)) == "hello viewer"
