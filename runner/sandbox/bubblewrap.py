@@ -74,6 +74,9 @@ class BubblewrapSandbox(Sandbox):
 
     def __init__(self, bwrap: str | None = None, uid: int = NOBODY, gid: int = NOBODY) -> None:
         self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
+        # As root we drop to ``uid`` before bwrap; as an ordinary user we already are one, and
+        # bwrap maps us to ``uid`` inside its user namespace.
+        self.drop_privileges = os.geteuid() == 0
         self.uid, self.gid = uid, gid
         self.cgroups = CgroupManager()
         self._system = _system_binds()
@@ -131,7 +134,7 @@ class BubblewrapSandbox(Sandbox):
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
             group = self.cgroups.create(limits.memory_bytes, limits.processes)
-            preexec = _make_preexec(limits, group, self.uid, self.gid)
+            preexec = _make_preexec(limits, group, self.uid, self.gid, self.drop_privileges)
             proc = await asyncio.create_subprocess_exec(
                 *self.command(spec, fds),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -157,7 +160,7 @@ class BubblewrapSandbox(Sandbox):
         return BubblewrapExecution(proc, limits, group)
 
 
-def _make_preexec(limits: Limits, group: RunCgroup | None, uid: int, gid: int):
+def _make_preexec(limits: Limits, group: RunCgroup | None, uid: int, gid: int, drop: bool = True):
     procs = [os.fsencode(p) for p in (group.procs_files if group else [])]
     # Without a pids cgroup RLIMIT_NPROC is the only process limit; with one it is a backstop
     # (it counts every process of uid 65534, so concurrent runs share it).
@@ -179,9 +182,10 @@ def _make_preexec(limits: Limits, group: RunCgroup | None, uid: int, gid: int):
             os.close(fd)
         for which, value in rlimits:
             resource.setrlimit(which, value)
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
+        if drop:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
 
     return preexec
 
