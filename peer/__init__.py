@@ -43,6 +43,16 @@ timeout=...)`` waits until one (or the given) peer's SyncStep2 has been applied.
 App messages: ``await room.send_app(peer_id, obj)`` and ``await room.broadcast_app(obj)`` —
 only to peers whose caps include "app" (stock y-webrtc peers never get type >= 100).
 
+More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's limit on links),
+``coalesce_delay=0.002`` (seconds; outgoing updates merged per flush), ``relay=True`` (forward
+remote updates to the other links, like y-webrtc), ``caps=("chunk", "app")`` (``()`` acts like
+a stock y-webrtc peer), ``read_only_roles=("viewer",)`` (document updates from peers whose
+server stamp has this role are dropped), ``limits=peer.room.Limits(...)`` (awareness/app
+rate limits, error budget per link), ``join_timeout=10``. ``room.flush()`` sends coalesced
+updates now (call it before ``stop()`` if you need them out immediately; ``stop()`` flushes
+too). ``room.stats`` counts frames in/out, bad frames, rejected updates, dropped awareness.
+``room.connected_peers`` lists peer ids with an open data channel.
+
 Service peers: many rooms over ONE signaling connection::
 
     from peer import SignalingClient
