@@ -77,16 +77,17 @@ async def test_takeover_after_the_owner_stops_renewing(make_backend):
 
 async def test_held_lease_renews_past_its_ttl(make_backend):
     a, b = make_backend(), make_backend()
-    held = HeldLease(a, "room", 0.3)
+    held = HeldLease(a, "room", 0.6)
     assert await held.acquire()
-    deadline = time.monotonic() + 1.2
+    deadline = time.monotonic() + 2.4
     while time.monotonic() < deadline:  # four ttls
         assert held.valid()
-        assert not await b.acquire("room", 0.3)
+        assert not await b.acquire("room", 0.6)
         await asyncio.sleep(0.05)
     await held.release()
     assert not held.valid()
-    assert await b.acquire("room", 0.3)
+    assert held.may_write() is False
+    assert await b.acquire("room", 0.6)
 
 
 async def test_lost_lease_is_noticed(make_backend):

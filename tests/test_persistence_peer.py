@@ -240,7 +240,7 @@ async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
 
 
 async def test_two_persistence_peers_share_a_room_one_at_a_time(tmp_path, redis_url, redis_prefix):
-    env = {"CODESYNC_REDIS_URL": redis_url, "CODESYNC_REDIS_PREFIX": redis_prefix}
+    env = {"CODESYNC_REDIS_URL": redis_url, "CODESYNC_REDIS_PREFIX": redis_prefix, "CODESYNC_PERSIST_LEASE_TTL": "3"}
     async with persist_stack(tmp_path, **env) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
         one, two = persisters.start(), persisters.start()

@@ -185,6 +185,12 @@ class HeldLease:
     def valid(self) -> bool:
         return not self.lost and time.monotonic() < self._valid_until
 
+    def may_write(self) -> bool | None:
+        """True: write now. None: not sure (a renewal is late) — wait. False: lost for good."""
+        if self.valid():
+            return True
+        return False if self.lost else None
+
     async def acquire(self) -> bool:
         started = time.monotonic()
         try:

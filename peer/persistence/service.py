@@ -48,9 +48,10 @@ COMMITS = Counter("codesync_persist_commits_total", "update-log transactions com
 class RoomKeeper:
     """This process's part in one room: compete for the lease, persist while holding it."""
 
-    def __init__(self, service: "PersistenceService", room_id: str) -> None:
+    def __init__(self, service: "PersistenceService", room_id: str, after: asyncio.Task | None = None) -> None:
         self.service = service
         self.room_id = room_id
+        self._after = after  # a previous keeper of this room still leaving
         self.room = None  # peer.Room while persisting
         self.writer: RoomWriter | None = None
         self.owning = False
@@ -81,13 +82,16 @@ class RoomKeeper:
             await self._task
 
     @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def _run(self) -> None:
         settings = self.service.settings
         ttl = settings.persist_lease_ttl
         try:
+            if self._after is not None:
+                await asyncio.wait({self._after})
+                self._after = None
             while not self._stop.is_set():
                 lost = asyncio.Event()
                 held = HeldLease(self.service.leases, self.room_id, ttl, on_lost=lost.set)
@@ -116,7 +120,7 @@ class RoomKeeper:
             doc,
             config=service.writer_config,
             on_saved=lambda state: self._publish(room, state),
-            may_write=held.valid,
+            may_write=held.may_write,
         )
         room.on_update(lambda update, _origin: writer.submit(update))
         self.room, self.writer, self.owning = room, writer, True
@@ -219,8 +223,8 @@ class PersistenceService:
             log.warning("ignoring room-active for an unusable room id %r", topic[:80])
             return
         keeper = self.rooms.get(topic)
-        if keeper is None:
-            keeper = self.rooms[topic] = RoomKeeper(self, topic)
+        if keeper is None or keeper.stopping:  # new, or active again while leaving: start over after it
+            keeper = self.rooms[topic] = RoomKeeper(self, topic, after=keeper._task if keeper else None)
             keeper.start()
         keeper.active()
 
@@ -251,7 +255,8 @@ class PersistenceService:
     async def stop(self) -> None:
         """Flush and leave every room, release every lease, disconnect."""
         self._stopping = True
-        await asyncio.gather(*(k.stop() for k in list(self.rooms.values())), return_exceptions=True)
+        keepers = list(self.rooms.values())
+        await asyncio.gather(*(k.stop() for k in keepers), return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
         if self.leases is not None:

@@ -87,7 +87,7 @@ class RoomWriter:
         *,
         config: WriterConfig | None = None,
         on_saved: Callable[[SaveState], None] | None = None,
-        may_write: Callable[[], bool] | None = None,
+        may_write: Callable[[], bool | None] | None = None,
     ) -> None:
         self.store = store
         self.room_id = room_id
@@ -104,6 +104,7 @@ class RoomWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._loaded = False
         self._task: asyncio.Task | None = None
         self.failed: BaseException | None = None
 
@@ -125,12 +126,18 @@ class RoomWriter:
         return stored
 
     def mark_loaded(self, stored: StoredDocument) -> None:
-        """``stored`` is in ``doc``: that much is saved (updates submitted meanwhile are not yet)."""
-        if self.state.commits == 0:
-            self.state.state_vector = get_state(stored.update)
+        """``stored`` is in ``doc``: that much is saved; commits may start now.
+
+        Updates submitted while loading wait for this, so that the state vector of the first
+        commit already includes the stored document.
+        """
+        self._loaded = True
+        self.state.state_vector = get_state(stored.update)
         if self.state.status == "loading":
             self.state.status = "saving" if self._pending else "saved"
         self._publish()
+        if self._pending:
+            self.start()
 
     def start(self) -> None:
         if self._task is None:
@@ -177,11 +184,12 @@ class RoomWriter:
         if self.state.status == "saved":
             self.state.status = "saving"
         self._wake.set()
-        self.start()
+        if self._loaded:
+            self.start()
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is committed. False on timeout."""
-        if self._pending:
+        if self._pending and self._loaded:
             self.start()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -204,8 +212,7 @@ class RoomWriter:
                 linger = self.config.linger - (time.monotonic() - self._first_pending_at)
                 if linger > 0 and not self._closing:
                     await asyncio.sleep(min(linger, self.config.max_delay))
-                if not self._allowed():
-                    raise LeaseLost(f"room {self.room_id}: lease lost with {len(self._pending)} updates queued")
+                await self._wait_allowed()
                 batch, self._pending = self._pending, []
                 batch_bytes, self._pending_bytes = self._pending_bytes, 0
                 state_vector = self.doc.get_state()
@@ -271,7 +278,15 @@ class RoomWriter:
                       result.snapshot_bytes, result.upto_seq)
 
     def _allowed(self) -> bool:
-        return self._may_write is None or bool(self._may_write())
+        return self._may_write is None or self._may_write() is True
+
+    async def _wait_allowed(self) -> None:
+        """Commit only while ``may_write()`` is True; None means "not sure yet" (a lease renewal
+        running late): wait for it; False means gone for good."""
+        while not self._allowed():
+            if self._may_write() is False:
+                raise LeaseLost(f"room {self.room_id}: lease lost with {len(self._pending)} updates queued")
+            await asyncio.sleep(0.02)
 
     def _publish(self) -> None:
         if self._on_saved is not None:
