@@ -133,13 +133,15 @@ class RedisHub(Hub):
     async def stop(self) -> None:
         """Leave cleanly: our entries go now (not after the expiry), others are told."""
         self._stopped = True
+        self._out_wake.set()  # the send loop also ends on the flag: redis-py can swallow a cancel
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        if self._tasks:
+            # Bounded: a task that swallowed its cancellation must not hang the shutdown (SIGTERM).
+            done, _ = await asyncio.wait(self._tasks, timeout=2.0)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so asyncio does not log it
         try:
             topics = set(self.topics) | set(await self.redis.smembers(self._noderooms(self.node)))
             await self._purge_node(self.node, topics)
@@ -296,7 +298,7 @@ class RedisHub(Hub):
 
     async def _send_loop(self) -> None:
         """Drain the outbox into Redis, many PUBLISHes per round trip, in order."""
-        while True:
+        while not self._stopped:
             await self._out_wake.wait()
             self._out_wake.clear()
             while self._outbox:
