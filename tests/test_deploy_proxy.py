@@ -116,6 +116,16 @@ def _hostport(url: str) -> str:
     return url.removeprefix("http://")
 
 
+async def graceful_stop(service, timeout: float = 10.0) -> None:
+    """SIGTERM, then the node must exit by itself, cleanly, within ``timeout`` (never SIGKILL)."""
+    service.proc.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(service.proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{service.name} still running {timeout}s after SIGTERM:\n{service.log()[-3000:]}") from None
+    assert code == 0, f"{service.name} exited with {code} after SIGTERM:\n{service.log()[-3000:]}"
+
+
 async def signal_connections(node_url: str) -> int:
     """Open /signal sockets on one node, from its own metrics."""
     async with httpx.AsyncClient(timeout=5) as client:
@@ -141,7 +151,7 @@ async def test_proxy_balances_http_tags_request_ids_and_skips_a_dead_node(tmp_pa
                 assert r.headers.get_list("x-request-id") == ["client-chosen-7"]
                 await wait_for(lambda: set(nodes) <= set(proxy.upstreams_used()), timeout=5, what="both nodes used")
 
-                stack.nodes[0].stop()  # graceful: SIGTERM, waits for the exit
+                await graceful_stop(stack.nodes[0])
                 for _ in range(6):
                     r = await client.get("/healthz")
                     assert r.status_code == 200, r.text
@@ -180,7 +190,7 @@ async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp
 
                 on_first = await signal_connections(stack.nodes[0].url or "")
                 assert 1 <= on_first <= 3, "the proxy should spread the four sockets over both nodes"
-                stack.nodes[0].stop()
+                await graceful_stop(stack.nodes[0])
                 gone = [label for label, c in clients.items() if c.closed or await _closed_soon(c)]
                 assert len(gone) == on_first, f"expected the {on_first} sockets of the stopped node to close, got {gone}"
                 for label in gone:
@@ -255,13 +265,16 @@ async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_u
                 victim = stack.nodes[0] if counts[0] >= counts[1] else stack.nodes[1]
                 assert max(counts) >= 1 and sum(counts) == 2, counts
 
-                total, stop_at = 120, 40
+                total, stop_at = 160, 40
+                stopping: asyncio.Task | None = None
                 for i in range(total):
                     writer = text_a if i % 2 == 0 else text_b
                     writer.insert(len(writer), f"edit {i}\n")  # ASCII: byte and UTF-16 offsets agree
-                    if i == stop_at:
-                        victim.stop()  # graceful (SIGTERM); returns once the node has exited
+                    if i == stop_at:  # the node goes down while both keep typing
+                        stopping = asyncio.create_task(graceful_stop(victim))
                     await asyncio.sleep(0.005)  # a typing pace, not a synchronisation
+                assert stopping is not None
+                await stopping
 
                 expected = {f"edit {i}" for i in range(total)}
 
