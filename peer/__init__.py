@@ -56,7 +56,8 @@ too). ``room.stats`` counts frames in/out, bad frames, rejected updates, dropped
 Service peers: many rooms over ONE signaling connection::
 
     from peer import SignalingClient
-    client = SignalingClient(signaling_url, service_token, settings)
+    client = SignalingClient(signaling_url, service_token, settings)   # token_provider=async () -> str
+                                            # optional: fetched before each reconnect (user tokens expire)
     client.on_room_active(cb(topic: str))   # server says someone is in the room
     client.on_room_idle(cb(topic: str))
     client.on_presence(cb(topic: str, peers: list[dict]))

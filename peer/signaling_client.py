@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -69,10 +69,12 @@ class SignalingClient:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         connect_timeout: float = 10.0,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.url = websocket_url(signaling_url)
         self.http_base = http_base_url(signaling_url)
         self.token = token
+        self.token_provider = token_provider  # e.g. a refresh-token exchange for a user peer
         self.settings = settings
         self.ping_interval = ping_interval
         self.backoff_initial = backoff_initial
@@ -93,6 +95,7 @@ class SignalingClient:
         self._connected = asyncio.Event()
         self._stopping = False
         self._last_received = 0.0
+        self._attempts = 0
         self.connects = 0  # how many times a connection was established (tests, metrics)
         self.last_close_code: int | None = None
         self._ice_servers: list[Any] | None = None
@@ -243,6 +246,12 @@ class SignalingClient:
 
     async def _connect_once(self) -> bool:
         assert self._session is not None
+        self._attempts += 1
+        if self.token_provider is not None and self._attempts > 1:
+            try:
+                self.token = await self.token_provider()  # access tokens expire; services' do not
+            except Exception:
+                log.exception("token provider failed; reconnecting with the old token")
         url = self.url + "?" + urlencode({"token": self.token})
         ws = await self._session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0), max_msg_size=4 << 20)
         self._ws = ws

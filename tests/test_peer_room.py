@@ -371,6 +371,13 @@ async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
         seeded = await st.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         a = Room(st.url, seeded.token("alice"), seeded.id, SETTINGS)
         b = Room(st.url, seeded.token("bob"), seeded.id, SETTINGS)
+        refreshed: list[str] = []
+
+        async def fresh_token() -> str:  # a user peer's access token may have expired meanwhile
+            refreshed.append(st.access_token(seeded.user("alice").id))
+            return refreshed[-1]
+
+        a.signaling.token_provider = fresh_token
         for r in (a, b):
             r.signaling.backoff_max = 0.5
             await r.start()
@@ -385,6 +392,7 @@ async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
             st.nodes[0].url = node.url
             await wait_http_ok(f"{node.url}/healthz", st.nodes[0])
             await wait_for(lambda: a.signaling.connects == 2 and b.signaling.connects == 2, 20, what="reconnected")
+            assert refreshed and a.signaling.token == refreshed[-1]
             async with joined(st, seeded, "carol") as (c,):  # re-subscribed: a newcomer meets both
                 await all_connected([a, b, c], timeout=20)
                 assert str(source(c)) == "p2p " or await converged([a, b, c])
