@@ -161,3 +161,57 @@ def test_json_log_lines_carry_the_request_id():
     outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert "request_id" not in outside and outside["service"] == "signaling"
     assert inside["msg"] == "inside x" and inside["request_id"] == "req-1" and inside["conn_id"] == "c-9"
+
+
+# --------------------------------------------------------------------------- every service, as deployed
+
+
+async def test_every_service_answers_healthz_and_metrics_and_stops_cleanly(tmp_path, redis_url, redis_prefix):
+    """signaling, `codesync persist` and `codesync runner` as separate processes, like compose runs them."""
+    import signal as _signal
+    import subprocess
+
+    from tests.stack import signaling_stack
+    from tests.support import child_env, start_service, wait_http_ok
+
+    async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix) as stack:
+        peers = {}
+        try:
+            for command, scope, metric in (
+                ("persist", "persistence", "codesync_persist_rooms_owned"),
+                ("runner", "runner", "codesync_runner_rooms"),
+            ):
+                port = free_port()
+                env = child_env(
+                    **stack.env,
+                    CODESYNC_SIGNALING_URL=stack.url,
+                    CODESYNC_SERVICE_TOKEN=await stack.service_token(scope),
+                    CODESYNC_OPS_PORT=str(port),
+                    CODESYNC_ICE_HOSTS="127.0.0.1",
+                    CODESYNC_LOG_JSON="true",
+                )
+                svc = start_service([command], env, tmp_path / f"{command}.log")
+                peers[command] = svc
+                await wait_http_ok(f"http://127.0.0.1:{port}/healthz", svc, timeout=60)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                    health = (await client.get("/healthz")).json()
+                    assert health["status"] == "ok" and health["service"] == scope, health
+                    assert health["checks"]["signaling"] == "ok"
+                    metrics = await client.get("/metrics")
+                    assert metrics.status_code == 200 and metric in metrics.text
+            async with httpx.AsyncClient(base_url=stack.url, timeout=5) as client:
+                health = (await client.get("/healthz")).json()
+                assert health == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+                assert "codesync_signal_connections" in (await client.get("/metrics")).text
+            # Graceful shutdown: SIGTERM, each exits 0 by itself.
+            for command, svc in peers.items():
+                svc.proc.send_signal(_signal.SIGTERM)
+                try:
+                    code = await asyncio.to_thread(svc.proc.wait, 15)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{command} ignored SIGTERM:\n{svc.log()[-3000:]}") from None
+                assert code == 0, f"{command} exited {code}:\n{svc.log()[-3000:]}"
+                assert '"service": "%s"' % command in svc.log()  # JSON log lines name the process
+        finally:
+            for svc in peers.values():
+                svc.kill()
