@@ -11,6 +11,7 @@ and every packet between them goes through coturn; ``CODESYNC_ICE_HOSTS=127.0.0.
 from __future__ import annotations
 
 import asyncio
+import re
 import base64
 import hashlib
 import hmac
@@ -80,6 +81,7 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
         f"--static-auth-secret={secret}",
         f"--realm={REALM}",
         "--allow-loopback-peers",
+        "--verbose",  # session lines name the TURN username (the peer-library test reads them)
         f"--pidfile={tmp_path / 'turnserver.pid'}",
         f"--userdb={tmp_path / 'turndb'}",
     ]
@@ -265,3 +267,35 @@ async def test_two_peers_exchange_document_updates_through_coturn(turn_api, cotu
                 assert candidate.host == "127.0.0.1" and candidate.port in coturn.relay_ports
     finally:
         await asyncio.gather(a.close(), b.close())
+
+
+# --------------------------------------------------------------------------- the peer library
+
+
+async def test_peer_library_rooms_allocate_on_coturn_with_signaling_credentials(tmp_path: Path, coturn: Coturn):
+    """Room peers fetch /api/ice-servers themselves and allocate relays on coturn with those credentials."""
+    from peer import Room
+    from signaling.settings import Settings
+    from tests.stack import signaling_stack
+
+    async with signaling_stack(
+        tmp_path,
+        CODESYNC_TURN_URLS=coturn.url,
+        CODESYNC_TURN_SECRET=coturn.secret,
+        CODESYNC_TURN_TTL="300",
+    ) as stack:
+        seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
+        settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")
+        alice = Room(stack.url, seeded.token("alice"), seeded.id, settings)
+        bob = Room(stack.url, seeded.token("bob"), seeded.id, settings)
+        try:
+            await alice.start()
+            await bob.start()
+            alice.doc["source"] = Text("x = 1\n")
+            await wait_for(lambda: str(bob.doc.get("source", type=Text)) == "x = 1\n", timeout=30, what="sync")
+        finally:
+            await asyncio.gather(alice.stop(), bob.stop(), return_exceptions=True)
+    log = coturn.log()
+    for label in ("alice", "bob"):
+        user_id = seeded.user(label).id
+        assert re.search(rf"username=<\d+:{user_id}>", log), f"no allocation by {label} in coturn's log"
