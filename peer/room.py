@@ -38,7 +38,8 @@ from .signaling_client import SignalingClient
 
 log = logging.getLogger(__name__)
 
-_LOAD = object()  # transaction origin marker for Room.load()
+_LOAD = object()
+MAX_KNOWN_PEERS = 1000  # PeerInfo records kept; the oldest disconnected ones go first  # transaction origin marker for Room.load()
 
 
 @dataclass
@@ -350,6 +351,10 @@ class Room:
     def _info(self, peer_id: str) -> PeerInfo:
         info = self.peers.get(peer_id)
         if info is None:
+            if len(self.peers) >= MAX_KNOWN_PEERS:  # every browser reload is a new peer id
+                gone = sorted((i for i in self.peers.values() if not i.connected), key=lambda i: i.last_seen)
+                for old in gone[: len(self.peers) - MAX_KNOWN_PEERS + 1]:
+                    del self.peers[old.peer_id]
             info = self.peers[peer_id] = PeerInfo(peer_id)
         return info
 
