@@ -157,7 +157,7 @@ async def test_late_joiner_gets_the_document_from_the_persistence_peer_alone(tmp
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
         svc = persisters.start()
         async with joined(stack, seeded, "alice") as (alice,):
-            await wait_for(lambda: persistence_peers(alice), 20, what="persistence peer joins")
+            await wait_for(lambda: persistence_peers(alice), 45, what="persistence peer joins")
             for i in range(200):
                 source(alice).insert(len(source(alice)), f"print({i})\n")
                 if i % 10 == 0:
@@ -167,7 +167,7 @@ async def test_late_joiner_gets_the_document_from_the_persistence_peer_alone(tmp
         # alice is gone and the persistence peer left the idle room: the document is only in SQL
         await wait_for(lambda: f"room {seeded.id}: left" in svc.log(), 15, what="persistence leaves the idle room")
         async with joined(stack, seeded, "bob") as (bob,):
-            await wait_for(lambda: persistence_peers(bob), 20, what="persistence peer rejoins")
+            await wait_for(lambda: persistence_peers(bob), 45, what="persistence peer rejoins")
             await bob.wait_synced(persistence_peers(bob)[0], timeout=20)
             # its SyncStep2 was held until the stored document was loaded: complete at once
             assert str(source(bob)) == expected
@@ -179,7 +179,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, db_url):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         first = persisters.start()
         async with joined(stack, seeded, "alice", "bob") as (alice, bob):
-            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 20, what="persistence joins")
+            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 45, what="persistence joins")
             stop_typing = asyncio.Event()
 
             async def typist(room: Room, tag: str) -> None:
@@ -215,7 +215,7 @@ async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         first = persisters.start(CODESYNC_PERSIST_COMPACT_ROWS="200")
         async with joined(stack, seeded, "alice", "bob") as (alice, bob):
-            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 20, what="persistence joins")
+            await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 45, what="persistence joins")
             text, current = source(alice), ""
             for n, txn in enumerate(trace["txns"]):
                 with alice.doc.transaction():
@@ -239,13 +239,17 @@ async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
             await wait_for(lambda: str(source(carol)) == trace["endContent"], 30, what="carol loads the trace's end")
 
 
-async def test_two_persistence_peers_share_a_room_one_at_a_time(tmp_path, redis_url, redis_prefix):
-    env = {"CODESYNC_REDIS_URL": redis_url, "CODESYNC_REDIS_PREFIX": redis_prefix, "CODESYNC_PERSIST_LEASE_TTL": "3"}
+@pytest.mark.parametrize("lease", ["redis", "database"])
+async def test_two_persistence_peers_share_a_room_one_at_a_time(tmp_path, request, lease):
+    env = {"CODESYNC_PERSIST_LEASE_TTL": "3"}
+    if lease == "redis":
+        env |= {"CODESYNC_REDIS_URL": request.getfixturevalue("redis_url"),
+                "CODESYNC_REDIS_PREFIX": request.getfixturevalue("redis_prefix")}
     async with persist_stack(tmp_path, **env) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
         one, two = persisters.start(), persisters.start()
         async with joined(stack, seeded, "alice") as (alice,):
-            await wait_for(lambda: persistence_peers(alice), 20, what="a persistence peer joins")
+            await wait_for(lambda: persistence_peers(alice), 45, what="a persistence peer joins")
             # Several lease periods (ttl 2 s): the other one keeps trying and never joins.
             seen_max = 0
             for i in range(40):
@@ -271,7 +275,7 @@ async def test_malformed_frames_do_not_hurt_the_stored_document(tmp_path):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
         svc = persisters.start()
         async with joined(stack, seeded, "alice") as (alice,):
-            await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins")
+            await wait_for(lambda: persistence_peers(alice), 45, what="persistence joins")
             source(alice).insert(0, "before\n")
             await wait_for(lambda: saved_covers(alice), 15, what="saved")
             link = alice._links[persistence_peers(alice)[0]]
@@ -307,13 +311,13 @@ async def test_idle_room_is_left_and_sigterm_flushes(tmp_path):
             health = (await http.get(f"http://127.0.0.1:{ops_port}/healthz")).json()
         assert health["checks"] == {"database": "ok", "signaling": "ok"}
         async with joined(stack, seeded, "alice") as (alice,):
-            await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins")
+            await wait_for(lambda: persistence_peers(alice), 45, what="persistence joins")
             source(alice).insert(0, "hello")
             await wait_for(lambda: saved_covers(alice), 15, what="saved")
         # room-idle, then the 1 s grace: the peer leaves (and says so in its log)
         await wait_for(lambda: f"room {seeded.id}: left" in svc.log(), 15, what="leaving an idle room")
         async with joined(stack, seeded, "alice") as (alice,):
-            await wait_for(lambda: persistence_peers(alice), 20, what="persistence rejoins")
+            await wait_for(lambda: persistence_peers(alice), 45, what="persistence rejoins")
             await wait_for(lambda: str(source(alice)) == "hello", 20, what="the stored document comes back")
             source(alice).insert(5, " world")
             await wait_for(lambda: saved_covers(alice), 15, what="saved")
@@ -360,7 +364,7 @@ async def test_sync_step1_is_answered_only_after_the_stored_document_is_loaded(t
         await service.start()
         try:
             async with joined(stack, seeded, "alice") as (alice,):
-                await wait_for(lambda: persistence_peers(alice), 20, what="persistence joins (while loading)")
+                await wait_for(lambda: persistence_peers(alice), 45, what="persistence joins (while loading)")
                 pid = persistence_peers(alice)[0]
                 await alice.wait_synced(pid, timeout=20)
                 assert str(source(alice)) == "stored before anyone came", "answered SyncStep1 before loading"
