@@ -115,6 +115,10 @@ class RoomRunner:
         try:
             await room.start()
             started = True
+            # Lets clients show which languages can run here (and that a runner is present).
+            room.awareness.set_local_state(
+                {"service": "runner", "languages": service.languages.names, "backend": service.sandbox.name}
+            )
             log.info("room %s: joined as runner", self.room_id)
             await self._leave.wait()
         except Exception as exc:  # noqa: BLE001 - one room's trouble must not end the service

@@ -110,6 +110,12 @@ async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterat
 async def test_run_is_seen_live_by_every_peer_and_viewer_is_refused(tmp_path):
     async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ann", "vic") as (ann, vic):
         await wait_for(ann.runner, timeout=30, what="runner joined")
+        await wait_for(
+            lambda: any(isinstance(st, dict) and st.get("service") == "runner" and "c" in st.get("languages", [])
+                        for st in vic.room.awareness.states.values()),
+            timeout=10,
+            what="runner awareness state",
+        )
         # The edit made just before Run must be what runs (the runner waits for this state vector).
         ann.source.insert(0, "import sys, time\nfor i in range(4):\n    print('tick', i, flush=True)\n"
                              "    time.sleep(0.4)\nprint('bad', file=sys.stderr)\n")
