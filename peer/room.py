@@ -231,7 +231,9 @@ class Room:
         if self._forbidden:
             code = self._forbidden
             await self.stop()
-            raise PermissionError(f"room {self.room_id}: {code}")
+            if code == "forbidden":
+                raise PermissionError(f"room {self.room_id}: forbidden")
+            raise ConnectionError(f"room {self.room_id}: signaling refused the subscription ({code})")
 
     async def stop(self) -> None:
         """Leave: flush pending edits, tell peers our awareness is gone, close every link."""
@@ -521,9 +523,14 @@ class Room:
     def _signal_received(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "error":
-            if message.get("code") == "forbidden":
-                self._forbidden = "forbidden"
-                self._joined.set()  # wake start(), which raises
+            code = str(message.get("code") or "error")
+            if code == "forbidden" or not self._joined.is_set():
+                # before our announce came back, an error about our topic is a refused subscribe
+                # (forbidden, too_many_topics, ...): fail start() at once instead of timing out
+                self._forbidden = code
+                self._joined.set()
+            else:
+                log.info("room %s: signaling error %s: %s", self.room_id, code, message.get("message"))
             return
         if kind == "presence":
             self._presence(message.get("peers"))
