@@ -64,7 +64,8 @@ async def type_into_editor(page, text: str, delay: float = 15) -> None:
 async def main() -> None:
     cfg = read_config()
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]))
+    # A configured OAuth provider, so the sign-in screen shows its button (never clicked: no internet).
+    stack = Stack(Path(cfg["workdir"]), extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
     steps = Steps()
     services: dict[str, str] = {}
     state: dict = {}
@@ -95,6 +96,7 @@ async def main() -> None:
             async def sign_in_page():
                 await a.goto(stack.url + "/")
                 await a.wait_for_selector("[data-testid=login-submit]")
+                await a.wait_for_selector("[data-testid=oauth-github]")
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 await a.screenshot(path=str(SHOTS / "sign-in.png"))
                 await a.fill("[data-testid=email]", "nobody@example.com")
