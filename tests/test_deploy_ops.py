@@ -127,10 +127,12 @@ async def test_request_ids_and_http_metrics(api_sqlite):
     r = await api_sqlite.client.get("/healthz", headers={"X-Request-Id": "bad id\twith junk" * 10})
     assert r.headers["X-Request-Id"] != "bad id\twith junk" * 10 and len(r.headers["X-Request-Id"]) == 16
     r = await api_sqlite.client.get("/no/such/page/x-unique-path")
+    await api_sqlite.client.request("TRACE", "/healthz")
     metrics = (await api_sqlite.client.get("/metrics")).text
     assert 'codesync_http_requests_total{method="GET",route="/api/me",status="401"}' in metrics
     assert 'codesync_http_request_seconds_bucket{le="0.005",route="/healthz"}' in metrics
-    assert "x-unique-path" not in metrics  # raw paths never become labels
+    assert "x-unique-path" not in metrics and 'method="TRACE"' not in metrics  # raw paths and methods never become labels
+    assert 'method="OTHER"' in metrics
     assert "process_resident_memory_bytes" in metrics
 
 

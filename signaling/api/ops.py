@@ -32,6 +32,7 @@ routes = web.RouteTableDef()
 HEALTH_TIMEOUT = 3.0  # a dependency that hangs is a failed dependency: answer within the probe's timeout
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
     "codesync_http_requests_total", "HTTP requests answered by signaling", ["method", "route", "status"]
@@ -72,7 +73,8 @@ async def request_id_middleware(request: web.Request, handler) -> web.StreamResp
     finally:
         REQUEST_ID.reset(token)
         route = _route_label(request)
-        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        method = request.method if request.method in _METHODS else "OTHER"  # clients pick methods: bound them
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
         if status != 101:  # a WebSocket session's length says nothing about latency
             HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
 
