@@ -17,6 +17,7 @@ import pytest
 from peer import Room
 from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
+from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (fixtures)
 from tests.support import Service, child_env, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -162,3 +163,18 @@ async def test_stop_mid_run_and_runner_survives_a_vanishing_peer(tmp_path):
         await wait_for(lambda: ann.field("js", "status") == "finished", timeout=20, what="js finished")
         assert ann.output("js") == "js 42\n"
         assert runner.proc.poll() is None
+
+
+@pytest.mark.docker
+async def test_runner_with_the_docker_sandbox(tmp_path, docker_daemon, docker_image):
+    env = {"CODESYNC_SANDBOX": "docker", "CODESYNC_RUNNER_DOCKER_URL": docker_daemon.url,
+           "CODESYNC_RUNNER_IMAGE": docker_image}
+    async with runner_stack(tmp_path, **env) as (stack, seeded, runner), clients(stack, seeded, "ed") as (ed,):
+        await wait_for(ed.runner, timeout=30, what="runner joined")
+        ed.source.insert(0, "import os, socket\nprint('uid', os.getuid())\nsocket.create_connection(('127.0.0.1', 9), 1)")
+        assert (await ed.run("d1"))["op"] == "run-accepted", runner.log()[-3000:]
+        await wait_for(lambda: ed.field("d1", "status") in ("finished", "failed"), timeout=30, what="docker run")
+        assert ed.field("d1", "status") == "failed" and ed.field("d1", "backend") == "docker"
+        assert ed.output("d1").startswith("uid 65534\n") and "ConnectionRefusedError" in ed.output("d1")
+        labelled = docker_daemon.client().api.containers(all=True, filters={"label": "codesync.runner"})
+        assert len(labelled) <= 2  # the warm pool, and at most the run being removed
