@@ -51,6 +51,7 @@ class Target:
     urls: list[str]  # one ws URL per client, in client order
     pids: list[int]
     note: str = ""
+    confirms_subscribe: bool = True  # ours answers a subscribe with a presence frame
 
 
 @dataclass
@@ -70,6 +71,15 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -119,7 +129,9 @@ async def reference(clients: int, rooms: int) -> AsyncIterator[Target]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("reference server did not start")
             await asyncio.sleep(0.05)
-        target = Target("y-webrtc reference", [f"ws://127.0.0.1:{port}"] * clients, [proc.pid], note="no auth")
+        target = Target(
+            "y-webrtc reference", [f"ws://127.0.0.1:{port}"] * clients, [proc.pid], note="no auth", confirms_subscribe=False
+        )
         target.topics = [f"bench-room-{r}" for r in range(rooms)]  # type: ignore[attr-defined]
         yield target
     finally:
@@ -138,6 +150,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
     stats = Stats()
     pad = "x" * max(0, size - 160)
     hello_from: list[set[str]] = [set() for _ in range(clients)]
+    subscribed = [not target.confirms_subscribe] * clients
     measuring = False
     connector = aiohttp.TCPConnector(limit=0)
     session = aiohttp.ClientSession(connector=connector)
@@ -157,6 +170,8 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
                 elif "t" in data:
                     stats.received += 1
                     stats.latencies.append(time.perf_counter() - data["t"])
+            elif kind == "presence":
+                subscribed[i] = True
             elif kind == "error":
                 stats.errors += 1
 
@@ -172,8 +187,12 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
         readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
         for i, ws in enumerate(sockets):
             await ws.send_str(json.dumps({"type": "subscribe", "topics": [topics[i // per_room]]}))
-        # barrier: every client hears every room-mate's hello (subscriptions are in place)
+        # barrier: every subscription confirmed (ours), then every client hears every room-mate's hello
         deadline = time.monotonic() + 60
+        while not all(subscribed):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"setup incomplete: {subscribed.count(False)} subscriptions unconfirmed")
+            await asyncio.sleep(0.1)
         while True:
             missing = [i for i in range(clients) if len(hello_from[i]) < per_room]
             if not missing:
@@ -207,6 +226,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
                 next_at += interval
 
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu0 = sum(cpu_seconds(pid) for pid in target.pids)
         t0 = time.perf_counter()
         await asyncio.gather(*(publisher(i, t0 + duration) for i in range(clients)))
         elapsed = time.perf_counter() - t0
@@ -219,6 +239,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
             last = stats.received
             await asyncio.sleep(0.05)
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu = sum(cpu_seconds(pid) for pid in target.pids) - server_cpu0
         rss = sum(rss_mb(pid) for pid in target.pids)
         for task in readers:
             task.cancel()
@@ -236,6 +257,10 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
             "loss_pct": round(100 * (1 - stats.received / stats.expected), 3) if stats.expected else 0.0,
             "errors": stats.errors,
             "server_rss_mb": round(rss, 1),
+            "server_cpu_pct": round(100 * server_cpu / elapsed, 1),
+            # CPU the server spent per delivered frame: robust to a busy machine, and the
+            # throughput one fully used core would sustain is 1e6 / this.
+            "server_cpu_us_per_delivery": round(1e6 * server_cpu / stats.received, 1) if stats.received else float("nan"),
             "bench_cpu_pct": round(100 * ((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)) / elapsed, 1),
         }
     finally:
@@ -251,7 +276,8 @@ def show(r: dict) -> None:
     print(
         f"{r['target']:<22} {r['offered_msgs_per_s']:>9.0f} pub/s offered  {r['delivered_msgs_per_s']:>9.0f} msg/s delivered  "
         f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>8.2f} ms  loss {r['loss_pct']:>6.2f} %  "
-        f"RSS {r['server_rss_mb']:>6.1f} MB  (bench client CPU {r['bench_cpu_pct']:.0f} %){'  [' + r['note'] + ']' if r['note'] else ''}",
+        f"RSS {r['server_rss_mb']:>6.1f} MB  server CPU {r['server_cpu_pct']:>4.0f} % = {r['server_cpu_us_per_delivery']:>5.1f} µs/delivery  "
+        f"(bench client CPU {r['bench_cpu_pct']:.0f} %){'  [' + r['note'] + ']' if r['note'] else ''}",
         flush=True,
     )
 
@@ -291,7 +317,13 @@ async def main(argv: list[str] | None = None) -> int:
                 else:
                     ap.error(f"unknown target {name}")
                 async with cm as target:
-                    result = await run_load(target, args.rooms, rate, args.duration, args.size)
+                    try:
+                        result = await run_load(target, args.rooms, rate, args.duration, args.size)
+                    except Exception as exc:
+                        for log in Path(tmp).glob("*.log"):  # the server's side of the story
+                            print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+                        print(f"{name} at rate {rate:g}: failed: {exc!r}", flush=True)
+                        continue
                     show(result)
                     results.append(result)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.stack import SignalClient, Stack, signaling_stack
+from tests.support import REDIS_URL, port_open, require
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -29,9 +31,14 @@ ENV = {
 }
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory) -> Stack:
-    async with signaling_stack(tmp_path_factory.mktemp("signal"), **ENV) as s:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["memory", "redis"])
+async def stack(request, tmp_path_factory) -> Stack:
+    """One node for the whole module — in-process hub, then the same tests on the Redis hub."""
+    kw: dict = {}
+    if request.param == "redis":
+        require("Redis", port_open("127.0.0.1", 6379), "start redis-server on 127.0.0.1:6379")
+        kw = {"redis_url": REDIS_URL, "redis_prefix": f"cstest-{secrets.token_hex(4)}"}
+    async with signaling_stack(tmp_path_factory.mktemp("signal"), **kw, **ENV) as s:
         yield s
 
 
@@ -400,7 +407,7 @@ async def test_metrics_exposed(stack: Stack, room) -> None:
         assert name in text, name
 
 
-async def test_graceful_shutdown_closes_1001(tmp_path, room) -> None:
+async def test_graceful_shutdown_closes_1001(tmp_path) -> None:
     async with signaling_stack(tmp_path) as own:
         r = await own.seed_room({"zed": "owner"})
         async with SignalClient.connect(own.ws_url(r.token("zed"))) as c:

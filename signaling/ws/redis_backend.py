@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from . import metrics
 from .connection import Connection
@@ -81,7 +81,10 @@ class RedisHub(Hub):
     def __init__(self, url: str, prefix: str, ttl: float):
         super().__init__()
         self.node = uuid.uuid4().hex[:12]
-        self.redis = Redis.from_url(url, decode_responses=True)
+        # A bounded pool that waits for a free connection (the default one fails with
+        # MaxConnectionsError when hundreds of clients subscribe at once).
+        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=20, decode_responses=True)
+        self.redis = Redis(connection_pool=pool)
         self.ttl = max(0.5, float(ttl))
         self.p = f"{prefix}:sig"
         self.channel = f"{self.p}:bus"
@@ -164,9 +167,15 @@ class RedisHub(Hub):
             pipe.hset(room, self._field(conn), json.dumps(conn.entry(topic), separators=(",", ":")))
             pipe.sadd(f"{self.p}:rooms", topic)
             pipe.sadd(self._noderooms(self.node), topic)
-            await pipe.execute()
-            if topic not in self.views:
-                await self._refresh(topic)
+            first_look = topic not in self.views
+            if first_look:  # the other nodes' entries, read in the same round trip
+                self._reads += 1
+                seq = self._reads
+                pipe.hgetall(room)
+            results = await pipe.execute()
+            if first_look and seq > self._applied.get(topic, 0):
+                self._applied[topic] = seq
+                self.views[topic] = self._parse_view(results[-1])
         else:
             await self._leave(keys=[room, f"{self.p}:rooms"], args=[self._field(conn), topic])
         self._notice(topic)

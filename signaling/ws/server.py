@@ -186,6 +186,15 @@ _IN = {kind: metrics.MESSAGES_IN.labels(kind) for kind in ("publish", "ping", "s
 
 
 async def _handle(state: AppState, hub: Hub, conn: Connection, text: str) -> None:
+    try:
+        await _dispatch(state, hub, conn, text)
+    except Exception:  # noqa: BLE001 - e.g. Redis or the database briefly unavailable
+        log.exception("handling a frame of %s failed", conn.id)
+        metrics.REFUSALS.labels("unavailable").inc()
+        conn.send(protocol.error_frame("unavailable", "the server could not handle this frame now; try again"))
+
+
+async def _dispatch(state: AppState, hub: Hub, conn: Connection, text: str) -> None:
     if not conn.bucket.take():
         _bad(conn, ProtocolError("rate_limited", f"more than {conn.limits.rate:g} frames per second"))
         return
