@@ -19,7 +19,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 T = TypeVar("T")
 
@@ -31,7 +31,14 @@ def examples(default: int) -> int:
 
 
 def fuzz_settings(default_examples: int) -> settings:
+    """Shrinking against live services takes many minutes; it is on only with FUZZ_SHRINK=1
+    (the failing example is printed either way)."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate]
+    if os.environ.get("FUZZ_SHRINK") == "1":
+        phases.append(Phase.shrink)
     return settings(
+        phases=phases,
+        report_multiple_bugs=False,
         max_examples=examples(default_examples),
         deadline=None,  # a live server: timing varies, hangs are caught by LiveLoop.run's timeout
         database=None,  # no .hypothesis/ directory in the work tree; failures print their example
