@@ -234,3 +234,35 @@ def test_bootstrap_migrates_and_makes_each_service_token_once(tmp_path: Path):
     assert second.returncode == 0, second.stderr
     assert {scope: (tokens / scope).read_text().strip() for scope in made} == made
     assert "created" not in second.stdout
+
+
+def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, tmp_path: Path):
+    """Every CODESYNC_* variable compose sets is a real setting (a typo would be ignored silently)."""
+    import os
+
+    from signaling.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # no stray .env file of the working directory
+
+    fields = {f"CODESYNC_{name.upper()}" for name in Settings.model_fields}
+    for name, service in config["services"].items():
+        if service.get("image") != "codesync:latest":
+            continue
+        env = service.get("environment") or {}
+        unknown = {k for k in env if k.startswith("CODESYNC_") and k not in fields and not k.startswith("CODESYNC_OAUTH_")}
+        assert not unknown, f"{name}: not settings: {unknown}"
+        for key in list(os.environ):
+            if key.startswith("CODESYNC_"):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        settings = Settings(_env_file=None)
+        assert settings.effective_database_url.startswith("postgresql+asyncpg://codesync:")
+        assert settings.redis_url == "redis://:redis-pass-456@redis:6379/0"
+        assert settings.turn_url_list and settings.turn_secret == "turn-secret-789"
+        assert settings.oauth_providers() == {}  # empty client ids in .env.example disable providers
+        if name in ("persistence", "runner"):
+            assert settings.ops_port == 9100 and settings.ops_host == "0.0.0.0"
+            assert settings.http_signaling_url == "http://proxy:80"
+        if name == "runner":
+            assert settings.sandbox == "docker"
