@@ -446,8 +446,9 @@ class Soak:
         # A run in room 0, then kill the runner while it runs; the document must stay intact.
         room = self.rooms[0].peers[0].room
         run_id = secrets.token_hex(6)
-        await room.broadcast_app({"op": "run", "run_id": run_id, "language": "python",
-                                  "state_vector": ""})
+        sent = await room.broadcast_app({"op": "run", "run_id": run_id, "language": "python",
+                                         "state_vector": base64.b64encode(room.doc.get_state()).decode()})
+        self.metrics.log(f"run {run_id} requested from {sent} app-capable peers; killing the runner")
         await asyncio.sleep(0.3)
         self.runner.kill9()
         await asyncio.sleep(self.cfg.down)
