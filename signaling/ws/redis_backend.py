@@ -302,6 +302,10 @@ class RedisHub(Hub):
 
     # ------------------------------------------------------------------ fan-out
     async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:
+        if not self.views.get(topic) and topic not in self._refreshing:
+            # No subscriber on another node (and no change notice being processed — a notice
+            # precedes, on the same ordered channel, anything its node publishes): skip Redis.
+            return
         self._outbox.append(f"m {self.node} {t0:.6f} {len(topic)}\n{topic}{frame}")
         self._out_wake.set()
 
