@@ -154,7 +154,7 @@ class RoomRunner:
             decision = await runs.request(
                 RunRequest(
                     run_id=run_id,
-                    language=obj.get("language") if isinstance(obj.get("language"), str) else "",
+                    language=obj["language"][:40] if isinstance(obj.get("language"), str) else "",
                     user_id=user_id,
                     user_name=name,
                     role=role if user_id else None,

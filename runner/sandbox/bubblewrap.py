@@ -225,6 +225,10 @@ class BubblewrapExecution(Execution):
             for task in readers:
                 task.cancel()
             await self._cleanup()
+            # A reader that stopped early (output cap) leaves its pipe open; close it now.
+            transport = getattr(self.proc, "_transport", None)
+            if transport is not None:
+                transport.close()
             status, reason = classify_exit(exit_code)
             if status != "finished" and self.group is not None:
                 if self.group.oom_killed():

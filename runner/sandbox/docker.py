@@ -93,6 +93,9 @@ def container_options(limits: Limits, image: str) -> dict[str, Any]:
         nano_cpus=1_000_000_000,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
+        # docker-init as PID 1: the user's program must not be PID 1, which ignores signals it
+        # has no handler for (SIGXCPU from RLIMIT_CPU would only ever end in SIGKILL).
+        init=True,
         ulimits=[
             docker.types.Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
             docker.types.Ulimit(name="as", soft=limits.address_space_bytes, hard=limits.address_space_bytes),
