@@ -17,7 +17,6 @@ import pytest
 from peer import Room
 from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
-from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (fixtures)
 from tests.support import Service, child_env, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -9,7 +9,6 @@ import pytest
 
 from runner.languages import LanguageError, LanguageTable
 from runner.sandbox.base import Limits
-from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (fixtures)
 from tests.test_sandbox_abuse import run, sandbox  # noqa: F401  (fixture + helper)
 
 pytestmark = pytest.mark.timeout(120)

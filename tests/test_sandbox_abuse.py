@@ -17,7 +17,6 @@ import pytest
 from runner.languages import LanguageTable
 from runner.sandbox.base import Limits, RunResult, Sandbox, run_collect
 from runner.sandbox.bubblewrap import BubblewrapSandbox
-from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (fixtures)
 from tests.support import free_port, require
 
 pytestmark = pytest.mark.timeout(120)
