@@ -28,6 +28,7 @@ ENV = {
     "CODESYNC_SIGNAL_SEND_QUEUE": "50",
     "CODESYNC_SIGNAL_MAX_STRIKES": "5",
     "CODESYNC_SIGNAL_MAX_FRAME": "8192",
+    "CODESYNC_SIGNAL_HEARTBEAT": "2",
 }
 
 
@@ -386,6 +387,24 @@ async def test_client_that_stops_reading_is_dropped(tmp_path) -> None:
             finally:
                 writer.close()
         assert "send buffer full" in own.nodes[0].log()
+
+
+async def test_keepalive_pings_and_drops_a_silent_client(stack: Stack, room) -> None:
+    """WebSocket-level heartbeat: a ping every CODESYNC_SIGNAL_HEARTBEAT s; no pong -> closed."""
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as good:  # answers pings
+        await good.subscribe(room.id)
+        await good.expect("presence")
+        reader, writer = await raw_upgrade(stack, room.token("bob"))  # never answers pings
+        try:
+            first = await asyncio.wait_for(reader.readexactly(2), 5)
+            assert first[0] == 0x89  # FIN + ping
+            await asyncio.wait_for(reader.read(), 10)  # EOF: the server gave up on the silent one
+        finally:
+            writer.close()
+        # the ponging client lived through the same heartbeat intervals
+        assert not good.closed
+        await good.send({"type": "ping"})
+        await good.expect("pong")
 
 
 # ----------------------------------------------------------------------------- ops
