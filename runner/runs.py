@@ -26,11 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pycrdt
+from prometheus_client import Counter, Histogram
 
 from .languages import LanguageError, LanguageTable
 from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
+
+RUNS = Counter("codesync_runner_runs_total", "finished runs by final status and language", ["status", "language"])
+FIRST_OUTPUT = Histogram(
+    "codesync_runner_first_output_seconds",
+    "run start (sandbox launch) to its first output byte",
+    buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5),
+)
 
 RUN_ROLES = frozenset({"editor", "owner"})
 FINAL = frozenset({"finished", "failed", "timeout", "killed", "refused"})
@@ -257,8 +265,11 @@ class RoomRuns:
         if pending.stop_reason:
             await execution.stop("killed", pending.stop_reason)
         writer = _OutputWriter(self, run_id, self.config.batch_interval)
+        launched = time.monotonic()
         try:
             async for chunk in execution:
+                if not writer.flushed and not writer.pending:
+                    FIRST_OUTPUT.observe(time.monotonic() - launched)
                 writer.add(chunk.stream, chunk.data)
             result = await execution.wait()
         except asyncio.CancelledError:
@@ -266,6 +277,7 @@ class RoomRuns:
             raise
         finally:
             writer.close()
+        RUNS.labels(result.status, pending.language).inc()
         if result.truncated:
             writer.append_now("stderr", TRUNCATED_MARKER)
         self._set(

@@ -247,6 +247,18 @@ class RunnerService:
     def signaling_ok(self) -> bool | str:
         return True if self.client is not None and self.client.connected else "not connected"
 
+    async def sandbox_ok(self) -> bool | str:
+        """bubblewrap: the binary is there; docker: the engine answers."""
+        if self.sandbox.name == "docker":
+            try:
+                await asyncio.to_thread(self.sandbox.client.ping)  # type: ignore[attr-defined]
+                return True
+            except Exception as exc:  # noqa: BLE001
+                return f"docker: {type(exc).__name__}"
+        import os
+
+        return True if os.access(getattr(self.sandbox, "bwrap", ""), os.X_OK) else "bwrap missing"
+
     async def stop(self) -> None:
         self._stopping = True
         await asyncio.gather(*(k.stop() for k in list(self.rooms.values())), return_exceptions=True)
@@ -277,7 +289,7 @@ async def run_runner(settings: Settings) -> int:
         log.error("runner could not start: %s", exc)
         await service.stop()
         return 1
-    async with ops_server(settings, "runner", {"signaling": service.signaling_ok}):
+    async with ops_server(settings, "runner", {"signaling": service.signaling_ok, "sandbox": service.sandbox_ok}):
         await stop.wait()
         log.info("stopping: %d rooms", len(service.rooms))
         await service.stop()

@@ -11,13 +11,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
+import httpx
 import pycrdt
 import pytest
 
 from peer import Room
 from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
-from tests.support import Service, child_env, require, start_service, wait_for
+from tests.support import Service, child_env, free_port, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,7 +109,9 @@ async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterat
 
 
 async def test_run_is_seen_live_by_every_peer_and_viewer_is_refused(tmp_path):
-    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ann", "vic") as (ann, vic):
+    ops = free_port()
+    async with runner_stack(tmp_path, CODESYNC_OPS_PORT=str(ops)) as (stack, seeded, runner), \
+            clients(stack, seeded, "ann", "vic") as (ann, vic):
         await wait_for(ann.runner, timeout=30, what="runner joined")
         await wait_for(
             lambda: any(isinstance(st, dict) and st.get("service") == "runner" and "c" in st.get("languages", [])
@@ -136,6 +139,12 @@ async def test_run_is_seen_live_by_every_peer_and_viewer_is_refused(tmp_path):
         assert "v1" not in ann.runs
         stop_refused = await vic.request("stop", "r1")
         assert stop_refused["op"] == "stop-refused"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops}", timeout=5) as http:
+            health = (await http.get("/healthz")).json()
+            assert health["checks"] == {"signaling": "ok", "sandbox": "ok"}, health
+            metrics = (await http.get("/metrics")).text
+            assert 'codesync_runner_runs_total{language="python",status="finished"} 1.0' in metrics
+            assert 'codesync_runner_requests_total{op="run",outcome="refused"} 1.0' in metrics
 
 
 async def test_stop_mid_run_and_runner_survives_a_vanishing_peer(tmp_path):
