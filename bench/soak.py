@@ -477,6 +477,9 @@ class Soak:
                     value = rss_kib(proc.pid)
                     if value is not None:
                         m.rss.setdefault(proc.role, []).append((t, value))
+            if int(t) % 15 == 0:
+                done = [r.done_txns for r in self.rooms]
+                m.log(f"progress: {sum(done)} of {sum(len(r.trace.txns) for r in self.rooms)} trace txns {done}")
             await asyncio.sleep(1.0)
 
     # --------------------------------------------------------------- run + verify

@@ -98,6 +98,26 @@ class PeerConnection:
     def buffered_amount(self) -> int:
         return self._channel.bufferedAmount if self._channel is not None else 0
 
+    def _unsent(self) -> bool:
+        """Data still queued here or not yet acknowledged by the remote's SCTP stack."""
+        if self.buffered_amount:
+            return True
+        sctp = self._pc.sctp
+        queues = ("_data_channel_queue", "_outbound_queue", "_sent_queue")
+        return any(getattr(sctp, name, None) for name in queues)
+
+    async def drain(self, timeout: float = 2.0) -> bool:
+        """Wait (bounded) until everything sent so far is acknowledged, so a close right
+        after the last edit does not drop it (found by the soak: ``Room.stop()`` lost the
+        final flush about one time in five). True when drained."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.open and self._unsent():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     # ------------------------------------------------------------------ signalling
     async def start(self) -> None:
         """Initiator only: make the channel and send the offer (candidates included)."""

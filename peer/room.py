@@ -252,6 +252,9 @@ class Room:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        # The final flush is only queued in SCTP. Let it be acknowledged BEFORE leaving the
+        # signaling topic: the others drop our link as soon as presence says we left.
+        await asyncio.gather(*(link.conn.drain() for link in list(self._links.values())), return_exceptions=True)
         await self._signaling.unsubscribe(self.room_id)
         if self._own_signaling:
             await self._signaling.stop()
