@@ -101,9 +101,6 @@ class Connection:
         }
 
     # ------------------------------------------------------------------ sending
-    def start(self) -> None:
-        """Nothing to start: a writer task exists only while there is a backlog."""
-
     def send(self, text: str) -> None:
         metrics.MESSAGES_OUT.inc()
         self.send_frame(encode_text_frame(text))

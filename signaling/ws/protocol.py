@@ -62,13 +62,6 @@ class Ping:
 Message = Union[Subscribe, Unsubscribe, Publish, Ping]
 
 
-def decode_text(payload: bytes) -> str:
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("invalid_utf8", "frame is not valid UTF-8") from None
-
-
 def parse(text: str) -> Message:
     """One client text frame -> a message, or :class:`ProtocolError`."""
     try:

@@ -98,7 +98,6 @@ async def signal_handler(request: web.Request) -> web.WebSocketResponse:
         await _refuse(ws, "too_many_connections", "too many connections for this user", protocol.CLOSE_TOO_MANY_CONNECTIONS)
         return ws
 
-    conn.start()
     await hub.attach(conn)
     expiry = _schedule_expiry(conn)
     try:
