@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     signal_heartbeat: float = Field(default=20.0, description="seconds between WebSocket pings")
     signal_max_frame: int = Field(default=64 * 1024, description="bytes per incoming frame")
     signal_max_topics: int = 32
+    signal_service_max_topics: int = Field(default=10000, description="rooms one service connection may join")
+    signal_service_rate: float = Field(default=5000.0, description="frames per second per service connection")
+    signal_service_send_queue: int = Field(default=65536, description="frames buffered for a service connection")
     signal_rate: float = Field(default=100.0, description="frames per second per connection (burst: 2x)")
     signal_max_conns_per_user: int = 20
     signal_send_queue: int = Field(default=1024, description="frames buffered for a slow reader before it is dropped")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.stack import SignalClient, Stack, signaling_stack
+from tests.stack import SignalClient, Stack, add_member, signaling_stack
 from tests.support import REDIS_URL, port_open, require
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 ENV = {
     "CODESYNC_SIGNAL_RATE": "40",
     "CODESYNC_SIGNAL_MAX_TOPICS": "3",
+    "CODESYNC_SIGNAL_SERVICE_MAX_TOPICS": "5",
     "CODESYNC_SIGNAL_MAX_CONNS_PER_USER": "3",
     "CODESYNC_SIGNAL_SEND_QUEUE": "50",
     "CODESYNC_SIGNAL_MAX_STRIKES": "5",
@@ -309,13 +310,22 @@ async def test_rate_limit(stack: Stack, room) -> None:
 
 async def test_topics_per_connection(stack: Stack, room) -> None:
     async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
-        extra = [await stack.seed_room({"alice2": "owner"}) for _ in range(3)]
-        # alice is only a member of room; use a service token to test the topic limit alone
+        extra = [await stack.seed_room({"alice2": "owner"}) for _ in range(5)]
+        # alice2 of the first extra room joins three more: a user connection holds at most 3 topics
+        member = extra[0].user("alice2")
+        for r in extra[1:4]:
+            await add_member(stack.database_url, stack.secret, r.id, member.id, "editor")
+        async with SignalClient.connect(stack.ws_url(member.token)) as u:
+            await u.subscribe(*[r.id for r in extra[:4]])
+            err = await u.expect("error")
+            assert err["code"] == "too_many_topics" and err["topic"] == extra[3].id
+        # a service peer sits in every active room: its own, larger limit (5 here)
         svc = await stack.service_token("runner")
         async with SignalClient.connect(stack.ws_url(svc)) as s:
             await s.subscribe(room.id, *[r.id for r in extra])
             err = await s.expect("error")
             assert err["code"] == "too_many_topics" and err["topic"] == extra[-1].id
+            assert [f for f in s.frames if f["type"] == "error"] == [err]  # rooms 1-5 were accepted
         await c.subscribe(room.id)
         await c.expect("presence")
 

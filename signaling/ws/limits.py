@@ -7,7 +7,7 @@ a client that stops reading. These keep one client from hurting the others.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..settings import Settings
 
@@ -34,6 +34,19 @@ class Limits:
             send_queue=settings.signal_send_queue,
             max_strikes=settings.signal_max_strikes,
             heartbeat=settings.signal_heartbeat,
+        )
+
+    @classmethod
+    def for_services(cls, settings: Settings) -> "Limits":
+        """Service peers (persistence, runner) sit in every active room over one connection,
+        so they get room-count topics and a frame rate that grows with the rooms they serve."""
+        user = cls.from_settings(settings)
+        return replace(
+            user,
+            max_topics=settings.signal_service_max_topics,
+            rate=settings.signal_service_rate,
+            burst=max(1.0, settings.signal_service_rate * 2),
+            send_queue=max(user.send_queue, settings.signal_service_send_queue),
         )
 
 

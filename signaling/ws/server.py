@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from ..access import room_role
 from ..errors import ApiError
+from ..logs import CONN_ID
 from ..principal import Principal, principal_from_token, require_user
 from ..state import STATE, AppState, get_state
 from ..tokens import TokenError
@@ -29,6 +30,7 @@ log = logging.getLogger("codesync.signal")
 
 HUB: web.AppKey[Hub] = web.AppKey("codesync_signal_hub", Hub)
 LIMITS: web.AppKey[Limits] = web.AppKey("codesync_signal_limits", Limits)
+SERVICE_LIMITS: web.AppKey[Limits] = web.AppKey("codesync_signal_service_limits", Limits)
 
 
 def setup(app: web.Application) -> None:
@@ -53,6 +55,7 @@ async def _hub_context(app: web.Application):
     await hub.start()
     app[HUB] = hub
     app[LIMITS] = Limits.from_settings(state.settings)
+    app[SERVICE_LIMITS] = Limits.for_services(state.settings)
     try:
         yield
     finally:
@@ -92,7 +95,10 @@ async def signal_handler(request: web.Request) -> web.WebSocketResponse:
     principal = await _authenticate(state, ws, request.query.get("token"))
     if principal is None:
         return ws
+    if principal.is_service:
+        limits = request.app[SERVICE_LIMITS]
     conn = Connection(ws, principal, limits, request.transport, request.writer.drain)
+    CONN_ID.set(conn.id)
     if not hub.can_attach(conn, limits.max_conns_per_user):
         metrics.REFUSALS.labels("too_many_connections").inc()
         await _refuse(ws, "too_many_connections", "too many connections for this user", protocol.CLOSE_TOO_MANY_CONNECTIONS)
