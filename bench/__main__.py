@@ -1,0 +1,47 @@
+"""``python -m bench [NAME ...]`` (``make bench``): run the benchmarks one after another.
+
+Each benchmark is also a module of its own with its own options (``python -m bench.NAME
+--help``); this runner only calls them with their defaults so that one command reproduces
+the README's tables. ``soak`` runs only when named (it takes minutes and injects faults).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+BENCHMARKS = {
+    "signaling_load": "/signal fan-out vs the reference y-webrtc server",
+    "peer_bench": "peer join, edit latency, trace replay, memory per connection",
+    "persistence_write": "persistence store write throughput (SQLite)",
+    "persistence_trace": "trace replay until the persistence peer stored it",
+    "runner_latency": "run request to first output / finished, per language and sandbox",
+    "browser_latency": "keystroke in one Chromium page to text in another",
+    "soak": "fault-injecting soak (only when named)",
+}
+DEFAULT = [name for name in BENCHMARKS if name != "soak"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or DEFAULT
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        print(f"\n=== {name}: {BENCHMARKS[name]} ===", flush=True)
+        started = time.monotonic()
+        code = subprocess.call([sys.executable, "-m", f"bench.{name}"])
+        print(f"=== {name}: exit {code} after {time.monotonic() - started:.1f} s ===", flush=True)
+        if code != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
