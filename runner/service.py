@@ -32,6 +32,7 @@ from pycrdt import Doc
 
 from signaling.settings import Settings
 
+from .identity import RunnerIdentity
 from .languages import LanguageTable
 from .runs import RoomRuns, RunnerConfig, RunRequest
 from .sandbox.base import Limits, Sandbox
@@ -43,11 +44,11 @@ REQUESTS = Counter("codesync_runner_requests_total", "run/stop requests by op an
 ROOMS = Gauge("codesync_runner_rooms", "rooms the runner is in")
 
 
-def make_sandbox(settings: Settings) -> Sandbox:
+def make_sandbox(settings: Settings, identity: RunnerIdentity | None = None) -> Sandbox:
     if settings.sandbox == "docker":
         from .sandbox.docker import DockerSandbox
 
-        return DockerSandbox(settings.runner_docker_url, image=settings.runner_image)
+        return DockerSandbox(settings.runner_docker_url, image=settings.runner_image, identity=identity)
     from .sandbox.bubblewrap import BubblewrapSandbox
 
     return BubblewrapSandbox()
@@ -188,7 +189,8 @@ def _state_vector(value: Any) -> bytes | None:
 class RunnerService:
     def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
         self.settings = settings
-        self.sandbox = sandbox or make_sandbox(settings)
+        self.identity = RunnerIdentity.current(settings.runner_instance)
+        self.sandbox = sandbox or make_sandbox(settings, self.identity)
         self.languages = LanguageTable.load(settings.runner_languages)
         self.config = runner_config(settings)
         self.client: Any = None
@@ -215,7 +217,7 @@ class RunnerService:
         try:
             removed = await sandbox.cleanup_leftovers()  # type: ignore[attr-defined]
             if removed:
-                log.info("removed %d containers left by an earlier runner", removed)
+                log.info("removed %d containers left by an earlier run of runner %s", removed, self.identity.instance)
             await asyncio.to_thread(ensure_image, sandbox.client, self.settings.runner_image)  # type: ignore[attr-defined]
             await sandbox.prewarm(self.config.limits, self.settings.runner_image)
         except (ImageError, Exception) as exc:  # noqa: BLE001 - runs will report it; keep serving

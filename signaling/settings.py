@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     runner_processes: int = 64
     runner_output_kb: int = 64
     runner_idle_grace: float = Field(default=30.0, description="seconds in a room after room-idle")
+    # This runner's id, stable across its restarts (default: the hostname): scopes the Docker
+    # leftovers it removes at start and the stale runs it fails (runner/identity.py).
+    runner_instance: str | None = None
     # /signal WebSocket (signaling/ws): presence expiry, keepalive and per-connection limits.
     presence_ttl: float = Field(default=15.0, description="seconds a node's presence outlives its last heartbeat")
     signal_heartbeat: float = Field(default=20.0, description="seconds between WebSocket pings")

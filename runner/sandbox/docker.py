@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..identity import RunnerIdentity
 from ..image import DEFAULT_TAG
 from .base import Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 WORK_DIR = "/work"
 LABEL = "codesync.runner"
+INSTANCE_LABEL = "codesync.runner.instance"  # stable across restarts of one runner (runner/identity.py)
+SESSION_LABEL = "codesync.runner.session"  # host:pid:start of the process that made the container
 ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": WORK_DIR,
@@ -69,7 +72,7 @@ def run_script(spec: RunSpec) -> str:
     return " && ".join([*lines, spec.script()])
 
 
-def container_options(limits: Limits, image: str) -> dict[str, Any]:
+def container_options(limits: Limits, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The ``containers.create`` keyword arguments for one run (pure: easy to inspect)."""
     import docker.types
 
@@ -105,7 +108,7 @@ def container_options(limits: Limits, image: str) -> dict[str, Any]:
             docker.types.Ulimit(name="core", soft=0, hard=0),
         ],
         log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
-        labels={LABEL: "1"},
+        labels={LABEL: "1", **(labels or {})},
         # The SDK sets StdinOnce (EOF on the container's stdin when we close ours) only for
         # stdin_open with detach=False; detach here is just that config flag, create never blocks.
         stdin_open=True,
@@ -138,9 +141,16 @@ class DockerSandbox(Sandbox):
     name = "docker"
 
     def __init__(
-        self, base_url: str | None = None, image: str = DEFAULT_TAG, client: Any = None, pool_size: int = 1
+        self,
+        base_url: str | None = None,
+        image: str = DEFAULT_TAG,
+        client: Any = None,
+        pool_size: int = 1,
+        identity: RunnerIdentity | None = None,
     ) -> None:
         self.base_url = base_url
+        self.identity = identity or RunnerIdentity.current()
+        self.labels = {INSTANCE_LABEL: self.identity.instance, SESSION_LABEL: self.identity.session}
         self.image = image
         self.pool_size = pool_size
         self._client = client
@@ -164,7 +174,7 @@ class DockerSandbox(Sandbox):
 
     def _prepare(self, image: str, limits: Limits) -> _Warm:
         """Create, attach (before start, so nothing is missed) and start one container."""
-        container = self.client.containers.create(**container_options(limits, image))
+        container = self.client.containers.create(**container_options(limits, image, self.labels))
         try:
             sock = self.client.api.attach_socket(
                 container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -265,11 +275,21 @@ class DockerSandbox(Sandbox):
                 await asyncio.to_thread(self._client.close)
 
     async def cleanup_leftovers(self) -> int:
-        """Remove containers a crashed runner left behind (labelled ``codesync.runner``)."""
+        """Remove containers an earlier process of *this* runner instance left behind.
+
+        Only containers labelled with our instance id, made by another session whose process
+        is not alive on this host, are removed: another runner sharing the daemon (other
+        instance id) keeps its warm pool and its running runs. Unscoped containers (only
+        ``codesync.runner``, from before the instance label) are left alone too.
+        """
 
         def sweep() -> int:
             count = 0
-            for container in self.client.containers.list(all=True, filters={"label": LABEL}):
+            filters = {"label": [LABEL, f"{INSTANCE_LABEL}={self.identity.instance}"]}
+            for container in self.client.containers.list(all=True, filters=filters):
+                labels = container.labels or {}
+                if not self.identity.owns_leftover(labels.get(INSTANCE_LABEL), labels.get(SESSION_LABEL)):
+                    continue
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
                     count += 1
