@@ -62,6 +62,8 @@ class Connection:
         # topic -> peer ids this connection used as ``from`` in that topic (for presence)
         self.peer_ids: dict[str, set[str]] = {}
         self.bound: set[str] = set()  # every peer id bound to this connection
+        # topics this connection was dropped from after losing its membership while connected
+        self.revoked: set[str] = set()
         self.bucket = TokenBucket(limits.rate, limits.burst)
         self.strikes = 0
         self.closing = False  # decided to close (e.g. after too many strikes): ignore further frames

@@ -14,13 +14,21 @@ peer ids, remote fan-out) through the hooks at the bottom.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from . import metrics
 from .connection import Connection, encode_text_frame
-from .protocol import presence_frame, publish_frame, room_state_frame
+from .protocol import error_frame, presence_frame, publish_frame, room_state_frame
+
+log = logging.getLogger("codesync.signal")
+
+# (topic, user ids) -> user id -> role value, or None when no longer a member (or no room).
+RoleLookup = Callable[[str, Iterable[str]], Awaitable[dict[str, "str | None"]]]
 
 Entry = dict[str, Any]  # {"u": user_id, "n": name, "r": role, "s": service, "p": [peer ids]}
 
@@ -54,6 +62,8 @@ class Hub(ABC):
         self.user_conns: dict[str, int] = {}
         self.active: set[str] = set()  # rooms with >= 1 user subscriber (anywhere)
         self._presence_sent: dict[str, list[dict[str, Any]]] = {}
+        self.role_lookup: RoleLookup | None = None  # set by the server (database access)
+        self._rechecks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -128,6 +138,66 @@ class Hub(ABC):
                 self._presence_sent.pop(topic, None)
                 metrics.ROOMS.dec()
         await self._entry_changed(conn, topic, present=False)
+
+    async def set_role(self, conn: Connection, topic: str, role: str) -> None:
+        """A subscriber's role changed while connected: new ``sender`` stamps, new presence."""
+        if topic not in conn.roles or conn.roles[topic] == role:
+            return
+        conn.roles[topic] = role
+        await self._entry_changed(conn, topic, present=True)
+
+    # ------------------------------------------------------------------ membership changes
+    async def membership_changed(self, topic: str, user_id: str | None) -> None:
+        """A membership of ``topic`` changed through the REST API on this node.
+
+        ``user_id`` None: the room was deleted. Every node re-checks its own subscribers
+        (the REST call may land on another node than the user's sockets).
+        """
+        await self._broadcast_membership(topic, user_id)
+        await self.recheck(topic, user_id)
+
+    def recheck_soon(self, topic: str, user_id: str | None) -> None:
+        """:meth:`recheck` from a synchronous context (the Redis bus listener)."""
+        task = asyncio.create_task(self.recheck(topic, user_id))
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def recheck(self, topic: str, user_id: str | None) -> None:
+        """Re-read the roles of this node's user subscribers of ``topic`` (all, or ``user_id``'s).
+
+        A user who is no longer a member is unsubscribed and told with a ``forbidden`` error
+        frame for the topic (the connection and its other topics stay); a changed role takes
+        effect in ``sender`` stamps and presence. Service connections are not affected.
+        """
+        subs = self.topics.get(topic)
+        if not subs or self.role_lookup is None:
+            return
+        conns = [
+            c for c in subs.values()
+            if not c.is_service and c.principal.user_id and (user_id is None or c.principal.user_id == user_id)
+        ]
+        if not conns:
+            return
+        try:
+            roles = await self.role_lookup(topic, {c.principal.user_id or "" for c in conns})
+        except Exception:  # noqa: BLE001 - database briefly gone: keep the old roles, log it
+            log.exception("re-checking memberships of %s failed", topic)
+            return
+        for conn in conns:
+            if topic not in conn.roles or conn.closed:
+                continue
+            role = roles.get(conn.principal.user_id or "")
+            if role is None:
+                await self.unsubscribe(conn, topic)
+                conn.revoked.add(topic)
+                metrics.REFUSALS.labels("revoked").inc()
+                why = "the room was deleted" if user_id is None else "you are no longer a member of this room"
+                conn.send(error_frame("forbidden", why, topic))
+            else:
+                await self.set_role(conn, topic, role)
+
+    async def _broadcast_membership(self, topic: str, user_id: str | None) -> None:  # noqa: B027
+        """Tell the other nodes (Redis backend)."""
 
     async def claim_peer_id(self, conn: Connection, topic: str, peer_id: str) -> bool:
         """Bind ``peer_id`` to ``conn`` (first user wins; the same principal may take it over)."""

@@ -7,7 +7,9 @@ Layout (``P`` = ``{redis_prefix}:sig``):
 - ``P:rooms`` — set of topics that have entries; ``P:noderooms:{node}`` — topics a node wrote to.
 - ``P:peer:{peer id}`` — ``{principal}|{node}:{conn}``: who owns a peer id; expires with the node.
 - channel ``P:bus`` — ``m`` frames (a publish, already serialized with ``sender`` and ``clients``,
-  forwarded as is to the node's local subscribers) and ``c`` notices ("topic X's entries changed").
+  forwarded as is to the node's local subscribers), ``c`` notices ("topic X's entries changed")
+  and ``r`` notices ("a membership of topic X changed": user id, or empty when the room was
+  deleted — every node re-checks its subscribers of X).
 
 A node that stops heartbeating for ``presence_ttl`` seconds is reaped by whichever node notices
 first: its entries are deleted and a ``c`` notice goes out, so its peers leave everyone's
@@ -300,6 +302,14 @@ class RedisHub(Hub):
             except Exception:  # noqa: BLE001 - expires on its own
                 log.debug("release of %s failed", peer_id, exc_info=True)
 
+    async def _broadcast_membership(self, topic: str, user_id: str | None) -> None:
+        """An ``r`` notice: every other node re-checks its subscribers of ``topic``.
+
+        Published directly (not through the outbox), so the REST call that changed the
+        membership returns only once every node has been told.
+        """
+        await self.redis.publish(self.channel, f"r {self.node} 0 {len(topic)}\n{topic}{user_id or ''}")
+
     # ------------------------------------------------------------------ fan-out
     async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:
         if not self.views.get(topic) and topic not in self._refreshing:
@@ -359,6 +369,8 @@ class RedisHub(Hub):
                 metrics.FANOUT.observe(max(0.0, time.time() - float(t0)))
         elif kind == "c" and self._tracked(topic):
             self._schedule_refresh(topic)
+        elif kind == "r" and topic in self.topics:
+            self.recheck_soon(topic, rest[size:] or None)
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from aiohttp import WSMsgType, web
 
@@ -17,6 +18,7 @@ from ..access import room_role
 from ..errors import ApiError
 from ..logs import CONN_ID
 from ..principal import Principal, principal_from_token, require_user
+from ..rooms import LISTENERS_KEY, add_membership_listener
 from ..state import STATE, AppState, get_state
 from ..tokens import TokenError
 from . import metrics, protocol
@@ -56,9 +58,21 @@ async def _hub_context(app: web.Application):
     app[HUB] = hub
     app[LIMITS] = Limits.from_settings(state.settings)
     app[SERVICE_LIMITS] = Limits.for_services(state.settings)
+
+    async def lookup(topic: str, user_ids: Iterable[str]) -> dict[str, str | None]:
+        async with state.sessions() as session:
+            found = {uid: await room_role(session, topic, uid) for uid in user_ids}
+        return {uid: (role.value if role is not None else None) for uid, role in found.items()}
+
+    # Membership changes made through the REST API (on this node) while users are connected.
+    hub.role_lookup = lookup
+    add_membership_listener(state, hub.membership_changed)
     try:
         yield
     finally:
+        listeners = state.extras.get(LISTENERS_KEY, [])
+        if hub.membership_changed in listeners:
+            listeners.remove(hub.membership_changed)
         await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
         await hub.stop()
 
@@ -241,12 +255,19 @@ async def _subscribe(state: AppState, hub: Hub, conn: Connection, topics: tuple[
                 conn.send(protocol.error_frame("forbidden", "not a member of this room", topic))
                 continue
             role = found.value
+        conn.revoked.discard(topic)
         await hub.subscribe(conn, topic, role)
 
 
 async def _publish(hub: Hub, conn: Connection, message: protocol.Publish) -> None:
     topic = message.topic
     if topic not in conn.roles:
+        if topic in conn.revoked:
+            # Membership removed while connected: a stock y-webrtc client never learns it and
+            # keeps publishing (announces, answers) — refuse without a strike, no 1008 close.
+            metrics.REFUSALS.labels("forbidden").inc()
+            conn.send(protocol.error_frame("forbidden", "no longer a member of this room", topic))
+            return
         _bad(conn, ProtocolError("not_subscribed", "subscribe to a topic before publishing to it", topic))
         return
     if message.peer_id is not None and not await hub.claim_peer_id(conn, topic, message.peer_id):
