@@ -11,7 +11,18 @@ the ``Decision``; everything else happens here, on the room's pycrdt ``Doc``:
   requested_by, started_at / finished_at (epoch ms), exit_code, ``output`` Y.Text. Output is
   appended in ~50 ms batches (one transaction each, so peers get few, larger updates), stderr
   with the attribute ``{"stream": "stderr"}``, capped by the sandbox with a clear marker;
-- only the newest ``keep_runs`` runs are kept, so the document does not grow without bound.
+- only the newest ``keep_runs`` runs are kept, so the document does not grow without bound;
+- a refusal an editor/owner should see in the room (unknown language, queue full, rate
+  limit, state vector not reached, bad state vector) is also written as a run with status
+  ``refused`` and its ``reason`` — at most ``refusal_burst`` of them per user and then
+  ``refusal_per_minute``, pruned like any run; viewers, unknown users, bad or duplicate run
+  ids never write anything, they only get the reply;
+- every run entry names its owner (``runner_instance``, ``runner_session``, runner/identity.py)
+  and its ``updated_at`` is refreshed every ``heartbeat`` seconds while it is queued/running.
+  ``recover()`` (called by ``maintain()``) fails queued/running runs nobody serves any more:
+  at once for an earlier, dead session of our own instance; otherwise only once the entry
+  has not changed for ``stale_after`` seconds of *our* clock (no clock-skew assumptions), so
+  two runners sharing a room never fail each other's live runs.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from dataclasses import dataclass, field
 import pycrdt
 from prometheus_client import Counter, Histogram
 
+from .identity import RunnerIdentity, session_alive
 from .languages import LanguageError, LanguageTable
 from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError
 
@@ -54,6 +66,10 @@ class RunnerConfig:
     keep_runs: int = 20
     batch_interval: float = 0.05
     sync_timeout: float = 5.0  # waiting for the requester's state vector
+    refusal_per_minute: float = 6.0  # refused runs written into the document, per user
+    refusal_burst: float = 3.0
+    heartbeat: float = 5.0  # refresh updated_at of our live runs; look for stale ones
+    stale_after: float = 20.0  # another runner's live run unchanged this long is failed
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,7 @@ class RoomRuns:
         languages: LanguageTable,
         config: RunnerConfig | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        identity: RunnerIdentity | None = None,
     ) -> None:
         self.doc = doc
         self.sandbox = sandbox
@@ -152,11 +169,20 @@ class RoomRuns:
         self._queue: deque[_Pending] = deque()
         self._current: _Pending | None = None
         self._worker: asyncio.Task | None = None
+        self.identity = identity or RunnerIdentity.current()
         self._buckets: dict[str, _Bucket] = {}
+        self._refusal_buckets: dict[str, _Bucket] = {}
         self._reserved: set[str] = set()  # run ids accepted-in-progress (waiting for sync)
+        self._seen: dict[str, tuple[tuple, float]] = {}  # run id -> (what it looked like, since)
         self._doc_changed = asyncio.Event()
-        self._subscription = doc.observe(lambda _event: self._doc_changed.set())
+        self._runs_changed = asyncio.Event()
+        self._subscription = doc.observe(self._on_doc_change)
+        self._maintainer: asyncio.Task | None = None
         self._closed = False
+
+    def _on_doc_change(self, _event) -> None:
+        self._doc_changed.set()
+        self._runs_changed.set()
 
     # ------------------------------------------------------------------ requests
     async def request(self, req: RunRequest) -> Decision:
@@ -167,28 +193,33 @@ class RoomRuns:
             return refuse("invalid run_id")
         if req.role not in RUN_ROLES:
             return refuse("only editors and owners may run code")
+        if req.run_id in self.runs or req.run_id in self._reserved:
+            return refuse("duplicate run_id")
+        # From here on the requester may write runs: a refusal is also shown in the room.
         try:
             language = self.languages.get(req.language)
         except LanguageError as exc:
-            return refuse(str(exc))
-        if req.run_id in self.runs or req.run_id in self._reserved:
-            return refuse("duplicate run_id")
+            return self._refuse_visibly(req, req.language, str(exc))
         if self._waiting() >= self.config.queue_size:
-            return refuse("too many runs queued in this room; try again shortly")
+            return self._refuse_visibly(req, language.name, "too many runs queued in this room; try again shortly")
         bucket = self._buckets.setdefault(
             req.user_id, _Bucket(self.config.rate_per_minute / 60.0, self.config.rate_burst, self._monotonic())
         )
         if not bucket.take(self._monotonic()):
-            return refuse("rate limit: too many runs, wait a moment")
+            return self._refuse_visibly(req, language.name, "rate limit: too many runs, wait a moment")
         self._reserved.add(req.run_id)
         try:
             if req.state_vector is not None:
                 try:
                     theirs = decode_state_vector(req.state_vector)
                 except ValueError:
-                    return refuse("invalid state_vector")
+                    self._reserved.discard(req.run_id)
+                    return self._refuse_visibly(req, language.name, "invalid state_vector")
                 if not await self._wait_covered(theirs, self.config.sync_timeout):
-                    return refuse("the runner has not received your latest edits yet; try again")
+                    self._reserved.discard(req.run_id)
+                    return self._refuse_visibly(
+                        req, language.name, "the runner has not received your latest edits yet; try again"
+                    )
             if self._closed:
                 return refuse("runner is shutting down")
             source = str(self.doc.get("source", type=pycrdt.Text))
@@ -201,6 +232,19 @@ class RoomRuns:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="room-runs")
         return Decision(True, req.run_id)
+
+    def _refuse_visibly(self, req: RunRequest, language: str, reason: str) -> Decision:
+        """Refuse, and record the refusal as a ``refused`` run unless this user already wrote
+        their share of refusals lately (the reply is sent either way)."""
+        if self._closed or req.run_id in self.runs or req.run_id in self._reserved:
+            return Decision(False, req.run_id, reason)
+        bucket = self._refusal_buckets.setdefault(
+            req.user_id, _Bucket(self.config.refusal_per_minute / 60.0, self.config.refusal_burst, self._monotonic())
+        )
+        if bucket.take(self._monotonic()):
+            self._write_new(req, language[:40], status="refused", reason=reason, finished_at=_now_ms())
+            self._prune()
+        return Decision(False, req.run_id, reason)
 
     async def stop(self, run_id: str, role: str | None, by: str = "") -> Decision:
         if role not in RUN_ROLES:
@@ -294,20 +338,25 @@ class RoomRuns:
         entry = self.runs.get(run_id)
         return entry if isinstance(entry, pycrdt.Map) else None
 
-    def _write_new(self, req: RunRequest, language: str) -> None:
+    def _write_new(self, req: RunRequest, language: str, status: str = "queued", **extra) -> None:
+        now = _now_ms()
         with self.doc.transaction(origin="runner"):
             self.runs[req.run_id] = pycrdt.Map(
                 {
-                    "status": "queued",
+                    "status": status,
                     "language": language,
                     "requested_by": req.user_id,
                     "requested_by_name": req.user_name,
-                    "requested_at": _now_ms(),
+                    "requested_at": now,
                     "started_at": None,
                     "finished_at": None,
                     "exit_code": None,
                     "backend": self.sandbox.name,
+                    "runner_instance": self.identity.instance,
+                    "runner_session": self.identity.session,
+                    "updated_at": now,
                     "output": pycrdt.Text(),
+                    **extra,
                 }
             )
 
@@ -318,40 +367,110 @@ class RoomRuns:
         with self.doc.transaction(origin="runner"):
             for key, value in values.items():
                 entry[key] = value
+            entry["updated_at"] = _now_ms()
 
     def _prune(self) -> None:
-        """Keep the newest ``keep_runs`` finished runs (by request time); never touch live ones."""
-        live = {p.request.run_id for p in self._queue}
-        if self._current is not None:
-            live.add(self._current.request.run_id)
-        finished: list[tuple[float, str]] = []
+        """Keep at most ``keep_runs`` runs: drop refused ones first, then the oldest finished
+        (by request time); never a queued/running one (ours or another runner's)."""
+        live = self._live_ids()
+        candidates: list[tuple[bool, float, str]] = []
+        kept = 0
         for run_id in list(self.runs.keys()):
             entry = self._entry(run_id)
-            if run_id in live:
+            status = entry.get("status") if entry is not None else None
+            if run_id in live or status in ("queued", "running"):
+                kept += 1
                 continue
             at = entry.get("requested_at") if entry is not None else None
-            finished.append((float(at) if isinstance(at, (int, float)) else 0.0, run_id))
-        excess = len(finished) + len(live) - self.config.keep_runs
+            candidates.append((status != "refused", float(at) if isinstance(at, (int, float)) else 0.0, run_id))
+        excess = len(candidates) + kept - self.config.keep_runs
         if excess <= 0:
             return
-        finished.sort()
+        candidates.sort()
         with self.doc.transaction(origin="runner"):
-            for _, run_id in finished[:excess]:
+            for _, _, run_id in candidates[:excess]:
                 del self.runs[run_id]
 
+    def _live_ids(self) -> set[str]:
+        live = {p.request.run_id for p in self._queue} | set(self._reserved)
+        if self._current is not None:
+            live.add(self._current.request.run_id)
+        return live
+
     def recover(self) -> int:
-        """Mark runs a previous runner left queued/running as failed (call once after loading)."""
-        stale = []
+        """Fail queued/running runs that no live runner serves; returns how many.
+
+        Ours (this session) but not live: lost, failed. An earlier dead session of our own
+        instance: failed at once ("runner restarted"). Anyone else's (another instance, or
+        an entry without owner): failed only once it has not changed for ``stale_after``
+        seconds of our monotonic clock — a live owner refreshes ``updated_at`` every
+        ``heartbeat`` seconds. A session that is a live process on this host is never failed.
+        """
+        now = self._monotonic()
+        live = self._live_ids()
+        stale: list[tuple[str, str]] = []
+        seen: dict[str, tuple[tuple, float]] = {}
         for run_id in list(self.runs.keys()):
             entry = self._entry(run_id)
-            if entry is not None and entry.get("status") in ("queued", "running"):
-                stale.append(run_id)
-        for run_id in stale:
-            self._set(run_id, status="failed", reason="runner restarted", finished_at=_now_ms())
+            if entry is None or run_id in live or entry.get("status") not in ("queued", "running"):
+                continue
+            instance, session = entry.get("runner_instance"), entry.get("runner_session")
+            if session == self.identity.session:
+                stale.append((run_id, "runner lost the run"))
+            elif self.identity.owns_leftover(instance, session):
+                stale.append((run_id, "runner restarted"))
+            elif isinstance(session, str) and session_alive(session):
+                continue
+            else:
+                looks = (entry.get("status"), entry.get("updated_at"), session)
+                before = self._seen.get(run_id)
+                since = before[1] if before is not None and before[0] == looks else now
+                if now - since >= self.config.stale_after:
+                    stale.append((run_id, "runner stopped responding"))
+                else:
+                    seen[run_id] = (looks, since)
+        self._seen = seen
+        for run_id, reason in stale:
+            log.info("run %s: marking failed (%s)", run_id, reason)
+            self._set(run_id, status="failed", reason=reason, finished_at=_now_ms())
         return len(stale)
+
+    def heartbeat(self) -> None:
+        """Refresh ``updated_at`` of our queued/running runs (other runners watch it)."""
+        for run_id in self._live_ids():
+            entry = self._entry(run_id)
+            if entry is not None and entry.get("status") in ("queued", "running"):
+                self._set(run_id)
+
+    def start(self) -> None:
+        """Start ``maintain()`` in the background (``close()`` ends it)."""
+        if self._maintainer is None:
+            self._maintainer = asyncio.create_task(self.maintain(), name="room-runs-maintain")
+
+    async def maintain(self) -> None:
+        """Heartbeat our runs and recover stale ones: every ``heartbeat`` seconds, and soon
+        after the runs change (entries synced from peers after joining are looked at at once)."""
+        interval = self.config.heartbeat
+        next_beat = self._monotonic() + interval
+        while not self._closed:
+            try:
+                self.recover()
+                if self._monotonic() >= next_beat:
+                    self.heartbeat()
+                    next_beat = self._monotonic() + interval
+            except Exception:  # noqa: BLE001 - a malformed entry must not end maintenance
+                log.exception("runs maintenance failed")
+            self._runs_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._runs_changed.wait(), max(next_beat - self._monotonic(), 0.01))
+            await asyncio.sleep(min(0.2, interval))  # at most a few sweeps a second while typing
 
     async def close(self) -> None:
         self._closed = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._maintainer
         for pending in list(self._queue):
             self._set(pending.request.run_id, status="killed", reason="runner shutting down", finished_at=_now_ms())
         self._queue.clear()

@@ -108,7 +108,7 @@ class RoomRunner:
         service = self.service
         doc = Doc()
         room = service.client.room(self.room_id, doc=doc)
-        runs = RoomRuns(doc, service.sandbox, service.languages, service.config)
+        runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity)
         room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))
         self.room, self.runs = room, runs
         ROOMS.inc()
@@ -116,6 +116,9 @@ class RoomRunner:
         try:
             await room.start()
             started = True
+            # Heartbeat our runs; fail runs left queued/running by an earlier process of this
+            # instance (at once) or by a runner that stopped updating them (runner.runs).
+            runs.start()
             # Lets clients show which languages can run here (and that a runner is present).
             room.awareness.set_local_state(
                 {"service": "runner", "languages": service.languages.names, "backend": service.sandbox.name}

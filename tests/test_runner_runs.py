@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
 
 import pycrdt
 import pytest
 
+from runner.identity import RunnerIdentity, session_of
 from runner.languages import LanguageTable
 from runner.runs import Decision, RoomRuns, RunnerConfig, RunRequest, decode_state_vector
 from runner.sandbox.base import Limits
@@ -33,6 +35,7 @@ async def make_runs(sandbox):
         made.append(RoomRuns(doc, sandbox, LanguageTable(), config))
         return made[-1]
 
+    make.sandbox, make.made = sandbox, made  # type: ignore[attr-defined]
     yield make
     for runs in made:
         await runs.close()
@@ -81,14 +84,48 @@ async def test_viewer_and_bad_requests_are_refused_without_touching_the_doc(make
     doc = room_doc("print(1)")
     runs = make_runs(doc)
     assert not (await runs.request(req("v", role="viewer"))).accepted
+    assert not (await runs.request(req("v2", role="viewer", language="cobol", sv=b"\xff"))).accepted
     assert not (await runs.request(req("n", role=None))).accepted
+    assert not (await runs.request(req(""))).accepted
+    assert not (await runs.request(req("x" * 65))).accepted
+    assert list(doc.get("runs", type=pycrdt.Map).keys()) == []
+    assert not (await runs.stop("v", role="viewer")).accepted
+
+
+async def test_editor_refusals_are_recorded_in_the_room(make_runs):
+    doc = room_doc("print(1)")
+    runs = make_runs(doc)
     refused = await runs.request(req("x", language="cobol"))
     assert not refused.accepted and "unsupported language" in refused.reason
     assert refused.message()["op"] == "run-refused"
-    assert not (await runs.request(req(""))).accepted
-    assert not (await runs.request(req("s", sv=b"\xff\xff"))).accepted
-    assert list(doc.get("runs", type=pycrdt.Map).keys()) == []
-    assert not (await runs.stop("v", role="viewer")).accepted
+    entry = doc.get("runs", type=pycrdt.Map)["x"]
+    assert (entry["status"], entry["reason"], entry["language"]) == ("refused", refused.reason, "cobol")
+    assert entry["requested_by"] == "u1" and entry["finished_at"] >= entry["requested_at"]
+    assert str(entry["output"]) == ""
+    bad_sv = await runs.request(req("s", sv=b"\xff\xff"))
+    assert not bad_sv.accepted and status(doc, "s") == "refused"
+    # A refusal never overwrites an existing run: a duplicate id only gets the reply.
+    again = await runs.request(req("x", language="python"))
+    assert not again.accepted and again.reason == "duplicate run_id"
+    assert doc.get("runs", type=pycrdt.Map)["x"]["language"] == "cobol"
+
+
+async def test_refusal_records_cannot_grow_the_document(make_runs):
+    doc = room_doc("import time\ntime.sleep(30)")
+    config = RunnerConfig(rate_burst=1, rate_per_minute=0.001, refusal_burst=2, refusal_per_minute=0.001, keep_runs=4)
+    runs = make_runs(doc, config)
+    assert (await runs.request(req("first"))).accepted
+    for i in range(30):  # rate limited: every reply says so, only two make it into the document
+        decision = await runs.request(req(f"spam{i}"))
+        assert not decision.accepted and "rate limit" in decision.reason
+    refused = [k for k in doc.get("runs", type=pycrdt.Map).keys() if status(doc, k) == "refused"]
+    assert sorted(refused) == ["spam0", "spam1"]
+    # Other users' refusals are pruned first; the live run is never pruned.
+    for user in "abcdef":
+        await runs.request(req(f"cobol-{user}", user=user, language="cobol"))
+    kept = list(doc.get("runs", type=pycrdt.Map).keys())
+    assert len(kept) == 4 and "first" in kept, kept
+    assert status(doc, "first") == "running" or status(doc, "first") == "queued"
 
 
 async def test_waits_for_the_requesters_state_vector(make_runs):
@@ -110,7 +147,8 @@ async def test_waits_for_the_requesters_state_vector(make_runs):
     runs.config.sync_timeout = 0.3
     late = await runs.request(req("late", sv=editor_doc.get_state()))
     assert not late.accepted and "latest edits" in late.reason
-    assert status(runner_doc, "late") is None
+    assert status(runner_doc, "late") == "refused"
+    assert runner_doc.get("runs", type=pycrdt.Map)["late"]["reason"] == late.reason
 
 
 def test_state_vector_codec_roundtrip():
@@ -159,9 +197,81 @@ async def test_rate_limit_pruning_and_truncation(make_runs):
     assert status(doc, "6") == "killed"
 
 
-async def test_recover_marks_stale_runs_failed(make_runs):
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def running_entry(**owner) -> pycrdt.Map:
+    return pycrdt.Map({"status": "running", "updated_at": 1, "output": pycrdt.Text(), **owner})
+
+
+async def test_recover_fails_only_runs_nobody_serves(make_runs, sandbox):
     doc = room_doc("print(1)")
-    doc.get("runs", type=pycrdt.Map)["old"] = pycrdt.Map({"status": "running", "output": pycrdt.Text()})
-    runs = make_runs(doc)
-    assert runs.recover() == 1
-    assert status(doc, "old") == "failed"
+    runs_map = doc.get("runs", type=pycrdt.Map)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        runs_map["earlier"] = running_entry(runner_instance="inst-a", runner_session="gone-host:7:7")
+        runs_map["live-process"] = running_entry(runner_instance="inst-a", runner_session=session_of(sleeper.pid))
+        runs_map["other"] = running_entry(runner_instance="inst-b", runner_session="gone-host:8:8")
+        runs_map["legacy"] = running_entry()
+        runs_map["done"] = pycrdt.Map({"status": "finished", "output": pycrdt.Text()})
+        clock = Clock()
+        me = RunnerIdentity("inst-a", session_of(os.getpid()))
+        runs = RoomRuns(doc, sandbox, LanguageTable(), RunnerConfig(stale_after=20), monotonic=clock, identity=me)
+        # Our instance's earlier, dead session: failed at once.
+        assert runs.recover() == 1
+        assert status(doc, "earlier") == "failed" and runs_map["earlier"]["reason"] == "runner restarted"
+        # Another owner that keeps updating its run is never failed.
+        for _ in range(5):
+            clock.now += 10
+            for run_id in ("other", "legacy"):  # their owners' heartbeats
+                runs_map[run_id]["updated_at"] = runs_map[run_id]["updated_at"] + 1
+            assert runs.recover() == 0
+        assert status(doc, "other") == status(doc, "legacy") == "running"
+        # ... until they stop updating them for stale_after (our clock).
+        clock.now += 19
+        assert runs.recover() == 0
+        clock.now += 2
+        assert runs.recover() == 2 and status(doc, "other") == status(doc, "legacy") == "failed"
+        assert runs_map["other"]["reason"] == "runner stopped responding"
+        # A live process on this host is spared whatever it looks like.
+        clock.now += 100
+        assert runs.recover() == 0 and status(doc, "live-process") == "running"
+        assert status(doc, "done") == "finished"
+        await runs.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def link(a: pycrdt.Doc, b: pycrdt.Doc) -> list:
+    """Two documents kept in sync (as two runners in one room are, through the peers)."""
+    loop = asyncio.get_running_loop()
+    return [a.observe(lambda e: loop.call_soon(b.apply_update, e.update)),
+            b.observe(lambda e: loop.call_soon(a.apply_update, e.update))]
+
+
+async def test_two_runners_in_one_room_never_fail_each_others_live_runs(make_runs):
+    doc_a, doc_b = room_doc("import time\nprint('go', flush=True)\ntime.sleep(3)\nprint('done')"), pycrdt.Doc()
+    doc_b.apply_update(doc_a.get_update())
+    a_to_b, _b_to_a = link(doc_a, doc_b)
+    config = RunnerConfig(heartbeat=0.25, stale_after=1.5)
+    a = RoomRuns(doc_a, make_runs.sandbox, LanguageTable(), config, identity=RunnerIdentity("a", "host-a:1:1"))
+    b = RoomRuns(doc_b, make_runs.sandbox, LanguageTable(), config, identity=RunnerIdentity("b", "host-b:1:1"))
+    make_runs.made.extend([a, b])
+    a.start()
+    b.start()
+    assert (await a.request(req("long"))).accepted
+    await wait_for(lambda: status(doc_b, "long") == "running", timeout=10, what="b sees a's run")
+    # 3 s of running is well past b's stale_after: a's heartbeat keeps it alive in b's eyes.
+    await wait_for(lambda: status(doc_b, "long") != "running", timeout=15, what="a's run ends")
+    assert status(doc_b, "long") == "finished" and str(output(doc_b, "long")) == "go\ndone\n"
+    # Now a dies without a word (no close): b fails a's next run once it goes stale.
+    assert (await a.request(req("orphan"))).accepted
+    await wait_for(lambda: status(doc_b, "orphan") == "running", timeout=10, what="orphan running")
+    doc_a.unobserve(a_to_b)  # a's process is gone: nothing of it reaches the room any more
+    await wait_for(lambda: status(doc_b, "orphan") == "failed", timeout=15, what="b recovers the orphan")
