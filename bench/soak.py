@@ -87,6 +87,8 @@ class Config:
     out: Path = ROOT / "bench" / "results"
     seed: int = 1
     settle_timeout: float = 90.0
+    join_timeout: float = 20.0
+    stall_timeout: float = 60.0  # a baton wait this long means lost edits or a hung peer
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -99,6 +101,7 @@ class Metrics:
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # role -> (t, KiB)
     faults: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    join_hangs: int = 0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -164,7 +167,21 @@ class SoakPeer:
         self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, PEER_SETTINGS)
         self.room.on_update(lambda _u, _o: self.room_.observe(self))
         self.probes = []
-        await self.room.start()
+        try:
+            await asyncio.wait_for(self.room.start(), self.soak.cfg.join_timeout)
+        except asyncio.TimeoutError:
+            # Room.start() never returned (seen in the soak, rarely, right after a rejoin):
+            # record it, drop that Room and try once more with a new one.
+            self.soak.metrics.join_hangs += 1
+            self.soak.metrics.log(f"JOIN HUNG: room {self.room_.index} {self.label}: Room.start() not back after "
+                                  f"{self.soak.cfg.join_timeout:.0f}s; retrying with a new Room")
+            try:
+                await asyncio.wait_for(self.room.stop(), 10)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, PEER_SETTINGS)
+            self.room.on_update(lambda _u, _o: self.room_.observe(self))
+            await asyncio.wait_for(self.room.start(), self.soak.cfg.join_timeout)
         self.present = True
 
     async def leave(self) -> None:
@@ -217,16 +234,21 @@ class SoakRoom:
         start_content = ""
         for j, block in enumerate(blocks):
             # the baton: peer j % P types block j, once present and holding the content so far
+            waited = time.monotonic()
             while True:
                 peer = self.peers[j % len(self.peers)]
                 if peer.present and peer.room is not None and str(peer.source()) == start_content:
                     break
+                self.stalled(waited, peer, start_content, f"block {j}")
                 await asyncio.sleep(0.01)
             text, current = peer.source(), start_content
             next_at = time.monotonic()
             for patches in block:
                 if not peer.present:  # left mid-block: wait for it to come back with the content
+                    m.log(f"room {self.index}: baton holder {peer.label} left mid-block {j}")
+                    waited = time.monotonic()
                     while not (peer.present and peer.room is not None and str(peer.source()) == current):
+                        self.stalled(waited, peer, current, "mid-block rejoin")
                         await asyncio.sleep(0.01)
                     text = peer.source()
                 with peer.doc.transaction():
@@ -248,6 +270,19 @@ class SoakRoom:
                     next_at = time.monotonic()  # behind by more than a second: don't burst
             start_content = self.trace.boundaries[j]
         self.finished.set()
+
+    def stalled(self, since: float, peer: SoakPeer, want: str, where: str) -> None:
+        """The baton holder never got the content so far: edits were lost (or a peer hangs)."""
+        if time.monotonic() - since < self.soak.cfg.stall_timeout:
+            return
+        have = str(peer.source()) if peer.room is not None else None
+        others = {q.label: len(str(q.source())) for q in self.live_peers()}
+        diff = ""
+        if have is not None:
+            at = next((i for i, (x, y) in enumerate(zip(have, want)) if x != y), min(len(have), len(want)))
+            diff = f"; first difference at {at}: has {have[max(0, at - 20):at + 20]!r}, trace {want[max(0, at - 20):at + 20]!r}"
+        raise RuntimeError(f"room {self.index} stalled at {where}: {peer.label} present={peer.present} has "
+                           f"{None if have is None else len(have)} chars, the trace needs {len(want)}; others {others}{diff}")
 
     async def chatter(self, peer: SoakPeer, stop: asyncio.Event) -> None:
         rnd = random.Random(self.soak.cfg.seed * 1000 + self.index * 10 + peer.index)
@@ -492,13 +527,24 @@ class Soak:
         writers = [asyncio.create_task(r.writer()) for r in self.rooms]
         chatters = [asyncio.create_task(r.chatter(p, stop)) for r in self.rooms for p in r.peers]
         faults = asyncio.create_task(self.schedule(stop))
-        await asyncio.gather(*writers)
-        await faults  # every scheduled fault runs (the replay may end first)
+        outcomes = await asyncio.gather(*writers, return_exceptions=True)
+        stalls = [str(o) for o in outcomes if isinstance(o, BaseException)]
+        for text in stalls:
+            m.log(f"WRITER FAILED: {text}")
+        if stalls:
+            faults.cancel()
+        await asyncio.gather(faults, return_exceptions=True)  # every scheduled fault runs (the replay may end first)
         stop.set()
         await asyncio.gather(*chatters)
         replay_s = m.now() - replay_started
         m.log(f"replay done after {replay_s:.1f}s; settling")
-        result = await self.verify()
+        try:
+            result = await self.verify()
+        except TimeoutError as exc:
+            m.log(f"VERIFY FAILED: {exc}")
+            result = {"rooms": [], "lost_edits": None, "source_mismatches": None, "persist_exit": None,
+                      "error": str(exc)}
+        result["stalled"] = stalls
         done.set()
         await sampler
         result.update(replay_s=round(replay_s, 1))
@@ -581,6 +627,7 @@ def summarize(cfg: Config, metrics: Metrics, result: dict[str, Any], wall: float
         "latency_windows": lat_windows,
         "faults": metrics.faults,
         "faults_survived": len(faults_ok),
+        "join_hangs": metrics.join_hangs,
         "memory": memory,
         **result,
     }
@@ -608,6 +655,12 @@ def write_report(summary: dict[str, Any], metrics: Metrics, out: Path) -> Path:
                      f"meshed {f.get('meshed_s')} s, recovered (all saved) {f.get('recovered_s')} s"
                      + ("" if f.get("ok") else f"  FAILED {f.get('error')}")))
     lines.append(f"lost edits: {summary['lost_edits']}, rooms with a wrong source: {summary['source_mismatches']}")
+    if summary.get("join_hangs"):
+        lines.append(f"  Room.start() hung {summary['join_hangs']} time(s) (retried with a new Room)")
+    for text in summary.get("stalled") or []:
+        lines.append(f"  STALLED: {text}")
+    if summary.get("error"):
+        lines.append(f"  VERIFY FAILED: {summary['error']}")
     for r in summary["rooms"]:
         lines.append(f"  room {r['room']}: {r['trace']} {r['txns']} txns{' (full trace)' if r['complete_trace'] else ''}, "
                      f"{r['source_chars']} chars, source ok={r['source_ok']}, notes {r['notes']} missing {r['notes_missing']}"
@@ -682,6 +735,15 @@ async def soak(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+async def _main_task(cfg: Config) -> dict[str, Any]:
+    """SIGTERM/SIGINT cancel the soak, so its child processes are still stopped."""
+    task = asyncio.ensure_future(soak(cfg))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await task
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rooms", type=int, default=Config.rooms)
@@ -695,8 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = Config(rooms=args.rooms, peers=args.peers, duration=args.duration, rate=args.rate, block=args.block,
                  rounds=args.rounds, fault_gap=args.fault_gap, out=args.out)
-    summary = asyncio.run(soak(cfg))
-    ok = summary["lost_edits"] == 0 and summary["source_mismatches"] == 0 and all(
+    summary = asyncio.run(_main_task(cfg))
+    ok = not summary.get("stalled") and summary["lost_edits"] == 0 and summary["source_mismatches"] == 0 and all(
         f.get("ok") is not False for f in summary["faults"])
     return 0 if ok else 1
 
