@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,26 +19,25 @@ from aiohttp import web
 from ..principal import Principal
 from . import metrics
 from .limits import Limits, TokenBucket
-from .protocol import CLOSE_SLOW_CONSUMER
+from .protocol import CLOSE_SLOW_CONSUMER, dumpb
 
 log = logging.getLogger("codesync.signal")
 
 
-def encode_text_frame(text: str) -> bytes:
+def encode_text_frame(text: str | bytes) -> bytes:
     """One complete, unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2).
 
     Server frames are never masked; ``/signal`` never negotiates permessage-deflate, so this
     is the whole encoding. Built once per published message and shared by all receivers.
+    ``text`` may already be UTF-8 bytes (publish frames are built as bytes).
     """
-    payload = text.encode()
+    payload = text.encode() if isinstance(text, str) else text
     n = len(payload)
     if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Connection:
@@ -64,6 +62,7 @@ class Connection:
         self.bound: set[str] = set()  # every peer id bound to this connection
         # topics this connection was dropped from after losing its membership while connected
         self.revoked: set[str] = set()
+        self._stamps: dict[str | None, bytes] = {}  # role -> serialized ``sender`` stamp
         self.bucket = TokenBucket(limits.rate, limits.burst)
         self.strikes = 0
         self.closing = False  # decided to close (e.g. after too many strikes): ignore further frames
@@ -91,6 +90,14 @@ class Connection:
         if self.principal.service:
             return {"service": self.principal.service}
         return {"user_id": self.principal.user_id, "name": self.principal.name, "role": self.roles.get(topic)}
+
+    def sender_json(self, topic: str) -> bytes:
+        """:meth:`sender` serialized, cached per role (it is stamped on every publish)."""
+        role = self.roles.get(topic)
+        stamp = self._stamps.get(role)
+        if stamp is None:
+            stamp = self._stamps[role] = dumpb(self.sender(topic))
+        return stamp
 
     def entry(self, topic: str) -> dict[str, Any]:
         """This connection's presence record in ``topic`` (compact; also stored in Redis)."""

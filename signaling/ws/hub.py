@@ -23,7 +23,7 @@ from typing import Any
 
 from . import metrics
 from .connection import Connection, encode_text_frame
-from .protocol import error_frame, presence_frame, publish_frame, room_state_frame
+from .protocol import error_frame, presence_frame, publish_frame, publish_head, room_state_frame
 
 log = logging.getLogger("codesync.signal")
 
@@ -64,6 +64,7 @@ class Hub(ABC):
         self._presence_sent: dict[str, list[dict[str, Any]]] = {}
         self.role_lookup: RoleLookup | None = None  # set by the server (database access)
         self._rechecks: set[asyncio.Task] = set()
+        self._heads: dict[str, bytes] = {}  # topic -> serialized start of its publish frames
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -136,6 +137,7 @@ class Hub(ABC):
             if not subs:
                 del self.topics[topic]
                 self._presence_sent.pop(topic, None)
+                self._heads.pop(topic, None)
                 metrics.ROOMS.dec()
         await self._entry_changed(conn, topic, present=False)
 
@@ -214,15 +216,24 @@ class Hub(ABC):
     # ------------------------------------------------------------------ publish
     async def publish(self, conn: Connection, topic: str, data: Any) -> None:
         t0 = time.time()
-        frame = publish_frame(topic, data, self.clients(topic), conn.sender(topic))
-        self.deliver_local(topic, frame)
+        head = self._heads.get(topic)
+        if head is None:
+            head = self._heads[topic] = publish_head(topic)
+        # Serialized and framed once; every receiver (here and on other nodes) gets these bytes.
+        frame = encode_text_frame(publish_frame(head, data, self.clients(topic), conn.sender_json(topic)))
+        self.deliver_frame(topic, frame)
         metrics.FANOUT.observe(time.time() - t0)
         await self._fanout_remote(topic, frame, t0)
 
-    def deliver_local(self, topic: str, frame: str) -> None:
+    def deliver_local(self, topic: str, frame: str | bytes) -> None:
+        """Send one server frame (JSON text) to every local subscriber of ``topic``."""
+        if self.topics.get(topic):
+            self.deliver_frame(topic, encode_text_frame(frame))  # once, shared by every receiver
+
+    def deliver_frame(self, topic: str, encoded: bytes) -> None:
+        """Send an already-framed WebSocket message to every local subscriber of ``topic``."""
         subs = self.topics.get(topic)
         if subs:
-            encoded = encode_text_frame(frame)  # once, shared by every receiver
             metrics.MESSAGES_OUT.inc(len(subs))
             for receiver in list(subs.values()):
                 receiver.send_frame(encoded)
@@ -273,8 +284,8 @@ class Hub(ABC):
     @abstractmethod
     async def _release(self, conn: Connection, peer_ids: set[str]) -> None: ...
 
-    async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:  # noqa: B027
-        pass
+    async def _fanout_remote(self, topic: str, frame: bytes, t0: float) -> None:  # noqa: B027
+        """Send ``frame`` (a complete WebSocket frame) to the topic's subscribers elsewhere."""
 
     def _remote_entries(self, topic: str) -> list[Entry]:
         return []

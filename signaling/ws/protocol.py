@@ -10,8 +10,9 @@ The core is y-webrtc's signaling protocol exactly as its reference server speaks
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
+
+import orjson
 
 MAX_TOPIC_LENGTH = 128
 MAX_PEER_ID_LENGTH = 128
@@ -37,52 +38,47 @@ class ProtocolError(Exception):
         self.topic = topic
 
 
-@dataclass(frozen=True)
-class Subscribe:
+# NamedTuples, not frozen dataclasses: one is built per frame and they are cheaper to make.
+class Subscribe(NamedTuple):
     topics: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Unsubscribe:
+class Unsubscribe(NamedTuple):
     topics: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Publish:
+class Publish(NamedTuple):
     topic: str
     data: Any  # a dict (plain rooms) or a base64 string (encrypted rooms), relayed untouched
     peer_id: str | None  # data["from"] when data is an object carrying one
 
 
-@dataclass(frozen=True)
-class Ping:
+class Ping(NamedTuple):
     pass
 
 
 Message = Union[Subscribe, Unsubscribe, Publish, Ping]
 
 
-def parse(text: str) -> Message:
-    """One client text frame -> a message, or :class:`ProtocolError`."""
+def parse(text: str | bytes) -> Message:
+    """One client text frame -> a message, or :class:`ProtocolError`.
+
+    orjson is strict where the relay must be: it refuses NaN/Infinity, numbers that overflow
+    a double, lone surrogates (``"\\ud800"`` would kill every subscriber's UTF-8 encode —
+    found by fuzzing) and nesting deeper than 1024. Only a refused frame takes the slow path
+    through the standard library, to tell the client which of those it was.
+    """
     try:
-        frame = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise ProtocolError("malformed_json", "frame is not valid JSON") from None
-    if not isinstance(frame, dict):
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise _why_refused(text) from None
+    if type(frame) is not dict:
         raise ProtocolError("invalid_frame", "frame must be a JSON object")
-    try:
-        # "\ud800" escapes decode to lone surrogates: relaying one would kill every
-        # subscriber's writer (UTF-8 encode error) and it cannot be stored (found by fuzzing).
-        dumps(frame).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError("invalid_unicode", "frame contains a lone surrogate (\\ud800-\\udfff)") from None
-    except RecursionError:
-        raise ProtocolError("malformed_json", "frame is nested too deeply") from None
     kind = frame.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError("missing_field", "frame needs a string 'type'")
     if kind == "publish":
         return _publish(frame)
+    if type(kind) is not str:
+        raise ProtocolError("missing_field", "frame needs a string 'type'")
     if kind == "subscribe":
         return Subscribe(_topics(frame))
     if kind == "unsubscribe":
@@ -90,6 +86,22 @@ def parse(text: str) -> Message:
     if kind == "ping":
         return Ping()
     raise ProtocolError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def _why_refused(text: str | bytes) -> ProtocolError:
+    """The error for a frame orjson refused (bad input only: speed does not matter here)."""
+    try:
+        frame = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return ProtocolError("malformed_json", "frame is not valid JSON")
+    try:
+        json.dumps(frame, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return ProtocolError("invalid_unicode", "frame contains a lone surrogate (\\ud800-\\udfff)")
+    except (RecursionError, ValueError):
+        return ProtocolError("malformed_json", "frame is nested too deeply")
+    # e.g. 1e400 (a double overflow the stdlib would turn into Infinity) or nesting > 1024
+    return ProtocolError("malformed_json", "frame has a number out of range or is nested too deeply")
 
 
 def _no_constant(name: str) -> Any:
@@ -140,7 +152,12 @@ def _publish(frame: dict[str, Any]) -> Publish:
 
 # ----------------------------------------------------------------------------- server frames
 def dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(frame).decode()
+
+
+def dumpb(value: Any) -> bytes:
+    """Compact UTF-8 JSON (non-ASCII kept as is, like ``ensure_ascii=False``)."""
+    return orjson.dumps(value)
 
 
 def error_frame(code: str, message: str, topic: str | None = None) -> str:
@@ -150,13 +167,20 @@ def error_frame(code: str, message: str, topic: str | None = None) -> str:
     return dumps(frame)
 
 
-def publish_frame(topic: str, data: Any, clients: int, sender: dict[str, Any]) -> str:
-    """What every subscriber receives: the reference server's frame plus ``sender``.
+def publish_head(topic: str) -> bytes:
+    """The constant start of every ``publish`` frame of ``topic`` (cached by the hub)."""
+    return b'{"type":"publish","topic":' + dumpb(topic) + b',"data":'
+
+
+def publish_frame(head: bytes, data: Any, clients: int, sender: bytes) -> bytes:
+    """What every subscriber receives: the reference server's frame plus ``sender``, as bytes.
 
     Built fresh (never the client's own dict), so no client-supplied field survives but
-    ``data``, and ``sender`` cannot be forged.
+    ``data``, and ``sender`` cannot be forged. Built once per publish and shared by every
+    receiver; ``head`` (:func:`publish_head`) and ``sender`` (the connection's stamp) are
+    pre-serialized, so only ``data`` is encoded here.
     """
-    return dumps({"type": "publish", "topic": topic, "data": data, "clients": clients, "sender": sender})
+    return b"".join((head, dumpb(data), b',"clients":', str(clients).encode(), b',"sender":', sender, b"}"))
 
 
 def presence_frame(topic: str, peers: list[dict[str, Any]]) -> str:

@@ -6,10 +6,12 @@ Layout (``P`` = ``{redis_prefix}:sig``):
 - ``P:room:{topic}`` — hash, ``{node}:{conn}`` -> the connection's presence entry (JSON).
 - ``P:rooms`` — set of topics that have entries; ``P:noderooms:{node}`` — topics a node wrote to.
 - ``P:peer:{peer id}`` — ``{principal}|{node}:{conn}``: who owns a peer id; expires with the node.
-- channel ``P:bus`` — ``m`` frames (a publish, already serialized with ``sender`` and ``clients``,
-  forwarded as is to the node's local subscribers), ``c`` notices ("topic X's entries changed")
-  and ``r`` notices ("a membership of topic X changed": user id, or empty when the room was
-  deleted — every node re-checks its subscribers of X).
+- channel ``P:bus`` (every node) — ``c`` notices ("topic X's entries changed") and ``r``
+  notices ("a membership of topic X changed": user id, or empty when the room was deleted —
+  every node re-checks its subscribers of X).
+- channel ``P:to:{node}`` (one per node) — ``m`` frames: a publish, already serialized with
+  ``sender`` and ``clients`` *and framed as a WebSocket message*, sent only to the nodes that
+  have subscribers of its topic and written as is to their local subscribers' sockets.
 
 A node that stops heartbeating for ``presence_ttl`` seconds is reaped by whichever node notices
 first: its entries are deleted and a ``c`` notice goes out, so its peers leave everyone's
@@ -87,12 +89,20 @@ class RedisHub(Hub):
         # MaxConnectionsError when hundreds of clients subscribe at once).
         pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=20, decode_responses=True)
         self.redis = Redis(connection_pool=pool)
+        # The bus speaks bytes: publish frames cross Redis as complete WebSocket frames and are
+        # written to the local subscribers' sockets as they arrive (no decoding, no re-encoding).
+        self.bus = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=8, timeout=20))
         self.ttl = max(0.5, float(ttl))
         self.p = f"{prefix}:sig"
         self.channel = f"{self.p}:bus"
+        self.node_b = self.node.encode()
+        self.inbox = self._node_channel(self.node)
+        # topic -> nodes that sent a change notice for it since the view was last read: they
+        # get our publishes at once (a node joining a topic must not miss the first frames).
+        self._noticed: dict[str, set[str]] = {}
         self.views: dict[str, dict[str, Entry]] = {}  # topic -> other nodes' entries
         self._local_owner: dict[str, Connection] = {}  # peer id -> local connection owning it
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[tuple[str, bytes]] = deque()  # (channel, message)
         self._out_wake = asyncio.Event()
         self._refreshing: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
@@ -123,11 +133,14 @@ class RedisHub(Hub):
     def _nodepeers(self, node: str) -> str:
         return f"{self.p}:nodepeers:{node}"
 
+    def _node_channel(self, node: str) -> str:
+        return f"{self.p}:to:{node}"
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.redis.zadd(f"{self.p}:nodes", {self.node: time.time()})
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self.channel)
+        self._pubsub = self.bus.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel, self.inbox)
         self._tasks = [
             asyncio.create_task(self._listen(), name="signal-redis-listen"),
             asyncio.create_task(self._send_loop(), name="signal-redis-send"),
@@ -156,6 +169,7 @@ class RedisHub(Hub):
             if self._pubsub is not None:
                 await self._pubsub.aclose()
             await self.redis.aclose()
+            await self.bus.aclose()
         except Exception:  # noqa: BLE001
             pass
 
@@ -185,9 +199,11 @@ class RedisHub(Hub):
         if topic not in self.topics and not self.services:
             self.views.pop(topic, None)
             self._applied.pop(topic, None)
+            self._noticed.pop(topic, None)
 
     def _notice(self, topic: str) -> None:
-        self._outbox.append(f"c {self.node} 0 {len(topic)}\n{topic}")
+        t = topic.encode()
+        self._outbox.append((self.channel, b"c %s 0 %d\n%s" % (self.node_b, len(t), t)))
         self._out_wake.set()
 
     def _remote_entries(self, topic: str) -> list[Entry]:
@@ -204,7 +220,13 @@ class RedisHub(Hub):
         """
         self._reads += 1
         seq = self._reads
+        noticed = set(self._noticed.get(topic, ()))
         raw = await self.redis.hgetall(self._room(topic))
+        pending = self._noticed.get(topic)
+        if pending is not None:  # the read covers every notice that came before it
+            pending -= noticed
+            if not pending:
+                del self._noticed[topic]
         if seq > self._applied.get(topic, 0):
             self._applied[topic] = seq
             self.views[topic] = self._parse_view(raw)
@@ -243,6 +265,7 @@ class RedisHub(Hub):
                 if not self._tracked(topic):
                     self.views.pop(topic, None)
                     self._applied.pop(topic, None)
+                    self._noticed.pop(topic, None)
                     return
                 await self._refresh(topic)
                 self.room_changed(topic)
@@ -308,15 +331,29 @@ class RedisHub(Hub):
         Published directly (not through the outbox), so the REST call that changed the
         membership returns only once every node has been told.
         """
-        await self.redis.publish(self.channel, f"r {self.node} 0 {len(topic)}\n{topic}{user_id or ''}")
+        t = topic.encode()
+        await self.bus.publish(self.channel, b"r %s 0 %d\n%s%s" % (self.node_b, len(t), t, (user_id or "").encode()))
 
     # ------------------------------------------------------------------ fan-out
-    async def _fanout_remote(self, topic: str, frame: str, t0: float) -> None:
-        if not self.views.get(topic) and topic not in self._refreshing:
-            # No subscriber on another node (and no change notice being processed — a notice
-            # precedes, on the same ordered channel, anything its node publishes): skip Redis.
+    def _targets(self, topic: str) -> set[str]:
+        """Other nodes with subscribers of ``topic`` (as far as this node knows)."""
+        nodes = {fld.split(":", 1)[0] for fld in self.views.get(topic, ())}
+        nodes.update(self._noticed.get(topic, ()))
+        return nodes
+
+    async def _fanout_remote(self, topic: str, frame: bytes, t0: float) -> None:
+        """One PUBLISH per other node with subscribers, on that node's own channel.
+
+        Nodes without subscribers of the topic (and this node) never see the frame. A node
+        that just joined the topic is a target from its change notice on, before the view of
+        its entries is read (a notice precedes, on the ordered bus, anything it publishes).
+        """
+        if not self.views.get(topic) and topic not in self._noticed:
             return
-        self._outbox.append(f"m {self.node} {t0:.6f} {len(topic)}\n{topic}{frame}")
+        t = topic.encode()
+        message = b"m %s %.6f %d\n%s%s" % (self.node_b, t0, len(t), t, frame)
+        for node in self._targets(topic):
+            self._outbox.append((self._node_channel(node), message))
         self._out_wake.set()
 
     async def _send_loop(self) -> None:
@@ -325,9 +362,9 @@ class RedisHub(Hub):
             await self._out_wake.wait()
             self._out_wake.clear()
             while self._outbox:
-                pipe = self.redis.pipeline(transaction=False)
+                pipe = self.bus.pipeline(transaction=False)
                 for _ in range(min(BATCH, len(self._outbox))):
-                    pipe.publish(self.channel, self._outbox.popleft())
+                    pipe.publish(*self._outbox.popleft())
                 try:
                     await pipe.execute()
                 except asyncio.CancelledError:
@@ -348,29 +385,32 @@ class RedisHub(Hub):
                 log.warning("Redis pub/sub listener failed; resubscribing", exc_info=True)
                 await asyncio.sleep(0.5)
                 try:
-                    await self._pubsub.subscribe(self.channel)
+                    await self._pubsub.subscribe(self.channel, self.inbox)
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _on_bus(self, data: str) -> None:
+    def _on_bus(self, data: bytes) -> None:
         try:
-            header, rest = data.split("\n", 1)
-            kind, node, t0, n = header.split(" ")
+            header, rest = data.split(b"\n", 1)
+            kind, node, t0, n = header.split(b" ")
             size = int(n)
-        except ValueError:
+            topic = rest[:size].decode()
+        except (ValueError, UnicodeDecodeError):
             return
-        if node == self.node:
+        if node == self.node_b:
             return
-        topic = rest[:size]
-        if kind == "m":
-            subs = self.topics.get(topic)
-            if subs:
-                self.deliver_local(topic, rest[size:])
+        if kind == b"m":
+            if topic in self.topics:
+                self.deliver_frame(topic, rest[size:])  # already a complete WebSocket frame
                 metrics.FANOUT.observe(max(0.0, time.time() - float(t0)))
-        elif kind == "c" and self._tracked(topic):
-            self._schedule_refresh(topic)
-        elif kind == "r" and topic in self.topics:
-            self.recheck_soon(topic, rest[size:] or None)
+        elif kind == b"c":
+            sender = node.decode()
+            if topic in self.topics and "-" not in sender:  # "{node}-reaped": gone, not a target
+                self._noticed.setdefault(topic, set()).add(sender)
+            if self._tracked(topic):
+                self._schedule_refresh(topic)
+        elif kind == b"r" and topic in self.topics:
+            self.recheck_soon(topic, rest[size:].decode() or None)
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat(self) -> None:
