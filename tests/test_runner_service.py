@@ -16,6 +16,7 @@ import pycrdt
 import pytest
 
 from peer import Room
+from runner.runs import decode_state_vector
 from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
@@ -186,3 +187,45 @@ async def test_runner_with_the_docker_sandbox(tmp_path, docker_daemon, docker_im
         assert ed.output("d1").startswith("uid 65534\n") and "ConnectionRefusedError" in ed.output("d1")
         labelled = docker_daemon.client().api.containers(all=True, filters={"label": "codesync.runner"})
         assert len(labelled) <= 2  # the warm pool, and at most the run being removed
+
+
+async def test_state_vector_wait_visible_refusals_and_recovery_end_to_end(tmp_path):
+    async with runner_stack(tmp_path, CODESYNC_RUNNER_INSTANCE="runner-e2e") as (stack, seeded, runner), \
+            clients(stack, seeded, "ann", "vic") as (ann, vic):
+        runner_peer = await wait_for(ann.runner, timeout=30, what="runner joined")
+        # A run an earlier (dead) process of this runner instance left "running": the runner
+        # fails it once the entry reaches it; a viewer watching the room sees that.
+        ann.runs["stale"] = pycrdt.Map({"status": "running", "runner_instance": "runner-e2e",
+                                        "runner_session": "gone-host:1:1", "updated_at": 1, "output": pycrdt.Text()})
+        await wait_for(lambda: vic.field("stale", "status") == "failed", timeout=20, what="stale run recovered")
+        assert vic.field("stale", "reason") == "runner restarted"
+
+        # The state vector names an edit nobody has yet (made in a document no peer holds).
+        ghost = pycrdt.Doc()
+        ghost.apply_update(ann.room.doc.get_update())
+        ghost.get("source", type=pycrdt.Text).insert(0, "print('the edit made just before Run')\n")
+        assert ghost.client_id not in decode_state_vector(ann.room.doc.get_state())
+        sv = base64.b64encode(ghost.get_state()).decode()
+        assert await ann.room.send_app(runner_peer, {"op": "run", "run_id": "sv1", "language": "python",
+                                                      "state_vector": sv})
+        # The runner handles a peer's app messages in order: once this later request is answered,
+        # the run request has arrived and is waiting.
+        assert (await ann.request("stop", "no-such-run"))["op"] == "stop-refused"
+        assert not [r for r in ann.replies if r.get("run_id") == "sv1"] and "sv1" not in ann.runs
+        ann.room.doc.apply_update(ghost.get_update(ann.room.doc.get_state()))  # now the edit arrives
+        reply = await wait_for(lambda: next((r for r in ann.replies if r.get("run_id") == "sv1"), None),
+                               timeout=15, what="reply to the run")
+        assert reply == {"op": "run-accepted", "run_id": "sv1"}, runner.log()[-3000:]
+        await wait_for(lambda: vic.field("sv1", "status") == "finished", timeout=20, what="sv1 finished")
+        assert vic.output("sv1") == "the edit made just before Run\n"
+
+        # An editor's refusal is visible to the whole room; a viewer's writes nothing.
+        refused = await ann.run("c1", language="cobol")
+        assert refused["op"] == "run-refused" and "unsupported language" in refused["reason"]
+        await wait_for(lambda: vic.field("c1", "status") == "refused", timeout=10, what="refusal in the room")
+        assert vic.field("c1", "reason") == refused["reason"]
+        assert (await vic.run("v1", language="cobol"))["op"] == "run-refused"
+        # The runner's updates arrive in order: once a later refusal is in, v1 would be too.
+        assert (await ann.run("c2", language="cobol"))["op"] == "run-refused"
+        await wait_for(lambda: vic.field("c2", "status") == "refused", timeout=10, what="later refusal")
+        assert "v1" not in ann.runs and "v1" not in vic.runs
