@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -161,7 +162,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
-            frame = json.loads(msg.data)
+            frame = orjson.loads(msg.data)  # orjson: the client must not be the bottleneck
             kind = frame.get("type")
             if kind == "publish":
                 data = frame.get("data") or {}
@@ -220,7 +221,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
                     "signal": {"type": "candidate", "candidate": {"candidate": pad, "sdpMLineIndex": 0, "sdpMid": "0"}},
                     "seq": seq, "t": time.perf_counter(),
                 }
-                await sockets[i].send_str(json.dumps({"type": "publish", "topic": topic, "data": data}))
+                await sockets[i].send_str(orjson.dumps({"type": "publish", "topic": topic, "data": data}).decode())
                 stats.sent += 1
                 stats.expected += per_room
                 next_at += interval

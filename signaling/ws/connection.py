@@ -1,8 +1,10 @@
 """One ``/signal`` client: who it is, what it subscribed, and a bounded outgoing queue.
 
-Fan-out never awaits a socket: it appends the (already serialized) frame to each receiver's
-queue and a per-connection writer task drains it. A receiver whose queue is full has stopped
-reading; it is dropped (close 4008) instead of being buffered for without bound.
+Fan-out never awaits a socket: it hands the (already serialized and framed) bytes to each
+receiver, which collects them for the current event-loop iteration and writes them with one
+``transport.write`` at its end; a socket that does not keep up gets a bounded queue drained
+by a writer task. A receiver whose queue is full has stopped reading; it is dropped (close
+4008) instead of being buffered for without bound.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Connection:
         self.closing = False  # decided to close (e.g. after too many strikes): ignore further frames
         self.closed = False
         self._queue: deque[bytes] = deque()
+        self._batch: list[bytes] | None = None  # frames sent during this loop iteration
         self._roomy = asyncio.Event()  # set while the queue is at most half full
         self._roomy.set()
         self._writer: asyncio.Task | None = None
@@ -117,23 +120,40 @@ class Connection:
     def send_frame(self, frame: bytes) -> None:
         """Queue one already-framed text message (see :func:`encode_text_frame`).
 
-        Fast path: nothing queued and the socket keeps up -> straight into the transport (no
-        task switch, one encoding shared by every receiver of a publish). Otherwise the frame
-        waits in a bounded queue drained by a writer task that honours TCP backpressure.
+        Frames sent during one event-loop iteration are collected and written with one
+        ``transport.write`` at the end of it (:func:`_flush_batches`): one syscall per
+        receiver per iteration instead of one per frame. The more the server falls behind,
+        the more frames each write carries — it gets cheaper exactly when it has to.
         """
         if self.closed:
             return
+        batch = self._batch
+        if batch is None:
+            self._batch = [frame]
+            _DIRTY.append(self)
+            _schedule_flush()
+        else:
+            batch.append(frame)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if not batch or self.closed:
+            return
         transport = self.transport
         if not self._queue and transport is not None and not transport.is_closing():
+            # Fast path: nothing queued and the socket keeps up -> straight into the transport.
             if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-                transport.write(frame)
+                transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
                 return
-        if len(self._queue) >= self.limits.send_queue:
-            metrics.REFUSALS.labels("slow_consumer").inc()
-            log.info("dropping connection %s: send buffer full (client stopped reading)", self.id)
-            self.close(CLOSE_SLOW_CONSUMER, "send buffer overflow: client is not reading")
-            return
-        self._queue.append(frame)
+        # Otherwise the frames wait in a bounded queue drained by a writer task that honours
+        # TCP backpressure.
+        for frame in batch:
+            if len(self._queue) >= self.limits.send_queue:
+                metrics.REFUSALS.labels("slow_consumer").inc()
+                log.info("dropping connection %s: send buffer full (client stopped reading)", self.id)
+                self.close(CLOSE_SLOW_CONSUMER, "send buffer overflow: client is not reading")
+                return
+            self._queue.append(frame)
         if len(self._queue) > self.limits.send_queue // 2:
             self._roomy.clear()
         if self._writer is None or self._writer.done():
@@ -160,7 +180,8 @@ class Connection:
                     return
                 high = transport.get_write_buffer_limits()[1]
                 while queue and transport.get_write_buffer_size() <= high:
-                    transport.write(queue.popleft())
+                    chunk = [queue.popleft() for _ in range(min(64, len(queue)))]
+                    transport.write(b"".join(chunk))
                 if len(queue) <= self.limits.send_queue // 2:
                     self._roomy.set()
                 if queue and not self.closed and self.drain is None:
@@ -175,6 +196,10 @@ class Connection:
         """Close once, from any task; aborts the transport if the close handshake stalls."""
         if self.closed:
             return
+        if self._batch and code != CLOSE_SLOW_CONSUMER:
+            self._flush_batch()  # e.g. the error frame that explains this close goes first
+            if self.closed:
+                return
         self.closed = True
         self._roomy.set()
         self._closer = asyncio.create_task(self._close(code, message))
@@ -194,7 +219,7 @@ class Connection:
         self.close(code, message)
 
     async def _drain(self) -> None:
-        while self._queue and not self.closed:
+        while (self._queue or self._batch) and not self.closed:
             await asyncio.sleep(0.005)
 
     async def _close(self, code: int, message: str) -> None:
@@ -228,3 +253,30 @@ class Connection:
                 await self._writer
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+
+
+# ----------------------------------------------------------------------------- write batching
+_DIRTY: list[Connection] = []  # connections with frames sent during this loop iteration
+_flush_loop: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+
+def _schedule_flush() -> None:
+    global _flush_loop
+    loop = asyncio.get_running_loop()
+    if _flush_loop is not loop:
+        _flush_loop = loop
+        loop.call_soon(_flush_batches)
+
+
+def _flush_batches() -> None:
+    """Write every connection's frames of the iteration that just ran (one write each)."""
+    global _flush_loop
+    _flush_loop = None
+    dirty = _DIRTY[:]
+    _DIRTY.clear()
+    for conn in dirty:
+        try:
+            conn._flush_batch()
+        except Exception:  # noqa: BLE001 - one broken socket must not starve the others
+            log.debug("writing to %s failed", conn.id, exc_info=True)
+            conn.abort()
