@@ -61,6 +61,13 @@ async def test_cleanup_spares_other_runners_and_live_sessions(docker_daemon, doc
         assert await other.cleanup_leftovers() == 1  # only its own earlier one
         assert present() == {"this-session", "unscoped"}
         await other.close()
+        # Stopped (never started / exited) containers past the age limit are nobody's, whoever
+        # made them; a running one of another runner is still spared.
+        create("other-running", {INSTANCE_LABEL: "inst-c", SESSION_LABEL: "host-gone:4242:1"})
+        client.containers.get(made["other-running"]).start()  # blocks reading its stdin
+        assert await box.cleanup_leftovers() == 0  # the created ones are young
+        assert await box.cleanup_leftovers(stopped_older_than=0) == 2
+        assert present() == {"other-running"}
     finally:
         sleeper.kill()
         await box.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import contextlib
 import logging
 import shlex
@@ -60,7 +61,8 @@ def _safe_name(name: str) -> str:
 # Reads one line (the base64 of the run script) and evaluates it; read(1) per byte in dash is
 # fine for sources up to the 256 KiB the languages table accepts.
 BOOTSTRAP = 'cd /work && IFS= read -r s && eval "$(printf %s "$s" | base64 -d)"'
-POOL_IDLE_SECONDS = 600.0  # a warm container older than this is replaced (fresh limits, no drift)
+POOL_IDLE_SECONDS = 600.0
+STOPPED_LEFTOVER_SECONDS = 3600.0  # a created/exited container this old is nobody's (any instance)  # a warm container older than this is replaced (fresh limits, no drift)
 
 
 def run_script(spec: RunSpec) -> str:
@@ -274,28 +276,49 @@ class DockerSandbox(Sandbox):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._client.close)
 
-    async def cleanup_leftovers(self) -> int:
+    async def cleanup_leftovers(self, stopped_older_than: float = STOPPED_LEFTOVER_SECONDS) -> int:
         """Remove containers an earlier process of *this* runner instance left behind.
 
         Only containers labelled with our instance id, made by another session whose process
         is not alive on this host, are removed: another runner sharing the daemon (other
         instance id) keeps its warm pool and its running runs. Unscoped containers (only
-        ``codesync.runner``, from before the instance label) are left alone too.
+        ``codesync.runner``, from before the instance label) are left alone too — except, of
+        any runner, containers that never ran or ended more than ``stopped_older_than``
+        seconds ago: no live runner still needs those (it removes its own right after a run),
+        and a runner whose instance id changed (a recreated compose container) leaves them.
         """
 
         def sweep() -> int:
             count = 0
             filters = {"label": [LABEL, f"{INSTANCE_LABEL}={self.identity.instance}"]}
+            doomed = {}
             for container in self.client.containers.list(all=True, filters=filters):
                 labels = container.labels or {}
-                if not self.identity.owns_leftover(labels.get(INSTANCE_LABEL), labels.get(SESSION_LABEL)):
-                    continue
+                if self.identity.owns_leftover(labels.get(INSTANCE_LABEL), labels.get(SESSION_LABEL)):
+                    doomed[container.id] = container
+            stopped = {"label": LABEL, "status": ["created", "exited", "dead"]}
+            for container in self.client.containers.list(all=True, filters=stopped):
+                state = container.attrs.get("State") or {}
+                since = _epoch(state.get("FinishedAt")) or _epoch(container.attrs.get("Created"))
+                if since is not None and time.time() - since >= stopped_older_than:
+                    doomed[container.id] = container
+            for container in doomed.values():
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
                     count += 1
             return count
 
         return await asyncio.to_thread(sweep)
+
+
+def _epoch(stamp: Any) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, ``Z``) to epoch seconds; None for unset/zero."""
+    if not isinstance(stamp, str) or len(stamp) < 19 or stamp.startswith("0001-"):
+        return None
+    try:
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 class DockerExecution(Execution):
