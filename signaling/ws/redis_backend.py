@@ -78,7 +78,29 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-BATCH = 512  # publishes per Redis pipeline
+BATCH = 512  # outbox messages per Redis pipeline
+BATCH_BYTES = 256 * 1024  # at most this much in one batched PUBLISH
+
+
+def _pack(records: list[bytes]) -> bytes:
+    """One bus message for several records (a single record goes as it is)."""
+    if len(records) == 1:
+        return records[0]
+    return b"B" + b"".join(b"%d\n%s" % (len(r), r) for r in records)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    pos, end = 1, len(data)
+    try:
+        while pos < end:
+            nl = data.index(b"\n", pos)
+            size = int(data[pos:nl])
+            out.append(data[nl + 1 : nl + 1 + size])
+            pos = nl + 1 + size
+    except ValueError:  # a truncated or foreign message: keep what parsed
+        pass
+    return out
 
 
 class RedisHub(Hub):
@@ -100,6 +122,7 @@ class RedisHub(Hub):
         # topic -> nodes that sent a change notice for it since the view was last read: they
         # get our publishes at once (a node joining a topic must not miss the first frames).
         self._noticed: dict[str, set[str]] = {}
+        self._target_cache: dict[str, tuple[Any, frozenset[str]]] = {}
         self.views: dict[str, dict[str, Entry]] = {}  # topic -> other nodes' entries
         self._local_owner: dict[str, Connection] = {}  # peer id -> local connection owning it
         self._outbox: deque[tuple[str, bytes]] = deque()  # (channel, message)
@@ -200,6 +223,7 @@ class RedisHub(Hub):
             self.views.pop(topic, None)
             self._applied.pop(topic, None)
             self._noticed.pop(topic, None)
+            self._target_cache.pop(topic, None)
 
     def _notice(self, topic: str) -> None:
         t = topic.encode()
@@ -266,6 +290,7 @@ class RedisHub(Hub):
                     self.views.pop(topic, None)
                     self._applied.pop(topic, None)
                     self._noticed.pop(topic, None)
+                    self._target_cache.pop(topic, None)
                     return
                 await self._refresh(topic)
                 self.room_changed(topic)
@@ -335,11 +360,17 @@ class RedisHub(Hub):
         await self.bus.publish(self.channel, b"r %s 0 %d\n%s%s" % (self.node_b, len(t), t, (user_id or "").encode()))
 
     # ------------------------------------------------------------------ fan-out
-    def _targets(self, topic: str) -> set[str]:
+    def _targets(self, topic: str) -> set[str] | frozenset[str]:
         """Other nodes with subscribers of ``topic`` (as far as this node knows)."""
-        nodes = {fld.split(":", 1)[0] for fld in self.views.get(topic, ())}
-        nodes.update(self._noticed.get(topic, ()))
-        return nodes
+        view = self.views.get(topic)
+        cached = self._target_cache.get(topic)
+        if cached is not None and cached[0] is view:
+            nodes = cached[1]
+        else:  # views are replaced, never mutated, when re-read: the object is the version
+            nodes = frozenset(fld.split(":", 1)[0] for fld in view or ())
+            self._target_cache[topic] = (view, nodes)
+        noticed = self._noticed.get(topic)
+        return nodes | noticed if noticed else nodes
 
     async def _fanout_remote(self, topic: str, frame: bytes, t0: float) -> None:
         """One PUBLISH per other node with subscribers, on that node's own channel.
@@ -357,14 +388,29 @@ class RedisHub(Hub):
         self._out_wake.set()
 
     async def _send_loop(self) -> None:
-        """Drain the outbox into Redis, many PUBLISHes per round trip, in order."""
+        """Drain the outbox into Redis in order, one round trip per batch.
+
+        Consecutive messages for the same channel travel as one PUBLISH (``B`` + length-prefixed
+        records, at most ``BATCH_BYTES``): under load a node sends and parses a few large
+        Redis messages instead of one per publish.
+        """
+        outbox = self._outbox
         while not self._stopped:
             await self._out_wake.wait()
             self._out_wake.clear()
-            while self._outbox:
+            while outbox:
                 pipe = self.bus.pipeline(transaction=False)
-                for _ in range(min(BATCH, len(self._outbox))):
-                    pipe.publish(*self._outbox.popleft())
+                channel, records, size = None, [], 0
+                for _ in range(min(BATCH, len(outbox))):
+                    ch, message = outbox.popleft()
+                    if records and (ch != channel or size + len(message) > BATCH_BYTES):
+                        pipe.publish(channel, _pack(records))
+                        records, size = [], 0
+                    channel = ch
+                    records.append(message)
+                    size += len(message)
+                if records:
+                    pipe.publish(channel, _pack(records))
                 try:
                     await pipe.execute()
                 except asyncio.CancelledError:
@@ -390,6 +436,13 @@ class RedisHub(Hub):
                     pass
 
     def _on_bus(self, data: bytes) -> None:
+        if data[:1] == b"B":
+            for record in _unpack(data):
+                self._on_record(record)
+        else:
+            self._on_record(data)
+
+    def _on_record(self, data: bytes) -> None:
         try:
             header, rest = data.split(b"\n", 1)
             kind, node, t0, n = header.split(b" ")
