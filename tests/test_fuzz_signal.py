@@ -270,7 +270,14 @@ def test_oversized_and_flooding_clients_are_cut_off_cleanly(live: Live) -> None:
         codes = []
         # 10 MB in one text frame: closed with 1009 before the server buffers it
         codes.append(await send_batch(live, True, [("text", "x" * (10 * 1024 * 1024))]))
-        # 600 well-formed frames at once: rate limited, then closed for abuse
+        # 600 well-formed frames at once: rate limited, then closed for abuse. The client may
+        # see only a reset (1006, no frames): the server closes while our pings are still
+        # arriving, and a close with unread input is a TCP RST that discards what we had not
+        # read yet. So the server's own log is the witness.
+        def closes() -> int:
+            return sum(node.log().count("bad frames") for node in live.stack.nodes)
+
+        before = closes()
         async with SignalClient.connect(live.url("mallory")) as m:
             for _ in range(600):
                 if m.closed:
@@ -280,12 +287,15 @@ def test_oversized_and_flooding_clients_are_cut_off_cleanly(live: Live) -> None:
                 except (ConnectionError, RuntimeError):
                     break
             codes.append(await m.wait_closed(10))
-            assert any(f.get("code") == "rate_limited" for f in m.frames)
+            errors = {f.get("code") for f in m.frames if f.get("type") == "error"}
+            assert errors <= {"rate_limited"}, errors
+        await wait_for(lambda: closes() > before, 5,
+                       what="the server closing the flooding socket for abuse")
         return codes
 
     too_big, flood = live.loop.run(run(), 60)
     assert too_big in (1009, 1006)  # 1006: the server closed (1009) while our client was still writing
-    assert flood == 1008
+    assert flood in (1008, 1000, 1006)  # 1008 from the server, or our own view of the reset
     live.loop.run(healthy(live))
     check_isolation(live)
     check_server(live)
@@ -307,11 +317,13 @@ def test_regression_lone_surrogates_and_nan_are_refused_not_relayed(live: Live) 
                 '{"type":"subscribe","topics":["\\ud83d"]}',
                 '{"type":"publish","topic":"@A","data":{"type":"announce","from":"n1","x":NaN}}',
                 '{"type":"publish","topic":"@A","data":{"type":"announce","from":"n2","x":-Infinity}}',
+                # orjson reads 1024 levels but writes 255: this one used to log a server traceback
+                _nested(300, "[", "]"),
             ]
             for text in bad:
                 await m.ws.send_str(live.resolve(text))
             codes = [(await m.expect("error"))["code"] for _ in bad]
-            assert codes == ["invalid_unicode"] * 3 + ["malformed_json"] * 2
+            assert codes == ["invalid_unicode"] * 3 + ["malformed_json"] * 3
             await m.send({"type": "ping"})
             await m.expect("pong")
             # mallory's and bob's connections still carry traffic

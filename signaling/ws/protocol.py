@@ -156,8 +156,15 @@ def dumps(frame: dict[str, Any]) -> str:
 
 
 def dumpb(value: Any) -> bytes:
-    """Compact UTF-8 JSON (non-ASCII kept as is, like ``ensure_ascii=False``)."""
-    return orjson.dumps(value)
+    """Compact UTF-8 JSON (non-ASCII kept as is, like ``ensure_ascii=False``).
+
+    orjson reads 1024 levels of nesting but writes only 255: a publish whose ``data`` lies
+    in between is refused as the client's error, not logged as a server failure (found by
+    fuzzing)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        raise ProtocolError("malformed_json", "frame is nested too deeply") from None
 
 
 def error_frame(code: str, message: str, topic: str | None = None) -> str:

@@ -225,7 +225,10 @@ async def _dispatch(state: AppState, hub: Hub, conn: Connection, text: str) -> N
         return
     if isinstance(message, protocol.Publish):
         _IN["publish"].inc()
-        await _publish(hub, conn, message)
+        try:
+            await _publish(hub, conn, message)
+        except ProtocolError as exc:  # e.g. data too deeply nested to relay
+            _bad(conn, exc.__class__(exc.code, exc.message, message.topic))
     elif isinstance(message, protocol.Ping):
         _IN["ping"].inc()
         conn.send(protocol.PONG)
