@@ -4,15 +4,23 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 WEB_SRC := $(shell find web/src web/index.html web/package.json web/package-lock.json web/build.mjs 2>/dev/null)
 
-.PHONY: up test install web bench clean
+# npm projects the tests drive (stock y-webrtc client, the local OpenID provider).
+TEST_JS := tests/js tests/oidc
 
-up: install web
-	scripts/system-deps.sh run
+.PHONY: up test deps-run deps-test install web test-js bench clean
+
+# Prerequisites run left to right: system packages (node, npm, ...) come first.
+up: deps-run install web
 	$(BIN)/codesync up
 
-test: install web
-	scripts/system-deps.sh test
+test: deps-test install web test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+deps-run:
+	scripts/system-deps.sh run
+
+deps-test:
+	scripts/system-deps.sh test
 
 install: $(VENV)/.installed
 
@@ -27,8 +35,14 @@ web: web/dist/index.html
 web/dist/index.html: $(WEB_SRC)
 	@if [ -f web/package.json ]; then cd web && npm ci --no-audit --no-fund && npm run build; else mkdir -p web/dist && echo '<!doctype html><title>CodeSync</title>' > $@; fi
 
-bench: install web
+test-js: $(addsuffix /node_modules/.package-lock.json,$(TEST_JS))
+
+%/node_modules/.package-lock.json: %/package-lock.json %/package.json
+	cd $* && npm ci --no-audit --no-fund
+	touch $@
+
+bench: install web test-js
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) web/node_modules web/dist
+	rm -rf $(VENV) web/node_modules web/dist $(addsuffix /node_modules,$(TEST_JS))
