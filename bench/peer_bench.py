@@ -18,6 +18,8 @@ Usage::
 
 from __future__ import annotations
 
+from bench import TRACES
+
 import argparse
 import asyncio
 import gc
@@ -41,7 +43,7 @@ from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 from tests.stack import signaling_stack  # noqa: E402
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "rustcode.json.gz"
+TRACE = TRACES / "rustcode.json.gz"
 SETTINGS = Settings(ice_hosts="127.0.0.1")
 
 

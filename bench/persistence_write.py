@@ -18,6 +18,8 @@ PostgreSQL: a throwaway database on ``CODESYNC_TEST_PG`` (default postgres@127.0
 
 from __future__ import annotations
 
+from bench import TRACES
+
 import argparse
 import asyncio
 import gzip
@@ -39,7 +41,7 @@ from peer.persistence.store import DocumentStore  # noqa: E402
 from peer.persistence.writer import RoomWriter, WriterConfig  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "rustcode.json.gz"
+TRACE = TRACES / "rustcode.json.gz"
 PG_ADMIN_URL = os.environ.get("CODESYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -26,6 +26,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CODESYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CODESYNC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# The editing traces (../shared/traces beside the checkout; CODESYNC_TRACES overrides).
+TRACES = Path(os.environ.get("CODESYNC_TRACES") or ROOT.parent / "shared" / "traces")
 
 
 def require(component: str, available: bool, how: str = "") -> None:

@@ -21,9 +21,9 @@ from peer import Room
 from peer import text as ptext
 from signaling.settings import Settings
 from tests.stack import signaling_stack
-from tests.support import wait_for
+from tests.support import TRACES, require, wait_for
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "rustcode.json.gz"
+TRACE = TRACES / "rustcode.json.gz"
 BATCH = 50
 
 
@@ -47,8 +47,7 @@ def apply_txn(text: pycrdt.Text, current: str, patches: list) -> str:
 
 @pytest.mark.timeout(180)
 async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> None:
-    if not TRACE.exists():
-        pytest.skip(f"trace not found: {TRACE}")
+    require("the editing traces", TRACE.exists(), f"{TRACE} (../shared/traces beside the checkout)")
     trace = load_trace()
     settings = Settings(ice_hosts="127.0.0.1")
     async with signaling_stack(tmp_path) as stack:

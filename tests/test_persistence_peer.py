@@ -22,12 +22,12 @@ from peer import text as ptext
 from peer.persistence.store import DocumentStore
 from signaling.settings import Settings
 from tests.stack import Stack, signaling_stack
-from tests.support import Service, child_env, free_port, postgres_database, start_service, wait_for, wait_http_ok
+from tests.support import TRACES, Service, child_env, free_port, postgres_database, require, start_service, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
 SETTINGS = Settings(ice_hosts="127.0.0.1")
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "rustcode.json.gz"
+TRACE = TRACES / "rustcode.json.gz"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -207,8 +207,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, db_url):
 
 @pytest.mark.timeout(240)
 async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
-    if not TRACE.exists():
-        pytest.skip(f"trace not found: {TRACE}")
+    require("the editing traces", TRACE.exists(), f"{TRACE} (../shared/traces beside the checkout)")
     with gzip.open(TRACE, "rt", encoding="utf-8") as f:
         trace = json.load(f)
     async with persist_stack(tmp_path) as (stack, persisters):
