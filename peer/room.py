@@ -177,6 +177,7 @@ class Room:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._config = rtc_configuration([])
         self._last_reannounce = 0.0
+        self._reannounce_later: asyncio.TimerHandle | None = None
         self._presence_seen: set[str] = set()
         self._synced_event = asyncio.Event()
         self._doc_sub = self.doc.observe(self._doc_changed)
@@ -252,6 +253,9 @@ class Room:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._reannounce_later is not None:
+            self._reannounce_later.cancel()
+            self._reannounce_later = None
         # The final flush is only queued in SCTP. Let it be acknowledged BEFORE leaving the
         # signaling topic: the others drop our link as soon as presence says we left.
         await asyncio.gather(*(link.conn.drain() for link in list(self._links.values())), return_exceptions=True)
@@ -670,11 +674,20 @@ class Room:
         if was_connected:
             self._emit("peer", conn.remote_id, info, "disconnected")
         if self._running and not conn.replaced and conn.remote_id not in self._links:
-            # y-webrtc re-announces so that a peer still in the room reconnects to us
-            now = time.monotonic()
-            if now - self._last_reannounce > 1.0:
-                self._last_reannounce = now
-                self._spawn(self._announce())
+            # y-webrtc re-announces so that a peer still in the room reconnects to us; at most
+            # once a second, and a throttled one is deferred, never dropped (a link closed twice
+            # within a second used to stay down for good — found by fuzzing)
+            wait = self._last_reannounce + 1.0 - time.monotonic()
+            if wait <= 0:
+                self._reannounce()
+            elif self._reannounce_later is None:
+                self._reannounce_later = asyncio.get_running_loop().call_later(wait, self._reannounce)
+
+    def _reannounce(self) -> None:
+        self._reannounce_later = None
+        if self._running:
+            self._last_reannounce = time.monotonic()
+            self._spawn(self._announce())
 
     def _conn_message(self, conn: PeerConnection, data: bytes) -> None:
         link = self._links.get(conn.remote_id)

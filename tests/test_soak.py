@@ -28,6 +28,7 @@ async def test_short_soak_loses_no_edit_across_every_fault(tmp_path) -> None:
     summary = await soak(cfg)
     report = (tmp_path / "results").glob("soak-*.txt")
     text = next(report).read_text()
+    assert not summary["stalled"] and not summary.get("error"), text
     assert summary["lost_edits"] == 0, text
     assert summary["source_mismatches"] == 0, text
     assert all(r["source_ok"] and r["notes_missing"] == 0 for r in summary["rooms"]), text
@@ -76,4 +77,35 @@ async def test_regression_room_stop_delivers_the_last_edits(tmp_path) -> None:
                         f"trial {trial}: b has {len(str(mine))} of {len(expected)} chars, ends {str(mine)[-30:]!r}"
                     ) from None
         finally:
+            await b.stop()
+
+
+async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_path) -> None:
+    """Found by fuzzing the data channel (peer/room.py): after a link closed, the re-announce
+    that makes the pair reconnect was throttled to one per second and the throttled one was
+    DROPPED, not deferred — a link dropped twice within a second (e.g. for bad frames) never
+    came back. Now the throttled re-announce is sent once the second is over."""
+    from peer import Room
+    from signaling.settings import Settings
+    from tests.stack import signaling_stack
+    from tests.support import wait_for
+
+    settings = Settings(ice_hosts="127.0.0.1")
+    async with signaling_stack(tmp_path) as stack:
+        seeded = await stack.seed_room({"a": "owner", "b": "editor"})
+        a = Room(stack.url, seeded.token("a"), seeded.id, settings)
+        b = Room(stack.url, seeded.token("b"), seeded.id, settings)
+        await a.start()
+        await b.start()
+        try:
+            def linked() -> bool:
+                return (a.peers.get(b.peer_id) is not None and a.peers[b.peer_id].connected
+                        and b.peers.get(a.peer_id) is not None and b.peers[a.peer_id].connected)
+
+            for drop in range(3):
+                await wait_for(linked, 15, what=f"a and b linked (before drop {drop})")
+                await b._links[a.peer_id].conn.aclose()  # what dropping a peer for bad frames does
+            await wait_for(linked, 15, what="a and b linked again after quick successive drops")
+        finally:
+            await a.stop()
             await b.stop()
