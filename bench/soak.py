@@ -57,6 +57,7 @@ os.environ.setdefault("CODESYNC_ICE_HOSTS", "127.0.0.1")
 import httpx  # noqa: E402
 import pycrdt  # noqa: E402
 
+from bench import TRACES  # noqa: E402
 from bench.faults import Managed, ports, redis_starter, rss_kib, service_starter, signaling_starter  # noqa: E402
 from peer import Room  # noqa: E402
 from peer import text as ptext  # noqa: E402
@@ -64,10 +65,31 @@ from peer.persistence.store import DocumentStore  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 from tests.stack import seed_room, service_token  # noqa: E402
 from tests.support import child_env  # noqa: E402
-from tests.test_persistence_peer import persistence_peers, persistence_states, read_sv, saved_covers  # noqa: E402
+from tests.test_persistence_peer import persistence_peers, persistence_states, saved_covers  # noqa: E402
 
-TRACES = ROOT.parent / "shared" / "traces"
 PEER_SETTINGS = Settings(ice_hosts="127.0.0.1")
+
+
+def read_sv(sv: bytes) -> dict[int, int]:
+    """A Yjs state vector (varUint count, then client/clock varUint pairs) as a dict."""
+    out: dict[int, int] = {}
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            b = sv[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+
+    for _ in range(varuint()):
+        client = varuint()
+        out[client] = varuint()
+    return out
 
 
 # ----------------------------------------------------------------------------- configuration

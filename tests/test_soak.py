@@ -16,13 +16,14 @@ import shutil
 import pytest
 
 from bench.soak import Config, soak
-from tests.support import require
+from tests.support import TRACES, require
 
 pytestmark = pytest.mark.timeout(300)
 
 
 async def test_short_soak_loses_no_edit_across_every_fault(tmp_path) -> None:
     require("redis-server", shutil.which("redis-server") is not None, "apt-get install redis-server")
+    require("editing traces", (TRACES / "rustcode.json.gz").exists(), f"expected in {TRACES} (CODESYNC_TRACES)")
     cfg = Config(rooms=2, peers=3, duration=25.0, rate=40.0, block=30, rounds=1, fault_gap=2.0, down=1.0,
                  first_fault=2.0, out=tmp_path / "results", settle_timeout=60.0)
     summary = await soak(cfg)
