@@ -24,12 +24,12 @@ import base64
 import binascii
 import contextlib
 import logging
-import signal
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 
+from peer.service import RoomPresence, RoomService, run_service
 from signaling.settings import Settings
 
 from .identity import RunnerIdentity
@@ -66,43 +66,23 @@ def runner_config(settings: Settings) -> RunnerConfig:
     )
 
 
-class RoomRunner:
+class RoomRunner(RoomPresence):
     """The runner's presence in one room: a peer.Room plus the room's RoomRuns."""
 
-    def __init__(self, service: "RunnerService", room_id: str) -> None:
-        self.service = service
-        self.room_id = room_id
+    task_prefix = "runner"
+    service: "RunnerService"
+
+    def __init__(self, service: "RunnerService", room_id: str, after: asyncio.Task | None = None) -> None:
+        super().__init__(service, room_id, after)
         self.room: Any = None
         self.runs: RoomRuns | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._leave = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"runner:{self.room_id}")
-
-    def active(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def idle(self, grace: float) -> None:
-        if self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(grace, self._maybe_leave, grace)
-
-    def _maybe_leave(self, grace: float) -> None:
+    def _grace_over(self, grace: float) -> None:
         self._idle_timer = None
         if self.runs is not None and self.runs.busy:
             self.idle(grace)  # finish the runs first; look again later
         else:
             self._leave.set()
-
-    async def stop(self) -> None:
-        self.active()
-        self._leave.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
 
     async def _run(self) -> None:
         service = self.service
@@ -135,7 +115,6 @@ class RoomRunner:
                     await room.stop()
             ROOMS.dec()
             self.room = self.runs = None
-            service._room_done(self)
             log.info("room %s: left", self.room_id)
 
     async def _on_app(self, obj: dict[str, Any], peer_id: str) -> None:
@@ -189,27 +168,30 @@ def _state_vector(value: Any) -> bytes | None:
         return b""
 
 
-class RunnerService:
+class RunnerService(RoomService[RoomRunner]):
+    """Keeps a RoomRunner per active room; owns the sandbox and the language table."""
+
+    max_room_id = MAX_ROOM_ID
+    rejoin_while_leaving = False
+
     def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.identity = RunnerIdentity.current(settings.runner_instance)
         self.sandbox = sandbox or make_sandbox(settings, self.identity)
         self.languages = LanguageTable.load(settings.runner_languages)
         self.config = runner_config(settings)
-        self.client: Any = None
-        self.rooms: dict[str, RoomRunner] = {}
-        self._stopping = False
+
+    @property
+    def idle_grace(self) -> float:
+        return self.settings.runner_idle_grace
+
+    def make_presence(self, room_id: str, after: asyncio.Task | None) -> RoomRunner:
+        return RoomRunner(self, room_id, after)
 
     async def start(self) -> None:
-        from peer import SignalingClient
-
         if self.sandbox.name == "docker":
             await self._prepare_docker()
-        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
-        self.client.on_room_active(self._on_active)
-        self.client.on_room_idle(self._on_idle)
-        self.client.on_connected(self._on_connected)
-        await self.client.start()
+        await self.connect()
         log.info("runner (%s sandbox; %s) connected to %s", self.sandbox.name, ", ".join(self.languages.names),
                  self.client.url)
 
@@ -226,32 +208,6 @@ class RunnerService:
         except (ImageError, Exception) as exc:  # noqa: BLE001 - runs will report it; keep serving
             log.error("docker sandbox not ready (%s); runs will fail until it is", exc)
 
-    def _on_active(self, topic: str) -> None:
-        if self._stopping or not topic or len(topic) > MAX_ROOM_ID:
-            return
-        keeper = self.rooms.get(topic)
-        if keeper is None:
-            keeper = self.rooms[topic] = RoomRunner(self, topic)
-            keeper.start()
-        keeper.active()
-
-    def _on_idle(self, topic: str) -> None:
-        keeper = self.rooms.get(topic)
-        if keeper is not None:
-            keeper.idle(self.settings.runner_idle_grace)
-
-    def _on_connected(self) -> None:
-        # After a reconnect the server re-sends room-active for active rooms; others go idle.
-        for keeper in self.rooms.values():
-            keeper.idle(self.settings.runner_idle_grace)
-
-    def _room_done(self, keeper: RoomRunner) -> None:
-        if self.rooms.get(keeper.room_id) is keeper:
-            del self.rooms[keeper.room_id]
-
-    def signaling_ok(self) -> bool | str:
-        return True if self.client is not None and self.client.connected else "not connected"
-
     async def sandbox_ok(self) -> bool | str:
         """bubblewrap: the binary is there; docker: the engine answers."""
         if self.sandbox.name == "docker":
@@ -265,37 +221,14 @@ class RunnerService:
         return True if os.access(getattr(self.sandbox, "bwrap", ""), os.X_OK) else "bwrap missing"
 
     async def stop(self) -> None:
-        self._stopping = True
-        await asyncio.gather(*(k.stop() for k in list(self.rooms.values())), return_exceptions=True)
-        if self.client is not None:
-            await self.client.stop()
+        await super().stop()
         await self.sandbox.close()
 
 
 async def run_runner(settings: Settings) -> int:
-    if not settings.signaling_url or not settings.service_token:
-        log.error("codesync runner needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
-                  "(make one with: codesync token --scope runner)")
-        return 2
-    from signaling.opsserver import ops_server
-
-    try:
-        service = RunnerService(settings)
-    except Exception as exc:  # noqa: BLE001 - bad languages file, etc.: one clear line
-        log.error("runner could not start: %s", exc)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await service.start()
-    except Exception as exc:  # noqa: BLE001
-        log.error("runner could not start: %s", exc)
-        await service.stop()
-        return 1
-    async with ops_server(settings, "runner", {"signaling": service.signaling_ok, "sandbox": service.sandbox_ok}):
-        await stop.wait()
-        log.info("stopping: %d rooms", len(service.rooms))
-        await service.stop()
-    return 0
+    return await run_service(
+        settings,
+        lambda: RunnerService(settings),
+        lambda service: {"signaling": service.signaling_ok, "sandbox": service.sandbox_ok},
+        command="runner", scope="runner", what="runner", logger=log,
+    )

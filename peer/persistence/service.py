@@ -22,14 +22,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 
 from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 from sqlalchemy import text
 
-from signaling.opsserver import ops_server
 from signaling.settings import Settings
+
+from ..service import RoomPresence, RoomService, run_service
 
 from .lease import HeldLease, LeaseBackend, lease_backend
 from .store import DocumentStore
@@ -45,70 +45,39 @@ PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the sav
 COMMITS = Counter("codesync_persist_commits_total", "update-log transactions committed")
 
 
-class RoomKeeper:
+class RoomKeeper(RoomPresence):
     """This process's part in one room: compete for the lease, persist while holding it."""
 
+    task_prefix = "persist"
+    service: "PersistenceService"
+
     def __init__(self, service: "PersistenceService", room_id: str, after: asyncio.Task | None = None) -> None:
-        self.service = service
-        self.room_id = room_id
-        self._after = after  # a previous keeper of this room still leaving
+        super().__init__(service, room_id, after)
         self.room = None  # peer.Room while persisting
         self.writer: RoomWriter | None = None
         self.owning = False
-        self._stop = asyncio.Event()
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task | None = None
         self._commits_seen = self._updates_seen = 0
         self._publish_timer: asyncio.TimerHandle | None = None
         self._last_publish = 0.0
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"persist:{self.room_id}")
-
-    def active(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def idle(self, grace: float) -> None:
-        if self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(grace, self._stop.set)
-
-    async def stop(self) -> None:
-        self.active()
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     async def _run(self) -> None:
         settings = self.service.settings
         ttl = settings.persist_lease_ttl
-        try:
-            if self._after is not None:
-                await asyncio.wait({self._after})
-                self._after = None
-            while not self._stop.is_set():
-                lost = asyncio.Event()
-                held = HeldLease(self.service.leases, self.room_id, ttl, on_lost=lost.set)
-                if await held.acquire():
-                    try:
-                        await self._persist(held, lost)
-                    except Exception:  # noqa: BLE001 - one room's trouble must not end the service
-                        log.exception("room %s: persisting failed; will retry", self.room_id)
-                    finally:
-                        self.owning = False
-                        await held.release()
-                if not self._stop.is_set():
-                    # Somebody else owns it (or we just lost it): look again well before it can expire.
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), ttl * random.uniform(0.3, 0.5))
-        finally:
-            self.service._room_done(self)
+        while not self._leave.is_set():
+            lost = asyncio.Event()
+            held = HeldLease(self.service.leases, self.room_id, ttl, on_lost=lost.set)
+            if await held.acquire():
+                try:
+                    await self._persist(held, lost)
+                except Exception:  # noqa: BLE001 - one room's trouble must not end the service
+                    log.exception("room %s: persisting failed; will retry", self.room_id)
+                finally:
+                    self.owning = False
+                    await held.release()
+            if not self._leave.is_set():
+                # Somebody else owns it (or we just lost it): look again well before it can expire.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._leave.wait(), ttl * random.uniform(0.3, 0.5))
 
     async def _persist(self, held: HeldLease, lost: asyncio.Event) -> None:
         service = self.service
@@ -140,10 +109,10 @@ class RoomKeeper:
             room.release_sync()
             log.info("room %s: loaded %d bytes (snapshot upto %d, %d log rows)", self.room_id, len(stored.update),
                      stored.snapshot_seq, stored.log_rows)
-            stop = asyncio.create_task(self._stop.wait())
+            stop = asyncio.create_task(self._leave.wait())
             gone = asyncio.create_task(lost.wait())
             try:
-                while not (self._stop.is_set() or lost.is_set() or writer.failed):
+                while not (self._leave.is_set() or lost.is_set() or writer.failed):
                     await asyncio.wait({stop, gone}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.cancel()
@@ -193,72 +162,39 @@ class RoomKeeper:
             log.debug("room %s: could not publish save state", self.room_id, exc_info=True)
 
 
-class PersistenceService:
+class PersistenceService(RoomService[RoomKeeper]):
+    """Keeps a RoomKeeper per active room; owns the store and the lease backend."""
+
+    max_room_id = MAX_ROOM_ID
+
     def __init__(self, settings: Settings, store: DocumentStore | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.store = store
         self.leases: LeaseBackend | None = None
-        self.client = None
-        self.rooms: dict[str, RoomKeeper] = {}
         self.writer_config = WriterConfig(compact_rows=settings.persist_compact_rows)
-        self._stopping = False
+
+    @property
+    def idle_grace(self) -> float:
+        return self.settings.persist_idle_grace
+
+    def make_presence(self, room_id: str, after: asyncio.Task | None) -> RoomKeeper:
+        return RoomKeeper(self, room_id, after=after)
 
     async def start(self) -> None:
-        from peer import SignalingClient
-
         if self.store is None:
             self.store = await DocumentStore.open(self.settings)
         self.leases = lease_backend(self.settings, self.store.engine)
-        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
-        self.client.on_room_active(self._on_active)
-        self.client.on_room_idle(self._on_idle)
-        self.client.on_connected(self._on_connected)
-        await self.client.start()
+        await self.connect()
         log.info("persistence peer %s connected to %s", self.leases.owner, self.client.url)
-
-    def _on_active(self, topic: str) -> None:
-        if self._stopping:
-            return
-        if not topic or len(topic) > MAX_ROOM_ID:
-            log.warning("ignoring room-active for an unusable room id %r", topic[:80])
-            return
-        keeper = self.rooms.get(topic)
-        if keeper is None or keeper.stopping:  # new, or active again while leaving: start over after it
-            keeper = self.rooms[topic] = RoomKeeper(self, topic, after=keeper._task if keeper else None)
-            keeper.start()
-        keeper.active()
-
-    def _on_connected(self) -> None:
-        # After a reconnect the server re-sends room-active for every active room; a room that
-        # went idle while we were away gets no room-idle, so every room starts its idle grace
-        # now and the room-active frames that follow cancel it.
-        for keeper in self.rooms.values():
-            keeper.idle(self.settings.persist_idle_grace)
 
     async def database_ok(self) -> bool:
         async with self.store.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return True
 
-    def signaling_ok(self) -> bool | str:
-        return True if self.client is not None and self.client.connected else "not connected"
-
-    def _on_idle(self, topic: str) -> None:
-        keeper = self.rooms.get(topic)
-        if keeper is not None:
-            keeper.idle(self.settings.persist_idle_grace)
-
-    def _room_done(self, keeper: RoomKeeper) -> None:
-        if self.rooms.get(keeper.room_id) is keeper:
-            del self.rooms[keeper.room_id]
-
     async def stop(self) -> None:
         """Flush and leave every room, release every lease, disconnect."""
-        self._stopping = True
-        keepers = list(self.rooms.values())
-        await asyncio.gather(*(k.stop() for k in keepers), return_exceptions=True)
-        if self.client is not None:
-            await self.client.stop()
+        await super().stop()
         if self.leases is not None:
             await self.leases.close()
         if self.store is not None:
@@ -266,23 +202,9 @@ class PersistenceService:
 
 
 async def run_persistence(settings: Settings) -> int:
-    if not settings.signaling_url or not settings.service_token:
-        log.error("codesync persist needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
-                  "(make one with: codesync token --scope persistence)")
-        return 2
-    service = PersistenceService(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await service.start()
-    except Exception as exc:  # noqa: BLE001 - a clear line, not a traceback
-        log.error("persistence peer could not start: %s", exc)
-        await service.stop()
-        return 1
-    async with ops_server(settings, "persistence", {"database": service.database_ok, "signaling": service.signaling_ok}):
-        await stop.wait()
-        log.info("stopping: flushing %d rooms", len(service.rooms))
-        await service.stop()
-    return 0
+    return await run_service(
+        settings,
+        lambda: PersistenceService(settings),
+        lambda service: {"database": service.database_ok, "signaling": service.signaling_ok},
+        command="persist", scope="persistence", what="persistence peer", logger=log,
+    )
