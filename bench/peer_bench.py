@@ -18,12 +18,9 @@ Usage::
 
 from __future__ import annotations
 
-from bench import TRACES
-
 import argparse
 import asyncio
 import gc
-import gzip
 import json
 import os
 import statistics
@@ -36,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
+from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
-from peer import text as ptext  # noqa: E402
 from peer.connection import PeerConnection  # noqa: E402
 from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 from tests.stack import signaling_stack  # noqa: E402
 
-TRACE = TRACES / "rustcode.json.gz"
+TRACE = "rustcode"
 SETTINGS = Settings(ice_hosts="127.0.0.1")
 
 
@@ -125,26 +122,12 @@ async def edit_latency(stack, seeded, edits: int, gap_ms: float) -> dict:
 
 
 # ------------------------------------------------------------------ trace replay
-def trace_updates() -> tuple[list[bytes], str]:
+def rustcode_updates() -> tuple[list[bytes], str]:
     """One update per trace transaction, as an editor would emit them."""
-    with gzip.open(TRACE, "rt", encoding="utf-8") as f:
-        trace = json.load(f)
-    doc = pycrdt.Doc()
-    text = doc.get("source", type=pycrdt.Text)
-    updates: list[bytes] = []
-    doc.observe(lambda e: updates.append(e.update))
-    current = trace["startContent"]
-    for txn in trace["txns"]:
-        with doc.transaction():
-            for pos, delete, insert in txn["patches"]:
-                if delete:
-                    ptext.delete_codepoints(text, pos, delete, current)
-                    current = current[:pos] + current[pos + delete :]
-                if insert:
-                    ptext.insert_codepoints(text, pos, insert, current)
-                    current = current[:pos] + insert + current[pos:]
-    assert current == trace["endContent"]
-    return updates, trace["endContent"]
+    trace = load_trace(TRACE)
+    updates, end = trace_updates(trace)
+    assert end == trace["endContent"]
+    return updates, end
 
 
 def pycrdt_apply_rate(updates: list[bytes]) -> float:
@@ -300,7 +283,7 @@ async def run(quick: bool) -> dict:
             print("join 5 MB", results["join_5mb"]["median_ms"], "ms", flush=True)
             results["edit_latency"] = await edit_latency(stack, seeded, 100 if quick else 500, 5)
             print("latency", results["edit_latency"], flush=True)
-            updates, end = trace_updates()
+            updates, end = rustcode_updates()
             rate = pycrdt_apply_rate(updates)
             replay = await trace_replay(stack, seeded, updates, end, batch=50)
             replay["pycrdt_apply_update_per_s"] = rate

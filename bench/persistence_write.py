@@ -18,11 +18,8 @@ PostgreSQL: a throwaway database on ``CODESYNC_TEST_PG`` (default postgres@127.0
 
 from __future__ import annotations
 
-from bench import TRACES
-
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import secrets
@@ -36,34 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
-from peer import text as ptext  # noqa: E402
+from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from peer.persistence.writer import RoomWriter, WriterConfig  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 
-TRACE = TRACES / "rustcode.json.gz"
+TRACE = "rustcode"
 PG_ADMIN_URL = os.environ.get("CODESYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def trace_updates(limit: int | None = None) -> tuple[list[bytes], str]:
-    """One update per trace transaction (what an editor emits per keystroke)."""
-    with gzip.open(TRACE, "rt", encoding="utf-8") as f:
-        trace = json.load(f)
-    doc = pycrdt.Doc()
-    text = doc.get("source", type=pycrdt.Text)
-    updates: list[bytes] = []
-    doc.observe(lambda e: updates.append(e.update))
-    current = ""
-    for txn in trace["txns"][:limit]:
-        with doc.transaction():
-            for pos, delete, insert in txn["patches"]:
-                if delete:
-                    ptext.delete_codepoints(text, pos, delete, current)
-                    current = current[:pos] + current[pos + delete :]
-                if insert:
-                    ptext.insert_codepoints(text, pos, insert, current)
-                    current = current[:pos] + insert + current[pos:]
-    return updates, current
 
 
 async def bench_db(name: str, url: str, updates: list[bytes], expected: str, single: int) -> dict:
@@ -120,7 +96,7 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="first 5,000 trace transactions only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    updates, expected = trace_updates(5000 if args.quick else None)
+    updates, expected = trace_updates(load_trace(TRACE), 5000 if args.quick else None)
     results = []
     tmp = Path(tempfile.mkdtemp(prefix="cs-bench-"))
     results.append(await bench_db("sqlite", f"sqlite+aiosqlite:///{tmp / 'bench.db'}", updates, expected, 500))

@@ -9,46 +9,25 @@ round trip. Peer B must end with the trace's ``endContent``.
 from __future__ import annotations
 
 import asyncio
-import gzip
-import json
 import time
-from pathlib import Path
 
 import pycrdt
 import pytest
 
+from bench.traces import load_trace, replay, trace_path
 from peer import Room
-from peer import text as ptext
 from signaling.settings import Settings
 from tests.stack import signaling_stack
-from tests.support import TRACES, require, wait_for
+from tests.support import require, wait_for
 
-TRACE = TRACES / "rustcode.json.gz"
+TRACE = "rustcode"
 BATCH = 50
-
-
-def load_trace(path: Path = TRACE) -> dict:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return json.load(f)
-
-
-def apply_txn(text: pycrdt.Text, current: str, patches: list) -> str:
-    """Apply one trace transaction (code-point positions) as one pycrdt transaction."""
-    with text.doc.transaction():
-        for pos, delete, insert in patches:
-            if delete:
-                ptext.delete_codepoints(text, pos, delete, current)
-                current = current[:pos] + current[pos + delete :]
-            if insert:
-                ptext.insert_codepoints(text, pos, insert, current)
-                current = current[:pos] + insert + current[pos:]
-    return current
 
 
 @pytest.mark.timeout(180)
 async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> None:
-    require("the editing traces", TRACE.exists(), f"{TRACE} (../shared/traces beside the checkout)")
-    trace = load_trace()
+    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (../shared/traces beside the checkout)")
+    trace = load_trace(TRACE)
     settings = Settings(ice_hosts="127.0.0.1")
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
@@ -69,8 +48,7 @@ async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> N
             text = a.doc.get("source", type=pycrdt.Text)
             current = trace["startContent"]
             t0 = time.monotonic()
-            for i, txn in enumerate(trace["txns"], 1):
-                current = apply_txn(text, current, txn["patches"])
+            for i, current in enumerate(replay(text, trace), 1):
                 if i % BATCH == 0:
                     await asyncio.sleep(0)
             assert current == trace["endContent"] == str(text)
