@@ -116,6 +116,19 @@ class Reader:
         return out
 
 
+def decode_state_vector(data: bytes, max_clients: int = 100_000) -> dict[int, int]:
+    """A Yjs state vector (what SyncStep1 carries) as ``{client: clock}``.
+
+    lib0 encoding: varUint count, then (varUint client, varUint clock) pairs. Strict like
+    ``Reader`` (raises ProtocolError, a ValueError): state vectors arrive from other peers.
+    """
+    reader = Reader(data)
+    count = reader.var_uint()
+    if count > max_clients:
+        raise ProtocolError("state vector too large")
+    return {reader.var_uint(): reader.var_uint() for _ in range(count)}
+
+
 # ------------------------------------------------------------------ messages
 @dataclass(frozen=True, slots=True)
 class SyncMessage:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import pycrdt
 from prometheus_client import Counter, Histogram
 
+from peer.protocol import decode_state_vector
+
 from .identity import RunnerIdentity, session_alive
 from .languages import LanguageError, LanguageTable
 from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError
@@ -102,29 +104,6 @@ class _Pending:
     language: str
     execution: Execution | None = None
     stop_reason: str | None = None
-
-
-def decode_state_vector(data: bytes) -> dict[int, int]:
-    """lib0 encoding: varUint count, then (varUint client, varUint clock) pairs."""
-    pos = 0
-
-    def var_uint() -> int:
-        nonlocal pos
-        value, shift = 0, 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise ValueError("truncated or oversized varUint")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-
-    count = var_uint()
-    if count > 100_000:
-        raise ValueError("state vector too large")
-    return {var_uint(): var_uint() for _ in range(count)}
 
 
 def covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:

@@ -18,32 +18,16 @@ from sqlalchemy import insert, select
 
 from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
 from peer.persistence.writer import RoomWriter, WriterConfig
+from peer.protocol import decode_state_vector
 from signaling.models import utcnow
 from tests.support import ROOT, child_env, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def read_varuint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, pos
-
-
 def state_vector_total(sv: bytes) -> int:
     """Sum of clocks in a Yjs state vector."""
-    n, pos = read_varuint(sv, 0)
-    total = 0
-    for _ in range(n):
-        _client, pos = read_varuint(sv, pos)
-        clock, pos = read_varuint(sv, pos)
-        total += clock
-    return total
+    return sum(decode_state_vector(sv).values())
 
 
 def recorder(doc: Doc) -> list[bytes]:
