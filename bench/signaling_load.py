@@ -262,6 +262,7 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
             # CPU the server spent per delivered frame: robust to a busy machine, and the
             # throughput one fully used core would sustain is 1e6 / this.
             "server_cpu_us_per_delivery": round(1e6 * server_cpu / stats.received, 1) if stats.received else float("nan"),
+            "load_avg_1m": round(os.getloadavg()[0], 1),  # the machine is shared: context for the latency
             "bench_cpu_pct": round(100 * ((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)) / elapsed, 1),
         }
     finally:
@@ -278,7 +279,7 @@ def show(r: dict) -> None:
         f"{r['target']:<22} {r['offered_msgs_per_s']:>9.0f} pub/s offered  {r['delivered_msgs_per_s']:>9.0f} msg/s delivered  "
         f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>8.2f} ms  loss {r['loss_pct']:>6.2f} %  "
         f"RSS {r['server_rss_mb']:>6.1f} MB  server CPU {r['server_cpu_pct']:>4.0f} % = {r['server_cpu_us_per_delivery']:>5.1f} µs/delivery  "
-        f"(bench client CPU {r['bench_cpu_pct']:.0f} %){'  [' + r['note'] + ']' if r['note'] else ''}",
+        f"(bench client CPU {r['bench_cpu_pct']:.0f} %, load {r['load_avg_1m']:g}){'  [' + r['note'] + ']' if r['note'] else ''}",
         flush=True,
     )
 
