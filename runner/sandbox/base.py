@@ -27,6 +27,18 @@ Status = Literal["finished", "failed", "timeout", "killed"]
 
 TRUNCATED_MARKER = "\n[output truncated]\n"
 
+# Where a run's files are and the whole environment it sees: the same in every backend,
+# so a program behaves alike under bubblewrap and docker.
+WORK_DIR = "/work"
+RUN_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORK_DIR,
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -22,13 +22,12 @@ import shutil
 import signal
 from pathlib import Path
 
-from .base import Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
+from .base import RUN_ENV, WORK_DIR, Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
 from .cgroups import CgroupManager, RunCgroup
 
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
-WORK_DIR = "/work"
 # Only what compilers and interpreters need from /etc; nothing else of the host is visible.
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -39,14 +38,6 @@ ETC_FILES = (
     "/etc/nsswitch.conf",
 )
 SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "HOME": WORK_DIR,
-    "TMPDIR": "/tmp",
-    "LANG": "C.UTF-8",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 READ_SIZE = 16 * 1024
 
 
@@ -116,7 +107,7 @@ class BubblewrapSandbox(Sandbox):
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
         # bwrap's root is a tmpfs it builds the tree in; freeze it so only /work and /tmp are writable.
         args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
-        for key, value in ENV.items():
+        for key, value in RUN_ENV.items():
             args += ["--setenv", key, value]
         args += ["--", "/bin/sh", "-c", spec.script()]
         return args

@@ -34,22 +34,13 @@ from typing import Any
 
 from ..identity import RunnerIdentity
 from ..image import DEFAULT_TAG
-from .base import Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
+from .base import RUN_ENV, WORK_DIR, Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
 
 log = logging.getLogger(__name__)
 
-WORK_DIR = "/work"
 LABEL = "codesync.runner"
 INSTANCE_LABEL = "codesync.runner.instance"  # stable across restarts of one runner (runner/identity.py)
 SESSION_LABEL = "codesync.runner.session"  # host:pid:start of the process that made the container
-ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "HOME": WORK_DIR,
-    "TMPDIR": "/tmp",
-    "LANG": "C.UTF-8",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 
 
 def _safe_name(name: str) -> str:
@@ -83,7 +74,7 @@ def container_options(limits: Limits, image: str, labels: dict[str, str] | None 
         image=image,
         # No ``working_dir``: Docker would create it before mounting and the tmpfs mode is lost.
         command=["/bin/sh", "-c", BOOTSTRAP],
-        environment=dict(ENV),
+        environment=dict(RUN_ENV),
         user="65534:65534",
         hostname="sandbox",
         network_mode="none",
