@@ -36,8 +36,8 @@ from peer import protocol as p
 from peer.chunking import split_message
 from tests.fuzzing import LiveLoop, fuzz_settings
 from tests.support import Service, wait_for
+from signaling.settings import Settings
 from tests.test_persistence_peer import (
-    SETTINGS,
     persist_stack,
     persistence_peers,
     saved_covers,
@@ -46,6 +46,8 @@ from tests.test_persistence_peer import (
 )
 
 pytestmark = pytest.mark.timeout(170)
+
+SETTINGS = Settings(ice_hosts="127.0.0.1")
 
 # ----------------------------------------------------------------------------- strategies
 varuints = st.one_of(st.integers(0, 300), st.integers(0, 2**53), st.integers(2**53, 2**80))
