@@ -246,6 +246,11 @@ BAD_FRAMES = [
     ('{"topics": []}', "missing_field"),
     ("[1, 2, 3]", "invalid_frame"),
     ('"just a string"', "invalid_frame"),
+    # a double overflow: relayed, it would reach browsers as Infinity (not JSON)
+    ('{"type": "publish", "topic": "r", "data": {"x": 1e400}}', "malformed_json"),
+    ('{"type": "publish", "topic": "r", "data": {"x": "\\ud800"}}', "invalid_unicode"),
+    ("[" * 2000 + "]" * 2000, "malformed_json"),  # nested too deeply (below the frame limit)
+    ('{"type": "ping", "type": "frobnicate"}', "unknown_type"),  # duplicate keys: the last wins, as in JSON.parse
     ("[" * 100000 + "]" * 100000, None),  # above the frame limit: closes with 1009 instead
 ]
 
