@@ -155,8 +155,10 @@ class Hub(ABC):
         ``user_id`` None: the room was deleted. Every node re-checks its own subscribers
         (the REST call may land on another node than the user's sockets).
         """
-        await self._broadcast_membership(topic, user_id)
-        await self.recheck(topic, user_id)
+        try:
+            await self.recheck(topic, user_id)
+        finally:  # tell the other nodes even if this node's re-check failed
+            await self._broadcast_membership(topic, user_id)
 
     def recheck_soon(self, topic: str, user_id: str | None) -> None:
         """:meth:`recheck` from a synchronous context (the Redis bus listener)."""
