@@ -8,8 +8,9 @@ through node 0, so killing node 1 cuts half the peers off signaling while their 
 keep carrying edits.
 
 The trace (``../shared/traces/*.json.gz``) of a room is cut into blocks of ``--block`` txns;
-block j is typed by peer ``j % P`` once its document holds the content after block j-1 (a
-baton; the hand-over wait is part of the measured latency). Every peer also appends its own
+block j is typed by peer ``j % P`` once its document holds the content after block j-1 AND
+covers the state vector the previous typist had when it stopped (a baton; equal text alone
+is not enough, see ``holds_baton``; the hand-over wait is part of the measured latency). Every peer also appends its own
 numbered notes to the ``soak`` Y.Array concurrently, so the document sees concurrent writers.
 At the end every room's peers must hold the same document, the stored document must equal
 it, ``source`` must equal the trace's content after the replayed txns (``endContent`` for a
@@ -90,6 +91,24 @@ def read_sv(sv: bytes) -> dict[int, int]:
         client = varuint()
         out[client] = varuint()
     return out
+
+
+def holds_baton(doc: pycrdt.Doc, content: str, state_vector: dict[int, int]) -> bool:
+    """May the next typist start? Its ``source`` must equal the trace's content AND its state
+    vector must cover the previous typist's (taken when that typist stopped).
+
+    Equal text alone is NOT enough (found by the full soak, 2 runs in 5): rustcode block 104
+    ends with ``mut `` typed and deleted again, a net-zero change. A peer that had everything
+    but those last updates already showed the right text, took the baton and typed; the
+    ``mut`` insert arrived mid-block, so three keystrokes went in three characters to the
+    left. The CRDT merged these concurrent edits correctly, just not the way the trace did:
+    every peer agreed on ``len se(),lf.head`` where the trace has ``len(), self.head``.
+    A delete never moves a state vector, but a missed delete leaves visible text, so
+    "covers the state vector and equal text" means "holds what the previous typist held"."""
+    if str(doc.get("source", type=pycrdt.Text)) != content:
+        return False
+    have = read_sv(doc.get_state())
+    return all(have.get(client, 0) >= clock for client, clock in state_vector.items())
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -254,26 +273,32 @@ class SoakRoom:
         interval = 1.0 / cfg.rate
         blocks = [self.trace.txns[i:i + cfg.block] for i in range(0, len(self.trace.txns), cfg.block)]
         start_content = ""
+        baton_sv: dict[int, int] = {}  # the previous typist's state vector when it handed over
         for j, block in enumerate(blocks):
-            # the baton: peer j % P types block j, once present and holding the content so far
+            # the baton: peer j % P types block j, once present and holding what the last typist held
             waited = time.monotonic()
             while True:
                 peer = self.peers[j % len(self.peers)]
-                if peer.present and peer.room is not None and str(peer.source()) == start_content:
+                if peer.present and peer.room is not None and holds_baton(peer.doc, start_content, baton_sv):
                     break
-                self.stalled(waited, peer, start_content, f"block {j}")
+                self.stalled(waited, peer, start_content, f"block {j}", baton_sv)
                 await asyncio.sleep(0.01)
-            text, current = peer.source(), start_content
+            doc, current = peer.doc, start_content
+            text = doc.get("source", type=pycrdt.Text)
             next_at = time.monotonic()
             for patches in block:
-                if not peer.present:  # left mid-block: wait for it to come back with the content
+                if not peer.present or peer.room is None or peer.doc is not doc:
+                    # left (and maybe already rejoined with a new, empty doc) mid-block: the
+                    # new doc must catch up with everything the old one typed before going on
                     m.log(f"room {self.index}: baton holder {peer.label} left mid-block {j}")
+                    baton_sv = read_sv(doc.get_state())
                     waited = time.monotonic()
-                    while not (peer.present and peer.room is not None and str(peer.source()) == current):
-                        self.stalled(waited, peer, current, "mid-block rejoin")
+                    while not (peer.present and peer.room is not None and holds_baton(peer.doc, current, baton_sv)):
+                        self.stalled(waited, peer, current, "mid-block rejoin", baton_sv)
                         await asyncio.sleep(0.01)
-                    text = peer.source()
-                with peer.doc.transaction():
+                    doc = peer.doc
+                    text = doc.get("source", type=pycrdt.Text)
+                with doc.transaction():
                     for pos, delete, insert in patches:
                         if delete:
                             ptext.delete_codepoints(text, pos, delete, current)
@@ -291,9 +316,10 @@ class SoakRoom:
                 elif delay < -1.0:
                     next_at = time.monotonic()  # behind by more than a second: don't burst
             start_content = self.trace.boundaries[j]
+            baton_sv = read_sv(doc.get_state())
         self.finished.set()
 
-    def stalled(self, since: float, peer: SoakPeer, want: str, where: str) -> None:
+    def stalled(self, since: float, peer: SoakPeer, want: str, where: str, sv: dict[int, int] | None = None) -> None:
         """The baton holder never got the content so far: edits were lost (or a peer hangs)."""
         if time.monotonic() - since < self.soak.cfg.stall_timeout:
             return
@@ -303,6 +329,10 @@ class SoakRoom:
         if have is not None:
             at = next((i for i, (x, y) in enumerate(zip(have, want)) if x != y), min(len(have), len(want)))
             diff = f"; first difference at {at}: has {have[max(0, at - 20):at + 20]!r}, trace {want[max(0, at - 20):at + 20]!r}"
+            if have == want and sv:
+                mine = read_sv(peer.doc.get_state())
+                behind = {c: (mine.get(c, 0), clock) for c, clock in sv.items() if mine.get(c, 0) < clock}
+                diff = f"; same text, but behind the previous typist's state vector (client: have, need): {behind}"
         raise RuntimeError(f"room {self.index} stalled at {where}: {peer.label} present={peer.present} has "
                            f"{None if have is None else len(have)} chars, the trace needs {len(want)}; others {others}{diff}")
 

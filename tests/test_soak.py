@@ -110,3 +110,69 @@ async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_pa
         finally:
             await a.stop()
             await b.stop()
+
+
+def test_regression_the_baton_needs_the_state_vector_not_only_equal_text() -> None:
+    """Found by the full soak (bench/soak.py, a harness bug, not a CRDT one): 2 runs in 5 ended
+    with every peer agreeing on ``len se(),lf.head`` where the trace has ``len(), self.head``.
+    rustcode txns 4193-4199 type ``&mut `` and delete ``mut `` again; a next typist holding
+    only the ``&`` already showed the block's final text, took the baton, and the late
+    ``mut`` insert shifted its keystrokes. Replayed here with plain pycrdt documents in the
+    order the soak saw: the old check passes too early and the result is the soak's wrong
+    text; ``holds_baton`` waits until the late updates are in."""
+    import pycrdt
+
+    from bench.soak import holds_baton, read_sv
+    from peer import text as ptext
+
+    def updates_of(doc: pycrdt.Doc) -> list[bytes]:
+        out: list[bytes] = []
+        doc.observe(lambda event: out.append(event.update))
+        return out
+
+    base = "fn f(x) {\n    items(contents.len());\n}\n"
+    typist, next_typist = pycrdt.Doc(), pycrdt.Doc()
+    sent = updates_of(typist)
+    t = typist.get("source", type=pycrdt.Text)
+    t.insert(0, base)
+    next_typist.apply_update(typist.get_update())
+    sent.clear()
+    # the previous typist's last keystrokes, one transaction each (as the soak types them)
+    t.insert(5, "&")
+    for i, ch in enumerate("mut "):
+        t.insert(6 + i, ch)
+    del t[6:9]
+    del t[6:7]
+    handed_over = str(t)
+    baton = read_sv(typist.get_state())
+    assert handed_over == base[:5] + "&" + base[5:]
+
+    next_typist.apply_update(sent[0])  # only the "&" has arrived
+    assert str(next_typist.get("source", type=pycrdt.Text)) == handed_over  # the old check: "go"
+    assert not holds_baton(next_typist, handed_over, baton)  # the new one: not yet
+
+    # What the old check let happen: type ", se" after "len()" while "mut" arrives mid-way.
+    early = pycrdt.Doc()
+    early.apply_update(next_typist.get_update())
+    et = early.get("source", type=pycrdt.Text)
+    current, at = handed_over, handed_over.index("len()") + len("len()")
+    for k, ch in enumerate(", se"):
+        if k == 1:
+            for u in sent[1:4]:  # "mut" arrives
+                early.apply_update(u)
+        ptext.insert_codepoints(et, at + k, ch, current)
+        current = current[:at + k] + ch + current[at + k:]
+    for u in sent[4:]:
+        early.apply_update(u)
+    assert str(et) != current, "the early start should reproduce the soak's wrong text"
+
+    for u in sent[1:]:
+        next_typist.apply_update(u)
+    assert holds_baton(next_typist, handed_over, baton)
+    nt = next_typist.get("source", type=pycrdt.Text)
+    current = handed_over
+    for k, ch in enumerate(", se"):
+        ptext.insert_codepoints(nt, at + k, ch, current)
+        current = current[:at + k] + ch + current[at + k:]
+    typist.apply_update(next_typist.get_update())
+    assert str(nt) == current == str(t)
