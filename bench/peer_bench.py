@@ -38,7 +38,7 @@ from peer import Room  # noqa: E402
 from peer.connection import PeerConnection  # noqa: E402
 from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
-from tests.stack import signaling_stack  # noqa: E402
+from tests.stack import joined, signaling_stack  # noqa: E402
 
 TRACE = "rustcode"
 SETTINGS = Settings(ice_hosts="127.0.0.1")
@@ -91,11 +91,7 @@ async def join_to_synced(stack, seeded, size: int, rounds: int) -> dict:
 
 # ------------------------------------------------------------------ edit latency
 async def edit_latency(stack, seeded, edits: int, gap_ms: float) -> dict:
-    a = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
-    b = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
-    await a.start()
-    await b.start()
-    try:
+    async with joined(stack, seeded, "alice", "bob", settings=SETTINGS) as (a, b):
         await until(lambda: a.connected_peers and b.connected_peers, 30)
         await b.wait_synced(a.peer_id)
         arrived: list[float] = []
@@ -109,9 +105,6 @@ async def edit_latency(stack, seeded, edits: int, gap_ms: float) -> dict:
             await until(lambda: len(arrived) > n, 10)
             lat.append((arrived[n] - t0) * 1000)
             await asyncio.sleep(gap_ms / 1000)
-    finally:
-        await b.stop()
-        await a.stop()
     return {
         "edits": edits,
         "gap_ms": gap_ms,
@@ -142,11 +135,7 @@ def pycrdt_apply_rate(updates: list[bytes]) -> float:
 
 
 async def trace_replay(stack, seeded, updates: list[bytes], end: str, batch: int) -> dict:
-    a = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
-    b = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
-    await a.start()
-    await b.start()
-    try:
+    async with joined(stack, seeded, "alice", "bob", settings=SETTINGS) as (a, b):
         await until(lambda: a.connected_peers and b.connected_peers, 30)
         await b.wait_synced(a.peer_id)
         received = 0
@@ -164,9 +153,6 @@ async def trace_replay(stack, seeded, updates: list[bytes], end: str, batch: int
                 await asyncio.sleep(0)
         await until(lambda: len(tb) == len(end) and str(tb) == end, 120)
         elapsed = time.perf_counter() - t0
-    finally:
-        await b.stop()
-        await a.stop()
     return {"updates": len(updates), "seconds": elapsed, "updates_per_s": len(updates) / elapsed, "messages": received}
 
 

@@ -28,7 +28,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,27 @@ async def signaling_stack(
     finally:
         for svc in started:
             svc.stop()
+
+
+@asynccontextmanager
+async def joined(
+    stack: Stack, seeded: SeededRoom, *labels: str, settings: Settings | None = None
+) -> AsyncIterator[list[Any]]:
+    """Headless peers (``peer.Room``) of these seeded users in the room, stopped in reverse order.
+
+    ``settings`` defaults to loopback-only ICE (the network rule of every test).
+    """
+    from peer import Room as PeerRoom  # aiortc is heavy; signaling-only tests never load it
+
+    settings = settings or Settings(ice_hosts="127.0.0.1")
+    async with AsyncExitStack() as es:
+        rooms = []
+        for label in labels:
+            room = PeerRoom(stack.url, seeded.token(label), seeded.id, settings)
+            await room.start()
+            es.push_async_callback(room.stop)
+            rooms.append(room)
+        yield rooms
 
 
 # ----------------------------------------------------------------------------- client

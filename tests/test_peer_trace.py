@@ -15,9 +15,7 @@ import pycrdt
 import pytest
 
 from bench.traces import load_trace, replay, trace_path
-from peer import Room
-from signaling.settings import Settings
-from tests.stack import signaling_stack
+from tests.stack import joined, signaling_stack
 from tests.support import require, wait_for
 
 TRACE = "rustcode"
@@ -28,14 +26,9 @@ BATCH = 50
 async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> None:
     require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (../shared/traces beside the checkout)")
     trace = load_trace(TRACE)
-    settings = Settings(ice_hosts="127.0.0.1")
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
-        a = Room(stack.url, seeded.token("alice"), seeded.id, settings)
-        b = Room(stack.url, seeded.token("bob"), seeded.id, settings)
-        await a.start()
-        await b.start()
-        try:
+        async with joined(stack, seeded, "alice", "bob") as (a, b):
             await wait_for(lambda: a.connected_peers and b.connected_peers, 15, what="link")
             await b.wait_synced(a.peer_id)
             received = 0
@@ -57,6 +50,3 @@ async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> N
             elapsed = time.monotonic() - t0
             print(f"\nreplayed {len(trace['txns'])} txns in {elapsed:.2f}s ({received} merged updates at bob)")
             assert received < len(trace["txns"])  # coalesced, not one message per keystroke
-        finally:
-            await b.stop()
-            await a.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
-import json
 import signal
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -16,52 +14,32 @@ import httpx
 import pycrdt
 import pytest
 
+from bench.traces import load_trace, replay, trace_path
 from peer import Room
-from peer import protocol as p
-from peer import text as ptext
 from peer.persistence.store import DocumentStore
+from peer.protocol import decode_state_vector
 from signaling.settings import Settings
-from tests.stack import Stack, signaling_stack
-from tests.support import TRACES, Service, child_env, free_port, postgres_database, require, start_service, wait_for, wait_http_ok
+from tests.stack import Stack, joined, signaling_stack
+from tests.support import Service, child_env, free_port, postgres_database, require, start_service, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
-SETTINGS = Settings(ice_hosts="127.0.0.1")
-TRACE = TRACES / "rustcode.json.gz"
+TRACE = "rustcode"
 
 
 # ----------------------------------------------------------------------------- helpers
-def read_sv(sv: bytes) -> dict[int, int]:
-    def varuint(pos: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            b = sv[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value, pos
-
-    n, pos = varuint(0)
-    out = {}
-    for _ in range(n):
-        client, pos = varuint(pos)
-        out[client], pos = varuint(pos)
-    return out
-
-
 def persistence_states(room: Room) -> list[dict]:
     return [s for s in room.awareness.states.values() if isinstance(s, dict) and s.get("service") == "persistence"]
 
 
 def saved_covers(room: Room) -> bool:
     """Some persistence peer says it has stored everything this peer's document holds."""
-    mine = read_sv(room.doc.get_state())
+    mine = decode_state_vector(room.doc.get_state())
     for state in persistence_states(room):
         saved = state.get("saved") or {}
         if saved.get("status") != "saved":
             continue
-        stored = read_sv(base64.b64decode(saved["state_vector"]))
+        stored = decode_state_vector(base64.b64decode(saved["state_vector"]))
         if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
             return True
     return False
@@ -130,18 +108,6 @@ async def persist_stack(tmp: Path, database_url: str | None = None, **env: str) 
             persisters.stop_all()
 
 
-@asynccontextmanager
-async def joined(stack: Stack, seeded, *labels: str) -> AsyncIterator[list[Room]]:
-    async with AsyncExitStack() as es:
-        rooms = []
-        for label in labels:
-            room = Room(stack.url, seeded.token(label), seeded.id, SETTINGS)
-            await room.start()
-            es.push_async_callback(room.stop)
-            rooms.append(room)
-        yield rooms
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(request, tmp_path) -> AsyncIterator[str]:
     if request.param == "sqlite":
@@ -207,24 +173,15 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, db_url):
 
 @pytest.mark.timeout(240)
 async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
-    require("the editing traces", TRACE.exists(), f"{TRACE} (../shared/traces beside the checkout)")
-    with gzip.open(TRACE, "rt", encoding="utf-8") as f:
-        trace = json.load(f)
+    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (../shared/traces beside the checkout)")
+    trace = load_trace(TRACE)
     async with persist_stack(tmp_path) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         first = persisters.start(CODESYNC_PERSIST_COMPACT_ROWS="200")
         async with joined(stack, seeded, "alice", "bob") as (alice, bob):
             await wait_for(lambda: persistence_peers(alice) and persistence_peers(bob), 45, what="persistence joins")
-            text, current = source(alice), ""
-            for n, txn in enumerate(trace["txns"]):
-                with alice.doc.transaction():
-                    for pos, delete, insert in txn["patches"]:
-                        if delete:
-                            ptext.delete_codepoints(text, pos, delete, current)
-                            current = current[:pos] + current[pos + delete :]
-                        if insert:
-                            ptext.insert_codepoints(text, pos, insert, current)
-                            current = current[:pos] + insert + current[pos:]
+            current = ""
+            for n, current in enumerate(replay(source(alice), trace)):
                 if n % 50 == 0:
                     await asyncio.sleep(0)
             assert current == trace["endContent"]

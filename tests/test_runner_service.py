@@ -7,7 +7,7 @@ import asyncio
 import base64
 import os
 import secrets
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -18,7 +18,7 @@ import pytest
 from peer import Room
 from runner.runs import decode_state_vector
 from signaling.settings import Settings
-from tests.stack import SeededRoom, Stack, signaling_stack
+from tests.stack import SeededRoom, Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -99,14 +99,8 @@ class Client:
 
 @asynccontextmanager
 async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as es:
-        out = []
-        for label in labels:
-            room = Room(stack.url, seeded.token(label), seeded.id, SETTINGS)
-            await room.start()
-            es.push_async_callback(room.stop)
-            out.append(Client(room))
-        yield out
+    async with joined(stack, seeded, *labels, settings=SETTINGS) as rooms:
+        yield [Client(room) for room in rooms]
 
 
 async def test_run_is_seen_live_by_every_peer_and_viewer_is_refused(tmp_path):
