@@ -92,9 +92,10 @@ from contextlib import asynccontextmanager  # noqa: E402
 
 
 @asynccontextmanager
-async def _api(settings: Settings) -> AsyncIterator[Api]:
+async def _api(settings: Settings, port: int | None = None) -> AsyncIterator[Api]:
+    """The signaling app in this process on 127.0.0.1 (``port``: a fixed one, e.g. a registered redirect URI)."""
     app = create_app(settings)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:

@@ -26,8 +26,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CODESYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CODESYNC_TEST_REDIS", "redis://127.0.0.1:6379/0")
-# The editing traces (../shared/traces beside the checkout; CODESYNC_TRACES overrides).
-TRACES = Path(os.environ.get("CODESYNC_TRACES") or ROOT.parent / "shared" / "traces")
+# The editing traces: defined once in bench (CODESYNC_TRACES overrides); bench.traces reads them.
+from bench import TRACES  # noqa: E402,F401
 
 
 def require(component: str, available: bool, how: str = "") -> None:
@@ -76,6 +76,17 @@ def child_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    """Send ``sig`` to a child still running, give it ``grace`` seconds, then SIGKILL and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @dataclass
 class Service:
     """A CodeSync sub-command running as a real child process."""
@@ -93,13 +104,7 @@ class Service:
             return ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig, grace=15)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

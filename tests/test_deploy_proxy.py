@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, require, wait_for
+from tests.support import ROOT, free_port, require, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,12 +100,7 @@ async def nginx_proxy(workdir: Path, upstreams: list[str]) -> AsyncIterator[Prox
             await wait_for(up, timeout=15, what="nginx to listen")
         yield proxy
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def _read(path: Path) -> str:

@@ -14,23 +14,20 @@ import shutil
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 import pytest
-from aiohttp.test_utils import TestServer
 from sqlmodel import select
 
 from signaling.api.oauth import SERVICE_KEY
-from signaling.app import create_app
 from signaling.models import OAuthIdentity, User
 from signaling.oauth import OAuthService, _digest
 from signaling.settings import Settings
 from signaling.state import STATE
-from tests.conftest import Api
-from tests.support import ROOT, free_port, require
+from tests.conftest import Api, _api
+from tests.support import ROOT, free_port, require, stop_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -99,12 +96,7 @@ def oidc_provider(tmp_path_factory) -> Iterator[Provider]:
     try:
         yield Provider(issuer=line.split(" ", 1)[1], signaling_port=signaling_port, proc=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -131,31 +123,19 @@ def oauth_env(oidc_provider: Provider, monkeypatch) -> Provider:
 # ----------------------------------------------------------------------------- the signaling app
 
 
-@asynccontextmanager
-async def running(settings: Settings, port: int) -> AsyncIterator[Api]:
-    app = create_app(settings)
-    server = TestServer(app, host="127.0.0.1", port=port)
-    await server.start_server()
-    try:
-        async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:
-            yield Api(server, client, settings)
-    finally:
-        await server.close()
-
-
 def settings_for(make_settings, provider: Provider, **overrides) -> Settings:
     return make_settings(public_url=f"http://127.0.0.1:{provider.signaling_port}", **overrides)
 
 
 @pytest.fixture
 async def app(make_settings, sqlite_url, oauth_env) -> AsyncIterator[Api]:
-    async with running(settings_for(make_settings, oauth_env, database_url=sqlite_url), oauth_env.signaling_port) as a:
+    async with _api(settings_for(make_settings, oauth_env, database_url=sqlite_url), oauth_env.signaling_port) as a:
         yield a
 
 
 @pytest.fixture
 async def app_any_db(make_settings, database_url, oauth_env) -> AsyncIterator[Api]:
-    async with running(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
+    async with _api(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
         yield a
 
 
@@ -454,7 +434,7 @@ async def test_unreachable_provider_is_a_clear_error(make_settings, sqlite_url, 
     monkeypatch.setenv("CODESYNC_OAUTH_DOWN_CLIENT_ID", "x")
     monkeypatch.setenv("CODESYNC_OAUTH_DOWN_ISSUER", f"http://127.0.0.1:{free_port()}")
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url)
-    async with running(settings, oauth_env.signaling_port) as api:
+    async with _api(settings, oauth_env.signaling_port) as api:
         r = await api.client.get("/api/auth/oauth/down/start")
         assert r.status_code == 302
         result = client_fragment(api, r.headers["location"])
@@ -489,7 +469,7 @@ async def test_flow_started_on_one_node_finishes_on_another(
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url, redis_url=redis_url,
                             redis_prefix=redis_prefix)
     node_b_port = free_port()
-    async with running(settings, oauth_env.signaling_port) as node_a, running(settings, node_b_port) as node_b:
+    async with _api(settings, oauth_env.signaling_port) as node_a, _api(settings, node_b_port) as node_b:
         async with Browser(node_a) as browser:
             callback = await browser.authorize(await browser.start(), "olga")
             redis = node_a.server.app[STATE].redis

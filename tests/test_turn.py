@@ -30,7 +30,7 @@ from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_sync_messag
 from peer.ice import apply_ice_policy, ice_servers_from_json
 from signaling.api.ops import ice_servers
 from tests.conftest import _api
-from tests.support import ROOT, free_port, port_open, require, wait_for
+from tests.support import ROOT, free_port, port_open, require, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -96,12 +96,7 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
             time.sleep(0.05)  # polling a port another process opens; no event to wait on
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @pytest.fixture
