@@ -93,6 +93,18 @@ def read_sv(sv: bytes) -> dict[int, int]:
     return out
 
 
+def awaiting(coro: Any) -> str:
+    """Where a suspended coroutine waits: its ``cr_await`` chain as ``name:line -> ...``."""
+    out, depth = [], 0
+    while coro is not None and depth < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            out.append(f"{getattr(coro, '__qualname__', type(coro).__name__)}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        depth += 1
+    return " -> ".join(out) or "?"
+
+
 def holds_baton(doc: pycrdt.Doc, content: str, state_vector: dict[int, int]) -> bool:
     """May the next typist start? Its ``source`` must equal the trace's content AND its state
     vector must cover the previous typist's (taken when that typist stopped).
@@ -208,14 +220,22 @@ class SoakPeer:
         self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, PEER_SETTINGS)
         self.room.on_update(lambda _u, _o: self.room_.observe(self))
         self.probes = []
-        try:
-            await asyncio.wait_for(self.room.start(), self.soak.cfg.join_timeout)
-        except asyncio.TimeoutError:
-            # Room.start() never returned (seen in the soak, rarely, right after a rejoin):
-            # record it, drop that Room and try once more with a new one.
+        starting = asyncio.ensure_future(self.room.start())
+        done, _ = await asyncio.wait({starting}, timeout=self.soak.cfg.join_timeout)
+        if starting in done:
+            starting.result()  # a refusal (PermissionError/ConnectionError) ends the soak loudly
+        else:
+            # Room.start() not back (seen once in a rejoin, before this bound existed; every
+            # await in it is bounded — connect 10 s, ICE list 5 s, announce echo 10 s — so
+            # this is either a slow signaling node or an unbounded wait we have not found).
+            # Log WHERE it waits, then drop that Room and try once more with a new one.
+            where = awaiting(starting.get_coro())
             self.soak.metrics.join_hangs += 1
             self.soak.metrics.log(f"JOIN HUNG: room {self.room_.index} {self.label}: Room.start() not back after "
-                                  f"{self.soak.cfg.join_timeout:.0f}s; retrying with a new Room")
+                                  f"{self.soak.cfg.join_timeout:.0f}s (signaling connected="
+                                  f"{self.room.signaling.connected}); waiting in {where}; retrying with a new Room")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
             try:
                 await asyncio.wait_for(self.room.stop(), 10)
             except Exception:  # noqa: BLE001 - best effort
