@@ -103,10 +103,6 @@ class RoomService(Generic[P]):
     """
 
     max_room_id = 64
-    # room-active for a room whose presence is still leaving: start a new one after it (True),
-    # or keep the leaving one (False: the runner so far; that room then gets no runner until
-    # the server next reports it active).
-    rejoin_while_leaving = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -137,7 +133,7 @@ class RoomService(Generic[P]):
             log.warning("ignoring room-active for an unusable room id %r", topic[:80])
             return
         presence = self.rooms.get(topic)
-        if presence is None or (presence.stopping and self.rejoin_while_leaving):
+        if presence is None or presence.stopping:
             # new, or active again while leaving: start over after it
             presence = self.rooms[topic] = self.make_presence(topic, presence._task if presence else None)
             presence.start()

@@ -172,7 +172,6 @@ class RunnerService(RoomService[RoomRunner]):
     """Keeps a RoomRunner per active room; owns the sandbox and the language table."""
 
     max_room_id = MAX_ROOM_ID
-    rejoin_while_leaving = False
 
     def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
         super().__init__(settings)

@@ -38,10 +38,9 @@ class Presence(RoomPresence):
 class Service(RoomService[Presence]):
     max_room_id = 8
 
-    def __init__(self, grace: float = 0.05, rejoin: bool = True) -> None:
+    def __init__(self, grace: float = 0.05) -> None:
         super().__init__(Settings())
         self.grace = grace
-        self.rejoin_while_leaving = rejoin
         self.log: list[tuple[str, str, int]] = []
 
     @property
@@ -86,20 +85,6 @@ async def test_active_again_while_leaving_starts_over_after_the_old_presence() -
     assert service.rooms["r1"] is new  # the old one finishing does not drop the new one
     await service.stop()
     assert new.left.is_set() and not service.rooms
-
-
-async def test_without_rejoin_the_leaving_presence_is_kept() -> None:
-    service = Service(rejoin=False)
-    service._on_active("r1")
-    old = service.rooms["r1"]
-    await asyncio.wait_for(old.joined.wait(), 5)
-    old.hold_leaving.clear()
-    service._on_idle("r1")
-    await wait_for(lambda: old.stopping, 5, what="grace over")
-    service._on_active("r1")
-    assert service.rooms["r1"] is old
-    old.hold_leaving.set()
-    await service.stop()
 
 
 async def test_reconnect_starts_every_grace_and_unusable_ids_are_ignored() -> None:
