@@ -28,7 +28,7 @@ from tests.support import ROOT, free_port, require
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.timeout(1200),
-    pytest.mark.skipif(os.environ.get("CODESYNC_TEST_IMAGES") != "1", reason="opt-in: CODESYNC_TEST_IMAGES=1 (~5 min)"),
+    pytest.mark.images,  # opt-in (CODESYNC_TEST_IMAGES=1, ~6 min): deselected otherwise, see conftest
 ]
 
 BASE = "codesync-test-base:bookworm"
