@@ -14,7 +14,6 @@ npm honour it) so builds also work behind a TLS-intercepting proxy. Builds use h
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import time
 from collections.abc import Iterator
