@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tests.support import Service, free_port, start_service, wait_http_ok
+from tests.support import Service, free_port, start_service, stop_process, wait_http_ok
 
 
 def rss_kib(pid: int) -> int | None:
@@ -78,13 +78,7 @@ class Managed:
         p = self.popen
         if p is None:
             return None
-        if p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_process(p, sig, timeout)
         return p.returncode
 
 
