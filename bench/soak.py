@@ -59,9 +59,9 @@ import httpx  # noqa: E402
 import pycrdt  # noqa: E402
 
 from bench import TRACES  # noqa: E402
+from bench.traces import apply_txn  # noqa: E402
 from bench.faults import Managed, ports, redis_starter, rss_kib, service_starter, signaling_starter  # noqa: E402
 from peer import Room  # noqa: E402
-from peer import text as ptext  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from signaling.settings import Settings  # noqa: E402
 from tests.stack import seed_room, service_token  # noqa: E402
@@ -318,14 +318,7 @@ class SoakRoom:
                         await asyncio.sleep(0.01)
                     doc = peer.doc
                     text = doc.get("source", type=pycrdt.Text)
-                with doc.transaction():
-                    for pos, delete, insert in patches:
-                        if delete:
-                            ptext.delete_codepoints(text, pos, delete, current)
-                            current = current[:pos] + current[pos + delete:]
-                        if insert:
-                            ptext.insert_codepoints(text, pos, insert, current)
-                            current = current[:pos] + insert + current[pos:]
+                current = apply_txn(text, current, patches)
                 peer.probe()
                 m.txns.append(m.now())
                 self.done_txns += 1
