@@ -7,7 +7,7 @@ this process. Peer k of every room signals through node ``k % 2``; the persisten
 through node 0, so killing node 1 cuts half the peers off signaling while their WebRTC links
 keep carrying edits.
 
-The trace (``../shared/traces/*.json.gz``) of a room is cut into blocks of ``--block`` txns;
+The trace (``tests/data/traces/*.json.gz``) of a room is cut into blocks of ``--block`` txns;
 block j is typed by peer ``j % P`` once its document holds the content after block j-1 AND
 covers the state vector the previous typist had when it stopped (a baton; equal text alone
 is not enough, see ``holds_baton``; the hand-over wait is part of the measured latency). Every peer also appends its own

@@ -31,3 +31,22 @@ def test_cli_token_and_user_create(tmp_path):
     again = run("user", "create", "someone@example.com")
     assert again.returncode == 2
     assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_the_repository_stands_on_its_own():
+    """Nothing tracked points outside the checkout (issue: a fresh clone needs nothing beside it)."""
+    from bench import TRACES
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix in {".gz", ".png", ".ico"} or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "../shared" in text and name != "tests/test_foundation.py":
+            outside.append(name)
+    assert outside == [], f"these files refer to ../shared: {outside}"
+    assert TRACES.resolve().is_relative_to(ROOT.resolve()) or "CODESYNC_TRACES" in __import__("os").environ
+    for trace in ("rustcode", "sveltecomponent"):
+        assert (ROOT / "tests" / "data" / "traces" / f"{trace}.json.gz").stat().st_size > 100_000

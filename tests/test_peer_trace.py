@@ -24,7 +24,7 @@ BATCH = 50
 
 @pytest.mark.timeout(180)
 async def test_rustcode_trace_replayed_across_two_peers_converges(tmp_path) -> None:
-    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (../shared/traces beside the checkout)")
+    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (tests/data/traces in the repository)")
     trace = load_trace(TRACE)
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})

@@ -173,7 +173,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, db_url):
 
 @pytest.mark.timeout(240)
 async def test_trace_replay_is_stored_and_survives_a_restart(tmp_path):
-    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (../shared/traces beside the checkout)")
+    require("the editing traces", trace_path(TRACE).exists(), f"{trace_path(TRACE)} (tests/data/traces in the repository)")
     trace = load_trace(TRACE)
     async with persist_stack(tmp_path) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
