@@ -5,7 +5,9 @@ uid), so each run gets its own cgroup: a memory limit the kernel enforces with t
 killer, a pids limit that stops fork bombs, and a CPU quota. Hosts differ: this one is a
 hybrid whose memory/pids/cpu controllers exist only as cgroup v1 hierarchies (DESIGN.md,
 "Sandboxes here"); a pure v2 host has them in the unified tree if delegated. We detect at
-run time and use what exists; with none, the run still has rlimits and namespaces.
+run time; ``missing()`` says which of memory, pids and cpu cannot be applied and why, and
+``create()`` raises ``CgroupError`` rather than hand back a run without its limits — the
+sandbox refuses such runs (``CODESYNC_RUNNER_REQUIRE_CGROUPS``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WANTED = ("memory", "pids", "cpu")
+
+
+class CgroupError(RuntimeError):
+    """A run's cgroup could not be created or configured (message says which file and why)."""
 
 
 def _own_paths() -> dict[str, str]:
@@ -133,10 +139,25 @@ class CgroupManager:
     """Detects what the host offers once; creates and configures one cgroup per run."""
 
     def __init__(self, root: Path = CGROUP_ROOT) -> None:
-        self.root = root
+        self.root = Path(root)
         self.version = 0
         self.parents: dict[str, Path] = {}
+        self.detect()
+
+    def detect(self) -> None:
+        """(Re)read what this host offers: cheap (a few stat calls), so health checks call it."""
+        self.version, self.parents = 0, {}
         self._detect()
+
+    def missing(self) -> str:
+        """"" when memory, pids and cpu limits can all be applied; otherwise why not."""
+        absent = [c for c in WANTED if c not in self.parents]
+        if not absent:
+            return ""
+        if not self.parents:
+            return (f"no writable cgroup with the {', '.join(WANTED)} controllers under {self.root} "
+                    "(cgroup v1 hierarchies or delegated v2 controllers)")
+        return f"no writable cgroup for {', '.join(absent)} under {self.root} (cgroup v{self.version})"
 
     def _detect(self) -> None:
         own = _own_paths()
@@ -169,9 +190,10 @@ class CgroupManager:
     def available(self) -> list[str]:
         return sorted(self.parents)
 
-    def create(self, memory_bytes: int, pids: int, cpus: float = 1.0) -> RunCgroup | None:
+    def create(self, memory_bytes: int, pids: int, cpus: float = 1.0) -> RunCgroup:
+        """A configured cgroup for one run; ``CgroupError`` if any limit cannot be set."""
         if not self.parents:
-            return None
+            raise CgroupError(self.missing())
         name = f"codesync-run-{secrets.token_hex(6)}"
         group = RunCgroup(self.version)
         try:
@@ -197,9 +219,9 @@ class CgroupManager:
                 if "cpu" in group.dirs:
                     (d / "cpu.max").write_text(f"{int(100_000 * cpus)} 100000")
         except OSError as exc:
-            log.warning("cgroup setup failed (%s); running with rlimits only", exc)
             group.kill_all(0.1)
-            return None
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CgroupError(f"cgroup setup failed: {exc.strerror or exc}{where}") from exc
         return group
 
 
