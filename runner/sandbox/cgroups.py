@@ -48,6 +48,28 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
+def _cgroup_mounts() -> dict[str, str]:
+    """Mount point -> "cgroup" | "cgroup2", from /proc/self/mountinfo: a directory tree that
+    merely looks like cgroupfs (a wrong ``CODESYNC_RUNNER_CGROUP_ROOT``) must not pass."""
+    mounts: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fstype = line.split(" - ", 1)[1].split()[0]
+        if fstype in ("cgroup", "cgroup2"):
+            mounts[fields[4].replace("\\040", " ")] = fstype
+    return mounts
+
+
+def _is_mount(path: Path, mounts: dict[str, str], fstype: str) -> bool:
+    return mounts.get(os.path.realpath(path)) == fstype
+
+
 def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK)
 
@@ -161,19 +183,20 @@ class CgroupManager:
 
     def _detect(self) -> None:
         own = _own_paths()
+        mounts = _cgroup_mounts()
         v1: dict[str, Path] = {}
         for c in WANTED:
             if c in own:
                 base = self.root / c
                 parent = base / own[c].lstrip("/")
-                if (base / "cgroup.procs").exists() and _writable_dir(parent):
+                if _is_mount(base, mounts, "cgroup") and _writable_dir(parent):
                     v1[c] = parent
         if v1:
             self.version, self.parents = 1, v1
             return
         # Pure v2 (or the unified tree of a hybrid) with the controllers delegated to us.
         for unified in (self.root, self.root / "unified"):
-            if not (unified / "cgroup.controllers").exists() or "" not in own:
+            if not _is_mount(unified, mounts, "cgroup2") or "" not in own:
                 continue
             parent = unified / own[""].lstrip("/")
             try:
@@ -202,6 +225,7 @@ class CgroupManager:
                     d = parent / name
                     d.mkdir()
                     group.dirs[c] = d
+                    _check_made(d)
                 _write(group.dirs.get("memory"), "memory.limit_in_bytes", memory_bytes)
                 _write(group.dirs.get("memory"), "memory.memsw.limit_in_bytes", memory_bytes, optional=True)
                 _write(group.dirs.get("memory"), "memory.swappiness", 0, optional=True)
@@ -213,6 +237,7 @@ class CgroupManager:
                 d = parent / name
                 d.mkdir()
                 group.dirs = {c: d for c in self.parents}
+                _check_made(d)
                 _write(group.dirs.get("memory"), "memory.max", memory_bytes)
                 _write(group.dirs.get("memory"), "memory.swap.max", 0, optional=True)
                 _write(group.dirs.get("pids"), "pids.max", pids)
@@ -223,6 +248,12 @@ class CgroupManager:
             where = f" ({exc.filename})" if exc.filename else ""
             raise CgroupError(f"cgroup setup failed: {exc.strerror or exc}{where}") from exc
         return group
+
+
+def _check_made(directory: Path) -> None:
+    """The kernel fills a new cgroup directory with its control files; a plain one is not a cgroup."""
+    if not (directory / "cgroup.procs").exists():
+        raise OSError(0, "not a cgroup (no cgroup.procs after mkdir)", str(directory))
 
 
 def _write(directory: Path | None, name: str, value: int, optional: bool = False) -> None:

@@ -41,6 +41,7 @@ import base64
 import calendar
 import contextlib
 import logging
+import re
 import shlex
 import socket
 import threading
@@ -105,6 +106,14 @@ def cgroup_failure(message: str) -> bool:
     """runc's words for a container whose cgroup could not be made or configured."""
     text = message.lower()
     return "cgroup" in text and ("apply" in text or "create" in text or "mkdir" in text or "write" in text)
+
+
+def cgroup_detail(message: str) -> str:
+    """runc's cause without the container id and the wrapping, so one broken setting gives
+    one stable reason (logged once, the same in every refused run)."""
+    text = re.sub(r"/?[0-9a-f]{64}", "", message)
+    found = re.search(r"unable to [^:]*cgroup.*?(?=: unknown|$)", text)
+    return (found.group(0) if found else text)[:300]
 
 
 def container_options(
@@ -240,9 +249,7 @@ class DockerSandbox(Sandbox):
         except Exception as exc:  # noqa: BLE001 - DockerException, connection errors from the SDK
             message = str(getattr(exc, "explanation", None) or exc)
             if cgroup_failure(message):
-                at = message.lower().find("unable to apply cgroup")
-                detail = message[at if at >= 0 else 0:][:300]
-                raise self._unavailable(f"cgroup limits cannot be applied: {detail}") from exc
+                raise self._unavailable(f"cgroup limits cannot be applied: {cgroup_detail(message)}") from exc
             raise SandboxError(f"docker could not start the run: {exc}") from exc
 
     # ------------------------------------------------------------------ readiness
