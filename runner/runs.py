@@ -6,9 +6,9 @@ the ``Decision``; everything else happens here, on the room's pycrdt ``Doc``:
 - only editors/owners (the server-stamped role, never a claim of the peer) may run or stop;
 - a per-user token bucket and a short queue (one run at a time per room) bound the load;
   across rooms, ``runner.capacity`` bounds the sandboxes of the whole runner (at once, per
-  user) and admits only as many waiting runs as can start within a bounded time: a room's
-  next run waits ``queued`` in a fair line, its ``queue_position`` (1 = next) kept current
-  in its run entry, and runs behind it in the room show the places after it;
+  user) and admits only as many waiting runs as can start within a bounded time: every
+  accepted run waits ``queued`` in one fair line (the room's runs in their order), its
+  ``queue_position`` (1 = next) kept current in its run entry;
 - before accepting, wait until our document covers the requester's state vector, so the code
   that runs is exactly what the requester saw (plus anything newer); too slow -> refused;
 - the run lives in ``runs[run_id]`` (DESIGN.md, "The room document"): status, language,
@@ -193,7 +193,7 @@ class RoomRuns:
         bucket = self._buckets.setdefault(
             req.user_id, _Bucket(self.config.rate_per_minute / 60.0, self.config.rate_burst, self._monotonic())
         )
-        ticket = self.capacity.admit(req.user_id)
+        ticket = self.capacity.admit(req.user_id, group=self)
         if isinstance(ticket, str):
             return self._refuse_visibly(req, language.name, ticket)
         if not bucket.take(self._monotonic()):
@@ -220,11 +220,11 @@ class RoomRuns:
             self._write_new(req, language.name)
             self._queue.append(pending)
             queued = True
+            ticket.enter(lambda position, run_id=req.run_id: self._set_position(run_id, position))
         finally:
             self._reserved.discard(req.run_id)
             if not queued:
                 ticket.release()
-        self._publish_positions()
         self._prune()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="room-runs")
@@ -253,7 +253,6 @@ class RoomRuns:
                 if pending.ticket is not None:
                     pending.ticket.release()
                 self._set(run_id, status="killed", reason=reason, finished_at=_now_ms(), queue_position=None)
-                self._publish_positions()
                 return Decision(True, run_id)
         current = self._current
         if current is not None and current.request.run_id == run_id:
@@ -302,14 +301,12 @@ class RoomRuns:
         language = self.languages.get(pending.language)
         ticket = pending.ticket
         if ticket is not None and not pending.stop_reason:
-            self._publish_positions()
-            await ticket.acquire(lambda position: self._on_position(run_id, position))
+            await ticket.acquire()
         if pending.stop_reason or (ticket is not None and ticket.state != "running"):
             reason = pending.stop_reason or ("runner shutting down" if self._closed else "stopped")
             self._set(run_id, status="killed", reason=reason, finished_at=_now_ms(), queue_position=None)
             return
         self._set(run_id, status="running", started_at=_now_ms(), queue_position=None)
-        self._publish_positions()
         try:
             execution = await self.sandbox.start(language.spec(pending.source, self.config.limits))
         except (SandboxError, LanguageError) as exc:
@@ -354,24 +351,8 @@ class RoomRuns:
             self.config.capacity = Capacity.unlimited()
         return self.config.capacity
 
-    def _on_position(self, run_id: str, position: int) -> None:
-        """The room's next run moved in the runner-wide line: it and the runs behind it."""
-        self._set_position(run_id, position)
-        self._publish_positions()
-
-    def _publish_positions(self) -> None:
-        """``queue_position`` of the runs waiting in this room: after the room's current run
-        (its place in the runner-wide line while it waits for a sandbox, else 0)."""
-        current = self._current
-        if current is None:
-            return  # the worker takes the first one now and publishes again
-        ahead = 0
-        if current.ticket is not None and current.ticket.state == "waiting":
-            ahead = current.ticket.position or 1
-        for index, pending in enumerate(self._queue, start=1):
-            self._set_position(pending.request.run_id, ahead + index)
-
     def _set_position(self, run_id: str, position: int) -> None:
+        """A queued run moved in the runner-wide line (1 = next)."""
         entry = self._entry(run_id)
         if entry is not None and entry.get("status") == "queued" and entry.get("queue_position") != position:
             self._set(run_id, queue_position=position)
