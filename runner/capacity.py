@@ -124,7 +124,7 @@ class Capacity:
         if self.max_per_user is not None and self.max_queued_per_user is not None:
             allowed = self.max_per_user + self.max_queued_per_user
             if mine >= allowed:
-                return (f"you already have {mine} runs running or waiting on this runner "
+                return (f"you already have {mine} run{'s' if mine != 1 else ''} running or waiting on this runner "
                         f"(at most {self.max_per_user} run at once, {self.max_queued_per_user} more may wait); "
                         "wait for one to finish")
         if self.max_concurrent is not None and self.max_queued is not None:
