@@ -577,3 +577,17 @@ async def test_docker_image_without_python_is_refused_not_run_unfiltered(docker_
         await box.close()
         client.images.remove(tag, force=True)
         client.close()
+
+
+def test_syscall_numbers_match_the_kernel_headers():
+    """The filter's tables (x86_64, aarch64 = the generic table) against linux-libc-dev."""
+    import re
+
+    headers = {0: Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), 1: Path("/usr/include/asm-generic/unistd.h")}
+    require("kernel headers", all(p.exists() for p in headers.values()), "apt-get install linux-libc-dev")
+    for column, path in headers.items():
+        text = path.read_text()
+        for name, numbers in {**SYSCALLS, **SPECIAL}.items():
+            found = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
+            expected = int(found.group(1)) if found else None
+            assert numbers[column] == expected, (path.name, name, numbers[column], expected)

@@ -16,7 +16,7 @@ Docker backend stacks on top of Docker's own default profile (``prctl(PR_SET_SEC
 the run container). libseccomp's Python binding (``python3-seccomp``) exists only for the
 Debian system interpreter, not for the project's virtualenv, and PyPI has no maintained
 build of it; a dependency that is half the size of the code it replaces is not worth that.
-``tests/test_sandbox_seccomp.py`` checks the syscall numbers against the kernel headers and
+``tests/test_sandbox_abuse.py`` checks the syscall numbers against the kernel headers and
 every rule against the real kernel.
 
 The program:
