@@ -9,14 +9,22 @@ Two levels, both with the real sandboxes:
 The Docker half starts a private dockerd (tests/dockerd.py) and imports the run image
 (cached rootfs under /var/cache/codesync).
 
-    python -m bench.runner_latency [--backends bubblewrap,docker] [--repeat 10]
+``--seccomp-cost`` adds what the seccomp deny-list costs per system call: a C loop of
+``getppid()`` (not on the list, so every rule is evaluated — the worst case) under plain
+``bwrap`` with and without ``--seccomp``, alternating, so machine load hits both alike.
+
+    python -m bench.runner_latency [--backends bubblewrap,docker] [--repeat 10] [--seccomp-cost]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 
 import pycrdt
@@ -139,7 +147,55 @@ async def bench_backend(name: str, box: Sandbox, repeat: int) -> list[str]:
     return rows
 
 
-async def main(backends: list[str], repeat: int) -> None:
+SYSCALL_LOOP = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) syscall(SYS_getppid);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+    return 0;
+}
+"""
+
+
+def seccomp_cost(repeat: int, calls: int = 2_000_000) -> str:
+    """ns per getppid() in bwrap without / with the deny-list (medians of alternating runs)."""
+    from runner.sandbox.seccomp import build_filter
+
+    work = tempfile.mkdtemp(prefix="codesync-bench-")
+    try:
+        src = os.path.join(work, "loop.c")
+        with open(src, "w") as fh:
+            fh.write(SYSCALL_LOOP)
+        subprocess.run(["gcc", "-O2", "-o", os.path.join(work, "loop"), src], check=True)
+        fd = os.memfd_create("filter")
+        os.write(fd, build_filter())
+        base = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--ro-bind", work, "/prog", "--proc", "/proc", "--dev", "/dev"]
+        samples: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(repeat):
+            for filtered in (False, True):
+                os.lseek(fd, 0, os.SEEK_SET)
+                extra = ["--seccomp", str(fd)] if filtered else []
+                out = subprocess.run([*base, *extra, "/prog/loop", str(calls)], pass_fds=(fd,), check=True,
+                                     capture_output=True, text=True).stdout
+                samples[filtered].append(float(out))
+        os.close(fd)
+        plain, filtered = statistics.median(samples[False]), statistics.median(samples[True])
+        return (f"| bubblewrap | seccomp cost: getppid() ns/call, no filter → filter (median of {repeat}) | "
+                f"{plain:.0f} → {filtered:.0f} ({filtered - plain:+.0f} ns) | | | |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def main(backends: list[str], repeat: int, seccomp: bool = False) -> None:
     print("| backend | language | sandbox: first output ms (median / p90) | sandbox: finished ms | "
           "request → first output in doc ms | request → finished in doc ms |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -147,6 +203,8 @@ async def main(backends: list[str], repeat: int) -> None:
         from runner.sandbox.bubblewrap import BubblewrapSandbox
 
         await bench_backend("bubblewrap", BubblewrapSandbox(), repeat)
+        if seccomp:
+            print(seccomp_cost(repeat), flush=True)
     if "docker" in backends:
         from runner.image import ensure_image
         from runner.sandbox.docker import DockerSandbox
@@ -168,5 +226,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", default="bubblewrap,docker")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--seccomp-cost", action="store_true", help="also measure the filter's per-syscall cost")
     args = parser.parse_args()
-    asyncio.run(main(args.backends.split(","), args.repeat))
+    asyncio.run(main(args.backends.split(","), args.repeat, args.seccomp_cost))

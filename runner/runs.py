@@ -5,6 +5,10 @@ the ``Decision``; everything else happens here, on the room's pycrdt ``Doc``:
 
 - only editors/owners (the server-stamped role, never a claim of the peer) may run or stop;
 - a per-user token bucket and a short queue (one run at a time per room) bound the load;
+  across rooms, ``runner.capacity`` bounds the sandboxes of the whole runner (at once, per
+  user) and admits only as many waiting runs as can start within a bounded time: every
+  accepted run waits ``queued`` in one fair line (the room's runs in their order), its
+  ``queue_position`` (1 = next) kept current in its run entry;
 - before accepting, wait until our document covers the requester's state vector, so the code
   that runs is exactly what the requester saw (plus anything newer); too slow -> refused;
 - the run lives in ``runs[run_id]`` (DESIGN.md, "The room document"): status, language,
@@ -41,9 +45,10 @@ from prometheus_client import Counter, Histogram
 
 from peer.protocol import decode_state_vector
 
+from .capacity import Capacity, Ticket
 from .identity import RunnerIdentity, session_alive
 from .languages import LanguageError, LanguageTable
-from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError
+from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,9 @@ class RunnerConfig:
     refusal_burst: float = 3.0
     heartbeat: float = 5.0  # refresh updated_at of our live runs; look for stale ones
     stale_after: float = 20.0  # another runner's live run unchanged this long is failed
+    # Sandboxes of the whole runner process (shared by every room given this config);
+    # None: unlimited, one Capacity made on first use.
+    capacity: Capacity | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class _Pending:
     language: str
     execution: Execution | None = None
     stop_reason: str | None = None
+    ticket: Ticket | None = None
 
 
 def covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:
@@ -184,9 +193,14 @@ class RoomRuns:
         bucket = self._buckets.setdefault(
             req.user_id, _Bucket(self.config.rate_per_minute / 60.0, self.config.rate_burst, self._monotonic())
         )
+        ticket = self.capacity.admit(req.user_id, group=self)
+        if isinstance(ticket, str):
+            return self._refuse_visibly(req, language.name, ticket)
         if not bucket.take(self._monotonic()):
+            ticket.release()
             return self._refuse_visibly(req, language.name, "rate limit: too many runs, wait a moment")
         self._reserved.add(req.run_id)
+        queued = False
         try:
             if req.state_vector is not None:
                 try:
@@ -202,11 +216,15 @@ class RoomRuns:
             if self._closed:
                 return refuse("runner is shutting down")
             source = str(self.doc.get("source", type=pycrdt.Text))
-            pending = _Pending(req, source, language.name)
+            pending = _Pending(req, source, language.name, ticket=ticket)
             self._write_new(req, language.name)
             self._queue.append(pending)
+            queued = True
+            ticket.enter(lambda position, run_id=req.run_id: self._set_position(run_id, position))
         finally:
             self._reserved.discard(req.run_id)
+            if not queued:
+                ticket.release()
         self._prune()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="room-runs")
@@ -232,13 +250,17 @@ class RoomRuns:
         for pending in list(self._queue):
             if pending.request.run_id == run_id:
                 self._queue.remove(pending)
-                self._set(run_id, status="killed", reason=reason, finished_at=_now_ms())
+                if pending.ticket is not None:
+                    pending.ticket.release()
+                self._set(run_id, status="killed", reason=reason, finished_at=_now_ms(), queue_position=None)
                 return Decision(True, run_id)
         current = self._current
         if current is not None and current.request.run_id == run_id:
             current.stop_reason = reason
             if current.execution is not None:
                 await current.execution.stop("killed", reason)
+            elif current.ticket is not None and current.ticket.state != "running":
+                current.ticket.abort()  # waiting for a sandbox: _execute records the stop
             return Decision(True, run_id)
         return Decision(False, run_id, "no such queued or running run")
 
@@ -271,17 +293,26 @@ class RoomRuns:
                 self._set(pending.request.run_id, status="failed", reason="runner error", finished_at=_now_ms())
             finally:
                 self._current = None
+                if pending.ticket is not None:
+                    pending.ticket.release()
 
     async def _execute(self, pending: _Pending) -> None:
         run_id = pending.request.run_id
         language = self.languages.get(pending.language)
-        if pending.stop_reason:
+        ticket = pending.ticket
+        if ticket is not None and not pending.stop_reason:
+            await ticket.acquire()
+        if pending.stop_reason or (ticket is not None and ticket.state != "running"):
+            reason = pending.stop_reason or ("runner shutting down" if self._closed else "stopped")
+            self._set(run_id, status="killed", reason=reason, finished_at=_now_ms(), queue_position=None)
             return
-        self._set(run_id, status="running", started_at=_now_ms())
+        self._set(run_id, status="running", started_at=_now_ms(), queue_position=None)
         try:
             execution = await self.sandbox.start(language.spec(pending.source, self.config.limits))
         except (SandboxError, LanguageError) as exc:
-            log.warning("run %s could not start: %s", run_id, exc)
+            # An unavailable sandbox was logged once by the sandbox itself; not once per run.
+            log.log(logging.DEBUG if isinstance(exc, SandboxUnavailable) else logging.WARNING,
+                    "run %s could not start: %s", run_id, exc)
             self._set(run_id, status="failed", reason=str(exc), finished_at=_now_ms())
             return
         pending.execution = execution
@@ -311,6 +342,20 @@ class RoomRuns:
             truncated=result.truncated,
             finished_at=_now_ms(),
         )
+
+    # ------------------------------------------------------------------ capacity
+    @property
+    def capacity(self) -> Capacity:
+        """The runner-wide sandbox capacity (``config.capacity``; unlimited when not given)."""
+        if self.config.capacity is None:
+            self.config.capacity = Capacity.unlimited()
+        return self.config.capacity
+
+    def _set_position(self, run_id: str, position: int) -> None:
+        """A queued run moved in the runner-wide line (1 = next)."""
+        entry = self._entry(run_id)
+        if entry is not None and entry.get("status") == "queued" and entry.get("queue_position") != position:
+            self._set(run_id, queue_position=position)
 
     # ------------------------------------------------------------------ document
     def _entry(self, run_id: str) -> pycrdt.Map | None:
@@ -451,10 +496,15 @@ class RoomRuns:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._maintainer
         for pending in list(self._queue):
-            self._set(pending.request.run_id, status="killed", reason="runner shutting down", finished_at=_now_ms())
+            if pending.ticket is not None:
+                pending.ticket.release()
+            self._set(pending.request.run_id, status="killed", reason="runner shutting down", finished_at=_now_ms(),
+                      queue_position=None)
         self._queue.clear()
         if self._current is not None and self._current.execution is not None:
             await self._current.execution.stop("killed", "runner shutting down")
+        elif self._current is not None and self._current.ticket is not None:
+            self._current.ticket.abort()  # still waiting for a sandbox
         if self._worker is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._worker), 10)

@@ -32,6 +32,7 @@ from pycrdt import Doc
 from peer.service import RoomPresence, RoomService, run_service
 from signaling.settings import Settings
 
+from .capacity import Capacity
 from .identity import RunnerIdentity
 from .languages import LanguageTable
 from .runs import RoomRuns, RunnerConfig, RunRequest
@@ -48,13 +49,19 @@ def make_sandbox(settings: Settings, identity: RunnerIdentity | None = None) -> 
     if settings.sandbox == "docker":
         from .sandbox.docker import DockerSandbox
 
-        return DockerSandbox(settings.runner_docker_url, image=settings.runner_image, identity=identity)
+        return DockerSandbox(
+            settings.runner_docker_url,
+            image=settings.runner_image,
+            identity=identity,
+            cgroup_parent=settings.runner_cgroup_parent,
+        )
     from .sandbox.bubblewrap import BubblewrapSandbox
 
-    return BubblewrapSandbox()
+    return BubblewrapSandbox(cgroup_root=settings.runner_cgroup_root, require_cgroups=settings.runner_require_cgroups)
 
 
 def runner_config(settings: Settings) -> RunnerConfig:
+    """Per-run limits, and the one Capacity every room of this runner process shares."""
     return RunnerConfig(
         limits=Limits(
             wall_seconds=settings.runner_wall_seconds,
@@ -62,7 +69,13 @@ def runner_config(settings: Settings) -> RunnerConfig:
             memory_bytes=settings.runner_memory_mb * 1024 * 1024,
             processes=settings.runner_processes,
             output_bytes=settings.runner_output_kb * 1024,
-        )
+        ),
+        capacity=Capacity(
+            max_concurrent=settings.runner_max_concurrent,
+            max_per_user=settings.runner_max_per_user,
+            max_queued=settings.runner_max_queued,
+            max_queued_per_user=settings.runner_max_queued_per_user,
+        ),
     )
 
 
@@ -188,36 +201,17 @@ class RunnerService(RoomService[RoomRunner]):
         return RoomRunner(self, room_id, after)
 
     async def start(self) -> None:
-        if self.sandbox.name == "docker":
-            await self._prepare_docker()
+        # Never raises: a sandbox that cannot apply its limits is reported (log once, /healthz)
+        # and its runs fail with the reason; the runner keeps serving the rooms.
+        await self.sandbox.prepare(self.config.limits)
         await self.connect()
         log.info("runner (%s sandbox; %s) connected to %s", self.sandbox.name, ", ".join(self.languages.names),
                  self.client.url)
 
-    async def _prepare_docker(self) -> None:
-        from .image import ImageError, ensure_image
-
-        sandbox = self.sandbox
-        try:
-            removed = await sandbox.cleanup_leftovers()  # type: ignore[attr-defined]
-            if removed:
-                log.info("removed %d containers left by an earlier run of runner %s", removed, self.identity.instance)
-            await asyncio.to_thread(ensure_image, sandbox.client, self.settings.runner_image)  # type: ignore[attr-defined]
-            await sandbox.prewarm(self.config.limits, self.settings.runner_image)
-        except (ImageError, Exception) as exc:  # noqa: BLE001 - runs will report it; keep serving
-            log.error("docker sandbox not ready (%s); runs will fail until it is", exc)
-
     async def sandbox_ok(self) -> bool | str:
-        """bubblewrap: the binary is there; docker: the engine answers."""
-        if self.sandbox.name == "docker":
-            try:
-                await asyncio.to_thread(self.sandbox.client.ping)  # type: ignore[attr-defined]
-                return True
-            except Exception as exc:  # noqa: BLE001
-                return f"docker: {type(exc).__name__}"
-        import os
-
-        return True if os.access(getattr(self.sandbox, "bwrap", ""), os.X_OK) else "bwrap missing"
+        """The backend's own check: binary/engine there, seccomp and cgroup limits applicable."""
+        health = await self.sandbox.health()
+        return True if health.ready else health.reason
 
     async def stop(self) -> None:
         await super().stop()

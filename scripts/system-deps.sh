@@ -9,7 +9,7 @@ need=()
 want() { # want COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 || need+=("$2")
 }
-want bwrap bubblewrap
+want bwrap bubblewrap  # >= 0.3 for --seccomp (the filter itself is built in Python: runner/sandbox/seccomp.py)
 want node nodejs
 want npm npm
 want gcc gcc

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     runner_processes: int = 64
     runner_output_kb: int = 64
     runner_idle_grace: float = Field(default=30.0, description="seconds in a room after room-idle")
+    # Sandbox hardening: refuse runs when the per-run cgroup (memory, pids, cpu) cannot be made
+    # (false = run with rlimits only, e.g. bubblewrap as an unprivileged user; weaker), where the
+    # cgroup hierarchies are mounted (bubblewrap), the cgroup parent of run containers (docker).
+    runner_require_cgroups: bool = True
+    runner_cgroup_root: Path = Path("/sys/fs/cgroup")
+    runner_cgroup_parent: str | None = None
+    # Capacity (runner/capacity.py), per runner process: sandboxes at once, sandboxes per user
+    # (across all rooms), runs admitted to wait for a sandbox in all, and per user.
+    runner_max_concurrent: int = Field(default=8, ge=1)
+    runner_max_per_user: int = Field(default=2, ge=1)
+    runner_max_queued: int = Field(default=64, ge=0)
+    runner_max_queued_per_user: int = Field(default=4, ge=0)
     # This runner's id, stable across its restarts (default: the hostname): scopes the Docker
     # leftovers it removes at start and the stale runs it fails (runner/identity.py).
     runner_instance: str | None = None

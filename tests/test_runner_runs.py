@@ -10,6 +10,7 @@ import subprocess
 import pycrdt
 import pytest
 
+from runner.capacity import Capacity
 from runner.identity import RunnerIdentity, session_of
 from runner.languages import LanguageTable
 from runner.runs import Decision, RoomRuns, RunnerConfig, RunRequest, decode_state_vector
@@ -275,3 +276,156 @@ async def test_two_runners_in_one_room_never_fail_each_others_live_runs(make_run
     await wait_for(lambda: status(doc_b, "orphan") == "running", timeout=10, what="orphan running")
     doc_a.unobserve(a_to_b)  # a's process is gone: nothing of it reaches the room any more
     await wait_for(lambda: status(doc_b, "orphan") == "failed", timeout=15, what="b recovers the orphan")
+
+
+# ---------------------------------------------------------------- capacity across rooms
+LONG = "import time\nprint('go', flush=True)\ntime.sleep(60)\n"
+
+
+class Rooms:
+    """Several rooms of one runner process (one RoomRuns each) sharing one Capacity."""
+
+    def __init__(self, make_runs, capacity: Capacity, code: str = LONG) -> None:
+        self.make_runs, self.capacity, self.code = make_runs, capacity, code
+        self.rooms: dict[str, tuple[pycrdt.Doc, RoomRuns]] = {}
+        self.history: dict[str, list] = {}  # run id -> every (status, queue_position) it showed
+
+    def room(self, name: str) -> RoomRuns:
+        if name not in self.rooms:
+            doc = room_doc(self.code)
+            config = RunnerConfig(capacity=self.capacity, rate_burst=1000, queue_size=5,
+                                  limits=Limits(wall_seconds=90, cpu_seconds=30))
+            runs = self.make_runs(doc, config)
+            runs_map = doc.get("runs", type=pycrdt.Map)
+            loop = asyncio.get_running_loop()
+
+            def seen(_event, runs_map=runs_map) -> None:
+                loop.call_soon(self._record, runs_map)
+
+            doc.observe(seen)
+            self.rooms[name] = (doc, runs)
+        return self.rooms[name][1]
+
+    def _record(self, runs_map: pycrdt.Map) -> None:
+        for run_id in list(runs_map.keys()):
+            entry = runs_map[run_id]
+            view = (entry.get("status"), entry.get("queue_position"))
+            history = self.history.setdefault(run_id, [])
+            if not history or history[-1] != view:
+                history.append(view)
+
+    async def run(self, room: str, run_id: str, user: str) -> Decision:
+        return await self.room(room).request(req(run_id, user=user))
+
+    def entry(self, run_id: str):
+        for doc, _ in self.rooms.values():
+            found = doc.get("runs", type=pycrdt.Map).get(run_id)
+            if found is not None:
+                return found
+        return None
+
+    def status(self, run_id: str):
+        entry = self.entry(run_id)
+        return None if entry is None else entry.get("status")
+
+    def position(self, run_id: str):
+        entry = self.entry(run_id)
+        return None if entry is None else entry.get("queue_position")
+
+    def running(self) -> list[str]:
+        return sorted(r for doc, _ in self.rooms.values() for r in doc.get("runs", type=pycrdt.Map).keys()
+                      if self.status(r) == "running")
+
+    async def stop(self, room: str, run_id: str) -> None:
+        assert (await self.rooms[room][1].stop(run_id, "owner", by="test")).accepted
+
+
+async def test_one_user_in_many_rooms_holds_only_their_share_of_sandboxes(make_runs):
+    capacity = Capacity(max_concurrent=6, max_per_user=2, max_queued=20, max_queued_per_user=2)
+    rooms = Rooms(make_runs, capacity)
+    decisions = [await rooms.run(f"room{i}", f"heavy{i}", "heavy") for i in range(8)]
+    assert [d.accepted for d in decisions] == [True] * 4 + [False] * 4
+    for d in decisions[4:]:
+        assert d.reason.startswith("you already have 4 runs running or waiting"), d.reason
+        assert rooms.status(d.run_id) == "refused" and rooms.entry(d.run_id)["reason"] == d.reason
+    await wait_for(lambda: rooms.running() == ["heavy0", "heavy1"], timeout=20, what="two sandboxes for heavy")
+    await wait_for(lambda: "go" in str(rooms.entry("heavy1")["output"]), timeout=20, what="heavy1 output")
+    assert (rooms.status("heavy2"), rooms.position("heavy2")) == ("queued", 1)
+    assert (rooms.status("heavy3"), rooms.position("heavy3")) == ("queued", 2)
+    assert capacity.running == 2 and capacity.peak == 2
+    # Somebody else is not held back by heavy's line.
+    assert (await rooms.run("other", "light0", "light")).accepted
+    await wait_for(lambda: rooms.status("light0") == "running", timeout=20, what="light runs at once")
+    assert rooms.position("heavy2") == 1
+    # Positions move: a running run ends, the line advances.
+    await rooms.stop("room0", "heavy0")
+    await wait_for(lambda: rooms.status("heavy2") == "running", timeout=20, what="heavy2 starts")
+    await wait_for(lambda: rooms.position("heavy3") == 1, timeout=10, what="heavy3 moves up")
+    assert [pos for status, pos in rooms.history["heavy3"] if status == "queued" and pos] == [2, 1]
+    # The freed place can be taken again, and no more.
+    assert (await rooms.run("room4", "heavy4b", "heavy")).accepted
+    assert not (await rooms.run("room5", "heavy5b", "heavy")).accepted
+    assert capacity.peak <= 6 and capacity.running_for("heavy") == 2
+
+
+async def test_global_limit_holds_under_a_burst_from_many_users(make_runs):
+    capacity = Capacity(max_concurrent=3, max_per_user=2, max_queued=30, max_queued_per_user=4)
+    rooms = Rooms(make_runs, capacity, code="import time\ntime.sleep(0.3)\nprint('done')\n")
+    most = 0
+
+    def count() -> None:
+        nonlocal most
+        most = max(most, len(rooms.running()))
+
+    requests = [(f"{user}-{room}", f"{user}-run{room}", user) for user in "abcdef" for room in range(2)]
+    for room, _, _ in requests:
+        rooms.room(room).doc.observe(lambda _e: asyncio.get_running_loop().call_soon(count))
+    decisions = await asyncio.gather(*(rooms.run(room, run_id, user) for room, run_id, user in requests))
+    assert all(d.accepted for d in decisions), decisions
+    await wait_for(lambda: all(rooms.status(r) == "finished" for _, r, _ in requests), timeout=60,
+                   what="every run finished")
+    assert capacity.peak == 3 and most <= 3, (capacity.peak, most)
+    assert capacity.running == 0 and capacity.admitted == 0 and capacity.waiting == 0
+    # Every run that had to wait showed a place in line while it did.
+    waited = [r for _, r, _ in requests if any(pos for _, pos in rooms.history[r])]
+    assert len(waited) >= len(requests) - 3, rooms.history
+
+
+async def test_the_line_is_fair_across_users_and_refuses_when_full(make_runs):
+    capacity = Capacity(max_concurrent=1, max_per_user=2, max_queued=5, max_queued_per_user=4)
+    rooms = Rooms(make_runs, capacity)
+    for i in range(4):
+        assert (await rooms.run(f"a{i}", f"a{i}", "ann")).accepted
+    await wait_for(lambda: rooms.running() == ["a0"], timeout=20, what="a0 running")
+    await wait_for(lambda: [rooms.position(r) for r in ("a1", "a2", "a3")] == [1, 2, 3], timeout=10,
+                   what="ann's line")
+    # Bob arrives later: round robin puts him right after Ann's next run, before her others.
+    assert (await rooms.run("b0", "b0", "bob")).accepted
+    await wait_for(lambda: [rooms.position(r) for r in ("a1", "b0", "a2", "a3")] == [1, 2, 3, 4], timeout=10,
+                   what="bob between ann's runs")
+    # Bob's second run (same room, behind his first) takes his next turn: after Ann's a2.
+    assert (await rooms.run("b0", "b0-second", "bob")).accepted
+    await wait_for(lambda: [rooms.position(r) for r in ("a1", "b0", "a2", "b0-second", "a3")] == [1, 2, 3, 4, 5],
+                   timeout=10, what="the whole line")
+    # The runner-wide line is full now (1 running + 5 waiting): refused, with the reason.
+    full = await rooms.run("c0", "c0", "cat")
+    assert not full.accepted and full.reason.startswith("the runner is at capacity"), full.reason
+    assert rooms.status("c0") == "refused"
+    order = []
+    for expected in ("a1", "b0", "a2", "b0-second", "a3"):
+        current = rooms.running()
+        assert len(current) == 1, current
+        order.append(current[0])
+        room = next(n for n, (d, _) in rooms.rooms.items() if current[0] in d.get("runs", type=pycrdt.Map).keys())
+        await rooms.stop(room, current[0])
+        await wait_for(lambda: rooms.running() == [expected], timeout=20, what=f"{expected} next")
+    assert order == ["a0", "a1", "b0", "a2", "b0-second"]
+    # With nobody arriving any more, a place in line only moves towards the front.
+    positions = [pos for status, pos in rooms.history["a3"] if status == "queued" and pos]
+    assert positions[-5:] == [5, 4, 3, 2, 1], rooms.history["a3"]
+    # Stopping a run while it waits for a sandbox: killed, and its place is given back.
+    assert (await rooms.run("a0", "a-late", "ann")).accepted
+    await wait_for(lambda: rooms.position("a-late") == 1, timeout=10, what="a-late waiting")
+    await rooms.stop("a0", "a-late")
+    assert rooms.status("a-late") == "killed" and rooms.entry("a-late")["reason"] == "stopped by test"
+    assert capacity.admitted_for("ann") == 1 and capacity.waiting == 0  # only the running a3

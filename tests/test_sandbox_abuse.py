@@ -2,24 +2,38 @@
 and the very next run on the same backend still works.
 
 The Docker half runs against a real private dockerd started by the session (tests/dockerd.py).
+
+Hardening (second half): the seccomp deny-list refuses the kernel entry points of an escape
+(nested user namespaces, keyrings, bpf, ptrace, mounts, perf events...), ordinary toolchains
+still work, and a run whose cgroup limits cannot be applied is refused with a clear reason —
+never run weaker. The probe program tries each escape for real and prints what the kernel
+answered; a control runs the same probe under bubblewrap *without* the filter and sees most
+of them succeed, so the refusals are the filter's doing, not an accident of the host.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import secrets
 import socket
+import subprocess
 import time
 from pathlib import Path
 
+import pycrdt
 import pytest
 
 from runner.languages import LanguageTable
-from runner.sandbox.base import Limits, RunResult, Sandbox, run_collect
-from runner.sandbox.bubblewrap import BubblewrapSandbox
-from tests.support import free_port, require
+from runner.runs import RoomRuns, RunnerConfig, RunRequest
+from runner.sandbox.base import Limits, Sandbox, SandboxUnavailable, run_collect
+from runner.sandbox.bubblewrap import NOBODY, BubblewrapSandbox
+from runner.sandbox.seccomp import SPECIAL, SYSCALLS, arch_for, build_filter
+from tests.support import free_port, require, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 LANGS = LanguageTable()
 LIMITS = Limits(wall_seconds=6, cpu_seconds=3, memory_bytes=256 * 1024 * 1024, processes=48, output_bytes=32 * 1024)
@@ -212,3 +226,368 @@ print("ENV", dict(os.environ))
     assert "CODESYNC" not in out
     assert f"denied {db}" in out and f"denied {settings.data_dir / 'secret_key'}" in out
     await assert_still_serving(sandbox)
+
+
+# ================================================================ hardening: seccomp, cgroups
+
+COLUMN = arch_for().column
+NR = {name: numbers[COLUMN] for name, numbers in {**SYSCALLS, **SPECIAL}.items()}
+
+# Each probe: name -> what it does. The program prints {"name": "ok" | "<errno name>"}.
+PROBE = f"""
+import ctypes, errno, json, os, signal, struct, subprocess, sys, time
+NR = {json.dumps(NR)}
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+results = {{}}
+
+def call(name, *args):
+    ret = libc.syscall(NR[name], *args)
+    err = ctypes.get_errno()
+    return ret, err
+
+def record(name, ret, err):
+    results[name] = "ok" if ret >= 0 else errno.errorcode.get(err, str(err))
+
+def in_child(name, *args):
+    # in a forked child: an allowed unshare would change *this* process
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(call(name, *args)).encode())
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 100)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+CLONE_NEWUSER = 0x10000000
+# nested user namespace, three ways, plus util-linux's unshare(1)
+record("unshare(CLONE_NEWUSER)", *in_child("unshare", CLONE_NEWUSER))
+ret, err = call("clone", CLONE_NEWUSER | signal.SIGCHLD, 0, 0, 0, 0)
+if ret == 0:
+    os._exit(0)  # the child, had it been allowed
+if ret > 0:
+    os.waitpid(ret, 0)
+record("clone(CLONE_NEWUSER)", ret, err)
+args = struct.pack("QQQQQQQQQQQ", CLONE_NEWUSER, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0, 0)
+buf = ctypes.create_string_buffer(args, len(args))
+ret, err = call("clone3", buf, len(args))
+if ret == 0:
+    os._exit(0)
+if ret > 0:
+    os.waitpid(ret, 0)
+record("clone3", ret, err)
+try:
+    p = subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True, text=True)
+    results["unshare -U"] = "ok" if p.returncode == 0 else p.stderr.strip().rsplit(": ", 1)[-1]
+except FileNotFoundError:
+    results["unshare -U"] = "no unshare(1)"
+# keyrings
+record("keyctl", *call("keyctl", 0, ctypes.c_long(-3), 1))  # KEYCTL_GET_KEYRING_ID, session keyring, create
+record("add_key", *call("add_key", b"user", b"codesync", b"secret", 6, ctypes.c_long(-2)))
+# eBPF: BPF_MAP_CREATE of a tiny array
+attr = struct.pack("IIII", 2, 4, 4, 1) + bytes(112)
+record("bpf", *call("bpf", 0, attr, len(attr)))
+# ptrace of another process (our own child: same uid, the easiest target there is)
+child = os.fork()
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+ret, err = libc.ptrace(16, child, 0, 0), ctypes.get_errno()  # PTRACE_ATTACH
+record("ptrace(PTRACE_ATTACH)", ret, err)
+if ret == 0:
+    libc.ptrace(17, child, 0, 0)  # PTRACE_DETACH
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+# mount, old and new API
+record("mount", *call("mount", b"none", b"/tmp", b"tmpfs", 0, 0))
+record("fsopen", *call("fsopen", b"tmpfs", 0))
+# perf events on ourselves (allowed to unprivileged users at perf_event_paranoid <= 2)
+attr = bytearray(128)
+struct.pack_into("IIQ", attr, 0, 1, 128, 1)  # PERF_TYPE_SOFTWARE, size, PERF_COUNT_SW_TASK_CLOCK
+struct.pack_into("Q", attr, 40, 0x60)  # exclude_kernel | exclude_hv
+pattr = ctypes.create_string_buffer(bytes(attr), len(attr))
+record("perf_event_open", *call("perf_event_open", pattr, 0, -1, -1, 0))
+record("userfaultfd", *call("userfaultfd", 0))
+record("setns", *call("setns", 0, 0))
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+results["Seccomp"] = status["Seccomp"].strip()
+results["Seccomp_filters"] = status.get("Seccomp_filters", "").strip()
+results["NoNewPrivs"] = status["NoNewPrivs"].strip()
+print(json.dumps(results))
+"""
+
+REFUSED = {
+    "unshare(CLONE_NEWUSER)": "EPERM",
+    "clone(CLONE_NEWUSER)": "EPERM",
+    "clone3": "ENOSYS",  # so glibc falls back to clone(), whose flags the filter can see
+    "unshare -U": "Operation not permitted",
+    "keyctl": "EPERM",
+    "add_key": "EPERM",
+    "bpf": "EPERM",
+    "ptrace(PTRACE_ATTACH)": "EPERM",
+    "mount": "EPERM",
+    "fsopen": "EPERM",
+    "perf_event_open": "EPERM",
+    "userfaultfd": "EPERM",
+    "setns": "EPERM",
+}
+
+
+async def probe(box: Sandbox) -> dict[str, str]:
+    result, out, err = await run(box, PROBE, limits=Limits(wall_seconds=20, cpu_seconds=10))
+    assert result.status == "finished", (result, out, err)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+async def test_escape_syscalls_are_refused(sandbox):
+    found = await probe(sandbox)
+    assert {name: found[name] for name in REFUSED} == REFUSED
+    assert found["Seccomp"] == "2" and found["NoNewPrivs"] == "1", found
+    if sandbox.name == "docker":
+        # Docker's default profile and our deny-list stacked on it: two filters.
+        assert found["Seccomp_filters"] == "2", found
+    await assert_still_serving(sandbox)
+
+
+def test_the_probe_sees_escapes_when_there_is_no_filter():
+    """Control: the same probe, in bubblewrap as nobody but without --seccomp, gets through
+    where only the filter stands in the way — so the test above can fail."""
+    require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
+    def drop() -> None:
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+
+    proc = subprocess.run(
+        ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+         "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--cap-drop", "ALL", "python3", "-c", PROBE],
+        capture_output=True, text=True, preexec_fn=drop, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["Seccomp"] == "0"
+    for name in ("unshare(CLONE_NEWUSER)", "clone(CLONE_NEWUSER)", "unshare -U", "keyctl", "add_key",
+                 "ptrace(PTRACE_ATTACH)", "perf_event_open"):
+        assert found[name] == "ok", (name, found)
+
+
+# Each toolchain doing what ordinary programs do: threads, child processes, file I/O.
+NORMAL = {
+    "python": """
+import concurrent.futures, multiprocessing, subprocess, threading
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    print("threads", sum(pool.map(lambda x: x * x, range(10))))
+with multiprocessing.Pool(2) as pool:
+    print("processes", sum(pool.map(abs, range(-5, 5))))
+print("subprocess", subprocess.run(["echo", "hi"], capture_output=True, text=True).stdout.strip())
+open("data.txt", "w").write("x" * 100000)
+print("file", len(open("data.txt").read()))
+""",
+    "javascript": """
+const { Worker } = require('worker_threads');
+const { execFileSync } = require('child_process');
+const fs = require('fs');
+fs.promises.writeFile('data.txt', 'x'.repeat(100000)).then(async () => {
+  console.log('file', (await fs.promises.readFile('data.txt', 'utf8')).length);
+  console.log('subprocess', execFileSync('echo', ['hi']).toString().trim());
+  const w = new Worker('const { parentPort } = require("worker_threads"); parentPort.postMessage(42);', { eval: true });
+  w.on('message', (m) => { console.log('worker', m); w.terminate(); });
+});
+""",
+    "bash": """
+echo "pipeline $(seq 1 100 | sort -rn | head -1)"
+( echo subshell ) &
+wait
+printf 'x%.0s' $(seq 1 1000) > data.txt; echo "file $(wc -c < data.txt)"
+""",
+    "c": r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void *work(void *arg) { return arg; }
+int main(void) {
+    pthread_t t[4]; long sum = 0;
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], NULL, work, (void *)i);
+    for (int i = 0; i < 4; i++) { void *r; pthread_join(t[i], &r); sum += (long)r; }
+    printf("threads %ld\n", sum);
+    pid_t pid = fork();
+    if (pid == 0) _exit(7);
+    int status; waitpid(pid, &status, 0);
+    printf("fork %d\n", WEXITSTATUS(status));
+    return 0;
+}
+""",
+}
+EXPECTED = {
+    "python": "threads 285\nprocesses 25\nsubprocess hi\nfile 100000\n",
+    "javascript": "file 100000\nsubprocess hi\nworker 42\n",
+    "bash": "pipeline 100\nsubshell\nfile 1000\n",
+    "c": "threads 6\nfork 7\n",
+}
+
+
+@pytest.mark.parametrize("language", sorted(NORMAL))
+async def test_ordinary_programs_still_run_under_the_filter(sandbox, language):
+    result, out, err = await run(sandbox, NORMAL[language], language, limits=Limits(wall_seconds=30, cpu_seconds=20))
+    assert (result.status, out) == ("finished", EXPECTED[language]), (result, out, err)
+
+
+# ---------------------------------------------------------------- cgroups that cannot work
+def test_filter_is_refused_for_an_unknown_architecture():
+    from runner.sandbox.seccomp import SeccompUnsupported
+
+    with pytest.raises(SeccompUnsupported, match="refusing to run unfiltered"):
+        build_filter("riscv64")
+    assert len(build_filter("aarch64")) % 8 == 0 and build_filter("x86_64") != build_filter("aarch64")
+
+
+@pytest.fixture
+def broken_cgroup_box(tmp_path) -> BubblewrapSandbox:
+    require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
+    # A cgroup root that cannot work: a directory with no cgroup hierarchy in it.
+    return BubblewrapSandbox(cgroup_root=tmp_path / "not-cgroupfs")
+
+
+async def test_bubblewrap_refuses_runs_when_cgroups_cannot_be_applied(broken_cgroup_box, caplog):
+    box = broken_cgroup_box
+    caplog.set_level(logging.DEBUG)
+    health = await box.health()
+    assert not health.ready and health.reason.startswith("cgroup limits cannot be applied"), health
+    assert "not-cgroupfs" in health.reason
+    doc = pycrdt.Doc()
+    doc.get("source", type=pycrdt.Text).insert(0, "print('must not run')")
+    runs = RoomRuns(doc, box, LanguageTable(), RunnerConfig())
+    runs_map = doc.get("runs", type=pycrdt.Map)
+    try:
+        for run_id in ("a", "b", "c"):
+            assert (await runs.request(RunRequest(run_id, "python", "u1", "Ann", "editor"))).accepted
+            await wait_for(lambda: runs_map[run_id]["status"] == "failed", timeout=10, what=f"run {run_id} failed")
+            entry = runs_map[run_id]
+            assert entry["reason"] == health.reason and str(entry["output"]) == "", dict(entry)
+    finally:
+        await runs.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING and "cgroup limits" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # said once (by health), not once per run
+    assert (await box.health()).reason == health.reason
+
+
+async def test_opting_out_runs_with_rlimits_only_and_says_so(tmp_path, caplog):
+    require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
+    box = BubblewrapSandbox(cgroup_root=tmp_path / "not-cgroupfs", require_cgroups=False)
+    caplog.set_level(logging.WARNING)
+    assert (await box.health()).ready
+    result, out, err = await run(box, "print('weaker, but asked for')")
+    assert (result.status, out) == ("finished", "weaker, but asked for\n"), (result, err)
+    assert any("rlimits only" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_tree_that_only_looks_like_cgroupfs_is_not_trusted(tmp_path):
+    """A cgroup root pointing at ordinary directories with cgroup-named files: writing a pid
+    into a plain file limits nothing, so it must count as "cannot be applied"."""
+    require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
+    from runner.sandbox.cgroups import _own_paths
+
+    fake = tmp_path / "fake-cgroupfs"
+    own = _own_paths()
+    for controller in ("memory", "pids", "cpu"):
+        parent = fake / controller / own.get(controller, "/").lstrip("/")
+        parent.mkdir(parents=True, exist_ok=True)
+        (fake / controller / "cgroup.procs").write_text("")
+    (fake / "cgroup.controllers").write_text("memory pids cpu")
+    box = BubblewrapSandbox(cgroup_root=fake)
+    health = await box.health()
+    assert not health.ready and "cgroup limits cannot be applied" in health.reason
+    with pytest.raises(SandboxUnavailable, match="cgroup limits cannot be applied"):
+        await run(box, "print('must not run')")
+    assert not list(fake.rglob("codesync-run-*"))
+
+
+@pytest.mark.docker
+async def test_docker_refuses_runs_when_cgroups_cannot_be_applied(docker_daemon, docker_image, caplog):
+    from runner.sandbox.docker import DockerSandbox
+
+    # runc creates the run's cgroup under this parent in every hierarchy; cgroup.procs is a
+    # file in each hierarchy's root, so the mkdir fails for real ("not a directory").
+    box = DockerSandbox(docker_daemon.url, image=docker_image, cgroup_parent="/cgroup.procs/codesync")
+    caplog.set_level(logging.WARNING)
+    try:
+        assert (await box.prepare(LIMITS)).ready  # the engine itself is fine
+        with pytest.raises(SandboxUnavailable, match="cgroup limits cannot be applied: unable to "):
+            await run(box, "print('must not run')")
+        health = await box.health()
+        assert not health.ready and "cgroup" in health.reason
+        with pytest.raises(SandboxUnavailable):
+            await run(box, "print('must not run either')")
+        said = [r for r in caplog.records if "cgroup limits cannot be applied" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        client = docker_daemon.client()
+        leftovers = [c for c in client.containers.list(all=True)
+                     if c.labels.get("codesync.runner.session") == box.identity.session and c.status == "running"]
+        client.close()
+        assert not leftovers  # nothing ran
+    finally:
+        await box.close()
+    good = DockerSandbox(docker_daemon.url, image=docker_image)
+    try:
+        assert (await good.health()).ready
+        await assert_still_serving(good)
+    finally:
+        await good.close()
+
+
+@pytest.mark.docker
+async def test_docker_keeps_its_default_seccomp_profile(docker_daemon, docker_image):
+    from runner.sandbox.docker import DockerSandbox, container_options
+
+    options = container_options(LIMITS, docker_image)
+    assert options["security_opt"] == ["no-new-privileges"]  # no seccomp=… entry: the default applies
+    info = docker_daemon.client().info()
+    assert any(opt.startswith("name=seccomp") for opt in info["SecurityOptions"]), info["SecurityOptions"]
+    box = DockerSandbox(docker_daemon.url, image=docker_image)
+    try:
+        assert (await box.health()).ready
+    finally:
+        await box.close()
+
+
+@pytest.mark.docker
+async def test_docker_image_without_python_is_refused_not_run_unfiltered(docker_daemon, docker_image, tmp_path):
+    """The deny-list loader needs python3 in the image; without it the run fails clearly."""
+    from runner.sandbox.docker import NO_PYTHON, DockerSandbox
+
+    client = docker_daemon.client()
+    tag = "codesync-test-nopython:1"
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {docker_image}\nRUN rm -f /usr/bin/python3*\n")
+    try:
+        await asyncio.to_thread(client.images.build, path=str(tmp_path), tag=tag, rm=True, network_mode="none")
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"could not build the test image: {exc}")
+    box = DockerSandbox(docker_daemon.url, image=tag, pool_size=0)
+    try:
+        result, out, err = await run(box, "echo unfiltered", "bash")
+        assert result.status == "failed" and result.exit_code == 126, (result, out, err)
+        assert out == "" and NO_PYTHON in err
+    finally:
+        await box.close()
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_syscall_numbers_match_the_kernel_headers():
+    """The filter's tables (x86_64, aarch64 = the generic table) against linux-libc-dev."""
+    import re
+
+    headers = {0: Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), 1: Path("/usr/include/asm-generic/unistd.h")}
+    require("kernel headers", all(p.exists() for p in headers.values()), "apt-get install linux-libc-dev")
+    for column, path in headers.items():
+        text = path.read_text()
+        for name, numbers in {**SYSCALLS, **SPECIAL}.items():
+            found = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
+            expected = int(found.group(1)) if found else None
+            assert numbers[column] == expected, (path.name, name, numbers[column], expected)

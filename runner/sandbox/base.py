@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import shlex
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+log = logging.getLogger("codesync.runner.sandbox")
 
 Stream = Literal["stdout", "stderr"]
 Status = Literal["finished", "failed", "timeout", "killed"]
@@ -92,6 +95,24 @@ class RunResult:
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the user's code): missing binary, dockerd down, no image."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The sandbox cannot isolate a run the way it promises (no cgroup limits, no seccomp
+    filter, engine without limit support): the run is refused rather than run weaker.
+    ``Sandbox.health()`` reports the same reason until it is fixed."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the backend can start runs with every promised limit, and if not, why."""
+
+    ready: bool
+    reason: str = ""
+
+    @classmethod
+    def ok(cls) -> "Health":
+        return cls(True)
 
 
 class Execution(abc.ABC):
@@ -169,12 +190,42 @@ class Execution(abc.ABC):
 
 
 class Sandbox(abc.ABC):
-    """A backend. ``start`` returns once the run is launched (or raises ``SandboxError``)."""
+    """A backend. ``start`` returns once the run is launched (or raises ``SandboxError``).
+
+    The service calls ``prepare(limits)`` once at start and ``health()`` from ``/healthz``;
+    neither raises. A backend that cannot apply its limits says so in ``health()`` and
+    refuses runs with ``SandboxUnavailable`` (the run record then says why); the reason is
+    logged once when the state changes, not once per refused run.
+    """
 
     name: str
+    _health: Health | None = None
 
     @abc.abstractmethod
     async def start(self, spec: RunSpec) -> Execution: ...
+
+    async def prepare(self, limits: Limits) -> Health:
+        """Everything a backend does before serving (Docker: leftovers, image, warm pool)."""
+        return await self.health()
+
+    async def health(self) -> Health:
+        """Ready to start runs with every limit applied? (Checked live; cheap.)"""
+        return self._note(Health.ok())
+
+    def _note(self, health: Health) -> Health:
+        """Remember the state; log only when it changes (so a broken host logs once)."""
+        previous, self._health = self._health, health
+        if previous != health:
+            if not health.ready:
+                log.error("%s sandbox not ready: %s; runs are refused until this is fixed", self.name, health.reason)
+            elif previous is not None:
+                log.info("%s sandbox ready again", self.name)
+        return health
+
+    def _unavailable(self, reason: str) -> SandboxUnavailable:
+        """Mark the sandbox not ready and return the error to raise for this run."""
+        self._note(Health(False, reason))
+        return SandboxUnavailable(reason)
 
     async def prewarm(self, limits: Limits, image: str | None = None) -> None:
         """Get ready for runs with these limits (Docker: pre-start containers); returns when ready."""

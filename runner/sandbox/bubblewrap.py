@@ -8,7 +8,11 @@ Layers, each because the others leave a gap (DESIGN.md, "Sandboxes here"):
 - The launcher drops to uid/gid 65534 *before* bwrap, so the user's code is unprivileged in
   the initial namespace too and ``RLIMIT_NPROC`` applies (it is ignored for root).
 - A cgroup per run (v1 or v2, whatever exists) for memory, pids and CPU quota; rlimits for
-  CPU seconds, address space, file size, open files, no core dumps.
+  CPU seconds, address space, file size, open files, no core dumps. When the cgroup cannot
+  be made the run is refused (``SandboxUnavailable``, health not ready) — rlimits alone are
+  not a sandbox (DESIGN.md) — unless the operator opted out (``require_cgroups=False``).
+- A seccomp deny-list (``seccomp.py``) handed to ``bwrap --seccomp FD``: no nested user
+  namespaces, keyrings, bpf, ptrace, mounts, perf events, module loading and the like.
 """
 
 from __future__ import annotations
@@ -22,8 +26,19 @@ import shutil
 import signal
 from pathlib import Path
 
-from .base import RUN_ENV, WORK_DIR, Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
-from .cgroups import CgroupManager, RunCgroup
+from .base import (
+    RUN_ENV,
+    WORK_DIR,
+    Execution,
+    Health,
+    Limits,
+    RunSpec,
+    Sandbox,
+    SandboxError,
+    classify_exit,
+)
+from .cgroups import CGROUP_ROOT, CgroupError, CgroupManager, RunCgroup
+from .seccomp import SeccompUnsupported, build_filter
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +78,50 @@ def _system_binds() -> list[str]:
 class BubblewrapSandbox(Sandbox):
     name = "bubblewrap"
 
-    def __init__(self, bwrap: str | None = None, uid: int = NOBODY, gid: int = NOBODY) -> None:
+    def __init__(
+        self,
+        bwrap: str | None = None,
+        uid: int = NOBODY,
+        gid: int = NOBODY,
+        cgroup_root: Path | str = CGROUP_ROOT,
+        require_cgroups: bool = True,
+    ) -> None:
         self.bwrap = bwrap or shutil.which("bwrap") or "/usr/bin/bwrap"
         # As root we drop to ``uid`` before bwrap; as an ordinary user we already are one, and
         # bwrap maps us to ``uid`` inside its user namespace.
         self.drop_privileges = os.geteuid() == 0
         self.uid, self.gid = uid, gid
-        self.cgroups = CgroupManager()
+        self.cgroups = CgroupManager(Path(cgroup_root))
+        self.require_cgroups = require_cgroups
         self._system = _system_binds()
+        try:
+            self.seccomp_filter: bytes | None = build_filter()
+            self._seccomp_problem = ""
+        except SeccompUnsupported as exc:
+            self.seccomp_filter, self._seccomp_problem = None, str(exc)
+        self._warned_rlimits_only = False
 
-    def command(self, spec: RunSpec, file_fds: dict[str, int]) -> list[str]:
+    def _check(self, redetect: bool = False) -> Health:
+        """Can a run get every layer? The first problem found, worded for an operator."""
+        if not os.access(self.bwrap, os.X_OK):
+            return Health(False, f"bubblewrap not found at {self.bwrap} (apt-get install bubblewrap)")
+        if self.seccomp_filter is None:
+            return Health(False, self._seccomp_problem)
+        if redetect:
+            self.cgroups.detect()
+        missing = self.cgroups.missing()
+        if missing and self.require_cgroups:
+            return Health(False, f"cgroup limits cannot be applied: {missing}")
+        if missing and not self._warned_rlimits_only:
+            self._warned_rlimits_only = True
+            log.warning("cgroup limits cannot be applied (%s); running with rlimits only, as "
+                        "CODESYNC_RUNNER_REQUIRE_CGROUPS=false asks", missing)
+        return Health.ok()
+
+    async def health(self) -> Health:
+        return self._note(self._check(redetect=True))
+
+    def command(self, spec: RunSpec, file_fds: dict[str, int], seccomp_fd: int | None = None) -> list[str]:
         limits = spec.limits
         args = [
             self.bwrap,
@@ -81,6 +130,7 @@ class BubblewrapSandbox(Sandbox):
             "--new-session",
             "--cap-drop",
             "ALL",
+            *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
             "--hostname",
             "sandbox",
             "--uid",
@@ -113,10 +163,13 @@ class BubblewrapSandbox(Sandbox):
         return args
 
     async def start(self, spec: RunSpec) -> "BubblewrapExecution":
-        if not os.access(self.bwrap, os.X_OK):
-            raise SandboxError(f"bubblewrap not found at {self.bwrap} (apt-get install bubblewrap)")
+        # Not ready before: look again (the operator may have fixed it); ready: trust the cache.
+        health = self._check(redetect=self._health is not None and not self._health.ready)
+        if not health.ready:
+            raise self._unavailable(health.reason)
         limits = spec.limits
         fds: dict[str, int] = {}
+        seccomp_fd: int | None = None
         group: RunCgroup | None = None
         try:
             for name, content in spec.files.items():
@@ -124,14 +177,22 @@ class BubblewrapSandbox(Sandbox):
                 os.write(fd, content)
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
-            group = self.cgroups.create(limits.memory_bytes, limits.processes)
+            assert self.seccomp_filter is not None
+            seccomp_fd = os.memfd_create("codesync-seccomp", 0)
+            os.write(seccomp_fd, self.seccomp_filter)
+            os.lseek(seccomp_fd, 0, os.SEEK_SET)
+            try:
+                group = self.cgroups.create(limits.memory_bytes, limits.processes)
+            except CgroupError as exc:
+                if self.require_cgroups:
+                    raise self._unavailable(f"cgroup limits cannot be applied: {exc}") from exc
             preexec = _make_preexec(limits, group, self.uid, self.gid, self.drop_privileges)
             proc = await asyncio.create_subprocess_exec(
-                *self.command(spec, fds),
+                *self.command(spec, fds, seccomp_fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=tuple(fds.values()),
+                pass_fds=(*fds.values(), seccomp_fd),
                 start_new_session=True,
                 preexec_fn=preexec,
                 env={},
@@ -146,8 +207,9 @@ class BubblewrapSandbox(Sandbox):
                 group.kill_all(0.1)
             raise SandboxError(f"could not start bubblewrap: {exc}") from exc
         finally:
-            for fd in fds.values():
+            for fd in (*fds.values(), *([seccomp_fd] if seccomp_fd is not None else [])):
                 os.close(fd)
+        self._note(Health.ok())
         return BubblewrapExecution(proc, limits, group)
 
 

@@ -5,7 +5,9 @@ uid), so each run gets its own cgroup: a memory limit the kernel enforces with t
 killer, a pids limit that stops fork bombs, and a CPU quota. Hosts differ: this one is a
 hybrid whose memory/pids/cpu controllers exist only as cgroup v1 hierarchies (DESIGN.md,
 "Sandboxes here"); a pure v2 host has them in the unified tree if delegated. We detect at
-run time and use what exists; with none, the run still has rlimits and namespaces.
+run time; ``missing()`` says which of memory, pids and cpu cannot be applied and why, and
+``create()`` raises ``CgroupError`` rather than hand back a run without its limits — the
+sandbox refuses such runs (``CODESYNC_RUNNER_REQUIRE_CGROUPS``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 WANTED = ("memory", "pids", "cpu")
 
 
+class CgroupError(RuntimeError):
+    """A run's cgroup could not be created or configured (message says which file and why)."""
+
+
 def _own_paths() -> dict[str, str]:
     """Controller (or "" for the unified tree) -> this process's cgroup path."""
     paths: dict[str, str] = {}
@@ -40,6 +46,28 @@ def _own_paths() -> dict[str, str]:
             if c:
                 paths[c] = path
     return paths
+
+
+def _cgroup_mounts() -> dict[str, str]:
+    """Mount point -> "cgroup" | "cgroup2", from /proc/self/mountinfo: a directory tree that
+    merely looks like cgroupfs (a wrong ``CODESYNC_RUNNER_CGROUP_ROOT``) must not pass."""
+    mounts: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fstype = line.split(" - ", 1)[1].split()[0]
+        if fstype in ("cgroup", "cgroup2"):
+            mounts[fields[4].replace("\\040", " ")] = fstype
+    return mounts
+
+
+def _is_mount(path: Path, mounts: dict[str, str], fstype: str) -> bool:
+    return mounts.get(os.path.realpath(path)) == fstype
 
 
 def _writable_dir(path: Path) -> bool:
@@ -133,26 +161,42 @@ class CgroupManager:
     """Detects what the host offers once; creates and configures one cgroup per run."""
 
     def __init__(self, root: Path = CGROUP_ROOT) -> None:
-        self.root = root
+        self.root = Path(root)
         self.version = 0
         self.parents: dict[str, Path] = {}
+        self.detect()
+
+    def detect(self) -> None:
+        """(Re)read what this host offers: cheap (a few stat calls), so health checks call it."""
+        self.version, self.parents = 0, {}
         self._detect()
+
+    def missing(self) -> str:
+        """"" when memory, pids and cpu limits can all be applied; otherwise why not."""
+        absent = [c for c in WANTED if c not in self.parents]
+        if not absent:
+            return ""
+        if not self.parents:
+            return (f"no writable cgroup with the {', '.join(WANTED)} controllers under {self.root} "
+                    "(cgroup v1 hierarchies or delegated v2 controllers)")
+        return f"no writable cgroup for {', '.join(absent)} under {self.root} (cgroup v{self.version})"
 
     def _detect(self) -> None:
         own = _own_paths()
+        mounts = _cgroup_mounts()
         v1: dict[str, Path] = {}
         for c in WANTED:
             if c in own:
                 base = self.root / c
                 parent = base / own[c].lstrip("/")
-                if (base / "cgroup.procs").exists() and _writable_dir(parent):
+                if _is_mount(base, mounts, "cgroup") and _writable_dir(parent):
                     v1[c] = parent
         if v1:
             self.version, self.parents = 1, v1
             return
         # Pure v2 (or the unified tree of a hybrid) with the controllers delegated to us.
         for unified in (self.root, self.root / "unified"):
-            if not (unified / "cgroup.controllers").exists() or "" not in own:
+            if not _is_mount(unified, mounts, "cgroup2") or "" not in own:
                 continue
             parent = unified / own[""].lstrip("/")
             try:
@@ -169,9 +213,10 @@ class CgroupManager:
     def available(self) -> list[str]:
         return sorted(self.parents)
 
-    def create(self, memory_bytes: int, pids: int, cpus: float = 1.0) -> RunCgroup | None:
+    def create(self, memory_bytes: int, pids: int, cpus: float = 1.0) -> RunCgroup:
+        """A configured cgroup for one run; ``CgroupError`` if any limit cannot be set."""
         if not self.parents:
-            return None
+            raise CgroupError(self.missing())
         name = f"codesync-run-{secrets.token_hex(6)}"
         group = RunCgroup(self.version)
         try:
@@ -180,6 +225,7 @@ class CgroupManager:
                     d = parent / name
                     d.mkdir()
                     group.dirs[c] = d
+                    _check_made(d)
                 _write(group.dirs.get("memory"), "memory.limit_in_bytes", memory_bytes)
                 _write(group.dirs.get("memory"), "memory.memsw.limit_in_bytes", memory_bytes, optional=True)
                 _write(group.dirs.get("memory"), "memory.swappiness", 0, optional=True)
@@ -191,16 +237,23 @@ class CgroupManager:
                 d = parent / name
                 d.mkdir()
                 group.dirs = {c: d for c in self.parents}
+                _check_made(d)
                 _write(group.dirs.get("memory"), "memory.max", memory_bytes)
                 _write(group.dirs.get("memory"), "memory.swap.max", 0, optional=True)
                 _write(group.dirs.get("pids"), "pids.max", pids)
                 if "cpu" in group.dirs:
                     (d / "cpu.max").write_text(f"{int(100_000 * cpus)} 100000")
         except OSError as exc:
-            log.warning("cgroup setup failed (%s); running with rlimits only", exc)
             group.kill_all(0.1)
-            return None
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CgroupError(f"cgroup setup failed: {exc.strerror or exc}{where}") from exc
         return group
+
+
+def _check_made(directory: Path) -> None:
+    """The kernel fills a new cgroup directory with its control files; a plain one is not a cgroup."""
+    if not (directory / "cgroup.procs").exists():
+        raise OSError(0, "not a cgroup (no cgroup.procs after mkdir)", str(directory))
 
 
 def _write(directory: Path | None, name: str, value: int, optional: bool = False) -> None:

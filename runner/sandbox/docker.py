@@ -13,6 +13,22 @@ files into the tmpfs and execs compile/run — and closes stdin (``stdin_once``)
 container serves exactly one run and is then removed; a refill starts in the background.
 No volume, no host path, no environment carrying the code.
 
+Seccomp: Docker's own default profile stays in force (no ``seccomp=`` option is ever passed;
+``health()`` checks that the engine runs with seccomp and refuses a daemon without it). It
+already refuses nested user namespaces (``unshare``, ``clone`` with namespace flags,
+``clone3`` → ENOSYS), keyrings, bpf, mounts and perf events to a container without
+CAP_SYS_ADMIN, but allows ``ptrace`` and ``process_vm_*`` on current kernels. So the run
+script stacks the bubblewrap backend's deny-list (``seccomp.py``) on top before any user
+code: ``python3 -I -S -c LOADER`` loads it with ``prctl(PR_SET_SECCOMP)`` and execs the
+compile/run shell. Filters stack — the stricter answer wins — so both backends refuse the
+same calls. A run image therefore needs ``python3`` (the run image has it; a custom image
+without it gets a clear error instead of an unfiltered run).
+
+Cgroups: Docker applies memory/pids/CPU through its own cgroups; ``health()`` checks that
+the engine reports support for each limit (else Docker silently drops it), and a container
+whose cgroup cannot be set up (runc: "unable to apply cgroup configuration") refuses the
+run with that reason and marks the sandbox not ready until a run starts again.
+
 The SDK is blocking, so the output stream is read by a dedicated thread (not the default
 executor: a long run must not starve short calls) and handed to the event loop; ``stop()``
 sends the kill from another task while that thread is still reading (DESIGN.md).
@@ -25,6 +41,7 @@ import base64
 import calendar
 import contextlib
 import logging
+import re
 import shlex
 import socket
 import threading
@@ -34,7 +51,18 @@ from typing import Any
 
 from ..identity import RunnerIdentity
 from ..image import DEFAULT_TAG
-from .base import RUN_ENV, WORK_DIR, Execution, Limits, RunSpec, Sandbox, SandboxError, classify_exit
+from .base import (
+    RUN_ENV,
+    WORK_DIR,
+    Execution,
+    Health,
+    Limits,
+    RunSpec,
+    Sandbox,
+    SandboxError,
+    classify_exit,
+)
+from .seccomp import LOADER, SeccompUnsupported, build_filter
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +84,41 @@ POOL_IDLE_SECONDS = 600.0
 STOPPED_LEFTOVER_SECONDS = 3600.0  # a created/exited container this old is nobody's (any instance)  # a warm container older than this is replaced (fresh limits, no drift)
 
 
-def run_script(spec: RunSpec) -> str:
-    """The script a warm container evaluates: write the files, then compile/run."""
+# Docker info fields that must be true, or Docker silently ignores the matching limit.
+ENGINE_LIMITS = {"MemoryLimit": "memory", "SwapLimit": "memory+swap", "PidsLimit": "pids", "CpuCfsQuota": "cpu quota"}
+NO_PYTHON = "sandbox: this run image has no python3, which loads the seccomp filter; refusing to run unfiltered"
+
+
+def run_script(spec: RunSpec, seccomp_filter: bytes) -> str:
+    """The script a warm container evaluates: write the files, load the seccomp filter, then
+    compile/run (under the filter: the compiler is as untrusted as the program)."""
     lines = [
         f"printf %s {shlex.quote(base64.b64encode(content).decode())} | base64 -d > {_safe_name(name)}"
         for name, content in spec.files.items()
     ]
-    return " && ".join([*lines, spec.script()])
+    check = f"{{ command -v python3 >/dev/null || {{ echo {shlex.quote(NO_PYTHON)} >&2; exit 126; }}; }}"
+    load = shlex.join(["exec", "python3", "-I", "-S", "-c", LOADER, base64.b64encode(seccomp_filter).decode(),
+                       "/bin/sh", "-c", spec.script()])
+    return " && ".join([*lines, check, load])
 
 
-def container_options(limits: Limits, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def cgroup_failure(message: str) -> bool:
+    """runc's words for a container whose cgroup could not be made or configured."""
+    text = message.lower()
+    return "cgroup" in text and ("apply" in text or "create" in text or "mkdir" in text or "write" in text)
+
+
+def cgroup_detail(message: str) -> str:
+    """runc's cause without the container id and the wrapping, so one broken setting gives
+    one stable reason (logged once, the same in every refused run)."""
+    text = re.sub(r"/?[0-9a-f]{64}", "", message)
+    found = re.search(r"unable to [^:]*cgroup.*?(?=: unknown|$)", text)
+    return (found.group(0) if found else text)[:300]
+
+
+def container_options(
+    limits: Limits, image: str, labels: dict[str, str] | None = None, cgroup_parent: str | None = None
+) -> dict[str, Any]:
     """The ``containers.create`` keyword arguments for one run (pure: easy to inspect)."""
     import docker.types
 
@@ -102,6 +155,8 @@ def container_options(limits: Limits, image: str, labels: dict[str, str] | None 
         ],
         log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         labels={LABEL: "1", **(labels or {})},
+        # Never a ``seccomp=`` entry in security_opt: Docker's default profile applies.
+        **({"cgroup_parent": cgroup_parent} if cgroup_parent else {}),
         # The SDK sets StdinOnce (EOF on the container's stdin when we close ours) only for
         # stdin_open with detach=False; detach here is just that config flag, create never blocks.
         stdin_open=True,
@@ -140,8 +195,11 @@ class DockerSandbox(Sandbox):
         client: Any = None,
         pool_size: int = 1,
         identity: RunnerIdentity | None = None,
+        cgroup_parent: str | None = None,
     ) -> None:
         self.base_url = base_url
+        self.cgroup_parent = cgroup_parent
+        self._seccomp_filter: bytes | None = None
         self.identity = identity or RunnerIdentity.current()
         self.labels = {INSTANCE_LABEL: self.identity.instance, SESSION_LABEL: self.identity.session}
         self.image = image
@@ -167,7 +225,7 @@ class DockerSandbox(Sandbox):
 
     def _prepare(self, image: str, limits: Limits) -> _Warm:
         """Create, attach (before start, so nothing is missed) and start one container."""
-        container = self.client.containers.create(**container_options(limits, image, self.labels))
+        container = self.client.containers.create(**container_options(limits, image, self.labels, self.cgroup_parent))
         try:
             sock = self.client.api.attach_socket(
                 container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -189,7 +247,73 @@ class DockerSandbox(Sandbox):
         except SandboxError:
             raise
         except Exception as exc:  # noqa: BLE001 - DockerException, connection errors from the SDK
+            message = str(getattr(exc, "explanation", None) or exc)
+            if cgroup_failure(message):
+                raise self._unavailable(f"cgroup limits cannot be applied: {cgroup_detail(message)}") from exc
             raise SandboxError(f"docker could not start the run: {exc}") from exc
+
+    # ------------------------------------------------------------------ readiness
+    def _engine_problem(self) -> str:
+        """Blocking: "" when the engine enforces seccomp and every limit, else why not."""
+        info = self.client.info()
+        security = info.get("SecurityOptions") or []
+        seccomp = [opt for opt in security if "name=seccomp" in opt]
+        if not seccomp:
+            return "dockerd runs without seccomp (no name=seccomp in its security options)"
+        if any("profile=unconfined" in opt for opt in seccomp):
+            return "dockerd's default seccomp profile is unconfined"
+        missing = [what for key, what in ENGINE_LIMITS.items() if info.get(key) is False]
+        if missing:
+            return f"cgroup limits cannot be applied: dockerd has no {', '.join(missing)} limit support"
+        if self._seccomp_filter is None:
+            try:
+                self._seccomp_filter = build_filter(info.get("Architecture"))
+            except SeccompUnsupported as exc:
+                return str(exc)
+        return ""
+
+    async def _engine_health(self) -> Health:
+        try:
+            problem = await asyncio.to_thread(self._engine_problem)
+        except SandboxError as exc:
+            return Health(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeouts from the SDK
+            return Health(False, f"cannot reach dockerd: {type(exc).__name__}: {exc}")
+        return Health(False, problem) if problem else Health.ok()
+
+    async def health(self) -> Health:
+        """Engine reachable, seccomp on, limits supported, and the last run's cgroup worked."""
+        health = await self._engine_health()
+        if health.ready and self._health is not None and not self._health.ready:
+            return self._health  # e.g. the last container's cgroup failed: stays until a run starts
+        return self._note(health)
+
+    async def prepare(self, limits: Limits) -> Health:
+        """Remove our earlier leftovers, make sure the run image exists, check the engine, fill
+        the warm pool. Problems are reported (health), not raised: the runner keeps serving."""
+        from ..image import ImageError, ensure_image
+
+        try:
+            removed = await self.cleanup_leftovers()
+            if removed:
+                log.info("removed %d containers left by an earlier run of runner %s", removed, self.identity.instance)
+            await asyncio.to_thread(ensure_image, self.client, self.image)
+        except (ImageError, SandboxError) as exc:
+            return self._note(Health(False, f"run image {self.image!r} unavailable: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - dockerd down or refusing
+            return self._note(Health(False, f"cannot reach dockerd: {type(exc).__name__}: {exc}"))
+        health = self._note(await self._engine_health())
+        if health.ready:
+            await self.prewarm(limits, self.image)
+        return health
+
+    async def _filter(self) -> bytes:
+        """The deny-list for the engine's architecture (looked up once), or refuse the run."""
+        if self._seccomp_filter is None:
+            health = await self._engine_health()
+            if not health.ready or self._seccomp_filter is None:
+                raise self._unavailable(health.reason or "no seccomp filter")
+        return self._seccomp_filter
 
     def _take(self, key: tuple[str, Limits]) -> _Warm | None:
         pool = self._pool.get(key) or []
@@ -220,7 +344,9 @@ class DockerSandbox(Sandbox):
         try:
             warm = await self._prepare_async(*key)
         except SandboxError as exc:
-            log.warning("could not pre-start a container: %s", exc)
+            # A sandbox-level problem was already logged once (_note); others are worth a line.
+            if self._health is None or self._health.ready:
+                log.warning("could not pre-start a container: %s", exc)
             return
         if self._closed:
             await asyncio.to_thread(warm.discard)
@@ -235,7 +361,7 @@ class DockerSandbox(Sandbox):
 
     async def start(self, spec: RunSpec) -> "DockerExecution":
         key = (spec.image or self.image, spec.limits)
-        script = run_script(spec)
+        script = run_script(spec, await self._filter())
         warm = self._take(key) if self.pool_size > 0 else None
         if warm is None and self._filling.get(key):
             # A container is already being started for this pool: it is further along than a new one.
@@ -248,6 +374,8 @@ class DockerSandbox(Sandbox):
                 warm = await self._prepare_async(*key)
             try:
                 await asyncio.to_thread(warm.send, script)
+                if self._health is not None and not self._health.ready:
+                    self._note(Health.ok())  # a container with its cgroup started: ready again
                 return DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
             except OSError as exc:  # the warm container died meanwhile: use a fresh one
                 log.warning("warm container unusable (%s); starting a fresh one", exc)
