@@ -17,6 +17,7 @@ BENCHMARKS = {
     "persistence_write": "persistence store write throughput (SQLite)",
     "persistence_trace": "trace replay until the persistence peer stored it",
     "runner_latency": "run request to first output / finished, per language and sandbox",
+    "runner_capacity": "sandboxes in use, queue wait and refusals when many users burst runs across rooms",
     "browser_latency": "keystroke in one Chromium page to text in another",
     "soak": "fault-injecting soak (only when named)",
 }
