@@ -296,9 +296,9 @@ class SlowLoadStore(DocumentStore):
 
     delay = 1.5
 
-    async def load(self, room_id: str):
+    async def load(self, room_id: str, doc: str = ""):
         await asyncio.sleep(self.delay)
-        return await super().load(room_id)
+        return await super().load(room_id, doc)
 
 
 async def test_sync_step1_is_answered_only_after_the_stored_document_is_loaded(tmp_path):
