@@ -42,7 +42,7 @@ from .awareness_gate import AwarenessGate
 from .connection import PeerConnection
 from .ice import apply_ice_policy, rtc_configuration
 from .metrics import DROPPED
-from .rights import NAMED_DOC_WRITERS, Principal, write_refusal
+from .rights import NAMED_DOC_WRITERS, Principal
 from .roster import Roster
 from .signaling_client import SignalingClient
 

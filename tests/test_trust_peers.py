@@ -11,7 +11,6 @@ The pure rules are unit-tested in tests/test_peer_rights.py.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
