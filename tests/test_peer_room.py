@@ -314,6 +314,43 @@ async def test_a_service_client_joins_many_rooms_over_one_connection(stack, seed
         await client.stop()
 
 
+async def test_named_documents_are_held_chunked_and_never_relayed(stack, seeded) -> None:
+    """Type 102: a service's ``runs`` document reaches the peers linked to it (SyncStep1 held
+    until release, chunked when large, live updates), is never relayed by anyone, and a
+    person's own writes to it are kept to themselves."""
+    client = SignalingClient(stack.url, await stack.service_token("persistence"), SETTINGS)
+    await client.start()
+    svc = client.room(seeded.id, hold_sync=True, max_conns=1)  # links to alice only
+    await svc.start()
+    try:
+        async with joined(stack, seeded, "alice") as (a,):
+            await wait_for(lambda: svc.peer_id in a.connected_peers, 20, what="alice and the service linked")
+            a_runs = a.docs["runs"].get("runs", type=pycrdt.Map)
+            with pytest.raises(AssertionError):  # held: nothing before release_sync
+                await wait_for(lambda: len(a_runs), 0.5, what="runs before release")
+            stored = pycrdt.Doc()
+            stored.get("runs", type=pycrdt.Map)["r1"] = pycrdt.Map(
+                {"status": "finished", "output": pycrdt.Text("o" * 300_000)})
+            svc.load(stored.get_update(), doc="runs")
+            svc.release_sync()
+            await wait_for(lambda: "r1" in a_runs, 20, what="the stored runs in the named SyncStep2")
+            assert len(str(a_runs["r1"]["output"])) == 300_000 and a.stats["chunks_in"] > 1
+            async with joined(stack, seeded, "bob") as (b,):
+                await wait_for(lambda: a.peer_id in b.connected_peers, 20, what="bob linked to alice")
+                assert svc.peer_id not in b._links  # the service is at max_conns: bob only hears alice
+                svc.docs["runs"].get("runs", type=pycrdt.Map)["r2"] = pycrdt.Map({"status": "queued"})
+                await wait_for(lambda: "r2" in a_runs, what="a live update of the runs document")
+                a_runs["mine"] = pycrdt.Map({"status": "finished"})  # alice may not write runs: kept
+                assert a.stats["withheld_updates"] >= 1
+                source(svc).insert(0, "marker")  # the main document is relayed by alice
+                await wait_for(lambda: str(source(b)) == "marker", what="bob gets the main document via alice")
+                assert len(b.docs["runs"].get("runs", type=pycrdt.Map)) == 0  # but no runs: never relayed
+                assert "mine" not in svc.docs["runs"].get("runs", type=pycrdt.Map)
+    finally:
+        await svc.stop()
+        await client.stop()
+
+
 # ------------------------------------------------------------------ y-webrtc signalling details
 
 

@@ -25,6 +25,7 @@ from tests.support import Service, child_env, free_port, postgres_database, requ
 pytestmark = pytest.mark.timeout(180)
 
 TRACE = "rustcode"
+SETTINGS = Settings(ice_hosts="127.0.0.1")  # loopback-only ICE (also imported by bench/persistence_trace.py)
 
 
 # ----------------------------------------------------------------------------- helpers
