@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
-from bench.persistence_write import trace_updates  # noqa: E402
+from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
 from tests.support import postgres_database  # noqa: E402
 from tests.test_persistence_peer import (  # noqa: E402
@@ -53,7 +53,7 @@ async def until(predicate, timeout: float) -> None:
 
 
 async def run(tmp: Path, database_url: str | None, batch: int, verbose: bool = False) -> dict:
-    updates, end = trace_updates()
+    updates, end = trace_updates(load_trace("rustcode"))
     async with persist_stack(tmp, database_url) as (stack, persisters):
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         first = persisters.start(CODESYNC_PERSIST_IDLE_GRACE="30", CODESYNC_PERSIST_COMPACT_ROWS="200")

@@ -1,18 +1,47 @@
 """Headless CodeSync peers: aiortc WebRTC + pycrdt, speaking y-webrtc / y-protocols.
 
 This docstring is the interface other parts (persistence peer, runner) code against.
-Wire formats are in DESIGN.md ("Signaling protocol", "Data-channel protocol").
+Wire formats and the trust model are in docs/protocol.md; a developer's tour is in
+docs/peer-library.md.
 
 Joining one room (a user-like peer, its own signaling connection)::
 
     from peer import Room
-    room = Room(signaling_url, token, room_id, settings, doc=None, peer_id=None)
+    room = Room(signaling_url, token, room_id, settings, doc=None, peer_id=None, docs=None)
     room.on_update(lambda update, origin_peer_id: ...)   # every REMOTE update applied to room.doc
     await room.start()          # connect signaling, subscribe, announce; returns once subscribed
     room.doc["source"]          # pycrdt.Doc; local edits are broadcast automatically (coalesced)
+    room.docs["runs"]           # the named document ``runs`` (type 102; pass your own: docs={"runs": Doc()})
     room.awareness              # pycrdt.Awareness (local state: room.awareness.set_local_state({...}))
     room.peers                  # dict peer_id -> PeerInfo(peer_id, sender, caps, connected, synced)
     await room.stop()
+
+The trust model (docs/protocol.md, "The trust model") is enforced on everything received,
+with no option to turn it off:
+
+- ``room.principal(peer_id)`` -> ``peer.rights.Principal(user_id, name, role, service)`` or None:
+  whom a link belongs to — the server's ``sender`` stamp for that peer id, with the *effective,
+  live* role (the latest presence frame's; the stamp's until presence lists the user; None
+  once the user is gone from presence). ``room.role_of(peer_id)`` is that role (None for
+  services). Decide on these, never on ``PeerInfo.sender`` (the stamp of the link's setup).
+  ``room.own_principal``: ourselves as the server sees us.
+- Main-document updates and SyncStep2 are applied only from owners, editors and the
+  persistence service; the ``runs`` document only from the runner and persistence services.
+  Everything else is dropped, counted and never forwarded (only applied changes are relayed;
+  named documents are never relayed). A refused SyncStep2 still completes the handshake.
+- A demotion shown in presence makes that link read-only at once; a user gone from presence
+  loses every link and its announces/offers are ignored until presence lists it again.
+- We ourselves: while we may not write a document our local edits to it are kept, not sent
+  (``stats["withheld_updates"]``); main-document edits go out if we may write again
+  (promotion). Removed from the room (``forbidden``): ``room.removed`` and every link closed.
+- Awareness: a client id belongs to the first link that announced it; a person's state must
+  carry their stamped ``user.id`` (``user.name`` is replaced by the stamped name) and no
+  ``service``/``saved``; a service's state must name that service. We send only our own state.
+- Counted: ``room.dropped`` ``{(what, reason): n}``, ``room.stats["updates_dropped"]`` /
+  ``["awareness_dropped"]``, and the Prometheus counter ``codesync_peer_dropped_total{what,
+  reason}`` (served by ``codesync persist`` / ``codesync runner``). Rules: ``peer.rights``,
+  ``peer.roster``, ``peer.awareness_gate``.
+- ``peer_id_taken`` from the server: the room takes a fresh ``room.peer_id`` and announces again.
 
 ``signaling_url`` may be ``ws://host:port/signal`` or the HTTP base ``http://host:port``
 (ICE servers come from ``GET <base>/api/ice-servers``). ``settings`` is the one
@@ -22,8 +51,10 @@ Callbacks (all plain callables run in the event loop; return value ignored; exce
 are logged, never propagated). Each ``on_*`` returns an ``unsubscribe()`` callable:
 
 - ``room.on_update(cb(update: bytes, origin_peer_id: str))`` — a remote update (SyncStep2 or
-  Update) that pycrdt accepted and applied to ``room.doc``. The persistence peer stores here.
-  Local edits and ``room.load()`` do NOT fire it.
+  Update) that passed the writer check and that pycrdt applied to ``room.doc``. The
+  persistence peer stores here. Local edits and ``room.load()`` do NOT fire it.
+- ``room.on_doc_update(cb(name: str, update: bytes, origin_peer_id: str))`` — the same for a
+  named document ``room.docs[name]``.
 - ``room.on_app(cb(obj: dict, from_peer_id: str))`` — a type-101 app message (JSON object).
 - ``room.on_peer(cb(peer_id: str, info: PeerInfo, event: str))`` — event is one of
   ``"connected"`` (data channel open), ``"synced"`` (its SyncStep2 applied), ``"disconnected"``.
@@ -34,7 +65,8 @@ Holding SyncStep1 answers until the stored document is loaded (persistence peer)
     room = Room(..., hold_sync=True)       # join early, answer nobody's SyncStep1 yet
     await room.start()
     room.load(stored_update)               # apply without broadcasting / without on_update
-    room.release_sync()                    # now answer queued and future SyncStep1s
+    room.load(stored_runs, doc="runs")     # the same for a named document
+    room.release_sync()                    # now answer queued and future SyncStep1s (all documents)
     # or: Room(..., ready=some_asyncio_event) — answers wait until the event is set.
 
 ``room.load(update)`` may also be called before ``start()``. ``await room.wait_synced(peer_id=None,
@@ -45,13 +77,14 @@ only to peers whose caps include "app" (stock y-webrtc peers never get type >= 1
 
 More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's limit on links),
 ``coalesce_delay=0.002`` (seconds; outgoing updates merged per flush), ``relay=True`` (forward
-remote updates to the other links, like y-webrtc), ``caps=("chunk", "app")`` (``()`` acts like
-a stock y-webrtc peer), ``read_only_roles=("viewer",)`` (document updates from peers whose
-server stamp has this role are dropped), ``limits=peer.room.Limits(...)`` (awareness/app
-rate limits, error budget per link), ``join_timeout=10``. ``room.flush()`` sends coalesced
-updates now (call it before ``stop()`` if you need them out immediately; ``stop()`` flushes
-too). ``room.stats`` counts frames in/out, bad frames, rejected updates, dropped awareness.
-``room.connected_peers`` lists peer ids with an open data channel.
+remote main-document updates it applied to the other links, like y-webrtc),
+``caps=peer.protocol.CAPS`` (``("chunk", "app", "docs", "roles")``; ``()`` announces like a stock
+y-webrtc peer — it still enforces the trust model), ``limits=peer.room.Limits(...)``
+(awareness/app rate limits and bounds, error budget per link), ``join_timeout=10``.
+``room.flush()`` sends coalesced updates now (call it before ``stop()`` if you need them out
+immediately; ``stop()`` flushes too). ``room.stats`` counts frames in/out, bad frames,
+rejected updates, dropped updates and awareness. ``room.connected_peers`` lists peer ids with
+an open data channel.
 
 Service peers: many rooms over ONE signaling connection::
 

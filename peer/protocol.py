@@ -8,6 +8,7 @@ Pure functions, no I/O (DESIGN.md, "Data-channel protocol")::
       3 query awareness (no payload)          4 BroadcastChannel peer id (ignored)
       100 chunk:   varUint messageId, varUint index, varUint count, varUint8Array part
       101 app:     varString JSON
+      102 doc:     varString name, varUint syncType, varUint8Array payload (a named document)
 
 The decoder is strict: every length is checked against the bytes present, integers are
 bounded like lib0's (53 bits), and any violation raises :class:`ProtocolError` — a peer
@@ -30,13 +31,18 @@ MSG_QUERY_AWARENESS = 3
 MSG_BC_PEER_ID = 4
 MSG_CHUNK = 100
 MSG_APP = 101
+MSG_DOC = 102
 
 SYNC_STEP1 = 0
 SYNC_STEP2 = 1
 SYNC_UPDATE = 2
 
-CAPS: tuple[str, ...] = ("chunk", "app")
-"""What every CodeSync peer advertises in its ``announce`` and ``signal`` payloads."""
+CAPS: tuple[str, ...] = ("chunk", "app", "docs", "roles")
+"""What every CodeSync peer advertises in its ``announce`` and ``signal`` payloads: chunk (100),
+app (101), docs (102, named documents) and roles (it enforces the trust model on what it
+receives, docs/protocol.md "The trust model")."""
+
+MAX_DOC_NAME = 64  # bytes; named documents are few and named by the protocol (``runs``)
 
 _MAX_VARUINT_BITS = 53  # lib0 refuses larger integers too
 
@@ -167,12 +173,28 @@ class AppMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class DocMessage:
+    """Type 102: one sync message (same three steps as type 0) for the named document ``name``."""
+
+    name: str
+    step: int  # SYNC_STEP1 | SYNC_STEP2 | SYNC_UPDATE
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownMessage:
     type: int
 
 
 Message = (
-    SyncMessage | AwarenessMessage | QueryAwarenessMessage | IgnoredMessage | ChunkMessage | AppMessage | UnknownMessage
+    SyncMessage
+    | AwarenessMessage
+    | QueryAwarenessMessage
+    | IgnoredMessage
+    | ChunkMessage
+    | AppMessage
+    | DocMessage
+    | UnknownMessage
 )
 
 
@@ -211,6 +233,18 @@ def parse_message(frame: bytes | bytearray | memoryview) -> Message:
         if not isinstance(body, dict):
             raise ProtocolError("app message must be a JSON object")
         return AppMessage(body)
+    if kind == MSG_DOC:
+        raw_name = r.var_uint8array()
+        if not raw_name or len(raw_name) > MAX_DOC_NAME:
+            raise ProtocolError(f"document name of {len(raw_name)} bytes")
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("document name is not UTF-8") from exc
+        step = r.var_uint()
+        if step not in (SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE):
+            raise ProtocolError(f"unknown sync step {step}")
+        return DocMessage(name, step, r.var_uint8array())
     return UnknownMessage(kind)
 
 
@@ -224,6 +258,11 @@ def encode_sync_step2(update: bytes) -> bytes:
 
 def encode_sync_update(update: bytes) -> bytes:
     return bytes((MSG_SYNC, SYNC_UPDATE)) + write_var_uint8array(update)
+
+
+def encode_doc(name: str, step: int, payload: bytes) -> bytes:
+    """Type 102 for the named document ``name``: ``step`` is SYNC_STEP1/SYNC_STEP2/SYNC_UPDATE."""
+    return bytes((MSG_DOC,)) + write_var_string(name) + write_var_uint(step) + write_var_uint8array(payload)
 
 
 def encode_awareness(awareness_update: bytes) -> bytes:

@@ -1,5 +1,9 @@
 """Run management for one room, independent of transport: requests in, the ``runs`` map out.
 
+The code comes from the main document's ``source``; run records go to the ``runs`` map of the
+room's named document ``runs`` (docs/protocol.md, "The room documents"), which every CodeSync
+peer accepts only from the runner (and the persistence peer serving it from storage).
+
 The runner service (runner/service.py) turns app messages into ``RunRequest``s and sends back
 the ``Decision``; everything else happens here, on the room's pycrdt ``Doc``:
 
@@ -147,12 +151,14 @@ class RoomRuns:
         config: RunnerConfig | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         identity: RunnerIdentity | None = None,
+        runs_doc: pycrdt.Doc | None = None,
     ) -> None:
-        self.doc = doc
+        self.doc = doc  # the main document: the code to run (``source``) and its state vector
+        self.runs_doc = runs_doc if runs_doc is not None else doc  # where run records go
         self.sandbox = sandbox
         self.languages = languages
         self.config = config or RunnerConfig()
-        self.runs: pycrdt.Map = doc.get("runs", type=pycrdt.Map)
+        self.runs: pycrdt.Map = self.runs_doc.get("runs", type=pycrdt.Map)
         self._monotonic = monotonic
         self._queue: deque[_Pending] = deque()
         self._current: _Pending | None = None
@@ -164,7 +170,7 @@ class RoomRuns:
         self._seen: dict[str, tuple[tuple, float]] = {}  # run id -> (what it looked like, since)
         self._doc_changed = asyncio.Event()
         self._runs_changed = asyncio.Event()
-        self._subscription = doc.observe(self._on_doc_change)
+        self._subscriptions = [(d, d.observe(self._on_doc_change)) for d in {id(doc): doc, id(self.runs_doc): self.runs_doc}.values()]
         self._maintainer: asyncio.Task | None = None
         self._closed = False
 
@@ -364,7 +370,7 @@ class RoomRuns:
 
     def _write_new(self, req: RunRequest, language: str, status: str = "queued", **extra) -> None:
         now = _now_ms()
-        with self.doc.transaction(origin="runner"):
+        with self.runs_doc.transaction(origin="runner"):
             self.runs[req.run_id] = pycrdt.Map(
                 {
                     "status": status,
@@ -388,7 +394,7 @@ class RoomRuns:
         entry = self._entry(run_id)
         if entry is None:  # pruned or deleted by a peer meanwhile
             return
-        with self.doc.transaction(origin="runner"):
+        with self.runs_doc.transaction(origin="runner"):
             for key, value in values.items():
                 entry[key] = value
             entry["updated_at"] = _now_ms()
@@ -411,7 +417,7 @@ class RoomRuns:
         if excess <= 0:
             return
         candidates.sort()
-        with self.doc.transaction(origin="runner"):
+        with self.runs_doc.transaction(origin="runner"):
             for _, _, run_id in candidates[:excess]:
                 del self.runs[run_id]
 
@@ -508,8 +514,9 @@ class RoomRuns:
         if self._worker is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._worker), 10)
-        with contextlib.suppress(Exception):
-            self.doc.unobserve(self._subscription)
+        for observed, subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                observed.unobserve(subscription)
 
     @property
     def busy(self) -> bool:
@@ -559,7 +566,7 @@ class _OutputWriter:
         output = entry.get("output")
         if not isinstance(output, pycrdt.Text):
             return
-        with self.owner.doc.transaction(origin="runner"):
+        with self.owner.runs_doc.transaction(origin="runner"):
             for stream, text in batch:
                 # pycrdt 0.14 indexes UTF-8 bytes and len() agrees, so len() is the end.
                 # Explicit {"stream": None} for stdout: an insert right after a stderr span

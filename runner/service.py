@@ -7,11 +7,13 @@ others), and listens for type-101 app messages on its data channels:
 - ``{"op":"run","run_id","language","state_vector"}`` → ``run-accepted`` / ``run-refused``;
 - ``{"op":"stop","run_id"}`` → ``stop-accepted`` / ``stop-refused`` (CodeSync extension).
 
-Who asks is taken from the server's stamp on that peer's signaling messages (``sender``:
-user id, name, role) — never from the message itself. Everything about runs (roles, queue,
-rate limit, state-vector wait, output batching, pruning) is in ``runner.runs``; the sandbox
-backend is chosen by ``CODESYNC_SANDBOX``. A room is left ``runner_idle_grace`` seconds after
-``room-idle`` once no run is queued or running there.
+Who asks is the link's principal as the server knows it now (``room.principal``: the
+``sender`` stamp on that peer's signaling messages, with the role the latest presence frame
+shows — a demotion counts at once, on open links too) — never the message itself. Run
+records go to the room's named document ``runs``, which peers accept only from the runner.
+Everything about runs (roles, queue, rate limit, state-vector wait, output batching,
+pruning) is in ``runner.runs``; the sandbox backend is chosen by ``CODESYNC_SANDBOX``. A room
+is left ``runner_idle_grace`` seconds after ``room-idle`` once no run is queued or running there.
 
 Several runners may serve one deployment: a client sends its request to one runner peer of
 its choice (a data channel is point to point), so a run never executes twice.
@@ -99,9 +101,10 @@ class RoomRunner(RoomPresence):
 
     async def _run(self) -> None:
         service = self.service
-        doc = Doc()
-        room = service.client.room(self.room_id, doc=doc)
-        runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity)
+        doc, runs_doc = Doc(), Doc()
+        room = service.client.room(self.room_id, doc=doc, docs={"runs": runs_doc})
+        runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity,
+                        runs_doc=runs_doc)
         room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))
         self.room, self.runs = room, runs
         ROOMS.inc()
@@ -137,13 +140,12 @@ class RoomRunner(RoomPresence):
         op = obj.get("op")
         if op not in ("run", "stop"):
             return  # replies and other peers' ops are not for us
-        info = room.peers.get(peer_id)
-        sender = (info.sender if info is not None else None) or {}
-        if sender.get("service"):
+        principal = room.principal(peer_id)  # the effective, live role; not the stamp of the link's setup
+        if principal is None or principal.service:
             return  # services never run code
-        role = sender.get("role")
-        user_id = str(sender.get("user_id") or "")
-        name = str(sender.get("name") or user_id)
+        role = principal.role
+        user_id = str(principal.user_id or "")
+        name = str(principal.name or user_id)
         run_id = obj.get("run_id")
         run_id = run_id if isinstance(run_id, str) else ""
         if op == "run":

@@ -132,6 +132,8 @@ class Invite(SQLModel, table=True):
 # ----------------------------------------------------------------------------- documents
 # Owned by the persistence peer (peer/), declared here so one migration chain covers all.
 
+MAIN_DOC = ""  # the ``doc`` of a room's main document; named documents use their name ("runs")
+
 
 class DocumentUpdate(SQLModel, table=True):
     """Append-only log of Yjs updates for a room, in arrival order."""
@@ -147,16 +149,19 @@ class DocumentUpdate(SQLModel, table=True):
         sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     )
     room_id: str = Field(index=True, max_length=32)
+    # Which document of the room: "" the main document, else a named document ("runs").
+    doc: str = Field(default=MAIN_DOC, max_length=32, sa_column_kwargs={"server_default": MAIN_DOC})
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
 
 
 class DocumentSnapshot(SQLModel, table=True):
-    """A room's compacted state: all updates up to and including ``upto_seq`` merged."""
+    """A room document's compacted state: all its updates up to and including ``upto_seq`` merged."""
 
     __tablename__ = "document_snapshots"
 
     room_id: str = Field(primary_key=True, max_length=32)
+    doc: str = Field(default=MAIN_DOC, primary_key=True, max_length=32, sa_column_kwargs={"server_default": MAIN_DOC})
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     upto_seq: int = 0
     updated_at: datetime = Field(default_factory=utcnow)

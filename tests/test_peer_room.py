@@ -76,7 +76,7 @@ async def test_peers_converge_on_concurrent_edits_and_know_each_other(stack, see
         info = a.peers[b.peer_id]
         assert isinstance(info, PeerInfo) and info.connected
         assert info.user_id == seeded.user("bob").id and info.name == "Bob" and info.sender["role"] == "editor"
-        assert info.caps == {"chunk", "app"}
+        assert info.caps == {"chunk", "app", "docs", "roles"}
         rng = random.Random(7)
         for i in range(60):  # interleaved concurrent edits at random UTF-16 positions
             for r in rooms:
@@ -102,14 +102,18 @@ async def test_peers_converge_on_concurrent_edits_and_know_each_other(stack, see
 async def test_a_late_joiner_gets_the_document_and_awareness(stack, seeded) -> None:
     async with joined(stack, seeded, "alice") as (a,):
         source(a).insert(0, "print('hi')\n")
-        a.awareness.set_local_state({"user": {"id": "a", "name": "Alice Ünïcode", "color": "#f00"}, "cursor": 3})
+        alice = seeded.user("alice")
+        a.awareness.set_local_state({"user": {"id": alice.id, "name": "Alice Ünïcode", "color": "#f00"},
+                                     "status": "ünïcode ✓", "cursor": 3})
         t0 = time.monotonic()
         async with joined(stack, seeded, "bob") as (b,):
             await b.wait_synced(a.peer_id, timeout=10)
             assert time.monotonic() - t0 < 5
             assert str(source(b)) == "print('hi')\n"
             await wait_for(lambda: a.awareness.client_id in b.awareness.states, what="awareness")
-            assert b.awareness.states[a.awareness.client_id]["user"]["name"] == "Alice Ünïcode"
+            state = b.awareness.states[a.awareness.client_id]
+            assert state["status"] == "ünïcode ✓"  # non-ASCII survives the encoder
+            assert state["user"] == {"id": alice.id, "name": "Alice", "color": "#f00"}  # the stamped name
         # bob left: his awareness state goes from alice's view
         await wait_for(lambda: len(a.connected_peers) == 0, what="bob's link dropped")
 
@@ -218,7 +222,7 @@ async def test_malformed_frames_unknown_types_and_rejected_updates_are_survived(
 async def test_an_awareness_flood_is_bounded_and_query_awareness_answered(stack, seeded) -> None:
     async with joined(stack, seeded, "alice", "bob") as (a, b):
         await all_connected([a, b])
-        b.awareness.set_local_state({"user": {"name": "Bob"}})
+        b.awareness.set_local_state({"user": {"id": seeded.user("bob").id, "name": "Bob"}})
         attacker = a._links[b.peer_id].conn
         for i in range(1000):
             ids = range(i * 50 + 1000, i * 50 + 1050)
@@ -307,6 +311,43 @@ async def test_a_service_client_joins_many_rooms_over_one_connection(stack, seed
     finally:
         for room in rooms.values():
             await room.stop()
+        await client.stop()
+
+
+async def test_named_documents_are_held_chunked_and_never_relayed(stack, seeded) -> None:
+    """Type 102: a service's ``runs`` document reaches the peers linked to it (SyncStep1 held
+    until release, chunked when large, live updates), is never relayed by anyone, and a
+    person's own writes to it are kept to themselves."""
+    client = SignalingClient(stack.url, await stack.service_token("persistence"), SETTINGS)
+    await client.start()
+    svc = client.room(seeded.id, hold_sync=True, max_conns=1)  # links to alice only
+    await svc.start()
+    try:
+        async with joined(stack, seeded, "alice") as (a,):
+            await wait_for(lambda: svc.peer_id in a.connected_peers, 20, what="alice and the service linked")
+            a_runs = a.docs["runs"].get("runs", type=pycrdt.Map)
+            with pytest.raises(AssertionError):  # held: nothing before release_sync
+                await wait_for(lambda: len(a_runs), 0.5, what="runs before release")
+            stored = pycrdt.Doc()
+            stored.get("runs", type=pycrdt.Map)["r1"] = pycrdt.Map(
+                {"status": "finished", "output": pycrdt.Text("o" * 300_000)})
+            svc.load(stored.get_update(), doc="runs")
+            svc.release_sync()
+            await wait_for(lambda: "r1" in a_runs, 20, what="the stored runs in the named SyncStep2")
+            assert len(str(a_runs["r1"]["output"])) == 300_000 and a.stats["chunks_in"] > 1
+            async with joined(stack, seeded, "bob") as (b,):
+                await wait_for(lambda: a.peer_id in b.connected_peers, 20, what="bob linked to alice")
+                assert svc.peer_id not in b._links  # the service is at max_conns: bob only hears alice
+                svc.docs["runs"].get("runs", type=pycrdt.Map)["r2"] = pycrdt.Map({"status": "queued"})
+                await wait_for(lambda: "r2" in a_runs, what="a live update of the runs document")
+                a_runs["mine"] = pycrdt.Map({"status": "finished"})  # alice may not write runs: kept
+                assert a.stats["withheld_updates"] >= 1
+                source(svc).insert(0, "marker")  # the main document is relayed by alice
+                await wait_for(lambda: str(source(b)) == "marker", what="bob gets the main document via alice")
+                assert len(b.docs["runs"].get("runs", type=pycrdt.Map)) == 0  # but no runs: never relayed
+                assert "mine" not in svc.docs["runs"].get("runs", type=pycrdt.Map)
+    finally:
+        await svc.stop()
         await client.stop()
 
 
@@ -411,9 +452,14 @@ async def test_a_non_member_is_refused_and_a_viewer_cannot_edit(stack, seeded) -
         await outsider.start()
     async with joined(stack, seeded, "alice", "dave") as (a, viewer):
         await all_connected([a, viewer])
-        assert a.peers[viewer.peer_id].sender["role"] == "viewer"
-        source(viewer).insert(0, "vandalism")
+        assert a.peers[viewer.peer_id].sender["role"] == "viewer" and a.role_of(viewer.peer_id) == "viewer"
+        source(viewer).insert(0, "vandalism")  # a CodeSync peer that may not write keeps it to itself
+        assert viewer.stats["withheld_updates"] >= 1
         source(a).insert(0, "hello viewer")
         await wait_for(lambda: "hello viewer" in str(source(viewer)), what="viewer receives edits")
-        await wait_for(lambda: a.stats["read_only_dropped"] >= 1, what="viewer's update dropped")
-        assert str(source(a)) == "hello viewer"
+        # ... and a viewer that sends anyway (straight down its data channel) is dropped
+        forged = pycrdt.Doc()
+        forged.get("source", type=pycrdt.Text).insert(0, "forced vandalism")
+        viewer._links[a.peer_id].conn.send(p.encode_sync_update(forged.get_update()))
+        await wait_for(lambda: a.dropped.get(("update", "read_only"), 0) >= 1, what="viewer's update dropped")
+        assert str(source(a)) == "hello viewer" and a.stats["updates_dropped"] >= 1

@@ -25,6 +25,7 @@ from tests.support import Service, child_env, free_port, postgres_database, requ
 pytestmark = pytest.mark.timeout(180)
 
 TRACE = "rustcode"
+SETTINGS = Settings(ice_hosts="127.0.0.1")  # loopback-only ICE (also imported by bench/persistence_trace.py)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -296,9 +297,9 @@ class SlowLoadStore(DocumentStore):
 
     delay = 1.5
 
-    async def load(self, room_id: str):
+    async def load(self, room_id: str, doc: str = ""):
         await asyncio.sleep(self.delay)
-        return await super().load(room_id)
+        return await super().load(room_id, doc)
 
 
 async def test_sync_step1_is_answered_only_after_the_stored_document_is_loaded(tmp_path):

@@ -15,7 +15,7 @@ import httpx
 import pycrdt
 import pytest
 
-from peer import Room
+from peer import Room, SignalingClient
 from runner.runs import decode_state_vector
 from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, joined, signaling_stack
@@ -63,7 +63,7 @@ class Client:
 
     @property
     def runs(self) -> pycrdt.Map:
-        return self.room.doc.get("runs", type=pycrdt.Map)
+        return self.room.docs["runs"].get("runs", type=pycrdt.Map)  # the named document only the runner writes
 
     @property
     def source(self) -> pycrdt.Text:
@@ -187,12 +187,24 @@ async def test_state_vector_wait_visible_refusals_and_recovery_end_to_end(tmp_pa
     async with runner_stack(tmp_path, CODESYNC_RUNNER_INSTANCE="runner-e2e") as (stack, seeded, runner), \
             clients(stack, seeded, "ann", "vic") as (ann, vic):
         runner_peer = await wait_for(ann.runner, timeout=30, what="runner joined")
-        # A run an earlier (dead) process of this runner instance left "running": the runner
-        # fails it once the entry reaches it; a viewer watching the room sees that.
-        ann.runs["stale"] = pycrdt.Map({"status": "running", "runner_instance": "runner-e2e",
-                                        "runner_session": "gone-host:1:1", "updated_at": 1, "output": pycrdt.Text()})
-        await wait_for(lambda: vic.field("stale", "status") == "failed", timeout=20, what="stale run recovered")
-        assert vic.field("stale", "reason") == "runner restarted"
+        # A run an earlier (dead) process of this runner instance left "running" (only a runner
+        # writes runs: here another runner-stamped peer brings the entry into the room): the
+        # runner fails it once the entry reaches it; a viewer watching the room sees that.
+        other_runner = SignalingClient(stack.url, await stack.service_token("runner"), SETTINGS)
+        await other_runner.start()
+        try:
+            old = other_runner.room(seeded.id)
+            await old.start()
+            await wait_for(lambda: runner_peer in old.connected_peers and vic.room.peer_id in old.connected_peers,
+                           timeout=20, what="the other runner peer linked")
+            old.docs["runs"].get("runs", type=pycrdt.Map)["stale"] = pycrdt.Map(
+                {"status": "running", "runner_instance": "runner-e2e", "runner_session": "gone-host:1:1",
+                 "updated_at": 1, "output": pycrdt.Text()})
+            await wait_for(lambda: vic.field("stale", "status") == "failed", timeout=20, what="stale run recovered")
+            assert vic.field("stale", "reason") == "runner restarted"
+            await old.stop()
+        finally:
+            await other_runner.stop()
 
         # The state vector names an edit nobody has yet (made in a document no peer holds).
         ghost = pycrdt.Doc()

@@ -88,6 +88,50 @@ async def test_round_trip_and_compaction(store: DocumentStore):
     assert (await store.load("r2")).empty
 
 
+async def test_named_documents_have_their_own_log_and_snapshot(store: DocumentStore):
+    """A room's main document and its ``runs`` document never mix: appends, loads, compactions
+    and writers of one leave the other as it was; deleting the room removes both."""
+    main, runs = Doc(), Doc()
+    main_updates, runs_updates = recorder(main), recorder(runs)
+    text = main.get("source", type=Text)
+    records = runs.get("runs", type=Map)
+    for i in range(12):
+        text.insert(len(text), f"line {i}\n")
+        records[f"r{i}"] = Map({"status": "finished", "output": Text(f"out {i}")})
+    await store.append("room", main_updates)
+    await store.append("room", runs_updates, doc="runs")
+    assert (await store.log_stats("room")) [0] == 12 and (await store.log_stats("room", "runs"))[0] == 12
+    assert text_of((await store.load("room")).update) == str(text)
+    loaded = Doc()
+    loaded.apply_update((await store.load("room", "runs")).update)
+    assert sorted(loaded.get("runs", type=Map).keys()) == sorted(records.keys())
+    assert (await store.load("other", "runs")).empty
+
+    compacted = await store.compact("room", "runs")
+    assert compacted is not None and compacted.merged_rows == 12
+    assert await store.log_stats("room", "runs") == (0, 0)
+    assert (await store.log_stats("room"))[0] == 12  # the main document's log is untouched
+    async with store.engine.connect() as conn:
+        snaps = (await conn.execute(select(SNAPSHOTS.c.doc))).scalars().all()
+    assert snaps == ["runs"]
+    await store.compact("room")
+    stored_runs = Doc()
+    stored_runs.apply_update((await store.load("room", "runs")).update)
+    assert str(stored_runs.get("runs", type=Map)["r11"]["output"]) == "out 11"
+    assert text_of((await store.load("room")).update) == str(text)
+
+    writer = RoomWriter(store, "room", runs, name="runs")
+    writer.mark_loaded(await writer.load())
+    records["late"] = Map({"status": "queued"})
+    writer.submit(runs_updates[-1])
+    assert await writer.flush(10)
+    await writer.close(compact=False)
+    assert (await store.log_stats("room", "runs"))[0] == 1 and (await store.log_stats("room"))[0] == 0
+
+    await store.delete_room("room")
+    assert (await store.load("room")).empty and (await store.load("room", "runs")).empty
+
+
 async def test_undecodable_row_is_reported_not_fatal(store: DocumentStore):
     """A row nobody should ever have written: loading skips it, compaction keeps it aside."""
     doc = Doc()

@@ -4,12 +4,16 @@ One signaling connection (a service token) for all rooms. The server says which 
 people in them (``room-active`` / ``room-idle``); for each active room this process competes
 for the room's lease and, holding it, joins the room as an ordinary peer:
 
-1. join with SyncStep1 answers *held*, load the stored document (snapshot + log) meanwhile;
-2. put it in the room's doc, then release the hold — nobody ever syncs from a half-loaded
-   document (it would look like the code was deleted);
-3. store every remote update the peer library accepted (pycrdt applied it first, so nothing
-   pycrdt rejects is ever stored) through the room's group-commit writer;
-4. publish ``saved`` (status + stored state vector) in its awareness state;
+1. join with SyncStep1 answers *held*, load the stored documents (snapshot + log; the main
+   document and the named document ``runs``) meanwhile;
+2. put them in the room's docs, drop v1 run records from the main document (peer/persistence/v1.py),
+   then release the hold — nobody ever syncs from a half-loaded document (it would look like
+   the code was deleted);
+3. store every remote update the peer library accepted — pycrdt applied it and the trust
+   model's writer check let it through (main document: owners, editors; ``runs``: the
+   runner), so nothing a viewer or a forger sent is ever stored — through one group-commit
+   writer per document;
+4. publish ``saved`` (status + stored state vector of the main document) in its awareness state;
 5. ``persist_idle_grace`` seconds after ``room-idle``: flush, compact, leave, release the lease.
 
 Losing the lease (renewal failed: another process may own the room now) stops writing at
@@ -33,6 +37,7 @@ from ..service import RoomPresence, RoomService, run_service
 
 from .lease import HeldLease, LeaseBackend, lease_backend
 from .store import DocumentStore
+from .v1 import drop_v1_runs, watch_v1_runs
 from .writer import RoomWriter, SaveState, WriterConfig
 
 log = logging.getLogger("codesync.persistence")
@@ -43,6 +48,7 @@ ROOMS_OWNED = Gauge("codesync_persist_rooms_owned", "rooms this persistence peer
 UPDATES_STORED = Counter("codesync_persist_updates_stored_total", "updates made durable")
 PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the save state
 COMMITS = Counter("codesync_persist_commits_total", "update-log transactions committed")
+V1_RUNS_DROPPED = Counter("codesync_persist_v1_runs_dropped_total", "schema v1 run records deleted from main documents")
 
 
 class RoomKeeper(RoomPresence):
@@ -54,7 +60,8 @@ class RoomKeeper(RoomPresence):
     def __init__(self, service: "PersistenceService", room_id: str, after: asyncio.Task | None = None) -> None:
         super().__init__(service, room_id, after)
         self.room = None  # peer.Room while persisting
-        self.writer: RoomWriter | None = None
+        self.writer: RoomWriter | None = None  # the main document's
+        self.named_writers: dict[str, RoomWriter] = {}  # named documents' (``runs``)
         self.owning = False
         self._commits_seen = self._updates_seen = 0
         self._publish_timer: asyncio.TimerHandle | None = None
@@ -91,28 +98,44 @@ class RoomKeeper(RoomPresence):
             on_saved=lambda state: self._publish(room, state),
             may_write=held.may_write,
         )
+        named = {
+            name: RoomWriter(service.store, self.room_id, named_doc, config=service.writer_config,
+                             may_write=held.may_write, name=name)
+            for name, named_doc in room.docs.items()
+        }
+        # Only what the peer library accepted arrives here (pycrdt applied it, the writer check passed).
         room.on_update(lambda update, _origin: writer.submit(update))
-        self.room, self.writer, self.owning = room, writer, True
+        room.on_doc_update(lambda name, update, _origin: named[name].submit(update))
+        self.room, self.writer, self.named_writers, self.owning = room, writer, named, True
+        writers = [writer, *named.values()]
         self._commits_seen = self._updates_seen = 0
         ROOMS_OWNED.inc()
         log.info("room %s: owner (lease %s)", self.room_id, service.leases.owner)
         started = False
+        unwatch = None
         try:
-            loading = asyncio.create_task(writer.load())
+            loading = asyncio.gather(*(w.load() for w in writers))
             try:
                 await room.start()
                 started = True
             finally:
-                stored = await loading
+                stored, *stored_named = await loading
             room.load(stored.update)
             writer.mark_loaded(stored)
+            for (name, named_writer), named_stored in zip(named.items(), stored_named):
+                room.load(named_stored.update, doc=name)
+                named_writer.mark_loaded(named_stored)
+            self._drop_v1_runs(doc, writer, "on load")
+            unwatch = watch_v1_runs(doc, lambda: asyncio.get_running_loop().call_soon(
+                self._drop_v1_runs, doc, writer, "written again"))
             room.release_sync()
-            log.info("room %s: loaded %d bytes (snapshot upto %d, %d log rows)", self.room_id, len(stored.update),
-                     stored.snapshot_seq, stored.log_rows)
+            log.info("room %s: loaded %d bytes (snapshot upto %d, %d log rows)%s", self.room_id, len(stored.update),
+                     stored.snapshot_seq, stored.log_rows,
+                     "".join(f"; {n}: {len(s.update)} bytes" for n, s in zip(named, stored_named)))
             stop = asyncio.create_task(self._leave.wait())
             gone = asyncio.create_task(lost.wait())
             try:
-                while not (self._leave.is_set() or lost.is_set() or writer.failed):
+                while not (self._leave.is_set() or lost.is_set() or any(w.failed for w in writers)):
                     await asyncio.wait({stop, gone}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.cancel()
@@ -121,16 +144,35 @@ class RoomKeeper(RoomPresence):
             # Stop taking updates, then make what we have durable (only while still the owner).
             if started:
                 await room.stop()
-            await writer.close(compact=not lost.is_set())
-            if writer.state.pending:
-                log.error("room %s: left with %d updates unsaved (peers still hold them)", self.room_id,
-                          writer.state.pending)
-            log.info("room %s: left (%d updates stored this time)", self.room_id, writer.state.stored_updates)
+            if unwatch is not None:
+                unwatch()
+            for w in writers:
+                await w.close(compact=not lost.is_set())
+                if w.state.pending:
+                    log.error("room %s: left with %d updates of %s unsaved (peers still hold them)", self.room_id,
+                              w.state.pending, w.name or "the main document")
+            log.info("room %s: left (%d updates stored this time)", self.room_id,
+                     sum(w.state.stored_updates for w in writers))
             self.room = self.writer = None
+            self.named_writers = {}
             if self._publish_timer is not None:
                 self._publish_timer.cancel()
                 self._publish_timer = None
             ROOMS_OWNED.dec()
+
+    def _drop_v1_runs(self, doc: Doc, writer: RoomWriter, when: str) -> None:
+        """v1 run records are dropped, not migrated (peer/persistence/v1.py): delete them as an
+        edit of ours, stored and broadcast like any other."""
+        if writer is not self.writer:
+            return  # left the room meanwhile
+        count, updates = drop_v1_runs(doc)
+        if not count:
+            return
+        for update in updates:
+            writer.submit(update)
+        V1_RUNS_DROPPED.inc(count)
+        log.info("room %s: deleted %d v1 run record(s) from the main document (%s); run records now live "
+                 "in the runs document only the runner writes", self.room_id, count, when)
 
     def _publish(self, room, state: SaveState) -> None:
         """Save state into awareness — at most every PUBLISH_INTERVAL, the latest always last.

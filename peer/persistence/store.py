@@ -13,8 +13,13 @@ Loading reads *every* remaining log row of the room, not only rows above the sna
 row still present is needed (or harmless: applying a Yjs update twice is a no-op). That
 makes the store indifferent to sequence reuse (SQLite rowids) and to commit order.
 
+A room has several documents (docs/protocol.md, "The room documents"): the main one
+(``doc = MAIN_DOC``, the default of every method) and named ones such as ``runs``. Each has
+its own log and snapshot; they share nothing but the room id.
+
 Nothing here talks to the network, and nothing here validates updates: the caller applies
-each update to its in-memory ``pycrdt.Doc`` first and stores only what pycrdt accepted.
+each update to its in-memory ``pycrdt.Doc`` first and stores only what pycrdt accepted (and
+what the peer library's writer check let through).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from signaling import db
-from signaling.models import DocumentSnapshot, DocumentUpdate, utcnow
+from signaling.models import MAIN_DOC, DocumentSnapshot, DocumentUpdate, utcnow
 from signaling.settings import Settings
 
 log = logging.getLogger("codesync.persistence.store")
@@ -88,7 +93,7 @@ class DocumentStore:
             await self.engine.dispose()
 
     # ------------------------------------------------------------------ writes
-    async def append(self, room_id: str, updates: Sequence[bytes]) -> int:
+    async def append(self, room_id: str, updates: Sequence[bytes], doc: str = MAIN_DOC) -> int:
         """Append ``updates`` in one transaction (group commit); returns the highest seq."""
         if not updates:
             return 0
@@ -96,26 +101,28 @@ class DocumentStore:
         async with self.engine.begin() as conn:
             if len(updates) == 1:
                 result = await conn.execute(
-                    insert(UPDATES).values(room_id=room_id, data=updates[0], created_at=now).returning(UPDATES.c.seq)
+                    insert(UPDATES)
+                    .values(room_id=room_id, doc=doc, data=updates[0], created_at=now)
+                    .returning(UPDATES.c.seq)
                 )
                 return int(result.scalar_one())
             await conn.execute(
-                insert(UPDATES), [{"room_id": room_id, "data": u, "created_at": now} for u in updates]
+                insert(UPDATES), [{"room_id": room_id, "doc": doc, "data": u, "created_at": now} for u in updates]
             )
-            result = await conn.execute(select(func.max(UPDATES.c.seq)).where(UPDATES.c.room_id == room_id))
+            result = await conn.execute(select(func.max(UPDATES.c.seq)).where(*_of(room_id, doc)))
             return int(result.scalar_one() or 0)
 
-    async def compact(self, room_id: str) -> Compaction | None:
+    async def compact(self, room_id: str, doc: str = MAIN_DOC) -> Compaction | None:
         """Merge snapshot + log into a new snapshot and delete the merged rows, atomically.
 
         Returns None when the log is empty. Rows that cannot be decoded are left in place
         (and reported) rather than silently dropped.
         """
         async with self.engine.begin() as conn:
-            snap = await self._snapshot(conn, room_id, for_update=True)
+            snap = await self._snapshot(conn, room_id, doc, for_update=True)
             rows = (
                 await conn.execute(
-                    select(UPDATES.c.seq, UPDATES.c.data).where(UPDATES.c.room_id == room_id).order_by(UPDATES.c.seq)
+                    select(UPDATES.c.seq, UPDATES.c.data).where(*_of(room_id, doc)).order_by(UPDATES.c.seq)
                 )
             ).all()
             if not rows:
@@ -135,29 +142,30 @@ class DocumentStore:
             upto = max(max(merged_seqs), snap[1] if snap else 0)
             values = {"data": merged, "upto_seq": upto, "updated_at": utcnow()}
             if snap:
-                await conn.execute(update(SNAPSHOTS).where(SNAPSHOTS.c.room_id == room_id).values(**values))
+                await conn.execute(update(SNAPSHOTS).where(*_snap_of(room_id, doc)).values(**values))
             else:
-                await conn.execute(insert(SNAPSHOTS).values(room_id=room_id, **values))
+                await conn.execute(insert(SNAPSHOTS).values(room_id=room_id, doc=doc, **values))
             for i in range(0, len(merged_seqs), _DELETE_CHUNK):
                 chunk = merged_seqs[i : i + _DELETE_CHUNK]
-                await conn.execute(delete(UPDATES).where(UPDATES.c.room_id == room_id, UPDATES.c.seq.in_(chunk)))
+                await conn.execute(delete(UPDATES).where(*_of(room_id, doc), UPDATES.c.seq.in_(chunk)))
             if replay.bad:
                 log.error("room %s: %d undecodable log rows kept out of the snapshot", room_id, len(replay.bad))
             return Compaction(upto_seq=upto, merged_rows=len(merged_seqs), snapshot_bytes=len(merged))
 
     async def delete_room(self, room_id: str) -> None:
+        """Every document of the room."""
         async with self.engine.begin() as conn:
             await conn.execute(delete(UPDATES).where(UPDATES.c.room_id == room_id))
             await conn.execute(delete(SNAPSHOTS).where(SNAPSHOTS.c.room_id == room_id))
 
     # ------------------------------------------------------------------ reads
-    async def load(self, room_id: str) -> StoredDocument:
-        """The room's stored document as one update (snapshot then log, merged)."""
+    async def load(self, room_id: str, doc: str = MAIN_DOC) -> StoredDocument:
+        """The room's stored document ``doc`` as one update (snapshot then log, merged)."""
         async with self.engine.connect() as conn:
-            snap = await self._snapshot(conn, room_id)
+            snap = await self._snapshot(conn, room_id, doc)
             rows = (
                 await conn.execute(
-                    select(UPDATES.c.seq, UPDATES.c.data).where(UPDATES.c.room_id == room_id).order_by(UPDATES.c.seq)
+                    select(UPDATES.c.seq, UPDATES.c.data).where(*_of(room_id, doc)).order_by(UPDATES.c.seq)
                 )
             ).all()
         parts = ([snap[0]] if snap else []) + [bytes(r.data) for r in rows]
@@ -180,24 +188,34 @@ class DocumentStore:
             skipped_rows=len(bad),
         )
 
-    async def log_stats(self, room_id: str) -> tuple[int, int]:
-        """(rows, bytes) in the room's uncompacted log."""
+    async def log_stats(self, room_id: str, doc: str = MAIN_DOC) -> tuple[int, int]:
+        """(rows, bytes) in the uncompacted log of the room's document ``doc``."""
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(func.count(), func.coalesce(func.sum(func.length(UPDATES.c.data)), 0)).where(
-                        UPDATES.c.room_id == room_id
+                        *_of(room_id, doc)
                     )
                 )
             ).one()
         return int(row[0]), int(row[1])
 
-    async def _snapshot(self, conn: AsyncConnection, room_id: str, for_update: bool = False) -> tuple[bytes, int] | None:
-        stmt = select(SNAPSHOTS.c.data, SNAPSHOTS.c.upto_seq).where(SNAPSHOTS.c.room_id == room_id)
+    async def _snapshot(
+        self, conn: AsyncConnection, room_id: str, doc: str = MAIN_DOC, for_update: bool = False
+    ) -> tuple[bytes, int] | None:
+        stmt = select(SNAPSHOTS.c.data, SNAPSHOTS.c.upto_seq).where(*_snap_of(room_id, doc))
         if for_update and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
         row = (await conn.execute(stmt)).first()
         return (bytes(row.data), int(row.upto_seq)) if row else None
+
+
+def _of(room_id: str, doc: str) -> tuple:
+    return UPDATES.c.room_id == room_id, UPDATES.c.doc == doc
+
+
+def _snap_of(room_id: str, doc: str) -> tuple:
+    return SNAPSHOTS.c.room_id == room_id, SNAPSHOTS.c.doc == doc
 
 
 class StoreCorrupt(RuntimeError):

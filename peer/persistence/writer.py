@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from pycrdt import Doc, get_state, merge_updates
 
+from signaling.models import MAIN_DOC
+
 from .store import DocumentStore, StoredDocument
 
 log = logging.getLogger("codesync.persistence.writer")
@@ -77,7 +79,8 @@ class _Stats:
 
 
 class RoomWriter:
-    """Durable, batched storage of one room's updates."""
+    """Durable, batched storage of one room document's updates (``name``: the main document
+    by default, or a named document such as ``runs``)."""
 
     def __init__(
         self,
@@ -88,9 +91,11 @@ class RoomWriter:
         config: WriterConfig | None = None,
         on_saved: Callable[[SaveState], None] | None = None,
         may_write: Callable[[], bool | None] | None = None,
+        name: str = MAIN_DOC,
     ) -> None:
         self.store = store
         self.room_id = room_id
+        self.name = name
         self.doc = doc
         self.config = config or WriterConfig()
         self.state = SaveState()
@@ -115,7 +120,7 @@ class RoomWriter:
         The caller applies ``stored.update`` to ``doc`` (e.g. ``room.load``) — or lets
         :meth:`load_into_doc` do it.
         """
-        stored = await self.store.load(self.room_id)
+        stored = await self.store.load(self.room_id, self.name)
         self.stats.log_rows, self.stats.log_bytes = stored.log_rows, stored.log_bytes
         return stored
 
@@ -141,7 +146,7 @@ class RoomWriter:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"persist-writer:{self.room_id}")
+            self._task = asyncio.create_task(self._run(), name=f"persist-writer:{self.room_id}:{self.name}")
 
     async def close(self, *, compact: bool = True, timeout: float = 10.0) -> None:
         """Flush everything queued, optionally compact, stop the task."""
@@ -262,7 +267,7 @@ class RoomWriter:
             for chunk in (batch[i : i + ROW_UPDATES] for i in range(0, len(batch), ROW_UPDATES))
         ]
         started = time.perf_counter()
-        await self.store.append(self.room_id, rows)
+        await self.store.append(self.room_id, rows, self.name)
         elapsed = time.perf_counter() - started
         if len(self.stats.commit_seconds) < 10000:
             self.stats.commit_seconds.append(elapsed)
@@ -270,9 +275,9 @@ class RoomWriter:
         self.stats.log_bytes += sum(len(r) for r in rows)
 
     async def _compact(self) -> None:
-        result = await self.store.compact(self.room_id)
+        result = await self.store.compact(self.room_id, self.name)
         self.stats.compactions += 1
-        self.stats.log_rows, self.stats.log_bytes = await self.store.log_stats(self.room_id)
+        self.stats.log_rows, self.stats.log_bytes = await self.store.log_stats(self.room_id, self.name)
         if result:
             log.debug("room %s: compacted %d rows into %d bytes (upto %d)", self.room_id, result.merged_rows,
                       result.snapshot_bytes, result.upto_seq)
