@@ -105,10 +105,14 @@ async def test_killed_node_leaves_presence(tmp_path, redis_url, redis_prefix) ->
             gone = await a.expect("presence", lambda f: names(f) == ["Alice"], timeout=float(TTL) * 4)
             assert gone["peers"][0]["user_id"] == room.user("alice").id
             await b.wait_closed(timeout=5)
-            # the dead node's peer id is free again after the expiry
+            # the dead node's peer id is kept for bob (CODESYNC_SIGNAL_PEER_ID_GRACE), not for alice
             await a.publish(room.id, {"type": "announce", "from": "bob-peer"})
-            mine = await a.expect("publish", lambda f: f["sender"].get("name") == "Alice")
-            assert mine["clients"] == 1
+            assert (await a.expect("error"))["code"] == "peer_id_taken"
+            async with SignalClient.connect(stack.ws_url(room.token("bob"), node=0)) as b2:
+                await b2.subscribe(room.id)  # bob reconnects to the surviving node: his id again
+                await b2.publish(room.id, {"type": "announce", "from": "bob-peer"})
+                mine = await a.expect("publish", lambda f: f["sender"].get("name") == "Bob")
+                assert mine["clients"] == 2 and mine["data"]["from"] == "bob-peer"
             redis = Redis.from_url(redis_url, decode_responses=True)
             try:
                 nodes = await redis.zrange(f"{redis_prefix}:sig:nodes", 0, -1)
