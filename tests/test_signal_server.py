@@ -341,6 +341,27 @@ async def test_topics_per_connection(stack: Stack, room) -> None:
         await c.expect("presence")
 
 
+async def test_refused_topics_count_against_the_frame_limit_and_as_strikes(stack: Stack, room) -> None:
+    """A subscribe frame is looked at for at most the topic cap (3 here): foreign rooms take
+    their slots too, so the member's own room after them is refused without a lookup; each
+    refused room is a strike (5 here)."""
+    async with SignalClient.connect(stack.ws_url(room.token("vic"))) as v:
+        await v.subscribe("foreign-1", "foreign-2", "foreign-3", room.id, "foreign-4")
+        errors = [await v.expect("error") for _ in range(4)]
+        assert [(e["code"], e["topic"]) for e in errors] == [
+            ("forbidden", "foreign-1"), ("forbidden", "foreign-2"), ("forbidden", "foreign-3"), ("too_many_topics", room.id)
+        ]
+        assert "1 more" in errors[-1]["message"]
+        await v.send({"type": "ping"})
+        await v.expect("pong")
+        assert not [f for f in v.frames if f["type"] == "presence"]  # not joined by that frame
+        await v.subscribe(room.id)  # its own frame: joined (4 strikes so far, below 5)
+        await v.expect("presence")
+        await v.subscribe("foreign-5")  # the fifth strike
+        assert (await v.expect("error"))["code"] == "forbidden"
+        assert await v.wait_closed() == 1008
+
+
 async def test_connections_per_user(stack: Stack, room) -> None:
     url = stack.ws_url(room.token("bob"))
     async with SignalClient.connect(url) as c1, SignalClient.connect(url) as c2, SignalClient.connect(url) as c3:
