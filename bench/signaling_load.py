@@ -31,7 +31,6 @@ import random
 import resource
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
