@@ -158,8 +158,8 @@ class RedisHub(Hub):
         # get our publishes at once (a node joining a topic must not miss the first frames).
         self._noticed: dict[str, set[str]] = {}
         self._target_cache: dict[str, tuple[Any, frozenset[str]]] = {}
-        # topic -> (view, a viewer among its entries, peer id -> entry): for the relay rule
-        self._relay_cache: dict[str, tuple[Any, bool, dict[str, Entry]]] = {}
+        # topic -> [view, a viewer among its entries, peer id -> entry | None]: the relay rule's
+        self._relay_cache: dict[str, list[Any]] = {}
         self.views: dict[str, dict[str, Entry]] = {}  # topic -> other nodes' entries
         self._local_owner: dict[str, Connection] = {}  # peer id -> local connection owning it
         self._outbox: deque[tuple[str, bytes]] = deque()  # (channel, message)
@@ -318,15 +318,16 @@ class RedisHub(Hub):
         return aggregate_presence(self.local_entries(topic) + list(view.values()))
 
     # ------------------------------------------------------------------ relay rule (hub.admit)
-    def _relay_view(self, topic: str) -> tuple[Any, bool, dict[str, Entry]] | None:
-        """What the relay rule needs from the other nodes' entries, derived once per view."""
+    def _relay_view(self, topic: str) -> list[Any] | None:
+        """[view, a viewer among its entries, peer id -> entry (built on first use)], derived
+        once per version of the other nodes' entries of ``topic`` (views are replaced, never
+        mutated, so the object is the version)."""
         view = self.views.get(topic)
         if not view:
             return None
         cached = self._relay_cache.get(topic)
-        if cached is None or cached[0] is not view:  # views are replaced, never mutated
-            peers = {pid: e for e in view.values() for pid in (e.get("p") or ()) if isinstance(pid, str)}
-            cached = self._relay_cache[topic] = (view, any(e.get("r") == "viewer" for e in view.values()), peers)
+        if cached is None or cached[0] is not view:
+            cached = self._relay_cache[topic] = [view, any(e.get("r") == "viewer" for e in view.values()), None]
         return cached
 
     def _remote_viewers(self, topic: str) -> bool:
@@ -337,7 +338,11 @@ class RedisHub(Hub):
 
     def _remote_peer(self, topic: str, peer_id: str) -> Entry | None:
         derived = self._relay_view(topic)
-        return derived[2].get(peer_id) if derived is not None else None
+        if derived is None:
+            return None
+        if derived[2] is None:
+            derived[2] = {pid: e for e in derived[0].values() for pid in (e.get("p") or ()) if isinstance(pid, str)}
+        return derived[2].get(peer_id)
 
     def _local_peer(self, peer_id: str) -> Connection | None:
         return self._local_owner.get(peer_id)
