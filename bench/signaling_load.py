@@ -10,7 +10,13 @@ binds peer ids and stamps ``sender`` — the comparison is deliberately not in o
 Usage::
 
     .venv/bin/python -m bench.signaling_load [--clients 400] [--rooms 100] [--rate 5] \\
-        [--duration 10] [--size 300] [--targets memory,redis,reference] [--redis-nodes 2] [--json out.json]
+        [--duration 10] [--size 300] [--targets memory,redis,reference] [--redis-nodes 2] \\
+        [--viewers 0] [--json out.json]
+
+``--viewers N`` makes the last N users of every room viewers and has every client announce the
+``roles`` capability: every ``signal`` then goes through the relay rule's full check (a viewer
+on one side, the addressee looked up) and is relayed — the cost of that rule on the publish
+path. Each client addresses the next client of its own room.
 
 Needs Node.js + ``npm ci`` in tests/js for the reference, Redis on 127.0.0.1:6379 for ``redis``.
 """
@@ -25,7 +31,6 @@ import random
 import resource
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,8 +96,31 @@ def pct(values: list[float], p: float) -> float:
 
 
 # ----------------------------------------------------------------------------- servers
+async def make_viewers(database_url: str, secret: str, room_ids: list[str], per_room: int, viewers: int) -> None:
+    """The last ``viewers`` members (by seeding order: users u{per_room-viewers}..) of each room become viewers."""
+    from sqlmodel import select
+
+    from signaling import db
+    from signaling.models import Membership, User
+    from signaling.settings import Settings
+
+    engine = db.create_engine(Settings(database_url=database_url, secret_key=secret))
+    try:
+        async with db.session_factory(engine)() as session:
+            for room_id in room_ids:
+                rows = (await session.exec(select(Membership, User).where(Membership.room_id == room_id).join(User))).all()
+                # seeded names are R{r}U{i}: the index says which user it was
+                for membership, user in rows:
+                    if int(user.name.rsplit("U", 1)[1]) >= per_room - viewers:
+                        membership.role = "viewer"
+                        session.add(membership)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
 @asynccontextmanager
-async def ours(tmp: Path, clients: int, rooms: int, redis_nodes: int = 0) -> AsyncIterator[Target]:
+async def ours(tmp: Path, clients: int, rooms: int, redis_nodes: int = 0, viewers: int = 0) -> AsyncIterator[Target]:
     per_room = clients // rooms
     env = {
         "CODESYNC_LOG_LEVEL": "WARNING",
@@ -103,12 +131,16 @@ async def ours(tmp: Path, clients: int, rooms: int, redis_nodes: int = 0) -> Asy
         kw = dict(redis_url=REDIS_URL, redis_prefix=f"bench-{secrets.token_hex(4)}", nodes=redis_nodes)
     async with signaling_stack(tmp, **kw, **env) as stack:
         seeded = await stack.seed_rooms(rooms, per_room)
+        if viewers:
+            await make_viewers(stack.database_url, stack.secret, [s.id for s in seeded], per_room, viewers)
         urls = []
         for r in range(rooms):
             for i in range(per_room):
                 node = (r * per_room + i) % len(stack.nodes)
                 urls.append(stack.ws_url(seeded[r].token(f"u{i}"), node=node))
         name = f"codesync redis x{redis_nodes}" if redis_nodes else "codesync memory"
+        if viewers:
+            name += f" +{viewers}v"
         target = Target(name, urls, [n.proc.pid for n in stack.nodes])
         target.topics = [s.id for s in seeded]  # type: ignore[attr-defined]
         yield target
@@ -144,12 +176,13 @@ async def reference(clients: int, rooms: int) -> AsyncIterator[Target]:
 
 
 # ----------------------------------------------------------------------------- load
-async def run_load(target: Target, rooms: int, rate: float, duration: float, size: int) -> dict:
+async def run_load(target: Target, rooms: int, rate: float, duration: float, size: int, caps: bool = False) -> dict:
     clients = len(target.urls)
     per_room = clients // rooms
     topics: list[str] = target.topics  # type: ignore[attr-defined]
     stats = Stats()
     pad = "x" * max(0, size - 160)
+    extra = {"caps": ["roles"]} if caps else {}  # every client "enforces roles": viewers' signals are relayed
     hello_from: list[set[str]] = [set() for _ in range(clients)]
     subscribed = [not target.confirms_subscribe] * clients
     measuring = False
@@ -201,11 +234,13 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
             if time.monotonic() > deadline:
                 raise RuntimeError(f"setup incomplete: {len(missing)} clients missing hellos")
             for i in range(clients):  # (re)announce until every room-mate has heard everyone
-                await sockets[i].send_str(json.dumps({"type": "publish", "topic": topics[i // per_room], "data": {"type": "announce", "from": f"peer-{i}", "hello": 1}}))
+                hello = {"type": "announce", "from": f"peer-{i}", "hello": 1, **extra}
+                await sockets[i].send_str(json.dumps({"type": "publish", "topic": topics[i // per_room], "data": hello}))
             await asyncio.sleep(0.5)
 
         async def publisher(i: int, stop_at: float) -> None:
             topic = topics[i // per_room]
+            to = f"peer-{(i // per_room) * per_room + (i + 1) % per_room}"  # the next client of the same room
             interval = 1.0 / rate
             next_at = time.perf_counter() + random.random() * interval
             seq = 0
@@ -217,9 +252,9 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
                     await asyncio.sleep(next_at - now)
                 seq += 1
                 data = {
-                    "type": "signal", "from": f"peer-{i}", "to": f"peer-{(i + 1) % clients}", "token": 0.5,
+                    "type": "signal", "from": f"peer-{i}", "to": to, "token": 0.5,
                     "signal": {"type": "candidate", "candidate": {"candidate": pad, "sdpMLineIndex": 0, "sdpMid": "0"}},
-                    "seq": seq, "t": time.perf_counter(),
+                    "seq": seq, "t": time.perf_counter(), **extra,
                 }
                 await sockets[i].send_str(orjson.dumps({"type": "publish", "topic": topic, "data": data}).decode())
                 stats.sent += 1
@@ -278,7 +313,7 @@ def show(r: dict) -> None:
     print(
         f"{r['target']:<22} {r['offered_msgs_per_s']:>9.0f} pub/s offered  {r['delivered_msgs_per_s']:>9.0f} msg/s delivered  "
         f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>8.2f} ms  loss {r['loss_pct']:>6.2f} %  "
-        f"RSS {r['server_rss_mb']:>6.1f} MB  server CPU {r['server_cpu_pct']:>4.0f} % = {r['server_cpu_us_per_delivery']:>5.1f} µs/delivery  "
+        f"err {r['errors']}  RSS {r['server_rss_mb']:>6.1f} MB  server CPU {r['server_cpu_pct']:>4.0f} % = {r['server_cpu_us_per_delivery']:>5.1f} µs/delivery  "
         f"(bench client CPU {r['bench_cpu_pct']:.0f} %, load {r['load_avg_1m']:g}){'  [' + r['note'] + ']' if r['note'] else ''}",
         flush=True,
     )
@@ -293,6 +328,7 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=300, help="approximate bytes per publish frame")
     ap.add_argument("--targets", default="memory,redis,reference")
     ap.add_argument("--redis-nodes", type=int, default=2)
+    ap.add_argument("--viewers", type=int, default=0, help="viewers per room (ours); every client announces 'roles'")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.clients % args.rooms:
@@ -305,12 +341,12 @@ async def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             with tempfile.TemporaryDirectory(prefix="sigbench-") as tmp:
                 if name == "memory":
-                    cm = ours(Path(tmp), args.clients, args.rooms)
+                    cm = ours(Path(tmp), args.clients, args.rooms, viewers=args.viewers)
                 elif name == "redis":
                     if not port_open("127.0.0.1", 6379):
                         print("redis: skipped (no Redis on 127.0.0.1:6379)")
                         continue
-                    cm = ours(Path(tmp), args.clients, args.rooms, redis_nodes=args.redis_nodes)
+                    cm = ours(Path(tmp), args.clients, args.rooms, redis_nodes=args.redis_nodes, viewers=args.viewers)
                 elif name == "reference":
                     if not (JS / "node_modules" / "y-webrtc").exists():
                         print("reference: skipped (run npm ci in tests/js)")
@@ -320,7 +356,7 @@ async def main(argv: list[str] | None = None) -> int:
                     ap.error(f"unknown target {name}")
                 async with cm as target:
                     try:
-                        result = await run_load(target, args.rooms, rate, args.duration, args.size)
+                        result = await run_load(target, args.rooms, rate, args.duration, args.size, caps=args.viewers > 0)
                     except Exception as exc:
                         for log in Path(tmp).glob("*.log"):  # the server's side of the story
                             print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     signal_max_conns_per_user: int = 20
     signal_send_queue: int = Field(default=1024, description="frames buffered for a slow reader before it is dropped")
     signal_max_strikes: int = Field(default=10, description="bad frames tolerated before closing with 1008")
+    signal_peer_id_grace: float = Field(
+        default=60.0, description="seconds a peer id stays reserved to its user (or service) after its connection closed"
+    )
 
     # ------------------------------------------------------------------ derived
     @property

@@ -3,7 +3,8 @@
 Hypothesis builds batches of hostile frames — structured y-webrtc frames with wrong types in
 every field, random JSON, garbage text, binary frames, invalid UTF-8 in text frames, lone
 surrogates, deep nesting, frames above the size limit — and sends each batch over a fresh
-connection of a room member ("mallory", editor of room A). After every batch:
+connection of a room member ("mallory", editor of room A, where the viewer "vera" sits, so
+addressed frames take the relay rule's full path). After every batch:
 
 - the server process is alive and has logged no traceback;
 - a fresh connection can subscribe to room A and publish, and gets its own frame back;
@@ -55,10 +56,10 @@ topic = st.one_of(st.sampled_from([ROOM_A, ROOM_A, ROOM_B]), weird_text, json_va
 signal_data = st.fixed_dictionaries(
     {"type": st.sampled_from(["announce", "signal"]) | weird_text, "from": weird_text | json_values},
     optional={
-        "to": weird_text | json_values,
+        "to": st.sampled_from(["vera", "m"]) | weird_text | json_values,  # vera: the viewer's peer id
         "token": json_values,
         "signal": json_values,
-        "caps": json_values,
+        "caps": st.sampled_from([["roles"], ["chunk", "app", "roles"], []]) | json_values,
     },
 )
 data = st.one_of(signal_data, json_values, st.text(max_size=200))
@@ -99,6 +100,7 @@ class Live:
     b: SeededRoom
     observer: SignalClient  # carol, in room B only
     witness: "RawClient"  # bob, in room A
+    viewer: "RawClient"  # vera, a viewer in room A: every addressed publish there takes the relay rule's full path
     cms: list[Any] = field(default_factory=list)
     batch_no: int = 0
 
@@ -151,7 +153,7 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
 
     async def setup() -> Live:
         stack = await cm.__aenter__()
-        a = await stack.seed_room({"alice": "owner", "bob": "editor", "mallory": "editor"}, name="A")
+        a = await stack.seed_room({"alice": "owner", "bob": "editor", "mallory": "editor", "vera": "viewer"}, name="A")
         b = await stack.seed_room({"carol": "owner"}, name="B")
         obs_cm = SignalClient.connect(stack.ws_url(b.token("carol")))
         observer = await obs_cm.__aenter__()
@@ -161,7 +163,12 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
         ws = await session.ws_connect(stack.ws_url(a.token("bob")))
         witness = RawClient(session, ws)
         await ws.send_str(json.dumps({"type": "subscribe", "topics": [a.id]}))
-        return Live(loop, stack, a, b, observer, witness, [obs_cm])
+        vsession = aiohttp.ClientSession()
+        vws = await vsession.ws_connect(stack.ws_url(a.token("vera"), node=len(stack.nodes) - 1))
+        viewer = RawClient(vsession, vws)
+        await vws.send_str(json.dumps({"type": "subscribe", "topics": [a.id]}))
+        await vws.send_str(json.dumps({"type": "publish", "topic": a.id, "data": {"type": "announce", "from": "vera", "caps": ["roles"]}}))
+        return Live(loop, stack, a, b, observer, witness, viewer, [obs_cm])
 
     live = loop.run(setup(), 60)
     try:
@@ -170,6 +177,7 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
 
         async def teardown() -> None:
             await live.witness.close()
+            await live.viewer.close()
             for c in live.cms:
                 await c.__aexit__(None, None, None)
             await cm.__aexit__(None, None, None)

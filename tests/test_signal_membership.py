@@ -50,6 +50,11 @@ async def layout(request, tmp_path_factory) -> Layout:
         yield Layout(s, 0, 1)
 
 
+def pid(room: SeededRoom, name: str) -> str:
+    """A peer id of this test's room (peer ids stay reserved to their user for a while)."""
+    return f"{name}.{room.id}"
+
+
 def names(frame: dict) -> dict[str, str]:
     return {p["name"]: p["role"] for p in frame["peers"]}
 
@@ -67,7 +72,7 @@ async def test_removed_member_stops_receiving_and_is_told(layout: Layout) -> Non
         await a.subscribe(room.id)
         await b.subscribe(room.id)
         await a.expect("presence", lambda f: names(f) == {"Alice": "owner", "Bob": "editor"})
-        await a.publish(room.id, {"type": "announce", "from": "pa"})
+        await a.publish(room.id, {"type": "announce", "from": pid(room, "pa")})
         await b.expect("publish")  # bob receives while a member
 
         await layout.rest(room, "alice", "DELETE", f"/api/rooms/{room.id}/members/{room.user('bob').id}")
@@ -77,13 +82,13 @@ async def test_removed_member_stops_receiving_and_is_told(layout: Layout) -> Non
 
         a.forget("publish")
         b.forget("publish")
-        await a.publish(room.id, {"type": "announce", "from": "pa"})
+        await a.publish(room.id, {"type": "announce", "from": pid(room, "pa")})
         assert (await a.expect("publish"))["clients"] == 1  # alice's own copy: fan-out done
         assert await quiet_publishes(b) == []
 
         # a stock client keeps publishing: refused (no strike, no 1008 close), nothing relayed
         for _ in range(12):  # above the default 10 strikes
-            await b.publish(room.id, {"type": "announce", "from": "pb"})
+            await b.publish(room.id, {"type": "announce", "from": pid(room, "pb")})
         for _ in range(12):
             assert (await b.expect("error"))["code"] == "forbidden"
         assert not b.closed
@@ -99,13 +104,13 @@ async def test_demoted_editor_is_stamped_viewer(layout: Layout) -> None:
         await a.subscribe(room.id)
         await b.subscribe(room.id)
         await a.expect("presence", lambda f: names(f) == {"Alice": "owner", "Bob": "editor"})
-        await b.publish(room.id, {"type": "announce", "from": "pb"})
+        await b.publish(room.id, {"type": "announce", "from": pid(room, "pb")})
         assert (await a.expect("publish"))["sender"]["role"] == "editor"
 
         await layout.rest(room, "alice", "PUT", f"/api/rooms/{room.id}/members/{room.user('bob').id}", json={"role": "viewer"})
         await a.expect("presence", lambda f: names(f) == {"Alice": "owner", "Bob": "viewer"})
         await b.expect("presence", lambda f: names(f) == {"Alice": "owner", "Bob": "viewer"})
-        await b.publish(room.id, {"type": "announce", "from": "pb"})
+        await b.publish(room.id, {"type": "announce", "from": pid(room, "pb")})
         got = await a.expect("publish")
         assert got["sender"] == {"user_id": room.user("bob").id, "name": "Bob", "role": "viewer"}
         assert not [f for f in b.pending if f["type"] == "error"]  # still subscribed
@@ -113,7 +118,7 @@ async def test_demoted_editor_is_stamped_viewer(layout: Layout) -> None:
         # promoted back: the stamp follows
         await layout.rest(room, "alice", "PUT", f"/api/rooms/{room.id}/members/{room.user('bob').id}", json={"role": "owner"})
         await a.expect("presence", lambda f: names(f) == {"Alice": "owner", "Bob": "owner"})
-        await b.publish(room.id, {"type": "announce", "from": "pb"})
+        await b.publish(room.id, {"type": "announce", "from": pid(room, "pb")})
         assert (await a.expect("publish", lambda f: f["sender"]["role"] == "owner"))["sender"]["name"] == "Bob"
 
 
@@ -140,10 +145,10 @@ async def test_deleted_room_drops_every_user_but_not_services(layout: Layout) ->
         await svc.expect("presence", lambda f: f["topic"] == room.id and f["peers"] == [])
         assert not [f for f in svc.pending if f["type"] == "error"]  # services are unaffected
 
-        await svc.publish(room.id, {"type": "announce", "from": "svc-peer"})
+        await svc.publish(room.id, {"type": "announce", "from": pid(room, "svc-peer")})
         assert (await svc.expect("publish"))["clients"] == 1  # only the service is left
         for client in (a, b, v):
             assert await quiet_publishes(client) == []
         # alice's other room on the same connection is untouched
-        await a.publish(other.id, {"type": "announce", "from": "pa"})
+        await a.publish(other.id, {"type": "announce", "from": pid(room, "pa")})
         assert (await a.expect("publish"))["topic"] == other.id

@@ -3,7 +3,7 @@
 Cross-node delivery (announce/signal both ways, ``clients`` counting both nodes), presence as
 the union, peer-id binding across nodes, ``room-active`` for a service on the other node, a
 node killed with SIGKILL leaving presence within the heartbeat expiry, and a clean stop
-leaving it at once.
+leaving it at once — in both cases its peer ids stay reserved to their users.
 """
 
 from __future__ import annotations
@@ -105,10 +105,14 @@ async def test_killed_node_leaves_presence(tmp_path, redis_url, redis_prefix) ->
             gone = await a.expect("presence", lambda f: names(f) == ["Alice"], timeout=float(TTL) * 4)
             assert gone["peers"][0]["user_id"] == room.user("alice").id
             await b.wait_closed(timeout=5)
-            # the dead node's peer id is free again after the expiry
+            # the dead node's peer id is kept for bob (CODESYNC_SIGNAL_PEER_ID_GRACE), not for alice
             await a.publish(room.id, {"type": "announce", "from": "bob-peer"})
-            mine = await a.expect("publish", lambda f: f["sender"].get("name") == "Alice")
-            assert mine["clients"] == 1
+            assert (await a.expect("error"))["code"] == "peer_id_taken"
+            async with SignalClient.connect(stack.ws_url(room.token("bob"), node=0)) as b2:
+                await b2.subscribe(room.id)  # bob reconnects to the surviving node: his id again
+                await b2.publish(room.id, {"type": "announce", "from": "bob-peer"})
+                mine = await a.expect("publish", lambda f: f["sender"].get("name") == "Bob")
+                assert mine["clients"] == 2 and mine["data"]["from"] == "bob-peer"
             redis = Redis.from_url(redis_url, decode_responses=True)
             try:
                 nodes = await redis.zrange(f"{redis_prefix}:sig:nodes", 0, -1)
@@ -127,10 +131,18 @@ async def test_stopped_node_leaves_presence_at_once(tmp_path, redis_url, redis_p
         ) as b:
             await a.subscribe(room.id)
             await b.subscribe(room.id)
-            await a.expect("presence", lambda f: names(f) == ["Alice", "Bob"])
+            await b.publish(room.id, {"type": "announce", "from": "bob-peer"})
+            await a.expect("presence", lambda f: names(f) == ["Alice", "Bob"] and ["bob-peer"] in [p["peer_ids"] for p in f["peers"]])
             stack.nodes[1].stop()  # SIGTERM: graceful
             assert await b.wait_closed() == 1001
             await a.expect("presence", lambda f: names(f) == ["Alice"], timeout=5)  # far below the 30 s ttl
+            # bob's peer id is kept for him (he reconnects to node 0), not free for alice
+            await a.publish(room.id, {"type": "announce", "from": "bob-peer"})
+            assert (await a.expect("error"))["code"] == "peer_id_taken"
+            async with SignalClient.connect(stack.ws_url(room.token("bob"), node=0)) as b2:
+                await b2.subscribe(room.id)
+                await b2.publish(room.id, {"type": "announce", "from": "bob-peer"})
+                assert (await b2.expect("publish", lambda f: f["data"].get("from") == "bob-peer"))["sender"]["name"] == "Bob"
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         assert await redis.keys(f"{redis_prefix}:sig:room:*") == []  # nothing left behind

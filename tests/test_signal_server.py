@@ -53,6 +53,12 @@ def announce(peer: str) -> dict:
     return {"type": "announce", "from": peer}
 
 
+def pid(room, name: str) -> str:
+    """A peer id of this test's room: peer ids stay reserved to their user for
+    CODESYNC_SIGNAL_PEER_ID_GRACE after a disconnect, and every test seeds new users."""
+    return f"{name}.{room.id}"
+
+
 # ----------------------------------------------------------------------------- y-webrtc core
 async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
     async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a, SignalClient.connect(
@@ -63,14 +69,14 @@ async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
 
         await a.subscribe(room.id)
         await a.expect("presence")
-        await a.publish(room.id, announce("peer-a"))
+        await a.publish(room.id, announce(pid(room, "peer-a")))
         own = await a.expect("publish")  # the sender receives its own publish, like the reference
-        assert own["topic"] == room.id and own["data"] == announce("peer-a") and own["clients"] == 1
+        assert own["topic"] == room.id and own["data"] == announce(pid(room, "peer-a")) and own["clients"] == 1
         assert own["sender"] == {"user_id": room.user("alice").id, "name": "Alice", "role": "owner"}
 
         await b.subscribe(room.id)
         await b.expect("presence")
-        signal_data = {"type": "signal", "from": "peer-b", "to": "peer-a", "token": 0.5, "signal": {"type": "offer", "sdp": "v=0"}}
+        signal_data = {"type": "signal", "from": pid(room, "peer-b"), "to": pid(room, "peer-a"), "token": 0.5, "signal": {"type": "offer", "sdp": "v=0"}}
         await b.publish(room.id, signal_data)
         for client in (a, b):
             got = await client.expect("publish")
@@ -84,7 +90,7 @@ async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
 
         await b.send({"type": "unsubscribe", "topics": [room.id]})
         await a.expect("presence", lambda f: [p["name"] for p in f["peers"]] == ["Alice"])
-        await a.publish(room.id, announce("peer-a"))
+        await a.publish(room.id, announce(pid(room, "peer-a")))
         assert (await a.expect("publish"))["clients"] == 1
         await b.send({"type": "ping"})
         await b.expect("pong")
@@ -132,15 +138,15 @@ async def test_membership_viewer_allowed_non_member_forbidden(stack: Stack, room
         await v.subscribe(room.id)
         presence = await v.expect("presence")
         assert {p["name"]: p["role"] for p in presence["peers"]} == {"Alice": "owner", "Vic": "viewer"}
-        await v.publish(room.id, announce("peer-v"))  # viewers take part in signaling
+        await v.publish(room.id, announce(pid(room, "peer-v")))  # viewers take part in signaling
         assert (await a.expect("publish"))["sender"]["role"] == "viewer"
 
         await e.subscribe(room.id, "no-such-room")
         errors = [await e.expect("error"), await e.expect("error")]
         assert {(x["code"], x["topic"]) for x in errors} == {("forbidden", room.id), ("forbidden", "no-such-room")}
-        await e.publish(room.id, announce("peer-e"))
+        await e.publish(room.id, announce(pid(room, "peer-e")))
         assert (await e.expect("error"))["code"] == "not_subscribed"
-        await a.publish(room.id, announce("peer-a"))
+        await a.publish(room.id, announce(pid(room, "peer-a")))
         await a.expect("publish")
         await e.send({"type": "ping"})
         await e.expect("pong")
@@ -168,16 +174,16 @@ async def test_peer_id_spoofing_refused(stack: Stack, room) -> None:
         await a.subscribe(room.id)
         await b.subscribe(room.id)
         await a.expect("presence", lambda f: len(f["peers"]) == 2)
-        await a.publish(room.id, announce("alice-peer"))
+        await a.publish(room.id, announce(pid(room, "alice-peer")))
         await a.expect("publish")
         await b.expect("publish")
-        await b.publish(room.id, {"type": "signal", "from": "alice-peer", "to": "x", "signal": {"type": "answer"}})
+        await b.publish(room.id, {"type": "signal", "from": pid(room, "alice-peer"), "to": "x", "signal": {"type": "answer"}})
         err = await b.expect("error")
         assert err["code"] == "peer_id_taken" and err["topic"] == room.id
-        await b.publish(room.id, announce("bob-peer"))
-        assert (await a.expect("publish"))["data"]["from"] == "bob-peer"  # the spoofed one never arrived
-        presence = await a.expect("presence", lambda f: any(p["peer_ids"] == ["bob-peer"] for p in f["peers"]))
-        assert {p["name"]: p["peer_ids"] for p in presence["peers"]} == {"Alice": ["alice-peer"], "Bob": ["bob-peer"]}
+        await b.publish(room.id, announce(pid(room, "bob-peer")))
+        assert (await a.expect("publish"))["data"]["from"] == pid(room, "bob-peer")  # the spoofed one never arrived
+        presence = await a.expect("presence", lambda f: any(p["peer_ids"] == [pid(room, "bob-peer")] for p in f["peers"]))
+        assert {p["name"]: p["peer_ids"] for p in presence["peers"]} == {"Alice": [pid(room, "alice-peer")], "Bob": [pid(room, "bob-peer")]}
 
     # The same user reconnecting (old socket not yet gone) takes its peer id over.
     async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a1, SignalClient.connect(
@@ -185,9 +191,9 @@ async def test_peer_id_spoofing_refused(stack: Stack, room) -> None:
     ) as a2:
         await a1.subscribe(room.id)
         await a2.subscribe(room.id)
-        await a1.publish(room.id, announce("alice-again"))
+        await a1.publish(room.id, announce(pid(room, "alice-again")))
         await a1.expect("publish")
-        await a2.publish(room.id, announce("alice-again"))
+        await a2.publish(room.id, announce(pid(room, "alice-again")))
         assert (await a2.expect("publish", lambda f: f["sender"]["user_id"] == room.user("alice").id))
 
 
@@ -221,7 +227,7 @@ async def test_service_connection_room_active_idle(stack: Stack, room) -> None:
         async with SignalClient.connect(stack.ws_url(token)) as svc:
             assert (await svc.expect("room-active", lambda f: f["topic"] == room.id))
             await svc.subscribe(room.id)  # services may join any room, no membership needed
-            await svc.publish(room.id, announce("persist-peer"))
+            await svc.publish(room.id, announce(pid(room, "persist-peer")))
             got = await a.expect("publish", lambda f: "service" in f["sender"])
             assert got["sender"] == {"service": "persistence"} and got["clients"] == 2
             presence = await svc.expect("presence")
@@ -335,6 +341,27 @@ async def test_topics_per_connection(stack: Stack, room) -> None:
         await c.expect("presence")
 
 
+async def test_refused_topics_count_against_the_frame_limit_and_as_strikes(stack: Stack, room) -> None:
+    """A subscribe frame is looked at for at most the topic cap (3 here): foreign rooms take
+    their slots too, so the member's own room after them is refused without a lookup; each
+    refused room is a strike (5 here)."""
+    async with SignalClient.connect(stack.ws_url(room.token("vic"))) as v:
+        await v.subscribe("foreign-1", "foreign-2", "foreign-3", room.id, "foreign-4")
+        errors = [await v.expect("error") for _ in range(4)]
+        assert [(e["code"], e["topic"]) for e in errors] == [
+            ("forbidden", "foreign-1"), ("forbidden", "foreign-2"), ("forbidden", "foreign-3"), ("too_many_topics", room.id)
+        ]
+        assert "1 more" in errors[-1]["message"]
+        await v.send({"type": "ping"})
+        await v.expect("pong")
+        assert not [f for f in v.frames if f["type"] == "presence"]  # not joined by that frame
+        await v.subscribe(room.id)  # its own frame: joined (4 strikes so far, below 5)
+        await v.expect("presence")
+        await v.subscribe("foreign-5")  # the fifth strike
+        assert (await v.expect("error"))["code"] == "forbidden"
+        assert await v.wait_closed() == 1008
+
+
 async def test_connections_per_user(stack: Stack, room) -> None:
     url = stack.ws_url(room.token("bob"))
     async with SignalClient.connect(url) as c1, SignalClient.connect(url) as c2, SignalClient.connect(url) as c3:
@@ -392,7 +419,8 @@ async def test_client_that_stops_reading_is_dropped(tmp_path) -> None:
                 writer.write(masked_text_frame(json.dumps({"type": "subscribe", "topics": [room.id]})))
                 await writer.drain()
                 await a.expect("presence", lambda f: len(f["peers"]) == 2)
-                blob = {"type": "signal", "from": "alice-flood", "to": "x", "pad": "y" * 60000}
+                # (an announce: a signal addressed to a peer vic's viewer role cannot reach is not relayed)
+                blob = {"type": "announce", "from": "alice-flood", "pad": "y" * 60000}
                 for _ in range(2000):  # ~120 MB at most; the kernel holds a few MB before vic's queue fills
                     await a.publish(room.id, blob)
                     if [f for f in a.pending if f["type"] == "presence" and len(f["peers"]) == 1]:
@@ -426,7 +454,7 @@ async def test_keepalive_pings_and_drops_a_silent_client(stack: Stack, room) -> 
 async def test_metrics_exposed(stack: Stack, room) -> None:
     async with SignalClient.connect(stack.ws_url(room.token("alice"))) as c:
         await c.subscribe(room.id)
-        await c.publish(room.id, announce("m"))
+        await c.publish(room.id, announce(pid(room, "m")))
         await c.expect("publish")
         async with httpx.AsyncClient(base_url=stack.url) as http:
             text = (await http.get("/metrics")).text

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -42,21 +44,40 @@ class NodeClient:
         return await asyncio.wait_for(read(), timeout)
 
 
-async def test_stock_y_webrtc_client_subscribes_publishes_receives(tmp_path) -> None:
+def node_binary() -> str:
     node = shutil.which("node")
     require("node", node is not None, "install Node.js")
     require("tests/js/node_modules", (JS / "node_modules" / "y-webrtc").exists(), "run npm ci in tests/js")
+    return node or "node"
+
+
+@asynccontextmanager
+async def stock_client(url: str, room_id: str) -> AsyncIterator[NodeClient]:
+    proc = await asyncio.create_subprocess_exec(
+        node_binary(), "stock_client.mjs", url, room_id,
+        cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield NodeClient(proc)
+    finally:
+        if proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_stock_y_webrtc_client_subscribes_publishes_receives(tmp_path) -> None:
+    node_binary()
     async with signaling_stack(tmp_path) as stack:
         room = await stack.seed_room({"alice": "owner", "bob": "editor"})
         async with SignalClient.connect(stack.ws_url(room.token("bob"))) as bob:
             await bob.subscribe(room.id)
             await bob.expect("presence")
-            proc = await asyncio.create_subprocess_exec(
-                node, "stock_client.mjs", stack.ws_url(room.token("alice")), room.id,
-                cwd=JS, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            client = NodeClient(proc)
-            try:
+            async with stock_client(stack.ws_url(room.token("alice")), room.id) as client:
+                proc = client.proc
                 peer_id = (await client.expect(lambda e: e["event"] == "ready"))["peerId"]
                 # The stock client subscribed and announced itself: bob sees it, stamped as alice.
                 announce = await bob.expect("publish", lambda f: f["data"].get("type") == "announce")
@@ -73,11 +94,39 @@ async def test_stock_y_webrtc_client_subscribes_publishes_receives(tmp_path) -> 
                 # Presence (an extra frame type the stock client ignores) reached it too, harmlessly.
                 await client.expect(lambda e: e["event"] == "message" and e["message"].get("type") == "presence")
                 assert proc.returncode is None
-            finally:
-                if proc.returncode is None:
-                    proc.stdin.close()
-                    try:
-                        await asyncio.wait_for(proc.wait(), 5)
-                    except asyncio.TimeoutError:
-                        proc.kill()
-                        await proc.wait()
+
+
+async def test_a_viewers_signal_never_reaches_a_stock_client(tmp_path) -> None:
+    """The stock client applies whatever its links send and relays it, so a viewer must never
+    get a link to it: the viewer's offer to the stock client's own peer id is refused
+    (``relay_refused``), while the viewer's signal to a CodeSync peer that enforces roles is
+    relayed (and, like every publish, also reaches the stock client, which ignores it)."""
+    node_binary()
+    roles = ["chunk", "app", "roles"]
+    async with signaling_stack(tmp_path) as stack:
+        room = await stack.seed_room({"alice": "owner", "rita": "editor", "vic": "viewer"})
+        async with SignalClient.connect(stack.ws_url(room.token("vic"))) as vic, SignalClient.connect(
+            stack.ws_url(room.token("rita"))
+        ) as rita:
+            for c in (vic, rita):
+                await c.subscribe(room.id)
+                await c.expect("presence")
+            await rita.publish(room.id, {"type": "announce", "from": "rita-peer", "caps": roles})
+            await vic.expect("publish", lambda f: f["data"].get("from") == "rita-peer")
+            async with stock_client(stack.ws_url(room.token("alice")), room.id) as client:
+                stock = (await client.expect(lambda e: e["event"] == "ready"))["peerId"]
+                # The stock client's (caps-less) announce reaches the viewer as usual...
+                await vic.expect("publish", lambda f: f["data"] == {"type": "announce", "from": stock})
+                # ...but the viewer's offer to it is not relayed. (The viewer never announces
+                # here: a stock client answers an announce with an offer, and Node has no WebRTC.)
+                offer = {"type": "signal", "from": "vic-peer", "to": stock, "token": 0.9, "signal": {"type": "offer", "sdp": "v=0"}, "caps": roles}
+                await vic.publish(room.id, offer)
+                assert (await vic.expect("error"))["code"] == "relay_refused"
+                # The viewer's offer to the roles peer is relayed, to everyone in the room.
+                to_rita = dict(offer, to="rita-peer")
+                await vic.publish(room.id, to_rita)
+                assert (await rita.expect("publish", lambda f: f["data"].get("to") == "rita-peer"))["sender"]["role"] == "viewer"
+                await client.expect(lambda e: e["event"] == "message" and e["message"].get("data") == to_rita)
+                # Frames of one sender arrive in order: the refused offer is not among them.
+                addressed = [e for e in client.events if e["event"] == "message" and (e["message"].get("data") or {}).get("to") == stock]
+                assert addressed == [] and client.proc.returncode is None

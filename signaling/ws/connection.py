@@ -62,6 +62,9 @@ class Connection:
         # topic -> peer ids this connection used as ``from`` in that topic (for presence)
         self.peer_ids: dict[str, set[str]] = {}
         self.bound: set[str] = set()  # every peer id bound to this connection
+        # topics in which this connection's latest caps listed "roles" (it enforces the trust
+        # model on what it receives; docs/protocol.md): a viewer may be linked to it
+        self.enforcing: set[str] = set()
         # topics this connection was dropped from after losing its membership while connected
         self.revoked: set[str] = set()
         self._stamps: dict[str | None, bytes] = {}  # role -> serialized ``sender`` stamp
@@ -88,6 +91,20 @@ class Connection:
             return f"s:{self.principal.service}"
         return f"u:{self.principal.user_id}"
 
+    def enforces(self, topic: str) -> bool:
+        """Whether this connection's peers enforce roles in ``topic`` (services always do)."""
+        return self.principal.service is not None or topic in self.enforcing
+
+    def note_caps(self, topic: str, roles: bool) -> bool:
+        """Record whether this connection's caps in ``topic`` list "roles"; True if that changed."""
+        if roles == (topic in self.enforcing):
+            return False
+        if roles:
+            self.enforcing.add(topic)
+        else:
+            self.enforcing.discard(topic)
+        return True
+
     def sender(self, topic: str) -> dict[str, Any]:
         """The ``sender`` stamp on this connection's publishes in ``topic``."""
         if self.principal.service:
@@ -103,13 +120,16 @@ class Connection:
         return stamp
 
     def entry(self, topic: str) -> dict[str, Any]:
-        """This connection's presence record in ``topic`` (compact; also stored in Redis)."""
+        """This connection's presence record in ``topic`` (compact; also stored in Redis).
+
+        ``e``: it enforces roles (what another node needs to decide a relay to its peer ids)."""
         return {
             "u": self.principal.user_id,
             "n": self.principal.name,
             "r": self.roles.get(topic),
             "s": self.principal.service,
             "p": sorted(self.peer_ids.get(topic, ())),
+            "e": 1 if self.enforces(topic) else 0,
         }
 
     # ------------------------------------------------------------------ sending

@@ -23,14 +23,17 @@ from typing import Any
 
 from . import metrics
 from .connection import Connection, encode_text_frame
-from .protocol import error_frame, presence_frame, publish_frame, publish_head, room_state_frame
+from .protocol import Publish, error_frame, presence_frame, publish_frame, publish_head, room_state_frame
 
 log = logging.getLogger("codesync.signal")
 
 # (topic, user ids) -> user id -> role value, or None when no longer a member (or no room).
 RoleLookup = Callable[[str, Iterable[str]], Awaitable[dict[str, "str | None"]]]
 
-Entry = dict[str, Any]  # {"u": user_id, "n": name, "r": role, "s": service, "p": [peer ids]}
+# {"u": user_id, "n": name, "r": role, "s": service, "p": [peer ids], "e": enforces roles (0/1)}
+Entry = dict[str, Any]
+
+VIEWER = "viewer"  # the read-only role: its links need a peer that enforces roles
 
 
 def aggregate_presence(entries: list[Entry]) -> list[dict[str, Any]]:
@@ -53,9 +56,16 @@ def aggregate_presence(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 class Hub(ABC):
-    """What ``/signal`` and ``GET /api/rooms/{id}/presence`` need from a backend."""
+    """What ``/signal`` and ``GET /api/rooms/{id}/presence`` need from a backend.
 
-    def __init__(self) -> None:
+    ``peer_id_grace``: seconds a peer id stays reserved to its principal after its connection
+    closed; ``reserve_cap``: (user, service) — reservations one principal may hold at once
+    (its oldest go first), so reconnecting in a loop cannot grow them without bound.
+    """
+
+    def __init__(self, peer_id_grace: float = 60.0, reserve_cap: tuple[int, int] = (80, 20000)) -> None:
+        self.peer_id_grace = max(0.0, float(peer_id_grace))
+        self.reserve_cap = reserve_cap
         self.topics: dict[str, dict[str, Connection]] = {}  # local subscribers
         self.services: dict[str, Connection] = {}
         self.connections: dict[str, Connection] = {}
@@ -65,6 +75,7 @@ class Hub(ABC):
         self.role_lookup: RoleLookup | None = None  # set by the server (database access)
         self._rechecks: set[asyncio.Task] = set()
         self._heads: dict[str, bytes] = {}  # topic -> serialized start of its publish frames
+        self._viewers: dict[str, int] = {}  # topic -> local subscribers with the viewer role
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -114,6 +125,8 @@ class Hub(ABC):
     # ------------------------------------------------------------------ topics
     async def subscribe(self, conn: Connection, topic: str, role: str | None) -> None:
         conn.roles[topic] = role
+        if role == VIEWER:
+            self._count_viewer(topic, 1)
         conn.peer_ids.setdefault(topic, set())
         subs = self.topics.get(topic)
         if subs is None:
@@ -129,8 +142,10 @@ class Hub(ABC):
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         if topic not in conn.roles:
             return
-        conn.roles.pop(topic, None)
-        conn.peer_ids.pop(topic, None)
+        if conn.roles.pop(topic, None) == VIEWER:
+            self._count_viewer(topic, -1)
+        used = conn.peer_ids.pop(topic, None)
+        conn.enforcing.discard(topic)
         subs = self.topics.get(topic)
         if subs is not None:
             subs.pop(conn.id, None)
@@ -140,13 +155,30 @@ class Hub(ABC):
                 self._heads.pop(topic, None)
                 metrics.ROOMS.dec()
         await self._entry_changed(conn, topic, present=False)
+        if used:  # peer ids used in no other topic of this connection: reserved, then free
+            free = used.difference(*conn.peer_ids.values()) & conn.bound
+            if free:
+                conn.bound -= free
+                await self._release(conn, free)
 
     async def set_role(self, conn: Connection, topic: str, role: str) -> None:
         """A subscriber's role changed while connected: new ``sender`` stamps, new presence."""
-        if topic not in conn.roles or conn.roles[topic] == role:
+        old = conn.roles.get(topic, role)
+        if topic not in conn.roles or old == role:
             return
         conn.roles[topic] = role
+        if old == VIEWER:
+            self._count_viewer(topic, -1)
+        elif role == VIEWER:
+            self._count_viewer(topic, 1)
         await self._entry_changed(conn, topic, present=True)
+
+    def _count_viewer(self, topic: str, delta: int) -> None:
+        n = self._viewers.get(topic, 0) + delta
+        if n > 0:
+            self._viewers[topic] = n
+        else:
+            self._viewers.pop(topic, None)
 
     # ------------------------------------------------------------------ membership changes
     async def membership_changed(self, topic: str, user_id: str | None) -> None:
@@ -203,17 +235,83 @@ class Hub(ABC):
     async def _broadcast_membership(self, topic: str, user_id: str | None) -> None:  # noqa: B027
         """Tell the other nodes (Redis backend)."""
 
-    async def claim_peer_id(self, conn: Connection, topic: str, peer_id: str) -> bool:
-        """Bind ``peer_id`` to ``conn`` (first user wins; the same principal may take it over)."""
-        if peer_id not in conn.bound:
-            if not await self._claim(conn, peer_id):
-                return False
-            conn.bound.add(peer_id)
-        used = conn.peer_ids.setdefault(topic, set())
-        if peer_id not in used:
-            used.add(peer_id)
+    # ------------------------------------------------------------------ admitting a publish
+    async def admit(self, conn: Connection, message: Publish) -> str | None:
+        """What stands between a subscriber's publish and its fan-out: None, or an error code.
+
+        - ``data.caps`` updates whether the connection enforces roles in the topic;
+        - ``data.from`` binds a peer id (``peer_id_taken``, ``too_many_peer_ids``);
+        - a frame addressed to one peer (``data.to``) between a viewer and a peer that does
+          not enforce roles, either way, or a viewer's encrypted frame: ``relay_refused``.
+
+        Publish hot path: for a bound peer id, no caps change and no viewer in the topic,
+        this is a few dictionary lookups.
+        """
+        topic = message.topic
+        stale = message.roles is not None and conn.note_caps(topic, message.roles)
+        peer_id = message.peer_id
+        if peer_id is not None:
+            if peer_id not in conn.bound:
+                if len(conn.bound) >= conn.limits.max_peer_ids:
+                    if stale:
+                        await self._entry_changed(conn, topic, present=True)
+                    return "too_many_peer_ids"
+                if not await self._claim(conn, peer_id):
+                    if stale and topic in conn.roles:
+                        await self._entry_changed(conn, topic, present=True)
+                    return "peer_id_taken"
+                conn.bound.add(peer_id)
+            used = conn.peer_ids.get(topic)
+            if used is not None and peer_id not in used:  # None: unsubscribed meanwhile
+                used.add(peer_id)
+                stale = True
+        if stale and topic in conn.roles:
             await self._entry_changed(conn, topic, present=True)
-        return True
+        if message.to is not None:
+            viewer = conn.roles.get(topic) == VIEWER
+            if (viewer or self._viewers.get(topic) or self._remote_viewers(topic)) and not await self._relay_allowed(
+                conn, topic, message.to, viewer
+            ):
+                return "relay_refused"
+        elif type(message.data) is str and conn.roles.get(topic) == VIEWER:
+            # Encrypted (y-webrtc password): who it addresses is hidden from the server, and a
+            # CodeSync peer never joins an encrypted room, so a viewer's frame could only be
+            # meant for a stock client.
+            return "relay_refused"
+        return None
+
+    async def _relay_allowed(self, conn: Connection, topic: str, to: str, viewer: bool) -> bool:
+        """The trust model's relay rule for a frame from ``conn`` addressed to peer ``to``.
+
+        Allowed only when neither side is a viewer, or the other side enforces roles. An
+        address the hub does not know in this topic is refused (it could be a viewer or a
+        stock client we have not heard of yet) — after waiting for a fresher view of the
+        other nodes when one is on its way.
+        """
+        target = self._peer_target(topic, to)
+        ok = target is not None and self._relay_ok(conn, topic, viewer, target)
+        if not ok and await self._settle(topic):
+            target = self._peer_target(topic, to)
+            viewer = conn.roles.get(topic) == VIEWER
+            ok = target is not None and self._relay_ok(conn, topic, viewer, target)
+        return ok
+
+    @staticmethod
+    def _relay_ok(conn: Connection, topic: str, viewer: bool, target: tuple[str | None, bool]) -> bool:
+        role, enforcing = target
+        if viewer and not enforcing:
+            return False
+        return role != VIEWER or conn.enforces(topic)
+
+    def _peer_target(self, topic: str, peer_id: str) -> tuple[str | None, bool] | None:
+        """(role, enforces roles) of the subscriber of ``topic`` using ``peer_id``, or None."""
+        owner = self._local_peer(peer_id)
+        if owner is not None and topic in owner.roles and peer_id in owner.peer_ids.get(topic, ()):
+            return owner.roles[topic], owner.enforces(topic)
+        entry = self._remote_peer(topic, peer_id)
+        if entry is None:
+            return None
+        return entry.get("r"), bool(entry.get("e") or entry.get("s"))
 
     # ------------------------------------------------------------------ publish
     async def publish(self, conn: Connection, topic: str, data: Any) -> None:
@@ -281,10 +379,28 @@ class Hub(ABC):
         """``conn``'s presence entry in ``topic`` was added/updated (present) or removed."""
 
     @abstractmethod
-    async def _claim(self, conn: Connection, peer_id: str) -> bool: ...
+    async def _claim(self, conn: Connection, peer_id: str) -> bool:
+        """Bind ``peer_id`` to ``conn`` unless another principal owns or reserves it."""
 
     @abstractmethod
-    async def _release(self, conn: Connection, peer_ids: set[str]) -> None: ...
+    async def _release(self, conn: Connection, peer_ids: set[str]) -> None:
+        """``conn`` let go of these peer ids: reserved to its principal for the grace period."""
+
+    @abstractmethod
+    def _local_peer(self, peer_id: str) -> Connection | None:
+        """The connection on this node that owns ``peer_id``."""
+
+    def _remote_peer(self, topic: str, peer_id: str) -> Entry | None:
+        """The presence entry (another node's) that lists ``peer_id`` in ``topic``."""
+        return None
+
+    def _remote_viewers(self, topic: str) -> bool:
+        """Whether another node may have a viewer in ``topic`` (True when unsure)."""
+        return False
+
+    async def _settle(self, topic: str) -> bool:
+        """Wait for a refresh of the other nodes' entries of ``topic`` in flight; True if one was."""
+        return False
 
     async def _fanout_remote(self, topic: str, frame: bytes, t0: float) -> None:  # noqa: B027
         """Send ``frame`` (a complete WebSocket frame) to the topic's subscribers elsewhere."""

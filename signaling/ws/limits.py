@@ -11,6 +11,10 @@ from dataclasses import dataclass, replace
 
 from ..settings import Settings
 
+# A browser or peer.Room uses one peer id per connection, and a fresh one after
+# ``peer_id_taken``: two is all a well-behaved user connection ever needs.
+USER_PEER_IDS = 2
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -22,6 +26,7 @@ class Limits:
     send_queue: int
     max_strikes: int
     heartbeat: float
+    max_peer_ids: int  # peer ids one connection may own at once (squatting, hoarding)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Limits":
@@ -34,6 +39,7 @@ class Limits:
             send_queue=settings.signal_send_queue,
             max_strikes=settings.signal_max_strikes,
             heartbeat=settings.signal_heartbeat,
+            max_peer_ids=USER_PEER_IDS,
         )
 
     @classmethod
@@ -47,6 +53,8 @@ class Limits:
             rate=settings.signal_service_rate,
             burst=max(1.0, settings.signal_service_rate * 2),
             send_queue=max(user.send_queue, settings.signal_service_send_queue),
+            # one peer id per room (peer.Room), and a room may be left and joined again
+            max_peer_ids=2 * settings.signal_service_max_topics,
         )
 
 

@@ -17,3 +17,7 @@ FANOUT = Histogram(
     "publish received (on any node) -> queued to this node's subscribers",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+LOOKUPS = Counter(
+    "codesync_signal_membership_lookups_total",
+    "room memberships looked up in the database for subscribe frames (at most the topic cap per frame)",
+)

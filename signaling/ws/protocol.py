@@ -51,6 +51,11 @@ class Publish(NamedTuple):
     topic: str
     data: Any  # a dict (plain rooms) or a base64 string (encrypted rooms), relayed untouched
     peer_id: str | None  # data["from"] when data is an object carrying one
+    # data["to"] when it is a string: the one peer id this frame addresses (y-webrtc peers act
+    # only on frames without "to" or with their own peer id in it)
+    to: str | None = None
+    # data["caps"] when it is an array: whether it lists "roles" (None: no caps in this frame)
+    roles: bool | None = None
 
 
 class Ping(NamedTuple):
@@ -123,12 +128,8 @@ def _topics(frame: dict[str, Any]) -> tuple[str, ...]:
     topics = frame["topics"]
     if not isinstance(topics, list):
         raise ProtocolError("invalid_field", "'topics' must be an array of strings")
-    out: list[str] = []
-    for value in topics:
-        topic = _topic(value)
-        if topic not in out:
-            out.append(topic)
-    return tuple(out)
+    # dict.fromkeys: first-seen order without duplicates, linear (a 60 kB frame holds ~6,000)
+    return tuple(dict.fromkeys(_topic(value) for value in topics))
 
 
 def _publish(frame: dict[str, Any]) -> Publish:
@@ -145,7 +146,16 @@ def _publish(frame: dict[str, Any]) -> Publish:
             if not isinstance(sender, str) or not sender or len(sender) > MAX_PEER_ID_LENGTH:
                 raise ProtocolError("invalid_field", "'data.from' must be a peer id string", topic)
             peer_id = sender
-    elif not isinstance(data, str):
+        to = data.get("to")
+        caps = data.get("caps")
+        return Publish(
+            topic,
+            data,
+            peer_id,
+            to if type(to) is str else None,
+            ("roles" in caps) if type(caps) is list else None,
+        )
+    if not isinstance(data, str):
         raise ProtocolError("invalid_field", "'data' must be an object or an encrypted string", topic)
     return Publish(topic, data, peer_id)
 

@@ -5,7 +5,12 @@ Layout (``P`` = ``{redis_prefix}:sig``):
 - ``P:nodes`` — sorted set, node id -> unix time of its last heartbeat (every ``presence_ttl/3``).
 - ``P:room:{topic}`` — hash, ``{node}:{conn}`` -> the connection's presence entry (JSON).
 - ``P:rooms`` — set of topics that have entries; ``P:noderooms:{node}`` — topics a node wrote to.
-- ``P:peer:{peer id}`` — ``{principal}|{node}:{conn}``: who owns a peer id; expires with the node.
+- ``P:peer:{peer id}`` — ``{principal}|{node}:{conn}``: who owns a peer id; expires ``presence_ttl``
+  + ``CODESYNC_SIGNAL_PEER_ID_GRACE`` after its node's last heartbeat. Once its connection
+  closed (or its node was reaped): ``{principal}|``, a reservation for that principal that
+  expires after the grace.
+- ``P:resv:{principal}`` — sorted set, the principal's reserved peer ids by expiry (the cap on
+  how many one principal holds).
 - channel ``P:bus`` (every node) — ``c`` notices ("topic X's entries changed") and ``r``
   notices ("a membership of topic X changed": user id, or empty when the room was deleted —
   every node re-checks its subscribers of X).
@@ -61,18 +66,42 @@ local p = string.match(cur, '^([^|]*)|')
 if p == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]); return 2 end
 return 0
 """
-# KEYS: peer key; ARGV: owner value. Delete only if still ours.
+# KEYS: peer key, principal's reservation set; ARGV: owner value, principal key, grace ms,
+# cap, peer key prefix, peer id. If still ours: reserve it to the principal for the grace
+# (DEL when the grace is 0); the principal's oldest reservations beyond the cap are dropped.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local grace = tonumber(ARGV[3])
+if grace <= 0 then redis.call('DEL', KEYS[1]); return 1 end
+local mine = ARGV[2] .. '|'
+redis.call('SET', KEYS[1], mine, 'PX', grace)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + grace, ARGV[6])
+redis.call('PEXPIRE', KEYS[2], grace)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #old, 2 do
+    local key = ARGV[5] .. old[i]
+    if redis.call('GET', key) == mine then redis.call('DEL', key) end
+  end
+end
+return 1
 """
 
-# KEYS: node's peer set; ARGV: "|node:". Drop the peer ids a dead node still owned.
+# KEYS: node's peer set; ARGV: "|node:", peer key prefix, grace ms. The peer ids a dead node
+# still owned become reservations of their principals (deleted when the grace is 0).
 _PURGE_PEERS = """
+local grace = tonumber(ARGV[3])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[2] .. id
   local cur = redis.call('GET', key)
-  if cur and string.find(cur, ARGV[1], 1, true) then redis.call('DEL', key) end
+  if cur and string.find(cur, ARGV[1], 1, true) then
+    local p = string.match(cur, '^([^|]*)|')
+    if grace > 0 and p then redis.call('SET', key, p .. '|', 'PX', grace) else redis.call('DEL', key) end
+  end
 end
 redis.call('DEL', KEYS[1])
 return 1
@@ -105,8 +134,10 @@ def _unpack(data: bytes) -> list[bytes]:
 
 
 class RedisHub(Hub):
-    def __init__(self, url: str, prefix: str, ttl: float):
-        super().__init__()
+    def __init__(
+        self, url: str, prefix: str, ttl: float, peer_id_grace: float = 60.0, reserve_cap: tuple[int, int] = (80, 20000)
+    ):
+        super().__init__(peer_id_grace, reserve_cap)
         self.node = uuid.uuid4().hex[:12]
         # A bounded pool that waits for a free connection (the default one fails with
         # MaxConnectionsError when hundreds of clients subscribe at once).
@@ -116,6 +147,9 @@ class RedisHub(Hub):
         # written to the local subscribers' sockets as they arrive (no decoding, no re-encoding).
         self.bus = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=8, timeout=20))
         self.ttl = max(0.5, float(ttl))
+        # An owned peer id outlives its node's last heartbeat by the grace: if the node dies,
+        # the id stays its principal's for the grace even before another node reaps it.
+        self._owned_ms = int((self.ttl + self.peer_id_grace) * 1000)
         self.p = f"{prefix}:sig"
         self.channel = f"{self.p}:bus"
         self.node_b = self.node.encode()
@@ -124,6 +158,8 @@ class RedisHub(Hub):
         # get our publishes at once (a node joining a topic must not miss the first frames).
         self._noticed: dict[str, set[str]] = {}
         self._target_cache: dict[str, tuple[Any, frozenset[str]]] = {}
+        # topic -> [view, a viewer among its entries, peer id -> entry | None]: the relay rule's
+        self._relay_cache: dict[str, list[Any]] = {}
         self.views: dict[str, dict[str, Entry]] = {}  # topic -> other nodes' entries
         self._local_owner: dict[str, Connection] = {}  # peer id -> local connection owning it
         self._outbox: deque[tuple[str, bytes]] = deque()  # (channel, message)
@@ -156,6 +192,9 @@ class RedisHub(Hub):
 
     def _nodepeers(self, node: str) -> str:
         return f"{self.p}:nodepeers:{node}"
+
+    def _reservations(self, principal: str) -> str:
+        return f"{self.p}:resv:{principal}"
 
     def _node_channel(self, node: str) -> str:
         return f"{self.p}:to:{node}"
@@ -221,10 +260,14 @@ class RedisHub(Hub):
         self._notice(topic)
         self.room_changed(topic)
         if topic not in self.topics and not self.services:
-            self.views.pop(topic, None)
-            self._applied.pop(topic, None)
-            self._noticed.pop(topic, None)
-            self._target_cache.pop(topic, None)
+            self._forget_view(topic)
+
+    def _forget_view(self, topic: str) -> None:
+        self.views.pop(topic, None)
+        self._applied.pop(topic, None)
+        self._noticed.pop(topic, None)
+        self._target_cache.pop(topic, None)
+        self._relay_cache.pop(topic, None)
 
     def _notice(self, topic: str) -> None:
         t = topic.encode()
@@ -274,6 +317,48 @@ class RedisHub(Hub):
         view = self._parse_view(await self.redis.hgetall(self._room(topic)))
         return aggregate_presence(self.local_entries(topic) + list(view.values()))
 
+    # ------------------------------------------------------------------ relay rule (hub.admit)
+    def _relay_view(self, topic: str) -> list[Any] | None:
+        """[view, a viewer among its entries, peer id -> entry (built on first use)], derived
+        once per version of the other nodes' entries of ``topic`` (views are replaced, never
+        mutated, so the object is the version)."""
+        view = self.views.get(topic)
+        if not view:
+            return None
+        cached = self._relay_cache.get(topic)
+        if cached is None or cached[0] is not view:
+            cached = self._relay_cache[topic] = [view, any(e.get("r") == "viewer" for e in view.values()), None]
+        return cached
+
+    def _remote_viewers(self, topic: str) -> bool:
+        if topic in self._refreshing:  # a change on its way: maybe a viewer
+            return True
+        derived = self._relay_view(topic)
+        return derived is not None and derived[1]
+
+    def _remote_peer(self, topic: str, peer_id: str) -> Entry | None:
+        derived = self._relay_view(topic)
+        if derived is None:
+            return None
+        if derived[2] is None:
+            derived[2] = {pid: e for e in derived[0].values() for pid in (e.get("p") or ()) if isinstance(pid, str)}
+        return derived[2].get(peer_id)
+
+    def _local_peer(self, peer_id: str) -> Connection | None:
+        return self._local_owner.get(peer_id)
+
+    async def _settle(self, topic: str) -> bool:
+        """A change notice for ``topic`` arrived and its re-read is running: wait for it (bounded).
+
+        Notices travel on the bus ahead of the publishes that follow them, so a peer id just
+        announced on another node is in the view once this returns.
+        """
+        task = self._refreshing.get(topic)
+        if task is None:
+            return False
+        await asyncio.wait({task}, timeout=2.0)
+        return True
+
     def _tracked(self, topic: str) -> bool:
         return topic in self.topics or bool(self.services)
 
@@ -288,10 +373,7 @@ class RedisHub(Hub):
             while True:
                 self._dirty.discard(topic)
                 if not self._tracked(topic):
-                    self.views.pop(topic, None)
-                    self._applied.pop(topic, None)
-                    self._noticed.pop(topic, None)
-                    self._target_cache.pop(topic, None)
+                    self._forget_view(topic)
                     return
                 await self._refresh(topic)
                 self.room_changed(topic)
@@ -323,7 +405,7 @@ class RedisHub(Hub):
     async def _claim(self, conn: Connection, peer_id: str) -> bool:
         owner = f"{conn.principal_key}|{self._field(conn)}"
         result = await self._claim_script(
-            keys=[self._peer(peer_id)], args=[owner, conn.principal_key, int(self.ttl * 1000)]
+            keys=[self._peer(peer_id)], args=[owner, conn.principal_key, self._owned_ms]
         )
         if not result:
             return False
@@ -339,14 +421,19 @@ class RedisHub(Hub):
         return True
 
     async def _release(self, conn: Connection, peer_ids: set[str]) -> None:
-        owner = f"{conn.principal_key}|{self._field(conn)}"
+        principal = conn.principal_key
+        owner = f"{principal}|{self._field(conn)}"
+        cap = self.reserve_cap[1] if conn.is_service else self.reserve_cap[0]
         for peer_id in peer_ids:
             if self._local_owner.get(peer_id) is conn:
                 del self._local_owner[peer_id]
             if self._stopped:
-                continue
+                continue  # stop() turns every peer id of this node into a reservation at once
             try:
-                await self._release_script(keys=[self._peer(peer_id)], args=[owner])
+                await self._release_script(
+                    keys=[self._peer(peer_id), self._reservations(principal)],
+                    args=[owner, principal, int(self.peer_id_grace * 1000), cap, f"{self.p}:peer:", peer_id],
+                )
                 await self.redis.srem(self._nodepeers(self.node), peer_id)
             except Exception:  # noqa: BLE001 - expires on its own
                 log.debug("release of %s failed", peer_id, exc_info=True)
@@ -493,7 +580,7 @@ class RedisHub(Hub):
         if self._local_owner:
             pipe = self.redis.pipeline(transaction=False)
             for peer_id in self._local_owner:
-                pipe.pexpire(self._peer(peer_id), int(self.ttl * 1000))
+                pipe.pexpire(self._peer(peer_id), self._owned_ms)
             await pipe.execute()
         dead = await self.redis.zrangebyscore(f"{self.p}:nodes", "-inf", now - self.ttl)
         for node in dead:
@@ -502,7 +589,9 @@ class RedisHub(Hub):
                 await self._purge_node(node, set(await self.redis.smembers(self._noderooms(node))))
 
     async def _purge_node(self, node: str, topics: set[str]) -> None:
-        await self._purge_peers(keys=[self._nodepeers(node)], args=[f"|{node}:", f"{self.p}:peer:"])
+        await self._purge_peers(
+            keys=[self._nodepeers(node)], args=[f"|{node}:", f"{self.p}:peer:", int(self.peer_id_grace * 1000)]
+        )
         for topic in topics:
             await self._purge(keys=[self._room(topic), f"{self.p}:rooms"], args=[f"{node}:", topic])
         pipe = self.redis.pipeline(transaction=False)

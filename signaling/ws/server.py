@@ -44,11 +44,16 @@ def setup(app: web.Application) -> None:
 
 def make_hub(state: AppState) -> Hub:
     settings = state.settings
+    user, service = Limits.from_settings(settings), Limits.for_services(settings)
+    # Reservations one principal may hold: every peer id of all its connections, twice over
+    # (a reconnect loop only evicts its own oldest).
+    cap = (2 * user.max_peer_ids * user.max_conns_per_user, service.max_peer_ids)
+    grace = settings.signal_peer_id_grace
     if settings.redis_url:
         from .redis_backend import RedisHub
 
-        return RedisHub(settings.redis_url, settings.redis_prefix, settings.presence_ttl)
-    return MemoryHub()
+        return RedisHub(settings.redis_url, settings.redis_prefix, settings.presence_ttl, grace, cap)
+    return MemoryHub(grace, cap)
 
 
 async def _hub_context(app: web.Application):
@@ -242,24 +247,38 @@ async def _dispatch(state: AppState, hub: Hub, conn: Connection, text: str) -> N
 
 
 async def _subscribe(state: AppState, hub: Hub, conn: Connection, topics: tuple[str, ...]) -> None:
-    for topic in topics:
-        if topic in conn.roles:
-            continue
-        if len(conn.roles) >= conn.limits.max_topics:
-            metrics.REFUSALS.labels("too_many_topics").inc()
-            conn.send(protocol.error_frame("too_many_topics", f"at most {conn.limits.max_topics} topics per connection", topic))
-            continue
+    """Join the frame's new topics, looking at no more of them than the connection has room for.
+
+    Every topic looked at takes a slot of this frame, whether it is joined or refused, so one
+    frame costs at most ``max_topics`` membership lookups however many topics it names; the
+    rest are refused together in one ``too_many_topics`` error, without lookups. Each refused
+    topic is a strike, so a frame of foreign rooms closes the socket (1008) after
+    ``max_strikes`` lookups.
+    """
+    new = [t for t in topics if t not in conn.roles]
+    room = max(0, conn.limits.max_topics - len(conn.roles))
+    looked, rest = new[:room], new[room:]
+    for i, topic in enumerate(looked):
+        if conn.closing or conn.closed:  # struck out: the rest of the frame is not looked at
+            return
         role: str | None = None
         if not conn.is_service:  # service connections may join every room
+            metrics.LOOKUPS.inc()
             async with state.sessions() as session:
                 found = await room_role(session, topic, conn.principal.user_id or "")
             if found is None:
-                metrics.REFUSALS.labels("forbidden").inc()
-                conn.send(protocol.error_frame("forbidden", "not a member of this room", topic))
+                _bad(conn, ProtocolError("forbidden", "not a member of this room", topic))
                 continue
             role = found.value
+        if conn.closed or topic in conn.roles:  # closed or joined meanwhile (lookups yield)
+            continue
         conn.revoked.discard(topic)
         await hub.subscribe(conn, topic, role)
+    if rest and not (conn.closing or conn.closed):
+        more = f" (and {len(rest) - 1} more)" if len(rest) > 1 else ""
+        _bad(conn, ProtocolError(
+            "too_many_topics", f"at most {conn.limits.max_topics} topics per connection: refused{more}", rest[0]
+        ))
 
 
 async def _publish(hub: Hub, conn: Connection, message: protocol.Publish) -> None:
@@ -273,7 +292,27 @@ async def _publish(hub: Hub, conn: Connection, message: protocol.Publish) -> Non
             return
         _bad(conn, ProtocolError("not_subscribed", "subscribe to a topic before publishing to it", topic))
         return
-    if message.peer_id is not None and not await hub.claim_peer_id(conn, topic, message.peer_id):
-        _bad(conn, ProtocolError("peer_id_taken", "that peer id belongs to another connection", topic))
+    refused = await hub.admit(conn, message)
+    if refused is not None:
+        if refused == "peer_id_taken":
+            _bad(conn, ProtocolError(refused, "that peer id belongs to another user (or is kept for them after a disconnect)", topic))
+        elif refused == "too_many_peer_ids":
+            # No strike: a stock y-webrtc client in more rooms than this over one socket is
+            # not abusive, and must not lose its other rooms to a 1008 close.
+            metrics.REFUSALS.labels(refused).inc()
+            conn.send(protocol.error_frame(refused, f"at most {conn.limits.max_peer_ids} peer ids per connection", topic))
+        else:  # relay_refused: a stock client between a viewer and a peer; no strike either
+            metrics.REFUSALS.labels(refused).inc()
+            conn.send(protocol.error_frame(refused, _RELAY_REFUSED, topic))
+        return
+    if topic not in conn.roles:  # membership revoked while the frame was being admitted
+        metrics.REFUSALS.labels("forbidden").inc()
+        conn.send(protocol.error_frame("forbidden", "no longer a member of this room", topic))
         return
     await hub.publish(conn, topic, message.data)
+
+
+_RELAY_REFUSED = (
+    "not relayed: signalling between a viewer and a peer is relayed only when the other side "
+    "enforces roles (announces the capability 'roles'); stock y-webrtc clients do not"
+)
