@@ -85,7 +85,7 @@ export function createStatusBar ({ provider, doc, awareness, offline }) {
     else if (e.code === 'forbidden') connMsg.show("You don't have access to this room any more.", 'error')
   }
   doc.on('update', later)
-  awareness.on('change', later)
+  awareness.on('change', render)
   provider.on('status', render)
   provider.on('peers', render)
   provider.on('error', onError)
@@ -98,7 +98,7 @@ export function createStatusBar ({ provider, doc, awareness, offline }) {
     destroy () {
       clearTimeout(timer)
       doc.off('update', later)
-      awareness.off('change', later)
+      awareness.off('change', render)
       provider.off('status', render)
       provider.off('peers', render)
       provider.off('error', onError)
