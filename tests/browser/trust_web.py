@@ -377,7 +377,6 @@ async def main() -> None:
                 await c.evaluate("() => window.codesync.provider.reconnect()")
                 await c.wait_for_selector("[data-testid=status-signaling].ok")
                 listed = "([uid, pid]) => window.codesync.provider.presence.some(p => p.user_id === uid && p.peer_ids.includes(pid))"
-                now = await c.evaluate("() => window.codesync.provider.peerId")
                 await wait_js(a, "(uid) => window.codesync.provider.presence.some(p => p.user_id === uid && p.peer_ids.length)", ids["carol"])
                 now = await c.evaluate("() => window.codesync.provider.peerId")
                 await wait_js(a, listed, [ids["carol"], now])
@@ -387,8 +386,12 @@ async def main() -> None:
                 await b.wait_for_selector(".cm-content")
                 await wait_js(b, LINKED, [ids["carol"]])
                 await typed_barrier(a, "# alice after the squat\n", c, b)
-                foreign = await a.evaluate("([pid, carol]) => Array.from(window.codesync.provider.conns.values()).filter(x => x.remotePeerId === pid && x.sender && x.sender.user_id === carol && x.connected).map(x => x.sender.user_id)", [victim, ids["erin"]])
-                return {"attacker": outcome, "victim_old_id": victim, "victim_id_now": now, "erin_links_as_carol": foreign}
+                # Nothing under the old id still passes for Carol, and (when the squat worked) Carol moved on.
+                stale = await a.evaluate("([pid, carol]) => Array.from(window.codesync.provider.conns.values()).filter(x => x.remotePeerId === pid && x.connected && x.sender && x.sender.user_id === carol).length", [victim, ids["carol"]])
+                assert stale == 0, f"{stale} links under the squatted id still attributed to Carol"
+                if outcome == "claimed":
+                    assert now != victim, "the victim kept a peer id another user holds"
+                return {"attacker": outcome, "victim_old_id": victim, "victim_id_now": now, "stale_links_as_carol": stale}
 
             await steps.run("peer_id_squatting_does_not_strand_victim", squatting, ("setup",))
             await browser.close()

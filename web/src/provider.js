@@ -545,21 +545,26 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     const rights = conn.rights
     const kept = []
+    let changed = false // dropped or rewritten entries: re-encode; otherwise pass the bytes on as they came
     for (const e of entries) {
       const owner = this.awarenessOwner.get(e.clientID)
       if (e.clientID === this.doc.clientID || (owner && owner !== conn)) {
         this.count('droppedAwareness', `client id ${e.clientID} belongs to another link`, conn)
+        changed = true
         continue
       }
       const verdict = sanitizeAwareness(e.state, rights, e.size)
       if (verdict.drop) {
         this.count('droppedAwareness', verdict.drop, conn)
+        changed = true
         continue
       }
+      if (verdict.state !== e.state) changed = true
       if (!owner) {
-        if (verdict.state === null) continue // removing what nobody announced: nothing to do
+        if (verdict.state === null) { changed = true; continue } // removing what nobody announced: nothing to do
         if (conn.awarenessIds.size >= AWARENESS_LIMITS.states) {
           this.count('droppedAwareness', 'too many awareness states on one link', conn)
+          changed = true
           continue
         }
         this.awarenessOwner.set(e.clientID, conn)
@@ -568,7 +573,7 @@ export class CodeSyncProvider extends ObservableV2 {
       kept.push({ clientID: e.clientID, clock: e.clock, state: verdict.state })
     }
     if (!kept.length) return
-    awarenessProtocol.applyAwarenessUpdate(this.awareness, encodeAwarenessEntries(kept), conn)
+    awarenessProtocol.applyAwarenessUpdate(this.awareness, changed ? encodeAwarenessEntries(kept) : update, conn)
     for (const e of kept) {
       if (e.state === null && !this.awareness.getStates().has(e.clientID)) this.unbindAwareness(e.clientID)
     }
