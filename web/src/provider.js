@@ -68,7 +68,6 @@ export class CodeSyncProvider extends ObservableV2 {
     this.userId = userId === null || userId === undefined ? null : String(userId)
     this.named = new Map(Object.entries(namedDocs))
     this.conns = new Map()
-    this.senders = new Map() // peer id -> latest stamp (diagnostics; links keep their own principal)
     this.presence = []
     this.presenceIndex = new Map() // user id -> {role, name, peerIds}
     this.gone = new Set() // users who left presence: their links are closed, their frames ignored
@@ -279,7 +278,6 @@ export class CodeSyncProvider extends ObservableV2 {
       this.count('ignoredSignals', `${describe(principal)} is not in the room's presence`)
       return
     }
-    if (stamp) this.senders.set(data.from, stamp)
     if (conn) conn.restamp(stamp, caps)
     if (data.type === 'announce') {
       if (!conn && this.conns.size < this.maxConns) this.conns.set(data.from, new PeerConn(this, data.from, true, stamp, caps))
@@ -507,7 +505,7 @@ export class CodeSyncProvider extends ObservableV2 {
     if (mayWriteMain(conn.rights)) {
       Y.applyUpdate(this.doc, payload, conn)
     } else if (!isEmptyUpdate(payload)) {
-      this.count('droppedUpdates', `document update from a link that may not write (role ${conn.rights ? conn.rights.role : 'unknown'})`, conn)
+      this.count('droppedUpdates', `document update from a link that may not write${conn.rights && !conn.rights.service ? ` (role ${conn.rights.role})` : ''}`, conn)
     }
     if (syncType === SYNC_STEP2 && !conn.synced) {
       conn.synced = true
