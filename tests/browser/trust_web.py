@@ -312,12 +312,6 @@ async def main() -> None:
             # ---------------------------------------------------------------- demotion
             async def demotion():
                 a, b, c = pages["alice"], pages["bob"], pages["carol"]
-                # Without the persistence peer: this step checks what the browsers enforce. (The
-                # persistence peer applies and relays what a demoted editor's link sends unless it
-                # follows presence itself — peer/, tests/test_trust_peers.py.)
-                if "persist" in stack.procs:
-                    stack.procs["persist"].kill(15)
-                await wait_js(a, "() => !window.codesync.provider.connectedPeers().some(c => c.sender && c.sender.service === 'persistence')")
                 async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
                     r = await http.put(f"/api/rooms/{room_id}/members/{ids['bob']}", json={"role": "viewer"}, headers=owner)
                     r.raise_for_status()
@@ -333,6 +327,11 @@ async def main() -> None:
                 text_a, text_c = await doc_text(a), await doc_text(c)
                 assert "DEMOTED-WRITE" not in text_a and "DEMOTED-WRITE" not in text_c, "the demoted editor's write arrived"
                 assert "viewer" in role_tag, role_tag
+                # The persistence peer follows presence too: the demoted write is never stored.
+                await a.wait_for_selector("[data-testid=status-saved].ok", timeout=45_000)
+                stored = await stored_text(stack, room_id)
+                assert "# alice after the demotion" in stored, "the legitimate edit was not stored"
+                assert "DEMOTED-WRITE" not in stored, "the demoted editor's write was stored"
                 return {"role_tag": role_tag, "links_written_to": sent}
 
             await steps.run("demoted_editor_read_only_at_once", demotion, ("setup",))
