@@ -5,11 +5,12 @@ The client routes with the URL fragment (``#/rooms``…), so the server only nee
 ``index.html`` so deep links never 404. When the client has not been built yet the page
 says how to build it instead of failing obscurely. ``settings.web_dist`` overrides the folder.
 
-Every response carries a Content-Security-Policy: scripts only from this origin (no inline
+Every HTML document carries a Content-Security-Policy: scripts only from this origin (no inline
 script, no eval), no framing by other sites (``frame-ancestors 'none'``, and
 ``X-Frame-Options`` for old browsers), no plugins, no ``<base>`` games, fetch/WebSocket only
 to this origin. Inline *style attributes* stay allowed: CodeMirror and the remote-cursor
-decorations colour elements with ``style="…"`` (a CSS-only foothold, not script).
+decorations colour elements with ``style="…"`` (a CSS-only foothold, not script). Every
+answer carries ``X-Content-Type-Options: nosniff``, so nothing else is ever run as a page.
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+# On every answer: never sniff a type (so JSON or text is never run as a page), no Referer.
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# On documents (HTML): the policy, and no framing for browsers that predate frame-ancestors.
+DOCUMENT_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """On every response, just before its headers go out (API errors and 404s included)."""
+    """Just before a response's headers go out (API errors and 404s included)."""
     if response.status == 101:  # a WebSocket handshake: not a document
         return
-    for name, value in SECURITY_HEADERS.items():
+    for name, value in COMMON_HEADERS.items():
         response.headers.setdefault(name, value)
+    if response.content_type in ("text/html", "application/xhtml+xml", "image/svg+xml"):
+        for name, value in DOCUMENT_HEADERS.items():
+            response.headers.setdefault(name, value)
 
 NOT_BUILT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CodeSync: web client not built</title>

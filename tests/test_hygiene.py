@@ -61,24 +61,32 @@ def _dist(tmp_path: Path) -> Path:
     return dist
 
 
-async def test_security_headers_on_every_answer(make_settings, tmp_path: Path):
+async def test_security_headers_on_documents_and_nosniff_everywhere(make_settings, tmp_path: Path):
     async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db'}", web_dist=_dist(tmp_path))) as api:
-        for path, status in (("/", 200), ("/assets/app.js", 200), ("/room/x", 200), ("/api/me", 401),
-                             ("/healthz", 200), ("/assets/missing.js", 404)):
+        for path, status, document in (("/", 200, True), ("/room/x", 200, True), ("/assets/app.js", 200, False),
+                                       ("/api/me", 401, False), ("/healthz", 200, False), ("/assets/missing.js", 404, False)):
             r = await api.client.get(path)
             assert r.status_code == status, (path, r.status_code)
-            csp = r.headers.get("content-security-policy", "")
+            assert r.headers.get("x-content-type-options") == "nosniff", path  # nothing is run as a page ...
+            assert r.headers.get("referrer-policy") == "no-referrer", path
+            if not document:
+                continue
+            csp = r.headers.get("content-security-policy", "")  # ... and pages are fenced in
             directives = dict(d.strip().split(" ", 1) for d in csp.split(";") if d.strip())
             assert directives.get("frame-ancestors") == "'none'", (path, csp)
             assert directives.get("script-src") == "'self'", (path, csp)  # no inline script, no eval
             assert directives.get("object-src") == "'none'" and directives.get("base-uri") == "'none'"
             assert directives.get("connect-src") == "'self'"
-            assert r.headers.get("x-frame-options") == "DENY" and r.headers.get("x-content-type-options") == "nosniff"
+            assert r.headers.get("x-frame-options") == "DENY"
         # The WebSocket handshake still works (headers are for documents, not upgrades).
         reg = await api.register()
         async with SignalClient.connect(f"{api.base_url.replace('http', 'ws')}/signal?token={reg['access_token']}") as c:
             await c.send({"type": "ping"})
             await c.expect("pong")
+    # The "not built yet" page is a document too.
+    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db2'}", web_dist=tmp_path / "none")) as api:
+        r = await api.client.get("/")
+        assert r.status_code == 503 and "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
 
 async def test_metrics_only_on_the_ops_port_unless_asked(make_settings, tmp_path: Path):
