@@ -223,3 +223,54 @@ async def test_a_token_made_outside_a_sign_in_is_closed_by_logout_everywhere(tmp
             assert await a.wait_closed(timeout=5) == 4003
             await _alive(b)
             assert_error(await http.get("/api/me", headers=_bearer(room.token("alice"))), 401, "session_revoked")
+
+
+# ----------------------------------------------------------------------------- migration
+async def test_migration_turns_existing_sign_ins_into_sessions(database_url, tmp_path):
+    """A database at 0001 with users and refresh-token families (one live, one signed out)
+    upgrades to head: every family is a session (revoked where all its tokens were), nothing
+    that references users is lost (the new column is a plain ADD COLUMN, no table rebuild)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from signaling import db
+    from signaling.settings import Settings
+
+    engine = db.create_engine(Settings(database_url=database_url, data_dir=tmp_path / "data"))
+
+    def upgrade_to(revision: str):
+        def run(connection) -> None:
+            cfg = db.alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+
+        return run
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to("0001"))
+            await conn.execute(text(
+                "INSERT INTO users (id, email, name, email_verified, created_at) "
+                "VALUES ('u1', 'a@example.com', 'A', false, '2026-11-01 10:00:00')"))
+            await conn.execute(text(
+                "INSERT INTO rooms (id, name, language, owner_id, created_at) VALUES ('r1', 'R', 'python', 'u1', '2026-11-01 10:00:00')"))
+            await conn.execute(text(
+                "INSERT INTO memberships (room_id, user_id, role, created_at) VALUES ('r1', 'u1', 'owner', '2026-11-01 10:00:00')"))
+            rows = [  # (id, family, used, revoked)
+                ("t1", "live", "'2026-11-02 10:00:00'", "NULL"), ("t2", "live", "NULL", "NULL"),
+                ("t3", "gone", "NULL", "'2026-11-03 10:00:00'"), ("t4", "gone", "'2026-11-02 10:00:00'", "'2026-11-03 10:00:00'"),
+            ]
+            for tid, family, used, revoked in rows:
+                await conn.execute(text(
+                    "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at, revoked_at) "
+                    f"VALUES ('{tid}', 'u1', '{family}', 'h{tid}', '2026-11-01 10:00:00', '2027-01-01 10:00:00', {used}, {revoked})"))
+        await db.migrate(engine)  # to head
+        async with engine.connect() as conn:
+            sessions = {r[0]: r[1] for r in (await conn.execute(text("SELECT id, revoked_at FROM auth_sessions"))).all()}
+            assert set(sessions) == {"live", "gone"}
+            assert sessions["live"] is None and sessions["gone"] is not None
+            assert (await conn.execute(text("SELECT count(*) FROM memberships"))).scalar() == 1
+            assert (await conn.execute(text("SELECT count(*) FROM refresh_tokens"))).scalar() == 4
+            assert (await conn.execute(text("SELECT sessions_revoked_at FROM users WHERE id = 'u1'"))).scalar() is None
+    finally:
+        await engine.dispose()
