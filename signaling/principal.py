@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .errors import ApiError
 from . import sessions
+from .errors import ApiError
 from .models import AuthSession, ServiceToken, User
 from .state import AppState, get_state
 from .tokens import TokenError
