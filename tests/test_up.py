@@ -169,8 +169,11 @@ async def test_up_keeps_the_signing_key_away_from_the_peers_and_the_data_dir_pri
 
         room = await seed_room(f"sqlite+aiosqlite:///{data / 'codesync.db'}", secret, {"alice": "owner"})
         signal_url = f"ws://127.0.0.1:{port}/signal"
-        first = children(up.pid)
-        assert set(first) == {"signaling", "persist", "runner"}, first
+        def all_three() -> dict[str, int] | None:
+            found = children(up.pid)
+            return found if set(found) == {"signaling", "persist", "runner"} else None
+
+        first = await wait_for(all_three, 30, what="the three services started")
         # Both peers restarted (kill -9): the supervisor mints them new tokens, nothing reads the key.
         for name in ("persist", "runner"):
             os.kill(first[name], signal.SIGKILL)
