@@ -127,13 +127,13 @@ async def test_codesync_token_prints_expiring_tokens_and_revoke_closes_their_soc
             # One token, by id: its socket closes at once; the others stay.
             revoked = cli(stack, "token", "revoke", c["jti"])
             assert revoked.returncode == 0 and c["jti"] in revoked.stdout, revoked.stderr
-            assert await a.wait_closed(timeout=5) == 4003
+            assert await a.wait_closed(timeout=10) == 4003
             await _service_alive(b)
             await _service_alive(p)
 
             # A whole scope, with the token itself as the argument for one more: all runners go.
             assert cli(stack, "token", "revoke", "--scope", "runner").returncode == 0
-            assert await b.wait_closed(timeout=5) == 4003
+            assert await b.wait_closed(timeout=10) == 4003
             await _service_alive(p)
             await alice.send({"type": "ping"})
             await alice.expect("pong")
