@@ -93,7 +93,7 @@ class MemoryLimiter:
         self._windows[key] = (count, ends)
         if len(self._windows) > self._max_keys:
             self._windows = self._swept(self._windows, now, lambda v: v[1])
-        return count, ends - now
+        return count, min(window, ends - now)  # (now + w) - now can exceed w by a rounding error
 
     async def attempt(self, key: str, free: int, base: float, cap: float, window: float) -> float:
         now = time.monotonic()
