@@ -107,6 +107,7 @@ class RoomService(Generic[P]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client: Any = None
+        self.token_keeper: Any = None  # signaling.servicetoken.ServiceTokenKeeper, from connect()
         self.rooms: dict[str, P] = {}
         self._stopping = False
 
@@ -118,9 +119,17 @@ class RoomService(Generic[P]):
         raise NotImplementedError
 
     async def connect(self) -> None:
+        from signaling.servicetoken import ServiceTokenKeeper
+
         from .signaling_client import SignalingClient
 
-        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
+        # Service tokens expire: trade ours in early; each reconnect uses the newest one.
+        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token)
+        self.token_keeper.start()
+        self.client = SignalingClient(
+            self.settings.signaling_url, self.settings.service_token, self.settings,
+            token_provider=self.token_keeper.current,
+        )
         self.client.on_room_active(self._on_active)
         self.client.on_room_idle(self._on_idle)
         self.client.on_connected(self._on_connected)
@@ -167,6 +176,8 @@ class RoomService(Generic[P]):
         await asyncio.gather(*(p.stop() for p in list(self.rooms.values())), return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
+        if self.token_keeper is not None:
+            await self.token_keeper.stop()
 
 
 S = TypeVar("S", bound=RoomService[Any])

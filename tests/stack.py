@@ -227,6 +227,7 @@ async def signaling_stack(
         "CODESYNC_DATABASE_URL": database_url,
         "CODESYNC_SECRET_KEY": secret,
         "CODESYNC_DATA_DIR": str(tmp_path / "data"),
+        "CODESYNC_PUBLIC_METRICS": "true",  # tests read a node's /metrics on its one port
         **env,
     }
     if redis_url:
