@@ -8,11 +8,11 @@ main process exits, Docker kills everything else in it, so detached children die
 
 Starting a container is the slow part (runc: 300-450 ms on this loaded machine), so the
 backend keeps a small pool of *started* containers, each blocked reading one line from its
-stdin. A run takes one and writes, on that same stdin, a line with a byte count and then
-exactly that many bytes: a script that unpacks the project's files into the tmpfs and execs
-compile/run. ``read`` (dash reads byte by byte) and ``head -c N`` (GNU head never reads past
-N) consume exactly the header and the script, so whatever follows on the stream is the
-program's stdin: ``write_stdin`` sends more bytes down the attached socket and
+stdin. A run takes one and writes, on that same stdin, a line with a byte count, a script of
+exactly that many bytes, and the project as a tar the script unpacks into the tmpfs (``head
+-c SIZE | tar -x``) before it execs compile/run. ``read`` (dash reads byte by byte) and ``head
+-c N`` (GNU head never reads past N) consume exactly the header, the script and the tar, so
+whatever follows on the stream is the program's stdin: ``write_stdin`` sends more bytes down the attached socket and
 ``close_stdin`` half-closes it (``stdin_once``: the container's stdin reaches EOF). Each
 container serves exactly one run and is then removed; a refill starts in the background.
 No volume, no host path, no environment carrying the code.
@@ -44,10 +44,12 @@ import asyncio
 import base64
 import calendar
 import contextlib
+import io
 import logging
 import re
 import shlex
 import socket
+import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,23 +91,34 @@ ENGINE_LIMITS = {"MemoryLimit": "memory", "SwapLimit": "memory+swap", "PidsLimit
 NO_PYTHON = "sandbox: this run image has no python3, which loads the seccomp filter; refusing to run unfiltered"
 
 
-def run_script(spec: RunSpec, seccomp_filter: bytes) -> str:
-    """The script a warm container evaluates: write the files, load the seccomp filter, then
-    compile/run (under the filter: the compiler is as untrusted as the program)."""
+def project_tar(files: dict[str, bytes]) -> bytes:
+    """The (already checked) project as an uncompressed tar: regular files only, mode 0644,
+    folders implied — unpacked inside the container by the run user, never on the host."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), 0o644, int(time.time())
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def run_payload(spec: RunSpec, seccomp_filter: bytes) -> bytes:
+    """What a warm container reads on its stdin before the program's input: the script's
+    length, the script, then the project's tar. The script unpacks exactly that many bytes
+    (``head -c`` | ``tar -x``), loads the seccomp filter, then compiles/runs (under the
+    filter: the compiler is as untrusted as the program)."""
     try:
         files = check_project(spec.files)
     except ProjectError as exc:
         raise SandboxError(str(exc)) from exc
-    folders = sorted({name.rsplit("/", 1)[0] for name in files if "/" in name})
-    lines = [shlex.join(["mkdir", "-p", "--", *folders])] if folders else []
-    lines += [
-        f"printf %s {shlex.quote(base64.b64encode(content).decode())} | base64 -d > {shlex.quote('./' + name)}"
-        for name, content in files.items()
-    ]
+    archive = project_tar(files)
+    unpack = f"head -c {len(archive)} | tar -x --no-same-owner --no-same-permissions -f -"
     check = f"{{ command -v python3 >/dev/null || {{ echo {shlex.quote(NO_PYTHON)} >&2; exit 126; }}; }}"
     load = shlex.join(["exec", "python3", "-I", "-S", "-c", LOADER, base64.b64encode(seccomp_filter).decode(),
                        "/bin/sh", "-c", spec.script()])
-    return " && ".join([*lines, check, load])
+    script = " && ".join([unpack, check, load]).encode()
+    return b"%d\n" % len(script) + script + archive
 
 
 def cgroup_failure(message: str) -> bool:
@@ -183,9 +196,8 @@ class _Warm:
     def raw(self):
         return getattr(self.sock, "_sock", self.sock)
 
-    def send(self, script: str, keep_stdin: bool = True) -> None:
-        data = script.encode()
-        self.raw.sendall(b"%d\n" % len(data) + data)
+    def send(self, payload: bytes, keep_stdin: bool = True) -> None:
+        self.raw.sendall(payload)
         if not keep_stdin:
             self.raw.shutdown(socket.SHUT_WR)  # EOF on the container's stdin (stdin_once)
 
@@ -372,7 +384,7 @@ class DockerSandbox(Sandbox):
 
     async def start(self, spec: RunSpec) -> "DockerExecution":
         key = (spec.image or self.image, spec.limits)
-        script = run_script(spec, await self._filter())
+        payload = run_payload(spec, await self._filter())
         warm = self._take(key) if self.pool_size > 0 else None
         if warm is None and self._filling.get(key):
             # A container is already being started for this pool: it is further along than a new one.
@@ -384,7 +396,7 @@ class DockerSandbox(Sandbox):
             if warm is None:
                 warm = await self._prepare_async(*key)
             try:
-                await asyncio.to_thread(warm.send, script, spec.stdin_open)
+                await asyncio.to_thread(warm.send, payload, spec.stdin_open)
                 if self._health is not None and not self._health.ready:
                     self._note(Health.ok())  # a container with its cgroup started: ready again
                 return DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
