@@ -64,6 +64,7 @@ FIRST_OUTPUT = Histogram(
 )
 
 RUN_ROLES = frozenset({"editor", "owner"})
+INPUT_START_WAIT = 10.0  # input typed while the sandbox starts waits this long for it
 FINAL = frozenset({"finished", "failed", "timeout", "killed", "refused"})
 MAX_RUN_ID = 64
 
@@ -122,6 +123,9 @@ class _Pending:
     stop_reason: str | None = None
     ticket: Ticket | None = None
     writer: "_OutputWriter | None" = None  # set with ``execution``: input echoes go through it
+    # Set once the sandbox started (execution and writer are there) or the run is over:
+    # input typed while the sandbox starts waits for it instead of being refused.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:
@@ -308,9 +312,16 @@ class RoomRuns:
         if current is None or current.request.run_id != run_id:
             queued = any(p.request.run_id == run_id for p in self._queue) or run_id in self._reserved
             return refuse("the run has not started yet" if queued else "no such running run")
+        if current.execution is None:
+            entry = self._entry(run_id)
+            if entry is None or entry.get("status") != "running":
+                return refuse("the run has not started yet")  # still waiting for a sandbox
+            # The sandbox is starting (a fraction of a second): hold the input until it runs.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(current.started.wait(), INPUT_START_WAIT)
         execution, writer = current.execution, current.writer
         if execution is None or writer is None:
-            return refuse("the run has not started yet")
+            return refuse("the run has not started yet" if self._current is current else "no such running run")
         result = await (execution.close_stdin() if eof else execution.write_stdin(payload))
         if not result.accepted:
             return refuse(result.reason)
@@ -355,6 +366,7 @@ class RoomRuns:
                 self._set(pending.request.run_id, status="failed", reason="runner error", finished_at=_now_ms())
             finally:
                 self._current = None
+                pending.started.set()  # wakes input that waited for a sandbox that never came
                 if pending.ticket is not None:
                     pending.ticket.release()
 
@@ -379,6 +391,7 @@ class RoomRuns:
             return
         writer = _OutputWriter(self, run_id, self.config.batch_interval)
         pending.execution, pending.writer = execution, writer
+        pending.started.set()
         if pending.stop_reason:
             await execution.stop("killed", pending.stop_reason)
         launched = time.monotonic()
@@ -592,6 +605,7 @@ class _OutputWriter:
         }
         self.timer: asyncio.TimerHandle | None = None
         self.flushed = False
+        self.eager = False  # the next output is flushed at once (it answers an input)
 
     def add(self, stream: str, data: bytes) -> None:
         text = self.decoders[stream].decode(data)
@@ -606,7 +620,8 @@ class _OutputWriter:
         if self.timer is None:
             # The first output goes out at once (time to first byte is what users feel);
             # after that, one transaction per interval.
-            delay = self.interval if self.flushed else 0.0
+            # So does the first output after someone typed (the program's answer).
+            delay = self.interval if self.flushed and not self.eager else 0.0
             self.timer = asyncio.get_running_loop().call_later(delay, self.flush)
 
     def flush(self) -> None:
@@ -614,6 +629,7 @@ class _OutputWriter:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        self.eager = batch[-1][0] == "stdin"  # the answer to this input goes out at once
         self.flushed = True
         entry = self.owner._entry(self.run_id)
         if entry is None:
