@@ -424,9 +424,10 @@ class DockerSandbox(Sandbox):
 
         try:
             output = await asyncio.to_thread(ask)
-        except Exception as exc:  # noqa: BLE001 - image missing, dockerd down: nothing is known to work
-            log.warning("could not look for toolchains in %s: %s", image or self.image, exc)
-            return set(commands)
+        except Exception as exc:  # noqa: BLE001 - image missing, dockerd down: unknown is not missing
+            log.warning("could not look for toolchains in %s (offering every language; runs say what is "
+                        "wrong): %s", image or self.image, exc)
+            return set()
         return set(output.decode(errors="replace").split()) & set(commands)
 
     async def close(self) -> None:
