@@ -94,3 +94,16 @@ def test_languages_file_extends_and_overrides(tmp_path):
     path.write_text("{nope")
     with pytest.raises(LanguageError, match="cannot read"):
         LanguageTable.load(path)
+
+
+async def test_a_run_without_stdin_reads_eof_and_refuses_input(sandbox):
+    import dataclasses
+
+    spec = LanguageTable().get("python").spec("import sys, time\nprint(repr(sys.stdin.read()), flush=True)\n"
+                                              "time.sleep(0.5)", Limits(wall_seconds=10))
+    execution = await sandbox.start(dataclasses.replace(spec, stdin_open=False))
+    refused = await execution.write_stdin(b"x")
+    assert (refused.accepted, refused.reason) == (False, "input is closed (end of input was sent)")
+    chunks = [chunk async for chunk in execution]
+    assert (await execution.wait()).status == "finished"
+    assert b"".join(c.data for c in chunks) == b"''\n"

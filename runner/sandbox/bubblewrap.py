@@ -305,6 +305,7 @@ class BubblewrapExecution(Execution):
         super().__init__(limits)
         self.proc = proc
         self.group = group
+        self._stdin_eof = proc.stdin is None  # RunSpec(stdin_open=False): EOF from the start
         self._task = asyncio.create_task(self._supervise(), name=f"bwrap-{proc.pid}")
 
     async def _read(self, stream: asyncio.StreamReader, name) -> None:

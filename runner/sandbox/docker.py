@@ -399,7 +399,9 @@ class DockerSandbox(Sandbox):
                 await asyncio.to_thread(warm.send, payload, spec.stdin_open)
                 if self._health is not None and not self._health.ready:
                     self._note(Health.ok())  # a container with its cgroup started: ready again
-                return DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
+                execution = DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
+                execution._stdin_eof = not spec.stdin_open  # already half-closed by send()
+                return execution
             except OSError as exc:  # the warm container died meanwhile: use a fresh one
                 log.warning("warm container unusable (%s); starting a fresh one", exc)
                 await asyncio.to_thread(warm.discard)
