@@ -208,6 +208,9 @@ class RunnerService(RoomService[RoomRunner]):
         # Never raises: a sandbox that cannot apply its limits is reported (log once, /healthz)
         # and its runs fail with the reason; the runner keeps serving the rooms.
         await self.sandbox.prepare(self.config.limits)
+        # Advertise (awareness ``languages``) only what the sandbox really has; warm the
+        # sandbox for the toolchains' own limits too (runner/languages.py).
+        await self.languages.probe(self.sandbox, self.config.limits)
         await self.connect()
         log.info("runner (%s sandbox; %s) connected to %s", self.sandbox.name, ", ".join(self.languages.names),
                  self.client.url)
