@@ -109,7 +109,7 @@ async def _api(settings: Settings, port: int | None = None) -> AsyncIterator[Api
 # Opt-in test groups: marker -> the variable that selects them (README, "Tests").
 OPT_IN = {
     "images": "CODESYNC_TEST_IMAGES",  # deployment image builds, ~6 min
-    "compose": "CODESYNC_TEST_COMPOSE",  # the whole compose.yaml stack started for real, ~5 min
+    "compose": "CODESYNC_TEST_COMPOSE",  # the whole compose.yaml stack started for real, ~10 min
 }
 
 

@@ -1,7 +1,8 @@
 """``docker compose up``: the production stack of compose.yaml started for real — opt-in.
 
 Run with ``make test-compose`` (or ``CODESYNC_TEST_COMPOSE=1 pytest tests/test_deploy_compose_up.py``);
-it takes about five minutes, so the normal suite deselects it (tests/conftest.py). What runs:
+it takes about ten minutes (most of it the image builds), so the normal suite deselects it
+(tests/conftest.py). What runs:
 
 - a private dockerd (tests/dockerd.py), every image built by ``compose build`` from the
   debootstrap base (runner/image.py), PostgreSQL and Redis from Debian packages through
@@ -161,6 +162,12 @@ async def saved(room, timeout: float = 60) -> None:
     await wait_for(lambda: saved_covers(room), timeout=timeout, what="the persistence peer to store every edit")
 
 
+async def running(stack: ComposeProject) -> None:
+    """Every service up and healthy — whatever an earlier test left (``up -d`` is idempotent)."""
+    stack.run("up", "-d", timeout=600)
+    await stack.wait_healthy(timeout=240)
+
+
 # --------------------------------------------------------------------------------- tests
 async def test_every_service_becomes_healthy(stack: ComposeProject):
     status = await stack.wait_healthy(timeout=240, what="every healthcheck passes after up")
@@ -179,7 +186,7 @@ async def test_every_service_becomes_healthy(stack: ComposeProject):
 
 async def test_containers_stay_on_this_machine(stack: ComposeProject):
     """No packet of a container leaves the host; the peers' ICE uses only the configured addresses."""
-    await stack.wait_healthy(timeout=240)
+    await running(stack)
     assert stack.network.forwarding() == "0", "IP forwarding must stay off on the test bridge"
     # TEST-NET-2: never routed. With forwarding off the host drops the SYN; nothing goes out.
     code, out = stack.container("signaling-1").exec_run(
@@ -194,7 +201,7 @@ async def test_containers_stay_on_this_machine(stack: ComposeProject):
 
 
 async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(stack: ComposeProject, tmp_path: Path):
-    await stack.wait_healthy(timeout=240)
+    await running(stack)
     async with api(stack) as client:
         # ---------------------------------------------------------------- accounts, room, invite
         with step(stack, "register, the admin CLI, a room and an invite through the proxy"):
@@ -300,10 +307,18 @@ def _no_errors_logged(stack: ComposeProject) -> None:
     """
     errors = {}
     for service in APP_SERVICES:
-        lines = [line for line in stack.logs(service, tail=100000).splitlines() if '"level": "error"' in line]
+        lines = [line for line in stack.logs(service, tail=100000).splitlines()
+                 if '"level": "error"' in line and not _known_aioice_noise(line)]
         if lines:
             errors[service] = [line[:400] for line in lines[:3]]
     assert not errors, f"errors logged: {errors}"
+
+
+def _known_aioice_noise(line: str) -> bool:
+    """aioice retransmits a STUN request from a timer that outlives the closed socket
+    (``Transaction.__retry`` -> ``sendto`` on a closed transport); asyncio logs it at error.
+    Not CodeSync's code and harmless (the link is gone): reported, tolerated here only."""
+    return '"logger": "asyncio"' in line and "Transaction.__retry" in line
 
 
 def _no_secrets_logged(stack: ComposeProject) -> None:
@@ -380,8 +395,9 @@ async def _eq(awaitable, value) -> bool:
 
 
 async def test_backups_restore_in_place_and_onto_an_empty_deployment(stack: ComposeProject, tmp_path: Path):
-    """docs/deployment.md, "Backups": pg_dump while running; restore in place; restore after ``down -v``."""
-    await stack.wait_healthy(timeout=240)
+    """docs/deployment.md, "Backups and restore": pg_dump while running; restore in place; restore
+    onto an empty deployment (``down -v``); a dump older than the service tokens, and the remedy."""
+    await running(stack)
     async with api(stack) as client:
         with step(stack, "a document to back up"):
             owner = await client.register("Olga")
@@ -418,6 +434,21 @@ async def test_backups_restore_in_place_and_onto_an_empty_deployment(stack: Comp
                       stdin=dump, timeout=180, what="pg_restore (empty deployment)")
             stack.run("up", "-d", timeout=600, what="compose up -d (after the restore)")
             await stack.wait_healthy(timeout=240, what="healthy after restoring onto an empty deployment")
+            await _document_is(stack, client, tmp_path, owner["email"], room_id, "backed up\n")
+
+        with step(stack, "a dump older than the service tokens: refused, then the tokens replaced"):
+            # The tokens in use were made after the dump: restoring it in place drops their rows.
+            stack.run("stop", *APP_SERVICES, timeout=180)
+            stack.run("exec", "-T", "postgres", "pg_restore", "-U", "codesync", "-d", "codesync", "--clean", "--if-exists",
+                      stdin=dump, timeout=180)
+            stack.run("start", *APP_SERVICES, timeout=180)
+            await wait_for(lambda: "service token revoked or unknown" in stack.logs("persistence", tail=300), timeout=120,
+                           interval=0.5, what="the persistence peer to be refused with its (now unknown) token")
+            # docs/deployment.md, "Service tokens": replace them, restart the two peers.
+            stack.run("run", "--rm", "-T", "--entrypoint", "sh", "migrate", "-c",
+                      "rm -f /run/codesync-tokens/* && exec /app/deploy/bootstrap.sh", timeout=300)
+            stack.run("restart", "persistence", "runner", timeout=180)
+            await stack.wait_healthy(timeout=240, what="healthy after replacing the service tokens")
             await _document_is(stack, client, tmp_path, owner["email"], room_id, "backed up\n")
 
 
