@@ -458,7 +458,10 @@ def test_debian_images_override_changes_only_the_database_images(config: dict, c
 def test_compose_test_override_only_confines_the_stack(tmp_path: Path, compose: list[str], config_debian_images: dict):
     """tests/compose/compose.test.yaml: the test network, the peers' fixed addresses with their
     ICE restriction, and host networking for builds — every other setting is production's."""
+    from signaling.settings import Settings
+
     tested = _load_config(tmp_path, compose, (COMPOSE, DEBIAN_IMAGES_FILE, TEST_FILE), **STACK_TEST_VALUES)
+    assert "ice_hosts" in Settings.model_fields  # CODESYNC_ICE_HOSTS, the one setting it adds
     assert tested["networks"]["default"] == {"external": True, "name": "codesync-compose-x"}
     for name, ip in (("persistence", "10.231.9.10"), ("runner", "10.231.9.11")):
         service = tested["services"][name]
