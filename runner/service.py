@@ -140,7 +140,7 @@ class RoomRunner(RoomPresence):
         if room is None or runs is None or not isinstance(obj, dict):
             return
         op = obj.get("op")
-        if op not in ("run", "stop"):
+        if op not in ("run", "stop", "input"):
             return  # replies and other peers' ops are not for us
         principal = room.principal(peer_id)  # the effective, live role; not the stamp of the link's setup
         if principal is None or principal.service:
@@ -162,6 +162,12 @@ class RoomRunner(RoomPresence):
                 )
             )
             reply = decision.message()
+        elif op == "input":
+            # console input: the same live role check as a stop, inside RoomRuns.input
+            data = obj.get("data")
+            decision = await runs.input(run_id, data if isinstance(data, str) else None, user_id,
+                                        role if user_id else None, eof=obj.get("eof") is True)
+            reply = decision.message("input")
         else:
             decision = await runs.stop(run_id, role if user_id else None, by=name)
             reply = {"op": "stop-accepted" if decision.accepted else "stop-refused", "run_id": run_id}
