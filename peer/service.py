@@ -11,7 +11,7 @@ part is a hook (``RoomPresence._run``) and the bookkeeping lives here once:
   previous presence in the same room that is still leaving;
 - ``RoomService``: the signaling client and its callbacks, the rooms table, stop-all;
 - ``run_service``: the ``codesync persist`` / ``codesync runner`` process — settings check,
-  SIGTERM/SIGINT, ops server (``signaling.opsserver``), orderly stop.
+  SIGTERM/SIGINT, ops server (``codesync.opsserver``), orderly stop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, Union
 
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
 
@@ -203,7 +203,7 @@ async def run_service(
         logger.error("codesync %s needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
                      "(make one with: codesync token --scope %s)", command, scope)
         return 2
-    from signaling.opsserver import ops_server
+    from codesync.opsserver import ops_server
 
     try:
         service = make()

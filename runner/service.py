@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 
 from peer.service import RoomPresence, RoomService, run_service
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 from .capacity import Capacity
 from .identity import RunnerIdentity

@@ -24,7 +24,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import sessions
-from .models import AuthSession, RefreshToken, User, utcnow
+from codesync.models import AuthSession, RefreshToken, User, utcnow
 from .passwords import hash_password, needs_rehash, verify_password
 from .state import AppState
 from .tokens import hash_token, new_refresh_token

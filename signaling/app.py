@@ -6,14 +6,16 @@ import logging
 
 from aiohttp import web
 
-from . import db, sessions, webclient
+from codesync import db
+
+from . import sessions, webclient
 from .api import auth as auth_api
 from .api import oauth as oauth_api
 from .api import ops as ops_api
 from .api import rooms as rooms_api
 from .api import service as service_api
 from .errors import error_middleware
-from .settings import Settings
+from codesync.settings import Settings
 from .ws import server as signal_server
 from .state import STATE, AppState
 from .tokens import TokenService

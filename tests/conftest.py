@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from signaling.app import create_app
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.support import REDIS_URL, port_open, postgres_database, require
 from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (session fixtures: ONE private dockerd per session)
 

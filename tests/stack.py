@@ -35,9 +35,9 @@ from typing import Any
 
 import aiohttp
 
-from signaling import db
-from signaling.models import Membership, Role, Room, ServiceToken, User
-from signaling.settings import Settings
+from codesync import db
+from codesync.models import Membership, Role, Room, ServiceToken, User
+from codesync.settings import Settings
 from signaling.tokens import TokenService
 from tests.support import Service, child_env, start_signaling
 

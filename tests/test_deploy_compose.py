@@ -239,7 +239,7 @@ def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, t
     """Every CODESYNC_* variable compose sets is a real setting (a typo would be ignored silently)."""
     import os
 
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     monkeypatch.chdir(tmp_path)  # no stray .env file of the working directory
 
@@ -458,7 +458,7 @@ def test_debian_images_override_changes_only_the_database_images(config: dict, c
 def test_compose_test_override_only_confines_the_stack(tmp_path: Path, compose: list[str], config_debian_images: dict):
     """tests/compose/compose.test.yaml: the test network, the peers' fixed addresses with their
     ICE restriction, and host networking for builds — every other setting is production's."""
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     tested = _load_config(tmp_path, compose, (COMPOSE, DEBIAN_IMAGES_FILE, TEST_FILE), **STACK_TEST_VALUES)
     assert "ice_hosts" in Settings.model_fields  # CODESYNC_ICE_HOSTS, the one setting it adds

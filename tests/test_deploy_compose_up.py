@@ -92,7 +92,7 @@ def step(stack: ComposeProject, what: str) -> Iterator[None]:
 
 def peer_settings(stack: ComposeProject, tmp: Path):
     """The test's aiortc peers: ICE only on the host's address on the test bridge."""
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     return Settings(ice_hosts=stack.network.gateway, data_dir=tmp / "peer", _env_file=None)
 

@@ -231,7 +231,7 @@ async def _closed_soon(client, timeout: float = 5.0) -> bool:
 
 async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_url, redis_prefix):
     from peer import Room
-    from signaling.settings import Settings
+    from codesync.settings import Settings
     from tests.stack import signaling_stack
 
     settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")

@@ -17,7 +17,7 @@ import pytest
 
 from peer import Room, SignalingClient
 from runner.runs import decode_state_vector
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
 

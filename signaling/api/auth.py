@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from .. import accounts
 from ..clientaddr import client_address
 from ..errors import ApiError, read_json
-from ..models import User
+from codesync.models import User
 from ..passwords import MAX_LENGTH, MIN_LENGTH
 from ..principal import require_user
 from ..ratelimit import RateLimited, login_throttle
