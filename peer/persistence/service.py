@@ -36,6 +36,7 @@ from codesync.settings import Settings
 from ..service import RoomPresence, RoomService, run_service
 
 from .lease import HeldLease, LeaseBackend, lease_backend
+from .migrate_v2 import migrate_on_load
 from .store import DocumentStore
 from .v1 import drop_v1_runs, watch_v1_runs
 from .writer import RoomWriter, SaveState, WriterConfig
@@ -126,6 +127,7 @@ class RoomKeeper(RoomPresence):
                 room.load(named_stored.update, doc=name)
                 named_writer.mark_loaded(named_stored)
             self._drop_v1_runs(doc, writer, "on load")
+            migrate_on_load(doc, writer.submit, self.room_id)  # schema v1 -> v2 (migrate_v2.py)
             unwatch = watch_v1_runs(doc, lambda: asyncio.get_running_loop().call_soon(
                 self._drop_v1_runs, doc, writer, "written again"))
             room.release_sync()

@@ -225,10 +225,14 @@ export function isV2 (doc) { return filesMap(doc).size > 0 }
  */
 export function ensureFirstFile (doc, language = 'python') {
   Y.applyUpdate(doc, INIT_UPDATE)
-  const first = filesMap(doc).get(SOURCE_ID)
-  if (first instanceof Y.Map && typeof first.get('name') !== 'string') {
-    first.set('name', 'main' + (LANGUAGE_EXTENSION[language] || '.txt'))
-  }
+  doc.transact(() => {
+    const first = filesMap(doc).get(SOURCE_ID)
+    if (first instanceof Y.Map && typeof first.get('name') !== 'string') {
+      first.set('name', 'main' + (LANGUAGE_EXTENSION[language] || '.txt'))
+    }
+    const meta = doc.getMap('meta')
+    if (meta.get('schema') !== SCHEMA) meta.set('schema', SCHEMA)
+  })
 }
 
 export function descendants (tree, id) {
