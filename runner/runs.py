@@ -51,12 +51,13 @@ from dataclasses import dataclass, field
 import pycrdt
 from prometheus_client import Counter, Histogram
 
+from peer import workspace
 from peer.protocol import decode_state_vector
 
 from .capacity import Capacity, Ticket
 from .identity import RunnerIdentity, session_alive
 from .languages import LanguageError, LanguageTable
-from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, Sandbox, SandboxError, SandboxUnavailable
+from .sandbox.base import TRUNCATED_MARKER, Execution, Limits, RunSpec, Sandbox, SandboxError, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class RunRequest:
     user_name: str
     role: str | None
     state_vector: bytes | None = None
+    # Schema v2 rooms (peer/workspace.py): run the whole file tree from this entry file — a
+    # file id (preferred) or a path. Neither: the v1 single file ``source``.
+    entry: str | None = None
+    entry_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class _Pending:
     request: RunRequest
     source: str
     language: str
+    spec: RunSpec | None = None  # a project from the file tree (None: the single file ``source``)
     execution: Execution | None = None
     stop_reason: str | None = None
     ticket: Ticket | None = None
@@ -234,8 +240,19 @@ class RoomRuns:
                     )
             if self._closed:
                 return refuse("runner is shutting down")
-            source = str(self.doc.get("source", type=pycrdt.Text))
-            pending = _Pending(req, source, language.name, ticket=ticket)
+            spec = None
+            if req.entry is not None or req.entry_path is not None:
+                # The files as they are in our copy now (it covers the requester's state vector).
+                try:
+                    files, entry_path = workspace.project(self.doc, req.entry, req.entry_path)
+                    spec = language.project_spec(files, entry_path, self.config.limits)
+                except (workspace.WorkspaceError, LanguageError) as exc:
+                    self._reserved.discard(req.run_id)
+                    return self._refuse_visibly(req, language.name, str(exc))
+                source = ""
+            else:
+                source = str(self.doc.get("source", type=pycrdt.Text))
+            pending = _Pending(req, source, language.name, spec=spec, ticket=ticket)
             self._write_new(req, language.name)
             self._queue.append(pending)
             queued = True
@@ -388,7 +405,8 @@ class RoomRuns:
             return
         self._set(run_id, status="running", started_at=_now_ms(), queue_position=None)
         try:
-            execution = await self.sandbox.start(language.spec(pending.source, self.config.limits))
+            spec = pending.spec or language.spec(pending.source, self.config.limits)
+            execution = await self.sandbox.start(spec)
         except (SandboxError, LanguageError) as exc:
             # An unavailable sandbox was logged once by the sandbox itself; not once per run.
             log.log(logging.DEBUG if isinstance(exc, SandboxUnavailable) else logging.WARNING,

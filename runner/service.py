@@ -4,7 +4,9 @@ One signaling connection (a ``runner`` service token) for all rooms. For every r
 server reports active, the runner joins as an ordinary peer (its document syncs from the
 others), and listens for type-101 app messages on its data channels:
 
-- ``{"op":"run","run_id","language","state_vector"}`` → ``run-accepted`` / ``run-refused``;
+- ``{"op":"run","run_id","language","state_vector"[,"entry","entry_path"]}`` → ``run-accepted`` /
+  ``run-refused`` (with ``entry``, a file id, or ``entry_path``: the room's whole file tree runs
+  from that file, as it is in the runner's copy of the document; without: the v1 ``source``);
 - ``{"op":"stop","run_id"}`` → ``stop-accepted`` / ``stop-refused`` (CodeSync extension).
 
 Who asks is the link's principal as the server knows it now (``room.principal``: the
@@ -159,6 +161,8 @@ class RoomRunner(RoomPresence):
                     user_name=name,
                     role=role if user_id else None,
                     state_vector=_state_vector(obj.get("state_vector")),
+                    entry=_short_str(obj.get("entry"), 64),
+                    entry_path=_short_str(obj.get("entry_path"), 1000),
                 )
             )
             reply = decision.message()
@@ -177,6 +181,14 @@ class RoomRunner(RoomPresence):
         if not decision.accepted:
             log.info("room %s: %s %s from %s refused: %s", self.room_id, op, run_id[:64], name, decision.reason)
         await room.send_app(peer_id, reply)
+
+
+def _short_str(value: Any, limit: int) -> str | None:
+    """An optional string field of a request: None when absent, "" when malformed or too long
+    (so a bad entry is refused by name, never taken for "no entry")."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) and len(value) <= limit else ""
 
 
 def _state_vector(value: Any) -> bytes | None:

@@ -92,9 +92,9 @@ class Client:
             what=f"reply to {op}",
         )
 
-    async def run(self, run_id: str, language: str = "python") -> dict:
+    async def run(self, run_id: str, language: str = "python", **extra) -> dict:
         sv = base64.b64encode(self.room.doc.get_state()).decode()
-        return await self.request("run", run_id, language=language, state_vector=sv)
+        return await self.request("run", run_id, language=language, state_vector=sv, **extra)
 
 
 @asynccontextmanager
