@@ -1,18 +1,15 @@
-// The room documents (docs/protocol.md, "The room documents"). Main document, schema v1:
-// `source` Y.Text, `meta` Y.Map {language, title, schema: 1}; its v1 `runs` map is ignored (any
-// editor could write it). Named document `runs` (type 102, written only by the runner and served
-// by the persistence peer): `runs` Y.Map run id -> Y.Map {status, language, requested_by,
-// requested_by_name, started_at, finished_at, exit_code, output: Y.Text (stderr spans carry
-// {stream: "stderr"})}.
+// The room documents (docs/protocol.md, "The room documents"). Main document, schema v2: the file
+// tree (`files`, each file its own root Y.Text; workspace.js) and `meta` {language, title, schema,
+// entry}; its v1 `runs` map is ignored (any editor could write it). Named document `runs` (type 102,
+// written only by the runner and served by the persistence peer): `runs` Y.Map run id -> Y.Map
+// {status, language, requested_by, requested_by_name, started_at, finished_at, exit_code, reason,
+// truncated, output: Y.Text (stderr spans carry {stream: "stderr"}, echoed console input
+// {stream: "stdin"})}.
 import * as Y from 'yjs'
+import { LANGUAGES as ALL_LANGUAGES, SCHEMA as TREE_SCHEMA } from './workspace.js'
 
-export const SCHEMA = 1
-export const LANGUAGES = [
-  { id: 'python', label: 'Python' },
-  { id: 'javascript', label: 'JavaScript (Node)' },
-  { id: 'bash', label: 'Bash' },
-  { id: 'c', label: 'C' }
-]
+export const SCHEMA = TREE_SCHEMA
+export const LANGUAGES = ALL_LANGUAGES
 export const FINAL_STATUSES = new Set(['finished', 'failed', 'timeout', 'killed', 'refused'])
 
 export function roomParts (doc) {
@@ -40,12 +37,12 @@ export function runSnapshot (id, run) {
   const output = get('output')
   let segments = []
   if (output instanceof Y.Text) {
-    segments = output.toDelta().map(op => ({
-      text: typeof op.insert === 'string' ? op.insert : '',
-      stderr: !!(op.attributes && op.attributes.stream === 'stderr')
-    }))
+    segments = output.toDelta().map(op => {
+      const stream = op.attributes && (op.attributes.stream === 'stderr' || op.attributes.stream === 'stdin') ? op.attributes.stream : 'stdout'
+      return { text: typeof op.insert === 'string' ? op.insert : '', stream, stderr: stream === 'stderr' }
+    })
   } else if (typeof output === 'string') {
-    segments = [{ text: output, stderr: false }]
+    segments = [{ text: output, stream: 'stdout', stderr: false }]
   }
   return {
     id,
@@ -56,6 +53,8 @@ export function runSnapshot (id, run) {
     startedAt: get('started_at'),
     finishedAt: get('finished_at'),
     exitCode: get('exit_code'),
+    reason: get('reason'),
+    truncated: get('truncated') === true,
     segments
   }
 }

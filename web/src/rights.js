@@ -132,10 +132,10 @@ export function sanitizeAwareness (state, rights, size = 0, maxBytes = AWARENESS
   return { state: { ...state, user: { ...user, name: rights.name } } }
 }
 
-/** App messages (type 101) a browser accepts: the runner's replies, from the runner's link only. */
+/** App messages (type 101) a browser accepts: the runner's replies (run, stop, console input), from the runner's link only. */
 export function mayReceiveApp (msg, rights) {
   if (!msg || typeof msg.op !== 'string') return false
-  if (/^(run|stop)-/.test(msg.op)) return !!(rights && rights.service === 'runner')
+  if (/^(run|stop|input)-/.test(msg.op)) return !!(rights && rights.service === 'runner')
   return false
 }
 

@@ -94,6 +94,9 @@ test('app messages: run replies only from the runner', () => {
   assert.ok(!mayReceiveApp({ op: 'run-accepted', run_id: 'r' }, { service: 'persistence' }))
   assert.ok(!mayReceiveApp({ op: 'run-refused', run_id: 'r' }, { userId: 'a1', role: 'owner' }))
   assert.ok(!mayReceiveApp({ op: 'run', run_id: 'r' }, { service: 'runner' }))
+  assert.ok(mayReceiveApp({ op: 'input-refused', run_id: 'r' }, { service: 'runner' }))
+  assert.ok(!mayReceiveApp({ op: 'input-accepted', run_id: 'r' }, { userId: 'b2', role: 'editor' }))
+  assert.ok(!mayReceiveApp({ op: 'input', run_id: 'r' }, { service: 'runner' }))
   assert.ok(!mayReceiveApp({}, { service: 'runner' }))
 })
 

@@ -1,19 +1,22 @@
-// The editor page: CodeMirror on the shared document, presence, sharing. The run panel
-// (runpanel.js) and the status line (statusbar.js) live in their own modules. The local user's
-// role is live: presence and the server's stamps can demote (read-only at once, Run gone),
-// promote, or remove (links closed) them while the page is open.
+// The editor page: mounts the file tree (filetree.js), the tabs and editor (tabs.js), the run
+// panel with its console (runpanel.js, console.js) and the status line (statusbar.js); presence and
+// sharing are here. The local user's role is live: presence and the server's stamps can demote
+// (read-only at once, Run and file changes gone), promote, or remove (links closed) them while
+// the page is open.
 import * as Y from 'yjs'
 import { Awareness } from 'y-protocols/awareness'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import { api, Rooms, session } from '../api.js'
-import { FINAL_STATUSES, LANGUAGES, SCHEMA, roomParts } from '../doc.js'
-import { createEditor } from '../editor.js'
+import { FINAL_STATUSES } from '../doc.js'
+import * as ws from '../workspace.js'
 import { CodeSyncProvider } from '../provider.js'
 import { mayWriteLocal } from '../rights.js'
 import { colorFor, copyText, h, notice } from '../ui.js'
 import { header } from './rooms.js'
+import { createFileTree } from './filetree.js'
 import { createRunPanel } from './runpanel.js'
 import { createStatusBar } from './statusbar.js'
+import { createTabs } from './tabs.js'
 
 /** `alive()` is false once the user has navigated away (or been signed out) during an await. */
 export async function roomView (root, roomId, alive = () => true) {
@@ -59,7 +62,7 @@ export async function roomView (root, roomId, alive = () => true) {
 
   const doc = new Y.Doc()
   const runsDoc = new Y.Doc() // the named document `runs` (type 102): written by the runner only
-  const { source, meta } = roomParts(doc)
+  const meta = doc.getMap('meta')
   const idb = new IndexeddbPersistence(`codesync-room-${roomId}`, doc)
   const awareness = new Awareness(doc)
   awareness.setLocalStateField('user', { id: me.id, name: me.name || me.email || 'Someone', ...colorFor(me.id || me.email || doc.clientID) })
@@ -74,15 +77,32 @@ export async function roomView (root, roomId, alive = () => true) {
   })
 
   // ------------------------------------------------------------------ layout
-  const language = () => meta.get('language') || room.language || 'python'
-  const langSelect = h('select', { testid: 'language', title: 'Language (shared with everyone in the room)' },
-    LANGUAGES.map(l => h('option', { value: l.id }, l.label)))
+  const roomLanguage = () => meta.get('language') || room.language || 'python'
+  const langSelect = h('select', { testid: 'language', title: "The open file's language (shared with everyone in the room)" })
+  const runTarget = h('span.muted.run-target', { testid: 'run-target' })
   const title = h('span.room-title', { testid: 'room-title' }, meta.get('title') || room.name)
   const roleTag = h('span.tag.role', { testid: 'my-role' })
-  const editorHost = h('div.editor', { testid: 'editor' })
   const people = h('ul.people', { testid: 'presence' })
   const sharePanel = h('section.panel')
-  const runPanel = createRunPanel({ provider, doc, runsDoc, language, canRun: mayWriteLocal(role) })
+  let active = null // the resolved tree entry of the file in view
+  const tabs = createTabs({
+    doc, awareness, readOnly: !mayWriteLocal(role), onRun: () => runPanel.requestRun(),
+    onActive: (entry) => { active = entry; renderToolbar(); renderPeople() }
+  })
+  const fileTree = createFileTree({
+    doc, canEdit: mayWriteLocal(role), onOpen: (id) => tabs.open(id), activeId: () => tabs.activeId(),
+    zipName: () => `${(meta.get('title') || room.name || 'project').replace(/[^\w.-]+/g, '_')}.zip`,
+    peopleIn
+  })
+  /** What Run runs: the room's entry file, else the file in view (docs/workspace.md). */
+  const target = () => {
+    const tree = ws.readTree(doc)
+    const entry = ws.entryFile(doc, tree) || (active && tree.entries.get(active.id))
+    if (!entry) return { error: 'Open a file to run it (or set an entry file in the file tree).' }
+    if (entry.language === ws.PLAINTEXT) return { error: `${entry.path} is plain text: give it a language's extension or pick its language.` }
+    return { language: entry.language, entry: entry.id, entry_path: entry.path }
+  }
+  const runPanel = createRunPanel({ provider, doc, runsDoc, target, canRun: mayWriteLocal(role) })
   const statusBar = createStatusBar({ provider, doc, awareness, offline })
   const side = h('aside.side',
     h('section.panel', h('h2', 'People'), people),
@@ -90,42 +110,96 @@ export async function roomView (root, roomId, alive = () => true) {
     runPanel.panel)
   const page = h('div.page.room',
     header([title, roleTag]),
-    h('div.toolbar', langSelect, runPanel.controls),
+    h('div.toolbar', langSelect, runPanel.controls, runTarget),
     statusBar.message,
-    h('div.room-body', h('section.editor-pane', editorHost), side),
+    h('div.room-body', h('aside.files-side', fileTree.el), h('section.editor-pane', tabs.el), side),
     statusBar.footer)
   root.replaceChildren(page)
 
-  // ------------------------------------------------------------------ editor
-  const editor = createEditor(editorHost, { ytext: source, awareness, language: language(), readOnly: !mayWriteLocal(role), onRun: () => runPanel.requestRun() })
-
-  /** Apply the local user's (live) role to the page: editable, language picker, Run. */
+  // ------------------------------------------------------------------ files
+  /** Apply the local user's (live) role to the page: editable, file changes, language picker, Run, console. */
   const applyRole = () => {
     const canEdit = mayWriteLocal(role)
     roleTag.textContent = role ? role + (canEdit ? '' : ' · read-only') : 'no access · read-only'
-    langSelect.disabled = !canEdit
-    editor.setReadOnly(!canEdit)
+    tabs.setReadOnly(!canEdit)
+    fileTree.setCanEdit(canEdit)
     runPanel.setCanRun(canEdit)
+    renderToolbar()
   }
+
+  /** The language list: what the runner advertises (plus plain text), else every language we know. */
+  function languageChoices () {
+    const offered = new Set(provider.serviceStates('runner').flatMap(s => Array.isArray(s.languages) ? s.languages : []))
+    const list = offered.size ? ws.LANGUAGES.filter(l => offered.has(l.id) || l.id === ws.PLAINTEXT) : ws.LANGUAGES
+    return active && !list.some(l => l.id === active.language) ? [...list, ws.LANGUAGES.find(l => l.id === active.language)] : list
+  }
+  let shownChoices = ''
+  function renderToolbar () {
+    const choices = languageChoices()
+    const key = choices.map(l => l.id).join()
+    if (key !== shownChoices) {
+      shownChoices = key
+      langSelect.replaceChildren(...choices.map(l => h('option', { value: l.id }, l.label)))
+    }
+    langSelect.value = active ? active.language : roomLanguage()
+    langSelect.disabled = !mayWriteLocal(role) || !active
+    const tree = ws.readTree(doc)
+    const entry = ws.entryFile(doc, tree)
+    runTarget.textContent = entry ? `Run: ${entry.path} (entry)` : active ? `Run: ${active.path} (in view)` : 'Run: the file in view'
+    title.textContent = meta.get('title') || room.name
+  }
+  langSelect.addEventListener('change', () => {
+    if (!mayWriteLocal(role) || !active) return
+    const chosen = langSelect.value
+    doc.transact(() => {
+      ws.setLanguage(doc, active.id, chosen === ws.languageOf(active.name) ? null : chosen)
+      // The first file is v1's `source`: older clients read its language from meta.language.
+      if (active.id === ws.SOURCE_ID && chosen !== ws.PLAINTEXT) meta.set('language', chosen)
+    })
+    if (active.id === ws.SOURCE_ID && chosen !== ws.PLAINTEXT) Rooms.update(roomId, { language: chosen }).catch(() => {})
+  })
+  const onMeta = () => renderToolbar()
+  meta.observe(onMeta)
+  let peopleKey = ''
+  const onAwareness = () => {
+    renderToolbar()
+    const key = JSON.stringify(Array.from(peopleIn()))
+    if (key !== peopleKey) { peopleKey = key; fileTree.render() } // dots of who is where; not on every cursor move
+  }
+  awareness.on('change', onAwareness)
+
+  /** Open the entry file, else the first file, else any file — once there is one. */
+  const openDefault = () => {
+    if (tabs.activeId()) return
+    const tree = ws.readTree(doc)
+    const pick = ws.entryFile(doc, tree) || tree.entries.get(ws.SOURCE_ID) || tree.files()[0]
+    if (pick && pick.kind === 'file') tabs.open(pick.id)
+  }
+  /** A room without a tree (new, or v1 not yet migrated): the first file, the same on every peer. */
+  const ensureFiles = () => {
+    if (!mayWriteLocal(role) || ws.isV2(doc) || meta.get('schema') === ws.SCHEMA) return
+    ws.ensureFirstFile(doc, ws.LANGUAGE_EXTENSION[roomLanguage()] ? roomLanguage() : 'python')
+  }
+  let settled = false
+  const settle = () => { if (!settled) { settled = true; ensureFiles(); openDefault() } }
+  idb.once('synced', () => { if (ws.isV2(doc) || doc.getText('source').length) settle() })
+  provider.on('synced', settle)
+  const settleTimer = setTimeout(settle, 2500) // alone in the room: nobody to sync with
+  const onFiles = () => { if (settled) openDefault() }
+  doc.getMap('files').observe(onFiles)
   applyRole()
   provider.on('role', (r) => { role = r; applyRole() })
 
-  langSelect.value = language()
-  langSelect.addEventListener('change', () => {
-    if (!mayWriteLocal(role)) return
-    doc.transact(() => {
-      if (!meta.has('schema')) meta.set('schema', SCHEMA)
-      meta.set('language', langSelect.value)
+  /** File id -> names of the others whose view is in it (awareness `file`). */
+  function peopleIn () {
+    const out = new Map()
+    awareness.getStates().forEach((s, clientId) => {
+      if (clientId === doc.clientID || !s || !s.user || typeof s.file !== 'string') return
+      if (!out.has(s.file)) out.set(s.file, [])
+      out.get(s.file).push(String(s.user.name || ''))
     })
-    // The document is the source of truth; the room record follows so the room list shows it too.
-    Rooms.update(roomId, { language: langSelect.value }).catch(() => {})
-  })
-  const onMeta = () => {
-    langSelect.value = language()
-    editor.setLanguage(language())
-    title.textContent = meta.get('title') || room.name
+    return out
   }
-  meta.observe(onMeta)
 
   // ------------------------------------------------------------------ presence
   let presence = []
@@ -140,6 +214,11 @@ export async function roomView (root, roomId, alive = () => true) {
   provider.on('peers', () => renderPeople())
   awareness.on('change', () => renderPeople())
   function renderPeople () {
+    const tree = ws.readTree(doc)
+    const where = new Map() // user id -> path of the file their view is in
+    awareness.getStates().forEach((s) => {
+      if (s && s.user && typeof s.file === 'string' && tree.entries.has(s.file)) where.set(String(s.user.id), tree.entries.get(s.file).path)
+    })
     const items = []
     const seen = new Set()
     for (const p of presence) {
@@ -159,7 +238,8 @@ export async function roomView (root, roomId, alive = () => true) {
     people.replaceChildren(...items.map(p => h('li', { testid: 'person' },
       h('span.dot', { style: `background:${colorFor(p.id).color}` }),
       h('span.name', p.name + (p.you ? ' (you)' : '')),
-      p.role ? h('span.tag.role', p.role) : null)))
+      p.role ? h('span.tag.role', p.role) : null,
+      where.has(String(p.id)) ? h('span.muted.where', { testid: 'person-file' }, `in ${where.get(String(p.id))}`) : null)))
   }
   renderPeople()
 
@@ -176,15 +256,23 @@ export async function roomView (root, roomId, alive = () => true) {
   else sharePanel.remove()
 
   // Exposed for tests and debugging: the documents and the provider of the open room.
-  window.codesync = { doc, runsDoc, provider, awareness, editor, room, idb, FINAL_STATUSES }
+  window.codesync = {
+    doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, tabs, fileTree, ws,
+    get editor () { return tabs.editor() },
+    tree: () => Array.from(ws.readTree(doc).entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
+  }
 
   return () => {
     window.removeEventListener('keydown', onKey)
     meta.unobserve(onMeta)
+    awareness.off('change', onAwareness)
+    clearTimeout(settleTimer)
+    doc.getMap('files').unobserve(onFiles)
+    fileTree.destroy()
+    tabs.destroy()
     runPanel.destroy()
     statusBar.destroy()
     provider.destroy()
-    editor.destroy()
     idb.destroy()
     doc.destroy()
     runsDoc.destroy()

@@ -4,6 +4,7 @@
 import * as Y from 'yjs'
 import { listRuns, runDuration, runsMap } from '../doc.js'
 import { h, notice } from '../ui.js'
+import { createConsole } from './console.js'
 
 const RUN_ANSWER_TIMEOUT_MS = 5000
 
@@ -29,19 +30,21 @@ function describeRequester (r) {
 }
 
 /**
- * @param {{provider: any, doc: Y.Doc, runsDoc: Y.Doc, language: () => string, canRun: boolean}} opts
+ * @param {{provider: any, doc: Y.Doc, runsDoc: Y.Doc, target: () => ({language: string, entry?: string, entry_path?: string}|{error: string}),
+ *   canRun: boolean}} opts `target()`: what Run runs now — the entry file (by id and path) and its
+ *   language in a v2 room (room.js), or `{error}` when there is nothing to run.
  * @returns {{panel: HTMLElement, controls: HTMLElement, requestRun: () => void, setCanRun: (can: boolean) => void, destroy: () => void}}
  *   `controls` holds Run / Stop for the toolbar; they are in the page only while the user may run.
  */
-export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
+export function createRunPanel ({ provider, doc, runsDoc, target, canRun }) {
   const runBtn = h('button.run', { testid: 'run', title: 'Run (Ctrl/Cmd-Enter)' }, '▶ Run')
   const stopBtn = h('button.stop', { testid: 'stop', disabled: true }, '■ Stop')
   const controls = h('span.run-controls')
   const runHead = h('div.run-head', { testid: 'run-status' }, 'No runs yet.')
-  const output = h('pre.output', { testid: 'output' })
+  const term = createConsole({ provider, canType: canRun })
   const recent = h('ul.recent', { testid: 'recent-runs' })
   const runMsg = notice('run-message')
-  const panel = h('section.panel.runs', h('h2', 'Output'), runMsg.el, runHead, output, h('h3', 'Recent runs'), recent)
+  const panel = h('section.panel.runs', h('h2', 'Output'), runMsg.el, runHead, term.el, h('h3', 'Recent runs'), recent)
   const runs = runsMap(runsDoc)
 
   let allowed = false
@@ -53,6 +56,7 @@ export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
   function setCanRun (can) {
     allowed = !!can
     controls.replaceChildren(...(allowed ? [runBtn, stopBtn] : []))
+    term.setCanType(allowed)
     if (!allowed) runMsg.clear()
   }
 
@@ -71,17 +75,16 @@ export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
     const current = all.find(r => r.id === selectedRun) || all[0]
     if (!current) {
       runHead.textContent = pendingRun ? 'Waiting for the runner…' : 'No runs yet.'
-      output.replaceChildren()
+      term.show(null)
     } else {
       const d = runDuration(current)
       runHead.replaceChildren(
         h('span.tag', { testid: 'run-state' }, current.status),
         current.exitCode !== undefined && current.exitCode !== null ? h('span', { testid: 'exit-code' }, ` exit code ${current.exitCode}`) : null,
         d !== null ? h('span', { testid: 'duration' }, ` · ${d < 1000 ? `${Math.round(d)} ms` : `${(d / 1000).toFixed(2)} s`}`) : null,
-        current.requestedBy ? h('span.muted', ` · by ${describeRequester(current.requestedBy)}`) : null)
-      const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4
-      output.replaceChildren(...current.segments.map(s => s.stderr ? h('span.stderr', s.text) : document.createTextNode(s.text)))
-      if (atBottom) output.scrollTop = output.scrollHeight
+        current.requestedBy ? h('span.muted', ` · by ${describeRequester(current.requestedBy)}`) : null,
+        current.reason && current.status !== 'finished' ? h('span.muted', { testid: 'run-reason' }, ` · ${current.reason}`) : null)
+      term.show(current)
     }
     recent.replaceChildren(...all.slice(0, 10).map(r => h('li', {
       testid: 'recent-run',
@@ -99,13 +102,19 @@ export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
       runMsg.show('The runner is not available right now, so code cannot be run. Editing still works.', 'warn')
       return
     }
+    const what = target()
+    if (what.error) {
+      runMsg.show(what.error, 'warn')
+      return
+    }
     const runId = uuid()
     selectedRun = runId
     pendingRun = runId
+    const { error, ...fields } = what
     provider.sendApp(runner.remotePeerId, {
       op: 'run',
       run_id: runId,
-      language: language(),
+      ...fields,
       state_vector: toBase64(Y.encodeStateVector(doc))
     })
     renderRuns()
@@ -152,6 +161,7 @@ export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
     setCanRun,
     destroy () {
       clearTimeout(runTimer)
+      term.destroy()
       runs.unobserveDeep(scheduleRuns)
       provider.off('app', onApp)
     }
