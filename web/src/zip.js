@@ -105,9 +105,9 @@ export function readZip (data, limits = LIMITS) {
     p += 46 + nameLen + extraLen + commentLen
     const shown = JSON.stringify(path.slice(0, 80))
     const unixMode = (madeBy >> 8) === 3 ? (external >>> 16) & 0o170000 : 0
-    if (unixMode === 0o120000) throw new Error(`${shown} is a symbolic link; only files and folders are accepted`)
+    if (unixMode === 0o120000) throw new Error(`${shown} is refused: it is a symbolic link (only files and folders are accepted)`)
     const isDir = path.endsWith('/') || unixMode === 0o040000 || (external & 0x10) !== 0
-    if (unixMode && unixMode !== 0o100000 && unixMode !== 0o040000) throw new Error(`${shown} is not a regular file; only files and folders are accepted`)
+    if (unixMode && unixMode !== 0o100000 && unixMode !== 0o040000) throw new Error(`${shown} is refused: it is not a regular file (only files and folders are accepted)`)
     const clean = isDir ? path.replace(/\/+$/, '') : path
     if (!clean && isDir) continue
     if (skipped(path)) continue

@@ -244,7 +244,7 @@ export async function roomView (root, roomId, alive = () => true) {
   renderPeople()
 
   const onKey = (ev) => {
-    if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && !editorHost.contains(ev.target)) {
+    if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && !tabs.el.contains(ev.target)) {
       ev.preventDefault()
       runPanel.requestRun()
     }

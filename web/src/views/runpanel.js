@@ -66,8 +66,11 @@ export function createRunPanel ({ provider, doc, runsDoc, target, canRun }) {
     setTimeout(() => { renderScheduled = false; renderRuns() }, 30)
   }
 
+  let knownIds = null // a new run (anyone's) takes the view over from a run picked in the list
   function renderRuns () {
     const all = listRuns(runsDoc)
+    if (knownIds && all.some(r => !knownIds.has(r.id))) selectedRun = null
+    knownIds = new Set(all.map(r => r.id))
     if (pendingRun && all.some(r => r.id === pendingRun)) {
       clearTimeout(runTimer)
       pendingRun = null
@@ -78,12 +81,12 @@ export function createRunPanel ({ provider, doc, runsDoc, target, canRun }) {
       term.show(null)
     } else {
       const d = runDuration(current)
-      runHead.replaceChildren(
+      runHead.replaceChildren(...[
         h('span.tag', { testid: 'run-state' }, current.status),
         current.exitCode !== undefined && current.exitCode !== null ? h('span', { testid: 'exit-code' }, ` exit code ${current.exitCode}`) : null,
         d !== null ? h('span', { testid: 'duration' }, ` · ${d < 1000 ? `${Math.round(d)} ms` : `${(d / 1000).toFixed(2)} s`}`) : null,
         current.requestedBy ? h('span.muted', ` · by ${describeRequester(current.requestedBy)}`) : null,
-        current.reason && current.status !== 'finished' ? h('span.muted', { testid: 'run-reason' }, ` · ${current.reason}`) : null)
+        current.reason && current.status !== 'finished' ? h('span.muted', { testid: 'run-reason' }, ` · ${current.reason}`) : null].filter(Boolean))
       term.show(current)
     }
     recent.replaceChildren(...all.slice(0, 10).map(r => h('li', {
@@ -108,7 +111,7 @@ export function createRunPanel ({ provider, doc, runsDoc, target, canRun }) {
       return
     }
     const runId = uuid()
-    selectedRun = runId
+    selectedRun = null // follow the newest run: this one, once the runner writes it
     pendingRun = runId
     const { error, ...fields } = what
     provider.sendApp(runner.remotePeerId, {
