@@ -9,6 +9,7 @@ import pycrdt
 import pytest
 
 from peer import workspace as ws
+from peer.protocol import decode_state_vector
 from tests.stack import joined, signaling_stack
 from tests.support import wait_for
 from tests.test_persistence_peer import SETTINGS
@@ -24,9 +25,9 @@ def shown(room) -> dict[str, tuple[str, str]]:
 async def converged(*rooms) -> dict[str, tuple[str, str]]:
     """Wait until every peer holds the same document state and shows the same tree; return it."""
     def same():
-        states = {bytes(r.doc.get_state()) for r in rooms}
+        states = [decode_state_vector(r.doc.get_state()) for r in rooms]
         trees = [shown(r) for r in rooms]
-        return len(states) == 1 and all(t == trees[0] for t in trees)
+        return all(s == states[0] for s in states) and all(t == trees[0] for t in trees)
 
     await wait_for(same, 20, what="the peers to converge")
     return shown(rooms[0])
