@@ -102,7 +102,7 @@ class RoomRunner(RoomPresence):
     async def _run(self) -> None:
         service = self.service
         doc, runs_doc = Doc(), Doc()
-        room = service.client.room(self.room_id, doc=doc, docs={"runs": runs_doc})
+        room = service.room(self.room_id, doc=doc, docs={"runs": runs_doc})
         runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity,
                         runs_doc=runs_doc)
         room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))
