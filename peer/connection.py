@@ -26,6 +26,8 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from .link import TransportFactory
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_SIZE = 65536
@@ -33,7 +35,7 @@ MAX_SEND_SIZE = 256 * 1024  # Chromium never sends above this; do not go above i
 MAX_PENDING_CANDIDATES = 64
 
 
-def aiortc_transports(configuration: RTCConfiguration):  # -> peer.link.TransportFactory
+def aiortc_transports(configuration: RTCConfiguration) -> TransportFactory:
     """The default way a room makes links: aiortc with this ICE configuration."""
 
     def make(
