@@ -15,7 +15,7 @@ from peer.persistence.store import DocumentStore
 from codesync.settings import Settings
 from tests.stack import joined
 from tests.support import wait_for
-from tests.test_persistence_peer import SETTINGS, persist_stack, saved_covers
+from tests.test_persistence_peer import persist_stack, saved_covers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -65,7 +65,7 @@ async def test_stored_v1_room_migrates_on_first_load_and_loses_nothing(tmp_path)
             await store.close()
         assert v1_rows >= 2
         svc = persisters.start()
-        async with joined(stack, seeded, "ann", settings=SETTINGS) as (ann,):
+        async with joined(stack, seeded, "ann") as (ann,):
             await wait_for(lambda: ws.is_v2(ann.doc), 30, what="the migrated tree")
             entries = ws.tree(ann.doc)
             assert [(e.path, e.text, e.language) for e in entries.values()] == [("main.rb", "source", "ruby")]
@@ -82,7 +82,7 @@ async def test_stored_v1_room_migrates_on_first_load_and_loses_nothing(tmp_path)
         # Stored: a fresh load of the database holds the v2 tree and the edit; a restart does not migrate again.
         svc.stop()
         svc2 = persisters.start()
-        async with joined(stack, seeded, "ed", settings=SETTINGS) as (ed,):
+        async with joined(stack, seeded, "ed") as (ed,):
             await wait_for(lambda: "puts 'still here'" in str(ed.doc.get("source", type=pycrdt.Text)), 30,
                            what="the stored document")
             assert str(ed.doc.get("source", type=pycrdt.Text)) == V1_CODE + "puts 'still here'\n"

@@ -12,7 +12,6 @@ from peer import workspace as ws
 from peer.protocol import decode_state_vector
 from tests.stack import joined, signaling_stack
 from tests.support import wait_for
-from tests.test_persistence_peer import SETTINGS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,7 +39,7 @@ def text_of(room, entry_id: str) -> str:
 async def test_concurrent_structure_edits_converge_by_the_rules(tmp_path):
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"ann": "owner", "ed": "editor", "bob": "editor"})
-        async with joined(stack, seeded, "ann", "ed", "bob", settings=SETTINGS) as (ann, ed, bob):
+        async with joined(stack, seeded, "ann", "ed", "bob") as (ann, ed, bob):
             await wait_for(lambda: all(len(r.connected_peers) == 2 for r in (ann, ed, bob)), 30, what="a full mesh")
             # 0. Everybody makes the first file of the new room at once (the fixed first-file
             #    update: the same items on every peer, so one file, not three).
