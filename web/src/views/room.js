@@ -63,6 +63,12 @@ export async function roomView (root, roomId, alive = () => true) {
   const doc = new Y.Doc()
   const runsDoc = new Y.Doc() // the named document `runs` (type 102): written by the runner only
   const meta = doc.getMap('meta')
+  // The resolved tree, read again only after the tree changed: presence and cursor moves (every
+  // remote keystroke) re-render the people list and the toolbar, which only look it up.
+  let treeCache = null
+  const dropTree = () => { treeCache = null }
+  doc.getMap('files').observeDeep(dropTree)
+  const currentTree = () => treeCache || (treeCache = ws.readTree(doc))
   const idb = new IndexeddbPersistence(`codesync-room-${roomId}`, doc)
   const awareness = new Awareness(doc)
   awareness.setLocalStateField('user', { id: me.id, name: me.name || me.email || 'Someone', ...colorFor(me.id || me.email || doc.clientID) })
@@ -96,7 +102,7 @@ export async function roomView (root, roomId, alive = () => true) {
   })
   /** What Run runs: the room's entry file, else the file in view (docs/workspace.md). */
   const target = () => {
-    const tree = ws.readTree(doc)
+    const tree = currentTree()
     const entry = ws.entryFile(doc, tree) || (active && tree.entries.get(active.id))
     if (!entry) return { error: 'Open a file to run it (or set an entry file in the file tree).' }
     if (entry.language === ws.PLAINTEXT) return { error: `${entry.path} is plain text: give it a language's extension or pick its language.` }
@@ -143,7 +149,7 @@ export async function roomView (root, roomId, alive = () => true) {
     }
     langSelect.value = active ? active.language : roomLanguage()
     langSelect.disabled = !mayWriteLocal(role) || !active
-    const tree = ws.readTree(doc)
+    const tree = currentTree()
     const entry = ws.entryFile(doc, tree)
     runTarget.textContent = entry ? `Run: ${entry.path} (entry)` : active ? `Run: ${active.path} (in view)` : 'Run: the file in view'
     title.textContent = meta.get('title') || room.name
@@ -171,7 +177,7 @@ export async function roomView (root, roomId, alive = () => true) {
   /** Open the entry file, else the first file, else any file — once there is one. */
   const openDefault = () => {
     if (tabs.activeId()) return
-    const tree = ws.readTree(doc)
+    const tree = currentTree()
     const pick = ws.entryFile(doc, tree) || tree.entries.get(ws.SOURCE_ID) || tree.files()[0]
     if (pick && pick.kind === 'file') tabs.open(pick.id)
   }
@@ -214,7 +220,7 @@ export async function roomView (root, roomId, alive = () => true) {
   provider.on('peers', () => renderPeople())
   awareness.on('change', () => renderPeople())
   function renderPeople () {
-    const tree = ws.readTree(doc)
+    const tree = currentTree()
     const where = new Map() // user id -> path of the file their view is in
     awareness.getStates().forEach((s) => {
       if (s && s.user && typeof s.file === 'string' && tree.entries.has(s.file)) where.set(String(s.user.id), tree.entries.get(s.file).path)
@@ -259,7 +265,7 @@ export async function roomView (root, roomId, alive = () => true) {
   window.codesync = {
     doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, tabs, fileTree, ws,
     get editor () { return tabs.editor() },
-    tree: () => Array.from(ws.readTree(doc).entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
+    tree: () => Array.from(currentTree().entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
   }
 
   return () => {
@@ -268,6 +274,7 @@ export async function roomView (root, roomId, alive = () => true) {
     awareness.off('change', onAwareness)
     clearTimeout(settleTimer)
     doc.getMap('files').unobserve(onFiles)
+    doc.getMap('files').unobserveDeep(dropTree)
     fileTree.destroy()
     tabs.destroy()
     runPanel.destroy()
