@@ -12,23 +12,9 @@ export const SCHEMA = TREE_SCHEMA
 export const LANGUAGES = ALL_LANGUAGES
 export const FINAL_STATUSES = new Set(['finished', 'failed', 'timeout', 'killed', 'refused'])
 
-export function roomParts (doc) {
-  return { source: doc.getText('source'), meta: doc.getMap('meta') }
-}
-
 /** The run records: the `runs` map of the named document `runs` (never the main document's). */
 export function runsMap (runsDoc) {
   return runsDoc.getMap('runs')
-}
-
-/** Fill in meta defaults only where nothing is set, so a peer never overwrites a shared choice. */
-export function ensureMeta (doc, { language, title }) {
-  const { meta } = roomParts(doc)
-  doc.transact(() => {
-    if (!meta.has('schema')) meta.set('schema', SCHEMA)
-    if (!meta.has('language') && language) meta.set('language', language)
-    if (!meta.has('title') && title) meta.set('title', title)
-  })
 }
 
 /** A plain snapshot of one run for rendering: output as [{text, stderr}] segments. */

@@ -191,7 +191,7 @@ export async function roomView (root, roomId, alive = () => true) {
   idb.once('synced', () => { if (ws.isV2(doc) || doc.getText('source').length) settle() })
   provider.on('synced', settle)
   const settleTimer = setTimeout(settle, 2500) // alone in the room: nobody to sync with
-  const onFiles = () => { if (settled) openDefault() }
+  const onFiles = () => { dropTree(); if (settled) openDefault() } // shallow observers run before deep ones: drop the cache here too
   doc.getMap('files').observe(onFiles)
   applyRole()
   provider.on('role', (r) => { role = r; applyRole() })
