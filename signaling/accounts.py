@@ -257,6 +257,9 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
     if row is None:
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
     if row.revoked_at is not None:
+        owner = await session.get(User, row.user_id)
+        if owner is not None and owner.disabled_at is not None:  # say why the session ended
+            raise AccountError("account_disabled", "this account has been disabled by an administrator")
         raise AccountError("invalid_refresh_token", "refresh token has been revoked")
     family_id, user_id = row.family_id, row.user_id  # plain values: a rollback expires ``row``
     if row.used_at is not None:

@@ -155,10 +155,10 @@ export async function accountView (root, params = new URLSearchParams()) {
         }
       }
     }, `Link ${p.label}`))
-    providers.replaceChildren(
+    providers.replaceChildren(...[
       rows.length ? h('ul.plain', ...rows) : h('p.muted', 'No provider linked.'),
       links.length ? h('div.row', ...links) : null,
-      providerMsg.el)
+      providerMsg.el].filter(Boolean))
   }
   loadProviders().catch(err => providers.replaceChildren(h('p.notice.error', text(err))))
 

@@ -48,7 +48,7 @@ export async function adminView (root) {
       stat('runs waiting', r.runs_waiting, 'stat-waiting'),
       stat('service peers connected', s.signaling.connected_services, 'stat-services'))
     statsNote.textContent = `Signaling numbers from ${s.signaling.source}. ` +
-      (r.configured ? `Runs from ${r.sources.length} /metrics endpoint(s).` : r.note) +
+      (r.configured ? `Runs from ${r.sources.length} /metrics endpoint(s).` : r.note + '.') +
       ` Registration: ${MODES[s.registration.mode] || s.registration.mode}${s.registration.domains.length ? ` (${s.registration.domains.join(', ')})` : ''}.`
   }
 
@@ -76,6 +76,7 @@ export async function adminView (root) {
                   await Admin.setUser(u.id, { disabled: !u.disabled })
                   userMsg.show(u.disabled ? `${u.email} can sign in again.` : `${u.email} is disabled: signed out everywhere.`, 'ok')
                   loadUsers()
+                  setTimeout(() => loadStats().catch(() => {}), 500) // its sockets close within moments
                 } catch (err) { userMsg.show(errorText(err), 'error') }
               }
             }

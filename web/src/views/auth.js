@@ -123,9 +123,10 @@ export function loginView (root, { message } = {}) {
     const text = policyText(policy)
     const invited = sessionStorage.getItem(PENDING_INVITE) || sessionStorage.getItem(PENDING_SIGNUP)
     const canRegister = !policy || policy.mode === 'open' || policy.mode === 'domain' || invited
-    registerLine.replaceChildren(
+    registerLine.replaceChildren(...[
       text ? h('span', { testid: 'registration-policy' }, text + ' ') : null,
-      canRegister ? h('span', 'No account yet? ', h('a', { href: '#/register', testid: 'to-register' }, 'Create one')) : null)
+      canRegister ? h('span', 'No account yet? ', h('a', { href: '#/register', testid: 'to-register' }, 'Create one')) : null
+    ].filter(Boolean))
   })
   email.focus()
 }
