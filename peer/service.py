@@ -11,7 +11,7 @@ part is a hook (``RoomPresence._run``) and the bookkeeping lives here once:
   previous presence in the same room that is still leaving;
 - ``RoomService``: the signaling client and its callbacks, the rooms table, stop-all;
 - ``run_service``: the ``codesync persist`` / ``codesync runner`` process — settings check,
-  SIGTERM/SIGINT, ops server (``signaling.opsserver``), orderly stop.
+  SIGTERM/SIGINT, ops server (``codesync.opsserver``), orderly stop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, Union
 
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
 
@@ -127,13 +127,19 @@ class RoomService(Generic[P]):
         self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token)
         self.token_keeper.start()
         self.client = SignalingClient(
-            self.settings.signaling_url, self.settings.service_token, self.settings,
+            self.settings.signaling_url, self.settings.service_token,
             token_provider=self.token_keeper.current,
         )
         self.client.on_room_active(self._on_active)
         self.client.on_room_idle(self._on_idle)
         self.client.on_connected(self._on_connected)
         await self.client.start()
+
+    def room(self, room_id: str, **kwargs: Any) -> Any:  # -> peer.Room
+        """A Room over the service's connection, ICE restricted as configured (``CODESYNC_ICE_HOSTS``)."""
+        from .room import Room
+
+        return Room.over(self.client, room_id, ice_hosts=self.settings.ice_host_list, **kwargs)
 
     def _on_active(self, topic: str) -> None:
         if self._stopping:
@@ -203,7 +209,7 @@ async def run_service(
         logger.error("codesync %s needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
                      "(make one with: codesync token --scope %s)", command, scope)
         return 2
-    from signaling.opsserver import ops_server
+    from codesync.opsserver import ops_server
 
     try:
         service = make()

@@ -23,8 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from . import sessions
-from .models import AuthSession, RefreshToken, User, utcnow
+from . import emaillinks, sessions
+from .accounterrors import AccountError  # noqa: F401  (re-exported: the accounts API's error)
+from codesync.models import AuthSession, RefreshToken, User, utcnow
 from .passwords import hash_password, needs_rehash, verify_password
 from .state import AppState
 from .tokens import hash_token, new_refresh_token
@@ -32,16 +33,6 @@ from .tokens import hash_token, new_refresh_token
 # Deliberately loose: one "@", something on both sides, a dot in the domain, no spaces.
 # Deliverability is not ours to judge; this only catches obvious typos and junk.
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-class AccountError(Exception):
-    """A refused account operation; ``code`` is the API error code."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}  # extra fields of the API error object
 
 
 def normalize_email(email: str) -> str:
@@ -195,8 +186,6 @@ async def change_password(
     sign-in stop working too (``sessions_revoked_at``, closed by the periodic re-check).
     Emailed reset links still out there stop working.
     """
-    from . import emaillinks
-
     user = await session.get(User, user_id)
     if user is None:
         raise AccountError("invalid_credentials", "no such account")

@@ -9,10 +9,12 @@ import jwt
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from . import db, sessions
-from .models import ServiceToken, User, utcnow
+from codesync import db
+
+from . import sessions
+from codesync.models import ServiceToken, User, utcnow
 from .passwords import MAX_LENGTH, MIN_LENGTH, hash_password
-from .settings import Settings
+from codesync.settings import Settings
 from .tokens import SERVICE_SCOPES, TokenService
 
 # `codesync token` prints a service's *bootstrap* token; the running service trades it for

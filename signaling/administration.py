@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .accounts import AccountError, is_admin, revoke_all, user_json
-from .models import DocumentSnapshot, DocumentUpdate, Membership, OAuthIdentity, Room, User, utcnow
+from codesync.models import DocumentSnapshot, DocumentUpdate, Membership, OAuthIdentity, Room, User, utcnow
 from .state import AppState
 
 PAGE = 50

@@ -6,7 +6,9 @@ import logging
 
 from aiohttp import web
 
-from . import db, livestats, mail, selfservice, sessions, webclient
+from codesync import db
+
+from . import livestats, mail, selfservice, sessions, webclient
 from .api import account as account_api
 from .api import admin as admin_api
 from .api import auth as auth_api
@@ -15,7 +17,7 @@ from .api import ops as ops_api
 from .api import rooms as rooms_api
 from .api import service as service_api
 from .errors import error_middleware
-from .settings import Settings
+from codesync.settings import Settings
 from .ws import server as signal_server
 from .state import STATE, AppState
 from .tokens import TokenService

@@ -29,7 +29,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from . import mailtemplates, sessions
 from .accounts import AccountError
 from .mail import send_later
-from .models import AuthSession, DeletedAccount, Membership, RefreshToken, Role, Room, User, utcnow
+from codesync.models import AuthSession, DeletedAccount, Membership, RefreshToken, Role, Room, User, utcnow
 from .rooms import notify_membership, purge_room
 from .state import AppState
 

@@ -20,8 +20,8 @@ from sqlalchemy import update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .accounts import AccountError
-from .models import AccountToken, User, utcnow
+from .accounterrors import AccountError
+from codesync.models import AccountToken, User, utcnow
 from .state import AppState
 from .tokens import TokenError
 

@@ -27,7 +27,7 @@ from email.utils import formatdate, make_msgid
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from .settings import Settings
+from codesync.settings import Settings
 from .state import AppState
 
 log = logging.getLogger("codesync.mail")

@@ -8,7 +8,7 @@ attacker-chosen name in a mail from this server would be a phishing kit.
 from __future__ import annotations
 
 from .mail import Mail
-from .settings import Settings
+from codesync.settings import Settings
 
 FOOTER = "\n\n-- \nCodeSync at {base}\nThis mail was sent automatically; replies are not read.\n"
 

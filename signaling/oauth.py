@@ -47,8 +47,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import sessions
 from .accounts import AccountError, check_may_sign_in, issue_tokens
-from .models import AccountToken, AuthSession, OAuthIdentity, RefreshToken, User, utcnow
-from .settings import OAuthProvider, Settings
+from codesync.models import AccountToken, AuthSession, OAuthIdentity, RefreshToken, User, utcnow
+from codesync.settings import OAuthProvider, Settings
 
 try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
     import httpx2  # type: ignore[import-not-found]

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import sessions
+from . import revocation
 from .errors import ApiError
-from .models import AuthSession, ServiceToken, User
+from codesync.models import AuthSession, ServiceToken, User
 from .state import AppState, get_state
 from .tokens import TokenError
 
@@ -36,12 +36,12 @@ class Principal:
     def revocation_keys(self) -> frozenset[str]:
         """What revokes this principal's sockets (see ``signaling.sessions``)."""
         if self.service is not None:
-            return frozenset({sessions.service_key(self.token_id or ""), sessions.scope_key(self.service)})
-        keys = {sessions.user_key(self.user_id or "")}
+            return frozenset({revocation.service_key(self.token_id or ""), revocation.scope_key(self.service)})
+        keys = {revocation.user_key(self.user_id or "")}
         if self.session_id:
-            keys.add(sessions.session_key(self.session_id))
+            keys.add(revocation.session_key(self.session_id))
         elif self.token_id:
-            keys.add(sessions.token_key(self.token_id))
+            keys.add(revocation.token_key(self.token_id))
         return frozenset(keys)
 
 

@@ -34,7 +34,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from .settings import Settings
+from codesync.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from redis.asyncio import Redis

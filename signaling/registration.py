@@ -28,7 +28,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .accounts import AccountError, normalize_email
-from .models import Invite, Membership, Role, SignupInvite, utcnow
+from codesync.models import Invite, Membership, Role, SignupInvite, utcnow
 from .rooms import role_needed_to_invite
 from .state import AppState
 from .tokens import TokenError

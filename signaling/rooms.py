@@ -30,7 +30,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .errors import ApiError
-from .models import (
+from codesync.models import (
     DocumentSnapshot,
     DocumentUpdate,
     Invite,

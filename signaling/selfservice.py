@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from . import emaillinks, mailtemplates, sessions
 from .accounts import AccountError, normalize_email, revoke_all, user_by_email, valid_email
 from .mail import send_later
-from .models import User
+from codesync.models import User
 from .passwords import hash_password, verify_password
 from .registration import domain_of
 from .state import AppState

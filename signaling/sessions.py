@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from sqlmodel import col, select
 
-from .models import AuthSession, ServiceToken, User
+from codesync.models import AuthSession, ServiceToken, User
+from .revocation import scope_key, service_key, session_key, token_key, user_key  # noqa: F401  (re-exported)
 from .state import STATE, AppState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,26 +45,6 @@ log = logging.getLogger("codesync.sessions")
 RevocationListener = Callable[[set[str]], Awaitable[Any]]
 LISTENERS_KEY = "revocation_listeners"
 CHUNK = 500  # ids per IN (...) list
-
-
-def session_key(session_id: str) -> str:
-    return f"sid:{session_id}"
-
-
-def user_key(user_id: str) -> str:
-    return f"user:{user_id}"
-
-
-def token_key(jti: str) -> str:
-    return f"jti:{jti}"
-
-
-def service_key(token_id: str) -> str:
-    return f"svc:{token_id}"
-
-
-def scope_key(scope: str) -> str:
-    return f"scope:{scope}"
 
 
 # ----------------------------------------------------------------------------- events

@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from signaling import admin
-from signaling.models import DocumentUpdate
-from signaling.opsserver import OpsServer
-from signaling.settings import Settings
+from codesync.models import DocumentUpdate
+from codesync.opsserver import OpsServer
+from codesync.settings import Settings
 from tests.conftest import Api, _api
 from tests.stack import SignalClient, signaling_stack
 from tests.support import free_port, wait_for
@@ -87,7 +87,7 @@ async def test_admin_emails_count_only_once_verified(make_settings, sqlite_url):
 
         state = api.server.app[STATE]
         async with state.sessions() as session:
-            from signaling.models import User
+            from codesync.models import User
 
             user = await session.get(User, squatter["user"]["id"])
             user.email_verified = True
@@ -164,7 +164,7 @@ async def test_rooms_sizes_and_live_numbers(tmp_path, redis_url, redis_prefix):
             await admin.create_user(settings, "root@example.com", "Root", PASSWORD, is_admin=True)
             seeded = await stack.seed_room({"alice": "owner", "bob": "editor"}, name="Big room")
             # Stored document updates for the room (what the persistence peer writes).
-            from signaling import db
+            from codesync import db
 
             engine = db.create_engine(settings)
             try:
@@ -226,13 +226,13 @@ def test_codesync_user_create_admin(tmp_path):
 
     env = child_env(CODESYNC_DATA_DIR=str(tmp_path / "d"), CODESYNC_PASSWORD="a long password",
                     CODESYNC_SECRET_KEY=secrets.token_urlsafe(48))
-    done = subprocess.run([sys.executable, "-m", "signaling.cli", "user", "create", "op@example.com", "--admin"],
+    done = subprocess.run([sys.executable, "-m", "codesync.cli", "user", "create", "op@example.com", "--admin"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     import asyncio
 
-    from signaling import db
-    from signaling.models import User
+    from codesync import db
+    from codesync.models import User
 
     async def check() -> User:
         engine = db.create_engine(Settings(data_dir=tmp_path / "d"))

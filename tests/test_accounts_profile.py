@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from signaling.models import AuthSession, DeletedAccount, DocumentUpdate, Membership, Room, User
+from codesync.models import AuthSession, DeletedAccount, DocumentUpdate, Membership, Room, User
 from signaling.state import STATE
 from tests.conftest import Api, _api
 from tests.stack import SignalClient
@@ -165,7 +165,7 @@ async def test_a_disabled_account_cannot_sign_in_with_a_provider(oauth_api: Api)
         first = await browser.sign_in("xena")
     uid = (await api.client.get("/api/me", headers=bearer(first["access_token"]))).json()["id"]
     async with api.server.app[STATE].sessions() as session:
-        from signaling.models import utcnow
+        from codesync.models import utcnow
 
         user = await session.get(User, uid)
         user.disabled_at = utcnow()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from signaling.models import RefreshToken, User, utcnow
+from codesync.models import RefreshToken, User, utcnow
 from signaling.state import STATE
 from signaling.tokens import hash_token
 from tests.conftest import Api, _api

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from signaling.opsserver import OpsServer, ops_server, run_checks
+from codesync.opsserver import OpsServer, ops_server, run_checks
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -154,7 +154,7 @@ def test_json_log_lines_carry_the_request_id():
     import json
     import logging
 
-    from signaling.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter
+    from codesync.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from signaling import db
-from signaling.settings import Settings
+from codesync import db
+from codesync.settings import Settings
 from tests.conftest import _api
 from tests.stack import SignalClient
 from tests.support import ROOT, free_port, require

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from signaling.models import Membership
+from codesync.models import Membership
 from signaling.state import STATE
 from tests.conftest import Api
 from tests.test_rooms import account

@@ -17,13 +17,10 @@ import pytest
 
 from peer import Room, SignalingClient
 from runner.runs import decode_state_vector
-from signaling.settings import Settings
 from tests.stack import SeededRoom, Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-SETTINGS = Settings(ice_hosts="127.0.0.1")
 
 
 @asynccontextmanager
@@ -99,7 +96,7 @@ class Client:
 
 @asynccontextmanager
 async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterator[list[Client]]:
-    async with joined(stack, seeded, *labels, settings=SETTINGS) as rooms:
+    async with joined(stack, seeded, *labels) as rooms:
         yield [Client(room) for room in rooms]
 
 
@@ -168,6 +165,27 @@ async def test_stop_mid_run_and_runner_survives_a_vanishing_peer(tmp_path):
         assert runner.proc.poll() is None
 
 
+async def test_console_input_reaches_the_program_and_only_editors_may_type(tmp_path):
+    """The ``input`` app operation: an editor's line reaches ``input()`` and is echoed for
+    everyone; a viewer's is refused (the live role, as for run/stop) and echoes nothing."""
+    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ed", "vic") as (ed, vic):
+        await wait_for(ed.runner, timeout=30, what="runner joined")
+        ed.source.insert(0, "name = input('name? ')\nprint('hello', name)\nprint('rest', input('more? '))\n")
+        assert (await ed.run("io"))["op"] == "run-accepted", runner.log()[-3000:]
+        await wait_for(lambda: "name? " in vic.output("io"), timeout=20, what="the prompt")
+        refused = await vic.request("input", "io", data="mallory\n")
+        assert refused["op"] == "input-refused" and "editor" in refused["reason"], refused
+        accepted = await ed.request("input", "io", data="ada\n")
+        assert accepted == {"op": "input-accepted", "run_id": "io"}, accepted
+        await wait_for(lambda: "hello ada" in vic.output("io"), timeout=15, what="the program's answer")
+        assert (await ed.request("input", "io", eof=True))["op"] == "input-accepted"
+        await wait_for(lambda: vic.field("io", "status") in ("finished", "failed"), timeout=15, what="run ended")
+        out = vic.runs["io"]["output"]
+        assert "mallory" not in str(out)
+        assert ("ada\n", {"stream": "stdin"}) in out.diff()  # the echo, marked as input
+        assert vic.field("io", "status") == "failed" and "EOFError" in str(out)  # Ctrl-D ended the second input()
+
+
 @pytest.mark.docker
 async def test_runner_with_the_docker_sandbox(tmp_path, docker_daemon, docker_image):
     env = {"CODESYNC_SANDBOX": "docker", "CODESYNC_RUNNER_DOCKER_URL": docker_daemon.url,
@@ -190,10 +208,10 @@ async def test_state_vector_wait_visible_refusals_and_recovery_end_to_end(tmp_pa
         # A run an earlier (dead) process of this runner instance left "running" (only a runner
         # writes runs: here another runner-stamped peer brings the entry into the room): the
         # runner fails it once the entry reaches it; a viewer watching the room sees that.
-        other_runner = SignalingClient(stack.url, await stack.service_token("runner"), SETTINGS)
+        other_runner = SignalingClient(stack.url, await stack.service_token("runner"))
         await other_runner.start()
         try:
-            old = other_runner.room(seeded.id)
+            old = Room.over(other_runner, seeded.id, ice_hosts="127.0.0.1")
             await old.start()
             await wait_for(lambda: runner_peer in old.connected_peers and vic.room.peer_id in old.connected_peers,
                            timeout=20, what="the other runner peer linked")

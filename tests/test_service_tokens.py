@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 
-from signaling.models import ServiceToken
+from codesync.models import ServiceToken
 from signaling.state import STATE
 from signaling.tokens import AUDIENCE
 from tests.stack import SignalClient, Stack, signaling_stack
@@ -29,7 +29,7 @@ def claims(token: str) -> dict:
 def cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess:
     """``codesync ARGS`` as the operator runs it next to the deployment (same database, key, Redis)."""
     return subprocess.run(
-        [sys.executable, "-m", "signaling.cli", *args],
+        [sys.executable, "-m", "codesync.cli", *args],
         env=child_env(**stack.env, **env), cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
 

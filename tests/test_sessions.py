@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from signaling import accounts
-from signaling.models import AuthSession, utcnow
+from codesync.models import AuthSession, utcnow
 from signaling.state import STATE
 from tests.stack import SignalClient, signaling_stack
 
@@ -195,8 +195,8 @@ async def test_the_periodic_recheck_closes_what_a_lost_notice_missed(tmp_path):
                 await _joined(a, room_id)
                 await _joined(b, room_id)
                 sid = jwt.decode(alice["access_token"], options={"verify_signature": False})["sid"]
-                from signaling import db
-                from signaling.settings import Settings
+                from codesync import db
+                from codesync.settings import Settings
 
                 engine = db.create_engine(Settings(database_url=stack.database_url, data_dir=tmp_path / "x"))
                 try:
@@ -233,8 +233,8 @@ async def test_migration_turns_existing_sign_ins_into_sessions(database_url, tmp
     from alembic import command
     from sqlalchemy import text
 
-    from signaling import db
-    from signaling.settings import Settings
+    from codesync import db
+    from codesync.settings import Settings
 
     engine = db.create_engine(Settings(database_url=database_url, data_dir=tmp_path / "data"))
 

@@ -32,8 +32,8 @@ def children(pid: int) -> dict[str, int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"signaling.cli" in argv:
-            found[argv[argv.index(b"signaling.cli") + 1].decode()] = int(entry.name)
+        if ppid == pid and b"codesync.cli" in argv:
+            found[argv[argv.index(b"codesync.cli") + 1].decode()] = int(entry.name)
     return found
 
 
@@ -97,7 +97,7 @@ async def test_up_runs_the_whole_stack_restarts_a_crash_and_stops_cleanly(tmp_pa
         CODESYNC_TURN_SECRET="turn-secret-for-signaling-only",
     )
     log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "signaling.cli", "up"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen([sys.executable, "-m", "codesync.cli", "up"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_http_ok(f"{base}/healthz", timeout=60)
@@ -150,7 +150,7 @@ async def test_up_keeps_the_signing_key_away_from_the_peers_and_the_data_dir_pri
     )
     (data / "service-tokens.json").write_text('{"persistence": "old", "runner": "old"}')  # an older version's
     log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "signaling.cli", "up"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen([sys.executable, "-m", "codesync.cli", "up"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     watch: FileOpens | None = None
     try:
         base = f"http://127.0.0.1:{port}"

@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 from sqlalchemy import text
 
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 from ..service import RoomPresence, RoomService, run_service
 
@@ -89,7 +89,7 @@ class RoomKeeper(RoomPresence):
     async def _persist(self, held: HeldLease, lost: asyncio.Event) -> None:
         service = self.service
         doc = Doc()
-        room = service.client.room(self.room_id, hold_sync=True, doc=doc)
+        room = service.room(self.room_id, hold_sync=True, doc=doc)
         writer = RoomWriter(
             service.store,
             self.room_id,

@@ -33,9 +33,9 @@ from pycrdt import Doc, merge_updates
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from signaling import db
-from signaling.models import MAIN_DOC, DocumentSnapshot, DocumentUpdate, utcnow
-from signaling.settings import Settings
+from codesync import db
+from codesync.models import MAIN_DOC, DocumentSnapshot, DocumentUpdate, utcnow
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.persistence.store")
 

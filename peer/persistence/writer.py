@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pycrdt import Doc, get_state, merge_updates
 
-from signaling.models import MAIN_DOC
+from codesync.models import MAIN_DOC
 
 from .store import DocumentStore, StoredDocument
 

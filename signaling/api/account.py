@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from .. import accounts, deletion, selfservice
 from ..api.auth import DisplayName, account_error
 from ..errors import ApiError, read_json
-from ..models import OAuthIdentity, User
+from codesync.models import OAuthIdentity, User
 from ..passwords import MAX_LENGTH, MIN_LENGTH
 from ..principal import Principal, require_user
 from ..state import get_state

@@ -18,7 +18,7 @@ import logging
 from .. import accounts, mailtemplates, registration, rooms, selfservice
 from ..clientaddr import client_address
 from ..errors import ApiError, read_json
-from ..models import User
+from codesync.models import User
 from ..passwords import MAX_LENGTH, MIN_LENGTH, hash_password
 from ..principal import bearer_token, require_user
 from ..ratelimit import RateLimited, login_throttle, mail_throttle
@@ -145,7 +145,7 @@ async def register(request: web.Request) -> web.Response:
 
 async def _invite_proves(state, session, admission: registration.Admission, email: str) -> bool:
     """A signup invite bound to this address came by mail to it: the address is proven."""
-    from ..models import SignupInvite
+    from codesync.models import SignupInvite
 
     if admission.signup_invite_id is None:
         return False
@@ -156,7 +156,7 @@ async def _invite_proves(state, session, admission: registration.Admission, emai
 async def _complete_registration(state, session, user: User, admission: registration.Admission) -> None:
     """Spend the signup invite, join the invited room, mail the verification link."""
     if admission.signup_invite_id is not None:
-        from ..models import SignupInvite
+        from codesync.models import SignupInvite
 
         invite = await session.get(SignupInvite, admission.signup_invite_id)
         if not await registration.spend_signup_invite(session, admission.signup_invite_id, user.id):
@@ -236,8 +236,8 @@ async def refresh(request: web.Request) -> web.Response:
     async with state.sessions() as session:
         try:
             tokens = await accounts.rotate(state, session, body.refresh_token)
-        except accounts.AccountError as exc:
-            raise _refused(exc) from None
+        except accounts.AccountError as exc:  # always 401: the sign-in is over, whatever the reason
+            raise ApiError(401, exc.code, exc.message) from None
     return web.json_response(tokens)
 
 

@@ -2,7 +2,7 @@
 
 Also the request-id middleware: every HTTP request (and so every ``/signal`` connection) gets
 an id — the reverse proxy's ``X-Request-Id`` when it sent a sane one, else a fresh one — that
-is put on every log line written while handling it (``signaling.logs.REQUEST_ID``), returned
+is put on every log line written while handling it (``codesync.logs.REQUEST_ID``), returned
 in the ``X-Request-Id`` response header, and counted in the HTTP metrics.
 """
 
@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from sqlalchemy import text
 
 from ..errors import ApiError
-from ..logs import REQUEST_ID
+from codesync.logs import REQUEST_ID
 from ..principal import Principal, bearer_token, principal_from_token, require_user
-from ..settings import Settings
+from codesync.settings import Settings
 from ..state import get_state
 from ..tokens import TokenError
 
@@ -130,7 +130,7 @@ def health_checks(state) -> dict:
 
 async def _ops_port(app: web.Application):
     """``/healthz`` and ``/metrics`` on ``CODESYNC_OPS_PORT``: for scrapers, never via the proxy."""
-    from ..opsserver import OpsServer
+    from codesync.opsserver import OpsServer
 
     state = get_state(app)
     settings = state.settings

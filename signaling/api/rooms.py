@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from .. import rooms
 from ..errors import ApiError, read_json
-from ..models import Role, User
+from codesync.models import Role, User
 from ..principal import require_user
 from ..state import get_state
 

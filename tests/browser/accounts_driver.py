@@ -64,7 +64,7 @@ async def main() -> None:
             await stack.start_signaling()
             await closed.start_signaling()
             from signaling import admin
-            from signaling.settings import Settings
+            from codesync.settings import Settings
 
             env = stack.base_env()
             await admin.create_user(Settings(data_dir=Path(env["CODESYNC_DATA_DIR"])), "root@example.com", "Root", PASSWORD, is_admin=True)

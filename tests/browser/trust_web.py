@@ -132,7 +132,7 @@ async def stored_text(stack: Stack, room_id: str) -> str:
     from pycrdt import Doc, Text
 
     from peer.persistence.store import DocumentStore
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     env = stack.base_env()
     store = await DocumentStore.open(Settings(data_dir=Path(env["CODESYNC_DATA_DIR"]), secret_key=env["CODESYNC_SECRET_KEY"]))

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             return _up(settings)
         if args.command == "signaling":
-            from .server import run_signaling
+            from signaling.server import run_signaling
 
             return asyncio.run(run_signaling(settings))
         if args.command == "persist":
@@ -66,14 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_runner(settings))
         if args.command == "migrate":
-            from . import admin
+            from signaling import admin
 
             asyncio.run(admin.migrate_only(settings))
             return 0
         if args.command == "token":
             return _token(settings, args)
         if args.command == "user" and args.user_command == "create":
-            from . import admin
+            from signaling import admin
 
             password = args.password or os.environ.get("CODESYNC_PASSWORD") or getpass.getpass("Password: ")
             user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password, is_admin=args.admin))
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from . import admin
+    from signaling import admin
 
     if args.action == "create":
         if args.scope is None or args.target is not None:
@@ -110,7 +110,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def admin_errors() -> tuple[type[BaseException], ...]:
-    from .admin import AdminError
+    from signaling.admin import AdminError
 
     return (AdminError,)
 

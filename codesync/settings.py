@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
     web_dist: Path | None = None
-    # /healthz + /metrics of the persistence peer and the runner (signaling/opsserver.py); unset = off.
+    # /healthz + /metrics of the persistence peer and the runner (codesync/opsserver.py); unset = off.
     ops_port: int | None = None
     ops_host: str | None = None  # default: host
     # Persistence peer (peer/persistence): room lease lifetime (renewed every third of it), how

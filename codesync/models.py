@@ -1,6 +1,6 @@
 """SQL schema (sqlmodel) shared by the signaling server and the persistence peer.
 
-The tables are created by Alembic migrations (``signaling/migrations``), never by
+The tables are created by Alembic migrations (``codesync/migrations``), never by
 ``create_all``, so SQLite and PostgreSQL deployments evolve the same way.
 """
 

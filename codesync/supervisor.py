@@ -23,7 +23,9 @@ from collections.abc import Callable
 
 import httpx
 
-from . import admin, db
+from signaling import admin
+
+from . import db
 from .settings import Settings, ensure_private_dir
 
 log = logging.getLogger("codesync.up")
@@ -96,7 +98,7 @@ class Child:
 
     async def start(self) -> asyncio.subprocess.Process:
         env = self.env() if callable(self.env) else self.env
-        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "signaling.cli", self.name, env=env)
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "codesync.cli", self.name, env=env)
         return self.proc
 
     async def supervise(self) -> None:
