@@ -20,6 +20,7 @@ from codesync.models import AccountToken, utcnow
 from signaling.state import STATE
 from tests.conftest import Api, _api
 from tests.smtp import MailSink, smtp_server
+from tests.stack import SignalClient
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -226,9 +227,17 @@ async def test_change_password_needs_the_old_one_and_ends_the_other_sessions(api
                               headers=bearer(here))
     assert_error(r, 403, "wrong_password")
     assert (await api.client.get("/api/me", headers=bearer(there))).status_code == 200  # nothing happened
-    r = await api.client.post("/api/me/password", json={"current_password": PASSWORD, "new_password": "a new long password"},
-                              headers=bearer(here))
-    assert r.status_code == 204, r.text
+    ws = api.base_url.replace("http://", "ws://") + "/signal?token="
+    async with SignalClient.connect(ws + here["access_token"]) as ws_here, SignalClient.connect(ws + there["access_token"]) as ws_there:
+        for client in (ws_here, ws_there):
+            await client.send({"type": "ping"})
+            await client.expect("pong")
+        r = await api.client.post("/api/me/password", json={"current_password": PASSWORD, "new_password": "a new long password"},
+                                  headers=bearer(here))
+        assert r.status_code == 204, r.text
+        assert await ws_there.wait_closed(timeout=10) == 4003  # the other session's socket closes at once
+        await ws_here.send({"type": "ping"})
+        await ws_here.expect("pong", timeout=10)  # this one stays
     assert (await api.client.get("/api/me", headers=bearer(here))).status_code == 200  # this session stays
     assert (await api.client.post("/api/auth/refresh", json={"refresh_token": here["refresh_token"]})).status_code == 200
     assert_error(await api.client.get("/api/me", headers=bearer(there)), 401, "session_revoked")
@@ -325,3 +334,46 @@ async def test_a_bad_smtp_url_stops_the_server_from_starting(make_settings, sqli
 
     with pytest.raises(MailConfigError):
         create_app(make_settings(database_url=sqlite_url, smtp_url="http://mail.example.com"))
+
+
+# ----------------------------------------------------------------------------- migration
+async def test_migration_0005_keeps_accounts_and_what_references_them(database_url, tmp_path):
+    """A database at 0003 with a user, a room, a membership and a session upgrades to head:
+    nothing that references users is lost (plain ADD COLUMNs), nobody becomes verified or an
+    administrator by the upgrade, the new tables are there and empty."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from codesync import db
+    from codesync.settings import Settings
+
+    engine = db.create_engine(Settings(database_url=database_url, data_dir=tmp_path / "data"))
+
+    def upgrade_to(revision: str):
+        def run(connection) -> None:
+            cfg = db.alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+
+        return run
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to("0003"))
+            await conn.execute(text(
+                "INSERT INTO users (id, email, name, email_verified, created_at) VALUES ('u1', 'a@example.com', 'A', false, '2026-11-01 10:00:00')"))
+            await conn.execute(text(
+                "INSERT INTO rooms (id, name, language, owner_id, created_at) VALUES ('r1', 'R', 'python', 'u1', '2026-11-01 10:00:00')"))
+            await conn.execute(text(
+                "INSERT INTO memberships (room_id, user_id, role, created_at) VALUES ('r1', 'u1', 'owner', '2026-11-01 10:00:00')"))
+            await conn.execute(text(
+                "INSERT INTO auth_sessions (id, user_id, created_at) VALUES ('s1', 'u1', '2026-11-01 10:00:00')"))
+        await db.migrate(engine)
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT email_verified, is_admin, disabled_at, color FROM users WHERE id = 'u1'"))).one()
+            assert tuple(row) == (False, False, None, None)
+            for table, n in (("rooms", 1), ("memberships", 1), ("auth_sessions", 1), ("account_tokens", 0),
+                             ("signup_invites", 0), ("deleted_accounts", 0)):
+                assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar() == n, table
+    finally:
+        await engine.dispose()
