@@ -175,6 +175,8 @@ async def main() -> None:
                 await r.wait_for_function("() => document.querySelector('[data-testid=stat-users] .value').textContent === '1'")
                 await r.click("[data-testid=admin-user][data-email='bob@example.com'] [data-testid=admin-disable]")
                 await r.wait_for_selector("[data-testid=admin-users-message].ok")
+                # The list reloads after the change: wait for the row to say so.
+                await r.wait_for_function("() => document.querySelector(\"[data-testid=admin-user][data-email='bob@example.com'] [data-testid=admin-user-state]\").innerText === 'disabled'")
                 state_text = await r.inner_text("[data-testid=admin-user][data-email='bob@example.com'] [data-testid=admin-user-state]")
                 bob_msg = await (await b.wait_for_selector("[data-testid=auth-message]", timeout=20_000)).inner_text()
                 # Its socket is gone from the live numbers too.
