@@ -39,13 +39,15 @@ def ws_run(tmp_path_factory):
     require("browser testbed", ok, why)
     require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
     work = tmp_path_factory.mktemp("workspace-web")
-    zips = {
+    uploads = {
         "bad-dotdot.zip": _zip([("ok.py", b"print(1)\n", None), ("../evil.py", b"import os\n", None)]),
         "bad-symlink.zip": _zip([("ok.py", b"print(1)\n", None), ("link.py", b"/etc/passwd", stat.S_IFLNK | 0o777)]),
         "bad-absolute.zip": _zip([("/etc/cron.d/x", b"x\n", None)]),
         "good.zip": _zip([("lib/up.py", b"UP = 1\n", stat.S_IFREG | 0o644), ("lib/data/readme.txt", "ü\n".encode(), None)]),
+        "bad-binary.png": base64.b64encode(bytes(range(256))).decode(),
+        "good-notes.txt": base64.b64encode("plain notes ✓\n".encode()).decode(),
     }
-    return run_driver("workspace_web.py", {"workdir": str(work), "zips": zips, "shots": str(ROOT / "docs" / "screenshots")},
+    return run_driver("workspace_web.py", {"workdir": str(work), "uploads": uploads, "shots": str(ROOT / "docs" / "screenshots")},
                       work / "driver.log", timeout=450)
 
 
@@ -95,6 +97,12 @@ def test_upload_refuses_dotdot_links_and_absolute_paths_and_download_works(ws_ru
     assert "'..'" in messages["bad-dotdot.zip"] or "..\"" in messages["bad-dotdot.zip"] or ".." in messages["bad-dotdot.zip"]
     assert "symbolic link" in messages["bad-symlink.zip"]
     assert "absolute" in messages["bad-absolute.zip"]
+    assert "not a text file" in messages["bad-binary.png"] and "Uploaded: 1 new file" in messages["good-notes.txt"]
+
+
+def test_limits_are_refused_with_a_message(ws_run):
+    res = step(ws_run, "limits_refused_with_a_message")
+    assert "2 MiB" in res["typing"] and "500" in res["create"]
 
 
 def test_folder_deleted_under_an_editor_closes_the_tab(ws_run):

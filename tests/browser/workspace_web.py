@@ -2,8 +2,9 @@
 client — files and folders, tabs, cursors per file, multi-file runs, the console, upload and
 download — with signaling, the persistence peer and the runner, and three users in headless
 Chromium: Alice (owner), Bob (editor), Carol (viewer). Prints one RESULT line:
-``{"steps": {...}}``. Config: ``workdir``; optional ``zips`` (name -> base64 archive to upload;
-made by the pytest side with Python's zipfile, so links and ``..`` entries are real zip entries).
+``{"steps": {...}}``. Config: ``workdir``; optional ``uploads`` (file name -> base64 content to upload,
+in order; archives made by the pytest side with Python's zipfile, so links and ``..`` entries
+are real zip entries; names starting with ``bad`` must be refused, ``good`` accepted).
 """
 
 from __future__ import annotations
@@ -279,21 +280,24 @@ async def main() -> None:
             async def upload():
                 work = Path(cfg["workdir"])
                 results = {}
-                for name, data in (cfg.get("zips") or {}).items():
+                for name, data in (cfg.get("uploads") or {}).items():
                     path = work / name
                     path.write_bytes(base64.b64decode(data))
                     before = await a.evaluate(TREE)
                     await a.set_input_files("[data-testid=tree-upload-input]", str(path))
                     note = await a.wait_for_selector("[data-testid=tree-message]:not([hidden])")
                     results[name] = await note.inner_text()
-                    if name.startswith("good"):
+                    if name == "good.zip":
                         for page in (a, b):
                             await wait_js(page, HAS_PATHS, ["lib/up.py", "lib/data/readme.txt"])
+                    elif name.startswith("good"):
+                        for page in (a, b):
+                            await wait_js(page, "(n) => window.codesync.tree().some(e => e.path.endsWith(n))", name.split("-", 1)[1])
                     else:
                         await probe(a, 2 + len(results), b)
                         assert await a.evaluate(TREE) == before and await b.evaluate(TREE) == before, name
                 assert all("refused" in v for k, v in results.items() if k.startswith("bad")), results
-                assert "Uploaded" in results.get("good.zip", ""), results
+                assert all("Uploaded" in v for k, v in results.items() if k.startswith("good")), results
                 # Download: the project as a zip, every file with its content.
                 async with a.expect_download() as dl:
                     await a.click("[data-testid=tree-download]")
@@ -307,6 +311,37 @@ async def main() -> None:
                 return {"messages": results, "downloaded": names}
 
             await steps.run("upload_checked_and_download_zip", upload, ("files_and_folders",))
+
+            # ---------------------------------------------------------------- limits
+            async def limits():
+                await click_row(a, "main.py")
+                # A file at its size limit: typing more is refused with a message; deleting works.
+                big = "x" * (2 * 1024 * 1024 - 4)
+                await a.evaluate(SET_TEXT, ["util.py", big])
+                await click_row(a, "util.py")
+                await a.click(".cm-content")
+                await a.keyboard.press("Control+End")
+                await a.keyboard.type("abcdefgh", delay=5)
+                note = await a.wait_for_selector("[data-testid=editor-message]:not([hidden])")
+                message = await note.inner_text()
+                size = await a.evaluate("(p) => new TextEncoder().encode((" + FILE_TEXT + ")(p)).length", "util.py")
+                await a.keyboard.press("Backspace")  # making a full file smaller always works
+                await wait_js(a, "([p, n]) => (" + FILE_TEXT + ")(p).length === n", ["util.py", size - 1])
+                await a.evaluate(SET_TEXT, ["util.py", "def f():\n    return 'util ok'\n"])
+                # A room at its file limit: one more file is refused with a message, nothing written.
+                have = await a.evaluate("() => window.codesync.tree().filter(e => e.kind === 'file').length")
+                await a.evaluate("(n) => window.codesync.ws.importFiles(window.codesync.doc, Array.from({length: n}, (_, i) => ({path: `bulk/f${i}.txt`, text: ''})))", 500 - have)
+                await new_entry(a, "tree-new-file", "one-too-many.py")
+                refused = await (await a.wait_for_selector("[data-testid=tree-message]:not([hidden])")).inner_text()
+                files_now = await a.evaluate("() => window.codesync.tree().filter(e => e.kind === 'file').length")
+                await row_action(a, "bulk", "tree-delete")
+                await row_action(a, "bulk", "tree-delete")
+                await wait_js(b, "() => !window.codesync.tree().some(e => e.path.startsWith('bulk'))")
+                assert "size limit" in message and size <= 2 * 1024 * 1024, (message, size)
+                assert "at most 500 files" in refused and files_now == 500, (refused, files_now)
+                return {"typing": message, "create": refused}
+
+            await steps.run("limits_refused_with_a_message", limits, ("upload_checked_and_download_zip",))
 
             # ---------------------------------------------------------------- delete under someone
             async def delete_folder_under_editor():

@@ -44,8 +44,8 @@ function skipped (path) {
 /** Text of an uploaded file, or an Error naming it (binary files cannot be edited in a room). */
 export function decodeText (path, bytes) {
   let text
-  try { text = utf8.decode(bytes) } catch (e) { throw new Error(`${path} is not a text file (not UTF-8); only text files can go into a room`) }
-  if (text.includes('\u0000')) throw new Error(`${path} is a binary file; only text files can go into a room`)
+  try { text = utf8.decode(bytes) } catch (e) { throw new Error(`${path} is refused: it is not a text file (not UTF-8); only text files can go into a room`) }
+  if (text.includes('\u0000')) throw new Error(`${path} is refused: it is a binary file; only text files can go into a room`)
   return text.startsWith('\ufeff') ? text.slice(1) : text
 }
 
