@@ -1,8 +1,8 @@
-// The editor page: mounts the file tree (filetree.js), the tabs and editor (tabs.js), the run
-// panel with its console (runpanel.js, console.js) and the status line (statusbar.js); presence and
-// sharing are here. The local user's role is live: presence and the server's stamps can demote
-// (read-only at once, Run and file changes gone), promote, or remove (links closed) them while
-// the page is open.
+// The editor page: mounts the workspace (workspacepane.js: file tree, tabs and editor, language
+// picker), the run panel with its console (runpanel.js, console.js) and the status line
+// (statusbar.js); presence and sharing are here. The local user's role is live: presence and the
+// server's stamps can demote (read-only at once, Run and file changes gone), promote, or remove
+// (links closed) them while the page is open.
 import * as Y from 'yjs'
 import { Awareness } from 'y-protocols/awareness'
 import { IndexeddbPersistence } from 'y-indexeddb'
@@ -13,10 +13,9 @@ import { CodeSyncProvider } from '../provider.js'
 import { mayWriteLocal } from '../rights.js'
 import { colorFor, copyText, h, notice } from '../ui.js'
 import { header } from './rooms.js'
-import { createFileTree } from './filetree.js'
 import { createRunPanel } from './runpanel.js'
 import { createStatusBar } from './statusbar.js'
-import { createTabs } from './tabs.js'
+import { createWorkspace } from './workspacepane.js'
 
 /** `alive()` is false once the user has navigated away (or been signed out) during an await. */
 export async function roomView (root, roomId, alive = () => true) {
@@ -63,12 +62,6 @@ export async function roomView (root, roomId, alive = () => true) {
   const doc = new Y.Doc()
   const runsDoc = new Y.Doc() // the named document `runs` (type 102): written by the runner only
   const meta = doc.getMap('meta')
-  // The resolved tree, read again only after the tree changed: presence and cursor moves (every
-  // remote keystroke) re-render the people list and the toolbar, which only look it up.
-  let treeCache = null
-  const dropTree = () => { treeCache = null }
-  doc.getMap('files').observeDeep(dropTree)
-  const currentTree = () => treeCache || (treeCache = ws.readTree(doc))
   const idb = new IndexeddbPersistence(`codesync-room-${roomId}`, doc)
   const awareness = new Awareness(doc)
   awareness.setLocalStateField('user', { id: me.id, name: me.name || me.email || 'Someone', ...colorFor(me.id || me.email || doc.clientID) })
@@ -83,32 +76,14 @@ export async function roomView (root, roomId, alive = () => true) {
   })
 
   // ------------------------------------------------------------------ layout
-  const roomLanguage = () => meta.get('language') || room.language || 'python'
-  const langSelect = h('select', { testid: 'language', title: "The open file's language (shared with everyone in the room)" })
-  const runTarget = h('span.muted.run-target', { testid: 'run-target' })
   const title = h('span.room-title', { testid: 'room-title' }, meta.get('title') || room.name)
   const roleTag = h('span.tag.role', { testid: 'my-role' })
   const people = h('ul.people', { testid: 'presence' })
   const sharePanel = h('section.panel')
-  let active = null // the resolved tree entry of the file in view
-  const tabs = createTabs({
-    doc, awareness, readOnly: !mayWriteLocal(role), onRun: () => runPanel.requestRun(),
-    onActive: (entry) => { active = entry; renderToolbar(); renderPeople() }
+  const workspace = createWorkspace({
+    doc, awareness, provider, idb, room, roomId, role: () => role, onRun: () => runPanel.requestRun(), onChange: () => renderPeople()
   })
-  const fileTree = createFileTree({
-    doc, canEdit: mayWriteLocal(role), onOpen: (id) => tabs.open(id), activeId: () => tabs.activeId(),
-    zipName: () => `${(meta.get('title') || room.name || 'project').replace(/[^\w.-]+/g, '_')}.zip`,
-    peopleIn
-  })
-  /** What Run runs: the room's entry file, else the file in view (docs/workspace.md). */
-  const target = () => {
-    const tree = currentTree()
-    const entry = ws.entryFile(doc, tree) || (active && tree.entries.get(active.id))
-    if (!entry) return { error: 'Open a file to run it (or set an entry file in the file tree).' }
-    if (entry.language === ws.PLAINTEXT) return { error: `${entry.path} is plain text: give it a language's extension or pick its language.` }
-    return { language: entry.language, entry: entry.id, entry_path: entry.path }
-  }
-  const runPanel = createRunPanel({ provider, doc, runsDoc, target, canRun: mayWriteLocal(role) })
+  const runPanel = createRunPanel({ provider, doc, runsDoc, target: workspace.target, canRun: mayWriteLocal(role) })
   const statusBar = createStatusBar({ provider, doc, awareness, offline })
   const side = h('aside.side',
     h('section.panel', h('h2', 'People'), people),
@@ -116,96 +91,24 @@ export async function roomView (root, roomId, alive = () => true) {
     runPanel.panel)
   const page = h('div.page.room',
     header([title, roleTag]),
-    h('div.toolbar', langSelect, runPanel.controls, runTarget),
+    h('div.toolbar', workspace.langSelect, runPanel.controls, workspace.runTarget),
     statusBar.message,
-    h('div.room-body', h('aside.files-side', fileTree.el), h('section.editor-pane', tabs.el), side),
+    h('div.room-body', h('aside.files-side', workspace.filesEl), h('section.editor-pane', workspace.editorEl), side),
     statusBar.footer)
   root.replaceChildren(page)
 
-  // ------------------------------------------------------------------ files
+  // ------------------------------------------------------------------ role
   /** Apply the local user's (live) role to the page: editable, file changes, language picker, Run, console. */
   const applyRole = () => {
     const canEdit = mayWriteLocal(role)
     roleTag.textContent = role ? role + (canEdit ? '' : ' · read-only') : 'no access · read-only'
-    tabs.setReadOnly(!canEdit)
-    fileTree.setCanEdit(canEdit)
+    workspace.setCanEdit(canEdit)
     runPanel.setCanRun(canEdit)
-    renderToolbar()
   }
-
-  /** The language list: what the runner advertises (plus plain text), else every language we know. */
-  function languageChoices () {
-    const offered = new Set(provider.serviceStates('runner').flatMap(s => Array.isArray(s.languages) ? s.languages : []))
-    const list = offered.size ? ws.LANGUAGES.filter(l => offered.has(l.id) || l.id === ws.PLAINTEXT) : ws.LANGUAGES
-    return active && !list.some(l => l.id === active.language) ? [...list, ws.LANGUAGES.find(l => l.id === active.language)] : list
-  }
-  let shownChoices = ''
-  function renderToolbar () {
-    const choices = languageChoices()
-    const key = choices.map(l => l.id).join()
-    if (key !== shownChoices) {
-      shownChoices = key
-      langSelect.replaceChildren(...choices.map(l => h('option', { value: l.id }, l.label)))
-    }
-    langSelect.value = active ? active.language : roomLanguage()
-    langSelect.disabled = !mayWriteLocal(role) || !active
-    const tree = currentTree()
-    const entry = ws.entryFile(doc, tree)
-    runTarget.textContent = entry ? `Run: ${entry.path} (entry)` : active ? `Run: ${active.path} (in view)` : 'Run: the file in view'
-    title.textContent = meta.get('title') || room.name
-  }
-  langSelect.addEventListener('change', () => {
-    if (!mayWriteLocal(role) || !active) return
-    const chosen = langSelect.value
-    doc.transact(() => {
-      ws.setLanguage(doc, active.id, chosen === ws.languageOf(active.name) ? null : chosen)
-      // The first file is v1's `source`: older clients read its language from meta.language.
-      if (active.id === ws.SOURCE_ID && chosen !== ws.PLAINTEXT) meta.set('language', chosen)
-    })
-    if (active.id === ws.SOURCE_ID && chosen !== ws.PLAINTEXT) Rooms.update(roomId, { language: chosen }).catch(() => {})
-  })
-  const onMeta = () => renderToolbar()
-  meta.observe(onMeta)
-  let peopleKey = ''
-  const onAwareness = () => {
-    renderToolbar()
-    const key = JSON.stringify(Array.from(peopleIn()))
-    if (key !== peopleKey) { peopleKey = key; fileTree.render() } // dots of who is where; not on every cursor move
-  }
-  awareness.on('change', onAwareness)
-
-  /** Open the entry file, else the first file, else any file — once there is one. */
-  const openDefault = () => {
-    if (tabs.activeId()) return
-    const tree = currentTree()
-    const pick = ws.entryFile(doc, tree) || tree.entries.get(ws.SOURCE_ID) || tree.files()[0]
-    if (pick && pick.kind === 'file') tabs.open(pick.id)
-  }
-  /** A room without a tree (new, or v1 not yet migrated): the first file, the same on every peer. */
-  const ensureFiles = () => {
-    if (!mayWriteLocal(role) || ws.isV2(doc) || meta.get('schema') === ws.SCHEMA) return
-    ws.ensureFirstFile(doc, ws.LANGUAGE_EXTENSION[roomLanguage()] ? roomLanguage() : 'python')
-  }
-  let settled = false
-  const settle = () => { if (!settled) { settled = true; ensureFiles(); openDefault() } }
-  idb.once('synced', () => { if (ws.isV2(doc) || doc.getText('source').length) settle() })
-  provider.on('synced', settle)
-  const settleTimer = setTimeout(settle, 2500) // alone in the room: nobody to sync with
-  const onFiles = () => { dropTree(); if (settled) openDefault() } // shallow observers run before deep ones: drop the cache here too
-  doc.getMap('files').observe(onFiles)
   applyRole()
   provider.on('role', (r) => { role = r; applyRole() })
-
-  /** File id -> names of the others whose view is in it (awareness `file`). */
-  function peopleIn () {
-    const out = new Map()
-    awareness.getStates().forEach((s, clientId) => {
-      if (clientId === doc.clientID || !s || !s.user || typeof s.file !== 'string') return
-      if (!out.has(s.file)) out.set(s.file, [])
-      out.get(s.file).push(String(s.user.name || ''))
-    })
-    return out
-  }
+  const onMeta = () => { title.textContent = meta.get('title') || room.name }
+  meta.observe(onMeta)
 
   // ------------------------------------------------------------------ presence
   let presence = []
@@ -220,11 +123,7 @@ export async function roomView (root, roomId, alive = () => true) {
   provider.on('peers', () => renderPeople())
   awareness.on('change', () => renderPeople())
   function renderPeople () {
-    const tree = currentTree()
-    const where = new Map() // user id -> path of the file their view is in
-    awareness.getStates().forEach((s) => {
-      if (s && s.user && typeof s.file === 'string' && tree.entries.has(s.file)) where.set(String(s.user.id), tree.entries.get(s.file).path)
-    })
+    const where = workspace.whereIs() // user id -> path of the file their view is in
     const items = []
     const seen = new Set()
     for (const p of presence) {
@@ -250,7 +149,7 @@ export async function roomView (root, roomId, alive = () => true) {
   renderPeople()
 
   const onKey = (ev) => {
-    if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && !tabs.el.contains(ev.target)) {
+    if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && !workspace.editorEl.contains(ev.target)) {
       ev.preventDefault()
       runPanel.requestRun()
     }
@@ -263,20 +162,15 @@ export async function roomView (root, roomId, alive = () => true) {
 
   // Exposed for tests and debugging: the documents and the provider of the open room.
   window.codesync = {
-    doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, tabs, fileTree, ws,
-    get editor () { return tabs.editor() },
-    tree: () => Array.from(currentTree().entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
+    doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, ws, tabs: workspace.tabs, fileTree: workspace.fileTree,
+    get editor () { return workspace.tabs.editor() },
+    tree: () => Array.from(workspace.tree().entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
   }
 
   return () => {
     window.removeEventListener('keydown', onKey)
     meta.unobserve(onMeta)
-    awareness.off('change', onAwareness)
-    clearTimeout(settleTimer)
-    doc.getMap('files').unobserve(onFiles)
-    doc.getMap('files').unobserveDeep(dropTree)
-    fileTree.destroy()
-    tabs.destroy()
+    workspace.destroy()
     runPanel.destroy()
     statusBar.destroy()
     provider.destroy()
