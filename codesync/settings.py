@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # Service tokens (persistence, runner): lifetime of the tokens `codesync up` mints and of
     # those a service gets in exchange for its current one (POST /api/service/token).
     service_token_ttl: int = Field(default=24 * 3600, description="seconds")
+    # A service peer writes each renewed token here (compose: the file its token came from).
+    service_token_file: Path | None = None
     # How often each signaling node re-checks the sessions / service tokens of its open /signal
     # sockets against the database (the safety net behind the revocation events).
     session_recheck: float = Field(default=15.0, description="seconds")
