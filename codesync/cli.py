@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token",
         help="service tokens: print a new one (--scope), list them, revoke one or a scope",
         description="codesync token --scope persistence|runner [--name N] [--ttl S]  |  codesync token list  |  "
-        "codesync token revoke ID_OR_TOKEN  |  codesync token revoke --scope persistence|runner  |  "
+        "codesync token revoke ID_OR_TOKEN [--scope S: only if of that scope]  |  codesync token revoke --scope persistence|runner  |  "
         "codesync token --check FILE_OR_TOKEN [--scope S]",
     )
     tok.add_argument("action", nargs="?", choices=["create", "list", "revoke"], default="create")
@@ -140,7 +140,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     target = None if args.target is None else admin.read_token_argument(args.target)
     revoked = asyncio.run(admin.revoke_service_tokens(settings, token=target, scope=args.scope))
-    what = f"scope {args.scope}" if args.scope else "that token"
+    what = "that token" if target else f"scope {args.scope}"
     print(f"revoked {len(revoked)} service token(s) of {what}" + (f": {', '.join(revoked)}" if revoked else ""))
     return 0
 

@@ -14,15 +14,16 @@ umask 077
 for scope in persistence runner; do
     file="$dir/$scope"
     status=0
-    why=$(codesync token --check "$file" --scope "$scope" 2>&1 >/dev/null) || status=$?
+    why=$(CODESYNC_LOG_LEVEL=WARNING codesync token --check "$file" --scope "$scope" 2>&1 >/dev/null) || status=$?
     case $status in
         0) continue ;;
         1) ;;  # missing or refused: replace it below
         *) echo "checking the $scope service token failed: $why" >&2; exit "$status" ;;
     esac
     if [ -s "$file" ]; then
-        # Ends the old credential's renewal chain too (nothing if it is unknown or revoked).
-        codesync token revoke "$file" >/dev/null 2>&1 || true
+        # Ends the old credential's renewal chain too (nothing if it is unknown, revoked or of
+        # another scope: a persistence token in the runner's file keeps working for persistence).
+        codesync token revoke "$file" --scope "$scope" >/dev/null 2>&1 || true
     fi
     codesync token --scope "$scope" --name compose > "$file.tmp" 2>/dev/null
     mv "$file.tmp" "$file"

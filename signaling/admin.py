@@ -179,12 +179,14 @@ async def list_service_tokens(settings: Settings) -> list[ServiceTokenInfo]:
 
 async def revoke_service_tokens(settings: Settings, token: str | None = None, scope: str | None = None) -> list[str]:
     """Revoke one credential (id or token) or every live one of ``scope``; the ids revoked.
+    Both: that one credential, only if it is of ``scope`` (deploy/bootstrap.sh replacing the
+    runner's token file must never end the persistence peer's credential).
 
     Their tokens are refused from now on and their ``/signal`` sockets closed: at once when
     the nodes share Redis (a notice on the bus), else at the nodes' next session re-check.
     """
-    if (token is None) == (scope is None):
-        raise AdminError("name a token (id or token) or --scope, not both")
+    if token is None and scope is None:
+        raise AdminError("name a token (id or token) or --scope")
     if scope is not None:
         _check_scope(scope)
     engine = db.create_engine(settings)
@@ -197,6 +199,8 @@ async def revoke_service_tokens(settings: Settings, token: str | None = None, sc
                 row = await session.get(ServiceToken, token_id)
                 if row is None:
                     raise AdminError(f"no service token {token_id}")
+                if scope is not None and row.scope != scope:
+                    raise AdminError(f"service token {token_id} is a {row.scope} token, not a {scope} one; not revoked")
                 query = query.where(col(ServiceToken.id) == token_id)
             else:
                 query = query.where(col(ServiceToken.scope) == scope)

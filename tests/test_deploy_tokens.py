@@ -99,8 +99,11 @@ def test_token_check_accepts_only_a_token_signaling_would(tmp_path: Path):
         assert check.returncode == 1 and message in check.stderr, (what, check.returncode, check.stderr)
         assert check.stdout == "", what
 
-    # Revoked — by the file, as deploy/bootstrap.sh does it.
-    revoked = cli("token", "revoke", str(token_file))
+    # Revoked — by the file, as deploy/bootstrap.sh does it, with the scope it expects there.
+    wrong = cli("token", "revoke", str(token_file), "--scope", "persistence")
+    assert wrong.returncode == 2 and "is a runner token, not a persistence one; not revoked" in wrong.stderr
+    assert cli("token", "--check", str(token_file)).returncode == 0
+    revoked = cli("token", "revoke", str(token_file), "--scope", "runner")
     assert revoked.returncode == 0 and token_id in revoked.stdout, revoked.stderr
     check = cli("token", "--check", str(token_file))
     assert check.returncode == 1 and f"service token {token_id} was revoked" in check.stderr, check.stderr
