@@ -89,7 +89,7 @@ class RoomKeeper(RoomPresence):
     async def _persist(self, held: HeldLease, lost: asyncio.Event) -> None:
         service = self.service
         doc = Doc()
-        room = service.client.room(self.room_id, hold_sync=True, doc=doc)
+        room = service.room(self.room_id, hold_sync=True, doc=doc)
         writer = RoomWriter(
             service.store,
             self.room_id,
