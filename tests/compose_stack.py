@@ -440,6 +440,9 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
                 DOCKER_GID=str(daemon.socket.stat().st_gid),
                 DOCKER_SOCKET=str(daemon.socket),
                 DEBIAN_IMAGE=base,
+                # The test's bridge stands in for compose.yaml's default network: the signaling
+                # nodes trust its X-Forwarded-For (CODESYNC_TRUSTED_PROXIES) as in production.
+                NETWORK_SUBNET=str(network.subnet),
                 CODESYNC_TEST_NETWORK=network.name,
                 CODESYNC_TEST_PERSISTENCE_IP=network.host(PERSISTENCE_HOST),
                 CODESYNC_TEST_RUNNER_IP=network.host(RUNNER_HOST),
