@@ -1,7 +1,7 @@
 """``docker compose up``: the production stack of compose.yaml started for real — opt-in.
 
 Run with ``make test-compose`` (or ``CODESYNC_TEST_COMPOSE=1 pytest tests/test_deploy_compose_up.py``);
-it takes about ten minutes (most of it the image builds), so the normal suite deselects it
+it takes about eleven minutes (a third of it the image builds), so the normal suite deselects it
 (tests/conftest.py). What runs:
 
 - a private dockerd (tests/dockerd.py), every image built by ``compose build`` from the
@@ -13,8 +13,11 @@ it takes about ten minutes (most of it the image builds), so the normal suite de
   accounts (the API and the admin CLI of the README), a room, an invite; aiortc peers
   (``peer.Room``) and the persistence peer sync a document; a run in the runner's Docker
   sandbox reaches the room; ``compose stop`` of a signaling node while peers type loses no
-  edit; ``compose down`` + ``up`` keeps the document; the backup and restore commands of
-  docs/deployment.md work, in place and onto an empty deployment.
+  edit; ``compose down`` + ``up`` keeps the document; login throttling tells clients behind
+  the proxy apart (CODESYNC_TRUSTED_PROXIES = the compose network); the run image runs every
+  language (TypeScript from the vendored toolchain); a renewed service token survives a
+  restart; the backup and restore commands of docs/deployment.md work, in place and onto an
+  empty deployment, and ``compose run migrate`` replaces tokens a restored dump no longer knows.
 
 The helpers (dockerd, base image, network, cleanup) are in tests/compose_stack.py.
 """
