@@ -374,7 +374,7 @@ def test_bootstrap_keeps_accepted_tokens_and_replaces_refused_ones(tmp_path: Pat
 # What each app service may be given: the runner runs other people's code, the persistence peer
 # stores documents; neither ever needs the token-signing key (a service token is renewed over
 # HTTP) or another service's secret (DESIGN.md, trust model; codesync/supervisor.py does the same).
-SECRET_SETTINGS = {"CODESYNC_SECRET_KEY", "CODESYNC_TURN_SECRET"}
+SECRET_SETTINGS = {"CODESYNC_SECRET_KEY", "CODESYNC_TURN_SECRET", "CODESYNC_SMTP_URL"}  # (an SMTP URL may hold a password)
 
 
 def test_the_peers_get_no_secret_they_do_not_use(config: dict):
