@@ -375,6 +375,12 @@ class Room:
             return False
         return self._send(link, p.encode_app(obj))
 
+    def buffered_amount(self, peer_id: str) -> int:
+        """Bytes queued towards ``peer_id`` and not yet taken by SCTP (0 without a link): a
+        service answering large requests looks before queuing more (bounded memory)."""
+        link = self._links.get(peer_id)
+        return link.conn.buffered_amount if link is not None else 0
+
     async def broadcast_app(self, obj: dict[str, Any]) -> int:
         """A type-101 message to every connected peer advertising "app"; returns how many."""
         frame = p.encode_app(obj)

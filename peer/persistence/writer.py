@@ -194,6 +194,11 @@ class RoomWriter:
                 log.error("room %s: flush did not finish in %.1fs; %d updates unsaved", self.room_id, timeout,
                           len(self._pending))
                 self._task.cancel()
+        if self.failed is None and self._allowed():
+            try:
+                await self.store_attribution()
+            except Exception:  # noqa: BLE001 - bindings are re-learnt next time
+                log.exception("room %s: storing attribution at close failed", self.room_id)
         if compact and self.failed is None and self.stats.log_rows > 1 and self._allowed():
             try:
                 async with self._lock:
@@ -365,6 +370,19 @@ class RoomWriter:
             if not self._allowed():
                 raise LeaseLost(f"room {self.room_id}: not the owner")
             return await job()
+
+    async def store_attribution(self) -> None:
+        """Write what attribution learnt since the last commit (awareness claims, new authors)
+        even when no update comes to carry it."""
+        if self.attribution is None or not (self.attribution.dirty_authors or self.attribution.dirty_clients):
+            return
+        async with self._lock:
+            dirty = self.attribution.take_dirty()
+            if not self._allowed():
+                return
+            async with self.store.engine.begin() as conn:
+                await history.write_history(conn, self.room_id, *dirty)
+            self.attribution.written(*dirty)
 
     def forget_bursts(self) -> None:
         """The stored bursts were deleted ("delete history"): start a new one next time."""

@@ -1,0 +1,360 @@
+"""History end to end: real ``codesync signaling`` and ``codesync persist`` processes, real
+aiortc ``peer.Room`` peers on loopback (docs/history.md, docs/protocol.md "History").
+
+Attribution is checked against who really typed (also through a relaying peer), restoring a
+version converges everywhere and in storage, playback of a replayed trace reproduces the
+trace's states, and the rights: a viewer per the room's policy, forged requests (wrong role),
+a removed member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pycrdt
+import pytest
+from sqlalchemy import select
+
+from bench.traces import apply_txn, load_trace, replay_to_text
+from peer import Room
+from peer import protocol as p
+from peer.persistence import history as h
+from peer.persistence.history_client import HistoryClient, HistoryError
+from peer.persistence.store import UPDATES, DocumentStore
+from peer.persistence.yupdate import decode_ranges
+from signaling.settings import Settings
+from tests.stack import SeededRoom, Stack, signaling_stack
+from tests.support import Service, child_env, free_port, start_service, wait_for, wait_http_ok
+
+pytestmark = pytest.mark.timeout(300)
+
+SETTINGS = Settings(ice_hosts="127.0.0.1")
+
+
+# ----------------------------------------------------------------------------- the stack
+@dataclass
+class History:
+    stack: Stack
+    seeded: SeededRoom
+    tmp: Path
+    persist: Service
+    ops: int
+
+    async def rest(self, as_label: str, method: str, path: str, **kw) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.stack.url, timeout=10) as http:
+            r = await http.request(method, path, headers={"Authorization": f"Bearer {self.seeded.token(as_label)}"},
+                                   **kw)
+        assert r.status_code < 300, r.text
+        return r
+
+    async def remove(self, label: str, by: str = "alice") -> None:
+        await self.rest(by, "DELETE", f"/api/rooms/{self.seeded.id}/members/{self.seeded.user(label).id}")
+
+    async def store(self) -> DocumentStore:
+        return await DocumentStore.open(Settings(database_url=self.stack.database_url, data_dir=self.tmp / "data"))
+
+    async def stored_text(self) -> str:
+        store = await self.store()
+        try:
+            doc = pycrdt.Doc()
+            doc.apply_update((await store.load(self.seeded.id)).update)
+            return str(doc.get("source", type=pycrdt.Text))
+        finally:
+            await store.close()
+
+    async def metric(self, name: str, **labels: str) -> float:
+        import re
+
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"http://127.0.0.1:{self.ops}/metrics")).text
+        total = 0.0
+        for line in text.splitlines():
+            m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+            if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).items() >= labels.items():
+                total += float(m.group(2))
+        return total
+
+
+@asynccontextmanager
+async def history_stack(tmp: Path, roles: dict[str, str | None], **env: str) -> AsyncIterator[History]:
+    async with signaling_stack(tmp) as stack:
+        seeded = await stack.seed_room(roles)
+        ops = free_port()
+        persist = start_service(["persist"], child_env(**{
+            **stack.env, "CODESYNC_SIGNALING_URL": stack.url, "CODESYNC_ICE_HOSTS": "127.0.0.1",
+            "CODESYNC_SERVICE_TOKEN": await stack.service_token("persistence"),
+            "CODESYNC_PERSIST_IDLE_GRACE": "2", "CODESYNC_OPS_PORT": str(ops), **env,
+        }), tmp / "persist.log", name="persist")
+        try:
+            await wait_http_ok(f"http://127.0.0.1:{ops}/healthz", persist)
+            yield History(stack, seeded, tmp, persist, ops)
+        finally:
+            persist.stop()
+
+
+@asynccontextmanager
+async def peers(hs: History, *labels: str, **kw) -> AsyncIterator[list[Room]]:
+    async with AsyncExitStack() as es:
+        rooms = []
+        for label in labels:
+            room = Room(hs.stack.url, hs.seeded.token(label), hs.seeded.id, SETTINGS, **kw)
+            user = hs.seeded.user(label)
+            # as a browser does: awareness names the user (and carries the document's client id)
+            room.awareness.set_local_state({"user": {"id": user.id, "name": user.name, "color": "#08f"}})
+            await room.start()
+            es.push_async_callback(room.stop)
+            rooms.append(room)
+        yield rooms
+
+
+# ----------------------------------------------------------------------------- helpers
+def source(room: Room | pycrdt.Doc) -> pycrdt.Text:
+    doc = room.doc if isinstance(room, Room) else room
+    return doc.get("source", type=pycrdt.Text)
+
+
+def persistence_of(room: Room) -> str | None:
+    return next((pid for pid, info in room.peers.items() if info.service == "persistence" and info.connected), None)
+
+
+def saved_covers(room: Room) -> bool:
+    mine = p.decode_state_vector(room.doc.get_state())
+    for state in room.awareness.states.values():
+        saved = state.get("saved") if isinstance(state, dict) and state.get("service") == "persistence" else None
+        if isinstance(saved, dict) and saved.get("status") == "saved":
+            stored = p.decode_state_vector(base64.b64decode(saved["state_vector"]))
+            if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
+                return True
+    return False
+
+
+async def linked(rooms: list[Room], timeout: float = 45) -> None:
+    ids = {r.peer_id for r in rooms}
+    await wait_for(lambda: all(ids - {r.peer_id} <= set(r.connected_peers) and persistence_of(r) for r in rooms),
+                   timeout, what=f"links among {len(rooms)} peers and the persistence peer")
+
+
+async def converged(rooms: list[Room], expected: str, timeout: float = 20) -> None:
+    try:
+        await wait_for(lambda: all(str(source(r)) == expected for r in rooms), timeout, what="convergence")
+    except AssertionError:
+        svs = [p.decode_state_vector(r.doc.get_state()) for r in rooms]
+        fixed = []
+        for r in rooms:
+            d = pycrdt.Doc()
+            d.apply_update(r.doc.get_update())
+            for other in rooms:
+                d.apply_update(other.doc.get_update(r.doc.get_state()))
+            fixed.append(str(source(d)))
+        raise AssertionError(f"no convergence: {[str(source(r)) for r in rooms]} svs={svs} "
+                             f"clients={[r.doc.client_id for r in rooms]} dropped={[r.dropped for r in rooms]} "
+                             f"stats={[r.stats for r in rooms]} with every diff applied: {fixed}") from None
+
+
+async def type_text(room: Room, text: str, at_end: bool = True) -> None:
+    """Typed one character at a time, yielding between keystrokes (one update each)."""
+    for ch in text:
+        t = source(room)
+        t.insert(len(t) if at_end else 0, ch)
+        await asyncio.sleep(0)
+
+
+async def stored_rows(hs: History) -> list:
+    store = await hs.store()
+    try:
+        async with store.engine.connect() as conn:
+            return (await conn.execute(
+                select(UPDATES.c.seq, UPDATES.c.doc, UPDATES.c.via, UPDATES.c.clients, UPDATES.c.data)
+                .where(UPDATES.c.room_id == hs.seeded.id).order_by(UPDATES.c.seq))).all()
+    finally:
+        await store.close()
+
+
+async def stored_attribution(hs: History):
+    store = await hs.store()
+    try:
+        return await h.load_attribution(store.engine, hs.seeded.id)
+    finally:
+        await store.close()
+
+
+def inserted_by_user(rows, attribution) -> dict[str | None, int]:
+    """Clock units each user added, from the stored rows and client bindings."""
+    out: dict[str | None, int] = {}
+    for r in rows:
+        if r.doc != "":
+            continue
+        for client, start, end in decode_ranges(r.clients):
+            author = attribution.authors.get(attribution.owner(client))
+            key = author.user_id or author.service if author else None
+            out[key] = out.get(key, 0) + end - start
+    return out
+
+
+# ----------------------------------------------------------------------------- tests
+async def test_stored_attribution_matches_who_typed_also_through_a_relay(tmp_path):
+    roles = {"alice": "owner", "bob": "editor", "carol": "editor"}
+    async with history_stack(tmp_path, roles) as hs, peers(hs, "alice", "bob", "carol") as (alice, bob, carol):
+        await linked([alice, bob, carol])
+        await type_text(alice, "alice wrote this line\n")
+        await type_text(bob, "bob wrote that one\n")
+        await type_text(carol, "carol, directly\n")
+        for room in (alice, bob, carol):
+            await wait_for(lambda r=room: saved_covers(r), 20, what="saved")
+
+        # carol loses her link to the persistence peer and may hold only one link (bob's):
+        # what she types now reaches storage only through bob, who relays it
+        persist_id = persistence_of(carol)
+        carol.max_conns = 2
+        await wait_for(lambda: alice.peer_id in carol._links or carol.max_conns == len(carol._links), 5)
+        await carol._links[alice.peer_id].conn.aclose()
+        carol.max_conns = 1
+        await carol._links[persist_id].conn.aclose()
+        await wait_for(lambda: set(carol.connected_peers) == {bob.peer_id}, 20, what="carol linked to bob only")
+        relayed = "carol, relayed by bob\n"
+        await type_text(carol, relayed)
+        await wait_for(lambda: saved_covers(bob) and relayed in str(source(bob)), 20, what="stored via bob")
+        assert persistence_of(carol) is None
+
+        # an update with a client id nobody announced, sent by bob: it is bob's (the limit)
+        side = pycrdt.Doc()
+        side.apply_update(bob.doc.get_update())
+        before = side.get_state()
+        source(side).insert(0, "# bob's other client\n")
+        forged = side.get_update(before)
+        assert bob._links[persist_id].conn.send(p.encode_sync_update(forged))
+        await wait_for(lambda: "# bob's other client" in str(source(alice)), 20, what="alice gets it too")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+
+        text = str(source(alice))
+        assert text == str(source(bob)) == await hs.stored_text()
+        rows = await stored_rows(hs)
+        attribution = await stored_attribution(hs)
+        ids = {label: hs.seeded.user(label).id for label in roles}
+        counts = inserted_by_user(rows, attribution)
+        assert counts[ids["alice"]] == len("alice wrote this line\n")
+        assert counts[ids["bob"]] == len("bob wrote that one\n") + len("# bob's other client\n")
+        assert counts[ids["carol"]] == len("carol, directly\n") + len(relayed)
+        # every client binding of a person came from their own link's awareness
+        for label, room in (("alice", alice), ("bob", bob), ("carol", carol)):
+            binding = attribution.clients[room.doc.client_id]
+            assert binding.direct and attribution.authors[binding.author].user_id == ids[label]
+        assert not attribution.clients[side.client_id].direct
+        assert attribution.authors[attribution.owner(side.client_id)].user_id == ids["bob"]
+        # carol's relayed keystrokes arrived on bob's link (via) and are carol's all the same
+        by_num = {a.user_id: a.num for a in attribution.authors.values() if a.user_id}
+        relayed_rows = [r for r in rows if r.doc == "" and any(c == carol.doc.client_id and s >= len("carol, directly\n")
+                                                               for c, s, _ in decode_ranges(r.clients))]
+        assert relayed_rows and all(r.via == by_num[ids["bob"]] for r in relayed_rows)
+
+        # the same through the history API: authors of the clients in the document
+        client = HistoryClient(alice)
+        answer = await client.ask("authors", clients=[alice.doc.client_id, carol.doc.client_id, side.client_id])
+        names = {int(c): answer["authors"][str(a)]["user_id"] for c, a in answer["clients"].items()}
+        assert names == {alice.doc.client_id: ids["alice"], carol.doc.client_id: ids["carol"],
+                         side.client_id: ids["bob"]}
+        timeline = await client.ask("timeline")
+        bursts = [b for s in timeline["sessions"] for b in s["bursts"]]
+        authors = [timeline["authors"][str(b["author"])]["user_id"] for b in bursts]
+        assert authors[:3] == [ids["alice"], ids["bob"], ids["carol"]]
+        assert sum(b["updates"] for b in bursts) == sum(1 for r in rows if r.doc == "")
+
+
+async def test_restoring_a_version_converges_on_every_peer_and_in_storage(tmp_path):
+    roles = {"alice": "owner", "bob": "editor", "vic": "viewer"}
+    async with history_stack(tmp_path, roles) as hs, peers(hs, "alice", "bob", "vic") as (alice, bob, vic):
+        await linked([alice, bob, vic])
+        await type_text(alice, "def answer():\n    return 42\n")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+        bob_history = HistoryClient(bob)
+        named = (await bob_history.ask("checkpoint", name="  the answer \x07"))["checkpoint"]
+        assert named["name"] == "the answer" and named["seq"] > 0
+        # later: someone pastes over the morning's work
+        t = source(alice)
+        with alice.doc.transaction():
+            del t[0:len(t)]
+            t.insert(0, "oops\n")
+        await wait_for(lambda: str(source(bob)) == "oops\n", 20, what="bob sees the paste")
+        await type_text(bob, "print(answer())\n")
+        await converged([alice, bob, vic], "oops\nprint(answer())\n")
+        await wait_for(lambda: saved_covers(alice) and saved_covers(bob), 20, what="saved")
+
+        timeline = await bob_history.ask("timeline")
+        assert [c["name"] for c in timeline["checkpoints"]] == ["the answer"]
+        assert timeline["authors"][str(timeline["checkpoints"][0]["author"])]["user_id"] == hs.seeded.user("bob").id
+        old = await bob_history.ask("version", seq=named["seq"])
+        assert old["exact"] and old["seq"] == named["seq"]
+        assert str(source(HistoryClient.version_doc(old))) == "def answer():\n    return 42\n"
+
+        assert bob_history.restore(old) > 0  # a new edit on top, made by bob's peer
+        expected = "def answer():\n    return 42\n"
+        for room in (alice, bob, vic):
+            await wait_for(lambda r=room: str(source(r)) == expected, 20, what="the restore reaches every peer")
+        await wait_for(lambda: saved_covers(bob), 20, what="the restore is stored")
+        assert await hs.stored_text() == expected
+        # nothing was rewritten: the paste is still in the history, the restore is a new burst by bob
+        latest = await bob_history.ask("timeline")
+        bursts = [b for s in latest["sessions"] for b in s["bursts"]]
+        assert latest["authors"][str(bursts[-1]["author"])]["user_id"] == hs.seeded.user("bob").id
+        page = await bob_history.ask("updates", after=named["seq"])
+        main_rows = [u for u in page["updates"] if u[2] == "main"]
+        assert latest["authors"][str(main_rows[-1][3])]["user_id"] == hs.seeded.user("bob").id
+        before_restore = await bob_history.ask("version", seq=main_rows[-2][0])
+        assert str(source(HistoryClient.version_doc(before_restore))) == "oops\nprint(answer())\n"
+        assert bob_history.changes and bob_history.changes[0]["what"] == "checkpoint"
+
+
+async def test_playback_reproduces_every_state_of_a_replayed_trace(tmp_path):
+    trace = load_trace("sveltecomponent")
+    count = 1500
+    states = [trace["startContent"]]
+    for txn in trace["txns"][:count]:
+        from bench.traces import apply_patches
+
+        states.append(apply_patches(states[-1], txn["patches"]))
+    async with history_stack(tmp_path, {"alice": "owner", "bob": "editor"}) as hs, \
+            peers(hs, "alice", coalesce_delay=0.0) as (alice,):
+        await wait_for(lambda: persistence_of(alice), 45, what="persistence joins")
+        text = source(alice)
+        current = trace["startContent"]
+        marks: dict[int, int] = {}  # trace state index -> the seq stored for it
+        client = HistoryClient(alice)
+        for i, txn in enumerate(trace["txns"][:count], start=1):
+            current = apply_txn(text, current, txn["patches"])
+            await asyncio.sleep(0)  # each transaction leaves as its own message
+            if i in (1, 400, 1000, count):
+                await wait_for(lambda: saved_covers(alice), 30, what=f"state {i} stored")
+                marks[i] = (await client.ask("timeline"))["bounds"]["last_seq"]
+        assert current == states[count] == replay_to_text(trace, count)
+
+        async with peers(hs, "bob") as (bob,):
+            await linked([bob])
+            player = HistoryClient(bob)
+            # seeking: the version at each mark is the trace's state there
+            for i, seq in marks.items():
+                version = await player.ask("version", seq=seq)
+                assert version["exact"] and str(source(HistoryClient.version_doc(version))) == states[i]
+            # playing from the first mark to the end, page by page, one update at a time
+            doc = HistoryClient.version_doc(await player.ask("version", seq=marks[1]))
+            seen = [str(source(doc))]
+            after, times = marks[1], []
+            while True:
+                page = await player.ask("updates", after=after, limit=400)
+                for seq, at, name, author, data in page["updates"]:
+                    assert name == "main" and page["authors"][str(author)]["user_id"] == hs.seeded.user("alice").id
+                    doc.apply_update(base64.b64decode(data))
+                    seen.append(str(source(doc)))
+                    times.append(at)
+                    after = seq
+                if not page["more"]:
+                    break
+            assert seen == states[1:count + 1], "playback skipped or changed a state of the trace"
+            assert times == sorted(times)
