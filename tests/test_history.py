@@ -358,3 +358,151 @@ async def test_playback_reproduces_every_state_of_a_replayed_trace(tmp_path):
                     break
             assert seen == states[1:count + 1], "playback skipped or changed a state of the trace"
             assert times == sorted(times)
+
+
+async def test_viewers_read_history_only_per_the_room_policy_and_wrong_roles_are_refused(tmp_path):
+    roles = {"alice": "owner", "ed": "editor", "vic": "viewer"}
+    async with history_stack(tmp_path, roles) as hs, peers(hs, "alice", "ed", "vic") as (alice, ed, vic):
+        await linked([alice, ed, vic])
+        await type_text(ed, "x = 1\n")
+        await wait_for(lambda: saved_covers(ed), 20, what="saved")
+        owner, editor, viewer = HistoryClient(alice), HistoryClient(ed), HistoryClient(vic)
+
+        async def refused(client: HistoryClient, q: str, **args) -> str:
+            with pytest.raises(HistoryError) as err:
+                await client.ask(q, **args)
+            return err.value.code
+
+        # default policy: viewers read nothing of the history
+        for q, args in (("timeline", {}), ("version", {"seq": 1}), ("updates", {"after": 0}),
+                        ("authors", {"clients": [ed.doc.client_id]})):
+            assert await refused(viewer, q, **args) == "forbidden"
+        # a modified client's request claims more than it has: only the stamped, live role counts
+        assert await refused(viewer, "timeline", role="owner", user_id=hs.seeded.user("alice").id) == "forbidden"
+        assert await refused(viewer, "checkpoint", name="mine") == "forbidden"
+        for q, args in (("export", {}), ("delete", {"confirm": True}), ("policy", {"viewers_read": True})):
+            assert await refused(viewer, q, **args) == "forbidden"
+            assert await refused(editor, q, **args) == "forbidden"
+        assert await hs.metric("codesync_persist_history_requests_total", q="delete", result="forbidden") == 2
+        # ... while editors read and name versions
+        timeline = await editor.ask("timeline")
+        assert timeline["policy"] == {"viewers_read": False, "room": None}
+        await editor.ask("checkpoint", name="first")
+
+        # the owner opens the history to viewers
+        assert (await owner.ask("policy", viewers_read=True))["policy"]["viewers_read"] is True
+        await wait_for(lambda: any(c["what"] == "policy" for c in viewer.changes), 10, what="the notice")
+        timeline = await viewer.ask("timeline")
+        version = await viewer.ask("version", seq=timeline["checkpoints"][0]["seq"])
+        assert str(source(HistoryClient.version_doc(version))) == "x = 1\n"
+        assert await refused(viewer, "checkpoint", name="mine") == "forbidden"  # reading only
+        assert await refused(viewer, "export") == "forbidden"
+
+        # a member cannot answer in the persistence peer's place
+        forged = {"op": "history-reply", "id": 99, "q": "timeline", "ok": True, "sessions": []}
+        assert await vic.send_app(alice.peer_id, forged)
+        assert await vic.send_app(alice.peer_id, {"op": "history-changed", "what": "deleted"})
+        await wait_for(lambda: owner.foreign_replies >= 2, 10, what="the forged answers arrive and are ignored")
+        assert not any(c["what"] == "deleted" for c in owner.changes)
+        # malformed requests get a clear error, nothing breaks
+        for bad in ({"q": "version"}, {"q": "version", "seq": -1}, {"q": "version", "seq": True},
+                    {"q": "updates", "after": 0, "limit": 10**9}, {"q": "nonsense"},
+                    {"q": "checkpoint", "name": ""}, {"q": "checkpoint", "name": "x" * 101},
+                    {"q": "authors", "clients": ["a"]}, {"q": "export", "cursor": "updates:abc"},
+                    {"q": "delete"}):
+            reply = await editor.request(bad.pop("q"), **bad) if "q" in bad else None
+            assert reply is not None and not reply["ok"]
+            assert reply["error"]["code"] in ("bad_request", "forbidden"), reply
+        # the owner turns it off again; viewers are refused at once
+        await owner.ask("policy", viewers_read=False)
+        assert await refused(viewer, "timeline") == "forbidden"
+        assert (await owner.ask("timeline"))["policy"] == {"viewers_read": False, "room": False}
+
+
+async def test_a_removed_member_gets_nothing_and_a_demoted_editor_is_refused(tmp_path):
+    roles = {"alice": "owner", "ed": "editor", "mal": "editor"}
+    async with history_stack(tmp_path, roles) as hs, peers(hs, "alice", "ed", "mal") as (alice, ed, mal):
+        await linked([alice, ed, mal])
+        await type_text(mal, "mal was here\n")
+        await wait_for(lambda: saved_covers(mal), 20, what="saved")
+        attacker = HistoryClient(mal)
+        assert (await attacker.ask("timeline"))["bounds"]["last_seq"] > 0
+        # demoted to viewer: refused at once (the default policy), though the link stays open
+        await hs.rest("alice", "PUT", f"/api/rooms/{hs.seeded.id}/members/{hs.seeded.user('mal').id}",
+                      json={"role": "viewer"})
+        await wait_for(lambda: "roles changed" in hs.persist.log(), 20, what="the persistence peer sees the demotion")
+        with pytest.raises(HistoryError) as err:
+            await attacker.ask("timeline")
+        assert err.value.code == "forbidden"
+        # removed: a modified client keeps its links open as long as it can ...
+        mal._removed_from_room = lambda: None  # type: ignore[method-assign]
+        await hs.remove("mal")
+        await wait_for(lambda: persistence_of(mal) is None, 30, what="the persistence peer closes mal's link")
+        with pytest.raises(HistoryError) as err:
+            await attacker.ask("timeline")
+        assert err.value.code == "unavailable"  # ... and has nobody left to ask
+        # legitimate use goes on
+        assert (await HistoryClient(ed).ask("timeline"))["bounds"]["last_seq"] > 0
+
+
+async def test_owner_exports_then_deletes_the_history_and_the_document_stays(tmp_path):
+    roles = {"alice": "owner", "ed": "editor"}
+    async with history_stack(tmp_path, roles) as hs:
+        async with peers(hs, "alice", "ed") as (alice, ed):
+            await linked([alice, ed])
+            await type_text(alice, "secret = 'hunter2'\n")
+            await wait_for(lambda: saved_covers(alice), 20, what="saved")
+            owner = HistoryClient(alice)
+            first = (await owner.ask("checkpoint", name="with the secret"))["checkpoint"]
+            t = source(alice)
+            with alice.doc.transaction():
+                del t[0:len(t)]
+            await type_text(ed, "secret = load()\n")
+            await wait_for(lambda: saved_covers(alice) and saved_covers(ed), 20, what="saved")
+
+            lines = [json.loads(line) for line in (await owner.export()).splitlines()]
+            assert lines[0]["type"] == "room" and lines[0]["format"] == h.EXPORT_FORMAT
+            kinds = {line["type"] for line in lines}
+            assert {"author", "client", "checkpoint", "update"} <= kinds
+            replayed = pycrdt.Doc()
+            for line in lines:
+                if line["type"] == "update" and line["doc"] == "":
+                    replayed.apply_update(base64.b64decode(line["data"]))
+            assert str(source(replayed)) == "secret = load()\n" == str(source(alice))
+            authors = {a["num"]: a for a in lines if a["type"] == "author"}
+            typed = {authors[u["author"]].get("user_id") for u in lines if u["type"] == "update" and u["clients"]}
+            assert typed == {hs.seeded.user("alice").id, hs.seeded.user("ed").id}
+
+            with pytest.raises(HistoryError):
+                await HistoryClient(ed).ask("delete", confirm=True)
+            deleted = (await owner.ask("delete", confirm=True))["deleted"]
+            assert deleted["upto_seq"] > first["seq"]
+            with pytest.raises(HistoryError) as err:
+                await owner.ask("version", seq=first["seq"])
+            assert err.value.code == "not_kept"
+            timeline = await owner.ask("timeline")
+            assert timeline["sessions"] == [] and timeline["checkpoints"] == []
+            assert timeline["bounds"]["detail_from"] == deleted["upto_seq"] + 1
+            now = await owner.ask("version", seq=deleted["upto_seq"])
+            assert now["exact"] and str(source(HistoryClient.version_doc(now))) == "secret = load()\n"
+            # editing goes on and is history again
+            await type_text(ed, "print(secret)\n")
+            await wait_for(lambda: saved_covers(ed), 20, what="saved")
+            doc = HistoryClient.version_doc(now)
+            for _seq, _at, _doc, _author, data in (await owner.ask("updates", after=deleted["upto_seq"]))["updates"]:
+                doc.apply_update(base64.b64decode(data))
+            assert str(source(doc)) == "secret = load()\nprint(secret)\n"
+        # the secret is gone from storage; the document is whole after everyone left
+        await wait_for(lambda: f"room {hs.seeded.id}: left" in hs.persist.log(), 20, what="the peer leaves")
+        rows = await stored_rows(hs)
+        store = await hs.store()
+        try:
+            from peer.persistence.store import SNAPSHOTS
+
+            async with store.engine.connect() as conn:
+                snaps = (await conn.execute(select(SNAPSHOTS.c.data).where(SNAPSHOTS.c.room_id == hs.seeded.id))).all()
+        finally:
+            await store.close()
+        assert not any(b"hunter2" in bytes(r.data) for r in rows)
+        assert not any(b"hunter2" in bytes(s.data) for s in snaps)
+        assert await hs.stored_text() == "secret = load()\nprint(secret)\n"

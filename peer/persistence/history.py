@@ -51,6 +51,7 @@ SETTINGS = HistorySettings.__table__
 DOCS = (MAIN_DOC, "runs")  # the documents a version holds (docs/protocol.md, "The room documents")
 FETCH_ROWS = 2000  # rows per SELECT when replaying a range
 EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+DAY_MS = 86_400_000
 
 
 class NotKept(LookupError):
@@ -487,8 +488,13 @@ async def prune(engine: AsyncEngine, room_id: str, upto: int, *, daily: bool, ma
             for name in list(names):
                 seq, at = last_pos[name]
                 data = await loop.run_in_executor(EXECUTOR, replayers[name].encode)
+                gone = SNAPSHOTS.c.upto_seq == seq
+                if daily:  # one per day: this one replaces any earlier one of the same day
+                    day_start = at - at % DAY_MS
+                    gone = gone | and_(SNAPSHOTS.c.upto_seq < seq, SNAPSHOTS.c.at >= day_start,
+                                       SNAPSHOTS.c.at < day_start + DAY_MS)
                 await conn.execute(delete(SNAPSHOTS).where(SNAPSHOTS.c.room_id == room_id, SNAPSHOTS.c.doc == name,
-                                                           SNAPSHOTS.c.upto_seq == seq))
+                                                           gone))
                 await conn.execute(insert(SNAPSHOTS).values(room_id=room_id, doc=name, upto_seq=seq, data=data, at=at,
                                                             updated_at=from_ms(now_ms())))
                 written.append((name, seq))
@@ -535,6 +541,11 @@ async def prune(engine: AsyncEngine, room_id: str, upto: int, *, daily: bool, ma
             await conn.execute(delete(CHECKPOINTS).where(CHECKPOINTS.c.room_id == room_id))
         await _upsert_settings(conn, room_id, detail_from=upto + 1)
     return Pruned(upto, count, len(written))
+
+
+def retention_cutoff(now: int, days: int) -> int:
+    """Full detail is kept for the last ``days`` whole UTC days and today."""
+    return (now - days * DAY_MS) - (now - days * DAY_MS) % DAY_MS
 
 
 async def retention_boundary(engine: AsyncEngine, room_id: str, cutoff_ms: int) -> int:

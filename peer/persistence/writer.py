@@ -401,7 +401,7 @@ class RoomWriter:
             return
         self._last_prune = time.monotonic()
         try:
-            cutoff = now_ms() - int(self.config.history_days * 86_400_000)
+            cutoff = history.retention_cutoff(now_ms(), self.config.history_days)
             upto = await history.retention_boundary(self.store.engine, self.room_id, cutoff)
             if upto and self._allowed():
                 pruned = await history.prune(self.store.engine, self.room_id, upto, daily=True,

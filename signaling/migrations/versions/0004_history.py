@@ -118,6 +118,17 @@ def upgrade() -> None:
         sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint('room_id'),
     )
+    # Before this revision loading read every row left, whatever its seq; now it reads the rows
+    # above the newest snapshot. A row that committed after a compaction with a lower seq (two
+    # writers during a lease handover, PostgreSQL) would be skipped: lower such a snapshot's
+    # upto_seq below it (re-applying what the snapshot already holds changes nothing).
+    op.execute(
+        "UPDATE document_snapshots SET upto_seq = (SELECT MIN(u.seq) - 1 FROM document_updates u "
+        "WHERE u.room_id = document_snapshots.room_id AND u.doc = document_snapshots.doc "
+        "AND u.seq <= document_snapshots.upto_seq) "
+        "WHERE EXISTS (SELECT 1 FROM document_updates u WHERE u.room_id = document_snapshots.room_id "
+        "AND u.doc = document_snapshots.doc AND u.seq <= document_snapshots.upto_seq)"
+    )
     # Compaction before this revision deleted the updates it absorbed: those rooms' detail
     # starts above their snapshots.
     op.execute(
