@@ -81,13 +81,16 @@ ENTRYPOINT ["nginx", "-g", "daemon off;"]
 FROM ${DEBIAN_IMAGE} AS turn
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -q \
- && apt-get install -y -q --no-install-recommends coturn \
+ && apt-get install -y -q --no-install-recommends coturn tini \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /var/lib/turn && chown turnserver /var/lib/turn
 COPY deploy/turnserver.conf /etc/coturn/turnserver.conf
 USER turnserver
 EXPOSE 3478/udp 3478/tcp
-ENTRYPOINT ["turnserver", "-c", "/etc/coturn/turnserver.conf", "--userdb=/var/lib/turn/turndb", "--pidfile=/var/lib/turn/turnserver.pid"]
+# tini: coturn installs no SIGTERM handler, and as PID 1 a signal without a handler is ignored —
+# `docker compose stop` waited out the grace period and SIGKILLed it (exit 137). Under tini the
+# default action ends it at once; -e 143 reports that (128 + SIGTERM) as a clean exit.
+ENTRYPOINT ["tini", "-e", "143", "--", "turnserver", "-c", "/etc/coturn/turnserver.conf", "--userdb=/var/lib/turn/turndb", "--pidfile=/var/lib/turn/turnserver.pid"]
 
 # ---------------------------------------------------------------- sandbox image for the runner
 # The same packages as runner/image.py's debootstrap image, for hosts that can pull a base image.

@@ -7,7 +7,7 @@ WEB_SRC := $(shell find web/src web/index.html web/package.json web/package-lock
 # npm projects the tests drive (stock y-webrtc client, the local OpenID provider).
 TEST_JS := tests/js tests/oidc
 
-.PHONY: up test deps-run deps-test install web test-js bench clean
+.PHONY: up test test-compose deps-run deps-test install web test-js bench clean
 
 # Prerequisites run left to right: system packages (node, npm, ...) come first.
 up: deps-run install web
@@ -15,6 +15,11 @@ up: deps-run install web
 
 test: deps-test install web test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Opt-in: compose.yaml built and started for real in a private dockerd, then used through the
+# proxy (tests/test_deploy_compose_up.py, docs/deployment.md). Prints how long each step took.
+test-compose: deps-test install
+	CODESYNC_TEST_COMPOSE=1 $(BIN)/python -m pytest -p no:cacheprovider -s -v -rs tests/test_deploy_compose_up.py $(PYTEST_ARGS)
 
 deps-run:
 	scripts/system-deps.sh run

@@ -37,7 +37,7 @@ from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
 from peer.connection import PeerConnection  # noqa: E402
 from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
-from signaling.settings import Settings  # noqa: E402
+from codesync.settings import Settings  # noqa: E402
 from tests.stack import joined, signaling_stack  # noqa: E402
 
 TRACE = "rustcode"
@@ -161,7 +161,7 @@ import asyncio, sys
 sys.path.insert(0, {root!r})
 import pycrdt
 from peer import Room
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 async def main():
     room = Room({url!r}, {token!r}, {room!r}, Settings(ice_hosts="127.0.0.1"))

@@ -36,7 +36,7 @@ import pycrdt  # noqa: E402
 from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from peer.persistence.writer import RoomWriter, WriterConfig  # noqa: E402
-from signaling.settings import Settings  # noqa: E402
+from codesync.settings import Settings  # noqa: E402
 
 TRACE = "rustcode"
 PG_ADMIN_URL = os.environ.get("CODESYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

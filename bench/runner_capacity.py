@@ -31,7 +31,7 @@ from runner.languages import LanguageTable
 from runner.runs import RoomRuns, RunnerConfig, RunRequest
 from runner.sandbox.base import Limits
 from runner.sandbox.bubblewrap import BubblewrapSandbox
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 FINAL = ("finished", "failed", "timeout", "killed", "refused")
 

@@ -100,9 +100,9 @@ async def make_viewers(database_url: str, secret: str, room_ids: list[str], per_
     """The last ``viewers`` members (by seeding order: users u{per_room-viewers}..) of each room become viewers."""
     from sqlmodel import select
 
-    from signaling import db
-    from signaling.models import Membership, User
-    from signaling.settings import Settings
+    from codesync import db
+    from codesync.models import Membership, User
+    from codesync.settings import Settings
 
     engine = db.create_engine(Settings(database_url=database_url, secret_key=secret))
     try:

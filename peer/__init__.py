@@ -45,7 +45,7 @@ with no option to turn it off:
 
 ``signaling_url`` may be ``ws://host:port/signal`` or the HTTP base ``http://host:port``
 (ICE servers come from ``GET <base>/api/ice-servers``). ``settings`` is the one
-``signaling.settings.Settings``; ``settings.ice_hosts`` restricts ICE (peer/ice.py).
+``codesync.settings.Settings``; ``settings.ice_hosts`` restricts ICE (peer/ice.py).
 
 Callbacks (all plain callables run in the event loop; return value ignored; exceptions
 are logged, never propagated). Each ``on_*`` returns an ``unsubscribe()`` callable:

@@ -11,7 +11,7 @@ part is a hook (``RoomPresence._run``) and the bookkeeping lives here once:
   previous presence in the same room that is still leaving;
 - ``RoomService``: the signaling client and its callbacks, the rooms table, stop-all;
 - ``run_service``: the ``codesync persist`` / ``codesync runner`` process — settings check,
-  SIGTERM/SIGINT, ops server (``signaling.opsserver``), orderly stop.
+  SIGTERM/SIGINT, ops server (``codesync.opsserver``), orderly stop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, Union
 
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
 
@@ -107,6 +107,7 @@ class RoomService(Generic[P]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client: Any = None
+        self.token_keeper: Any = None  # signaling.servicetoken.ServiceTokenKeeper, from connect()
         self.rooms: dict[str, P] = {}
         self._stopping = False
 
@@ -118,9 +119,17 @@ class RoomService(Generic[P]):
         raise NotImplementedError
 
     async def connect(self) -> None:
+        from signaling.servicetoken import ServiceTokenKeeper
+
         from .signaling_client import SignalingClient
 
-        self.client = SignalingClient(self.settings.signaling_url, self.settings.service_token, self.settings)
+        # Service tokens expire: trade ours in early; each reconnect uses the newest one.
+        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token)
+        self.token_keeper.start()
+        self.client = SignalingClient(
+            self.settings.signaling_url, self.settings.service_token, self.settings,
+            token_provider=self.token_keeper.current,
+        )
         self.client.on_room_active(self._on_active)
         self.client.on_room_idle(self._on_idle)
         self.client.on_connected(self._on_connected)
@@ -167,6 +176,8 @@ class RoomService(Generic[P]):
         await asyncio.gather(*(p.stop() for p in list(self.rooms.values())), return_exceptions=True)
         if self.client is not None:
             await self.client.stop()
+        if self.token_keeper is not None:
+            await self.token_keeper.stop()
 
 
 S = TypeVar("S", bound=RoomService[Any])
@@ -192,7 +203,7 @@ async def run_service(
         logger.error("codesync %s needs CODESYNC_SIGNALING_URL and CODESYNC_SERVICE_TOKEN "
                      "(make one with: codesync token --scope %s)", command, scope)
         return 2
-    from signaling.opsserver import ops_server
+    from codesync.opsserver import ops_server
 
     try:
         service = make()

@@ -7,6 +7,14 @@ takes a minute; importing a cached tarball a few seconds), then imported into wh
 the caller talks to. Deployment and the tests share this module:
 
     python -m runner.image --docker-host unix:///path/docker.sock [--tag codesync-runner:bookworm]
+
+The toolchains are Debian's (``PACKAGES``: the same ones ``scripts/system-deps.sh run`` puts
+on the host for the bubblewrap sandbox) plus TypeScript, which Debian ships without Node's
+type declarations: the project pins ``typescript`` and ``@types/node`` in
+``runner/toolchains/typescript`` (npm lockfile), and the image gets the same installed tree at
+``/opt/codesync/typescript`` — where bubblewrap binds it read-only — so both backends compile
+TypeScript with the same compiler. The tarball's cache key covers the package list and the
+lockfile, so a change to either builds a new tarball (the old one is left for an older tag).
 """
 
 from __future__ import annotations
@@ -25,17 +33,73 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("CODESYNC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("python3", "nodejs", "gcc", "libc6-dev")
+# Keep in step with scripts/system-deps.sh (the host's toolchains for bubblewrap) and
+# runner/languages.py (what each language runs). ``coreutils`` (stdbuf) is in minbase.
+PACKAGES = (
+    "python3",
+    "nodejs",
+    "gcc",
+    "libc6-dev",
+    "g++",
+    "golang-go",
+    "rustc",
+    "default-jdk-headless",
+    "ruby",
+)
 DEFAULT_TAG = "codesync-runner:bookworm"
 CACHE_DIR = Path(os.environ.get("CODESYNC_IMAGE_CACHE", "/var/cache/codesync"))
+# Parts of the toolchains no run uses (globs under the rootfs): the go tool's own compiled
+# packages, the JDK's jmods (jlink) and sources, gcc's LTO dumper. ~260 MB of ~1.7 GB.
+PRUNE = (
+    "usr/lib/go-*/pkg/linux_amd64/cmd",
+    "usr/lib/jvm/*/jmods",
+    "usr/lib/jvm/*/lib/src.zip",
+    "usr/bin/*lto-dump*",
+    "usr/lib/gcc/*/*/lto-dump*",
+)
+# The vendored npm toolchains (TypeScript) and where the sandboxes see them.
+TOOLCHAINS_DIR = Path(__file__).resolve().parent / "toolchains"
+SANDBOX_TOOLCHAINS = "/opt/codesync"
 
 
 class ImageError(RuntimeError):
     """The run image could not be built or imported (message says why)."""
 
 
-def rootfs_key(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> str:
-    digest = hashlib.sha256(f"{suite}|{','.join(sorted(packages))}".encode()).hexdigest()[:12]
+def npm_toolchains(toolchains: Path = TOOLCHAINS_DIR) -> list[Path]:
+    """The vendored npm projects (directories with a package-lock.json), sorted."""
+    return sorted(p.parent for p in toolchains.glob("*/package-lock.json"))
+
+
+def ensure_npm_toolchains(toolchains: Path = TOOLCHAINS_DIR) -> list[Path]:
+    """``npm ci`` every vendored toolchain whose node_modules is missing or older than its
+    lockfile; return those that are installed. Without npm, the missing ones are skipped with
+    a warning (the runner then leaves their languages out, with a log line)."""
+    ready = []
+    for project in npm_toolchains(toolchains):
+        marker = project / "node_modules" / ".package-lock.json"
+        lock = project / "package-lock.json"
+        if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+            npm = shutil.which("npm")
+            if npm is None:
+                log.warning("npm is missing: %s is not installed (scripts/system-deps.sh run)", project.name)
+                continue
+            proc = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--omit=dev"],
+                cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            if proc.returncode != 0:
+                raise ImageError(f"npm ci in {project} failed ({proc.returncode}):\n{proc.stdout[-2000:]}")
+        ready.append(project)
+    return ready
+
+
+def rootfs_key(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE, toolchains: list[Path] | None = None) -> str:
+    """Cache key: the suite, the package list and the vendored toolchains' lockfiles."""
+    parts = [suite, ",".join(sorted(packages)), ",".join(PRUNE)]
+    for project in toolchains or []:
+        parts.append(f"{project.name}:{hashlib.sha256((project / 'package-lock.json').read_bytes()).hexdigest()}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     return f"rootfs-{suite}-{digest}"
 
 
@@ -48,7 +112,8 @@ def rootfs_tarball(
     leaves a half tarball that a later run would trust.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tarball = cache_dir / f"{rootfs_key(packages, suite)}.tar"
+    toolchains = ensure_npm_toolchains()
+    tarball = cache_dir / f"{rootfs_key(packages, suite, toolchains)}.tar"
     if tarball.exists() and tarball.stat().st_size > 0:
         return tarball
     if shutil.which("debootstrap") is None:
@@ -77,6 +142,17 @@ def rootfs_tarball(
                         shutil.rmtree(child, ignore_errors=True)
                     else:
                         child.unlink(missing_ok=True)
+        for pattern in PRUNE:
+            for target in rootfs.glob(pattern):
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+        # The vendored npm toolchains, where bubblewrap binds them (read-only for the run user).
+        for project in toolchains:
+            target = rootfs / SANDBOX_TOOLCHAINS.lstrip("/") / project.name
+            shutil.copytree(project, target, symlinks=True,
+                            ignore=shutil.ignore_patterns(".gitignore", ".package-lock.json"))
         partial = work / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
         os.replace(partial, tarball)
@@ -110,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default=DEFAULT_TAG)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument("--rootfs-only", action="store_true", help="only build the cached rootfs tarball")
+    parser.add_argument("--print-packages", action="store_true",
+                        help="print the Debian packages of the run image (one line) and exit")
     args = parser.parse_args(argv)
+    if args.print_packages:
+        print(" ".join(PACKAGES))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         tarball = rootfs_tarball(args.cache_dir)

@@ -30,7 +30,11 @@ the ``Decision``; everything else happens here, on the room's pycrdt ``Doc``:
   ``recover()`` (called by ``maintain()``) fails queued/running runs nobody serves any more:
   at once for an earlier, dead session of our own instance; otherwise only once the entry
   has not changed for ``stale_after`` seconds of *our* clock (no clock-skew assumptions), so
-  two runners sharing a room never fail each other's live runs.
+  two runners sharing a room never fail each other's live runs;
+- ``input()`` feeds what an editor/owner types to the running program's stdin (or ends it,
+  Ctrl-D) and echoes it into the run's ``output`` with ``{"stream": "stdin"}``, in order with
+  the program's output, so everyone in the room sees the conversation; per-user rate limited,
+  bounded per run by the sandbox (``Limits.stdin_*``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ FIRST_OUTPUT = Histogram(
 )
 
 RUN_ROLES = frozenset({"editor", "owner"})
+INPUT_START_WAIT = 10.0  # input typed while the sandbox starts waits this long for it
 FINAL = frozenset({"finished", "failed", "timeout", "killed", "refused"})
 MAX_RUN_ID = 64
 
@@ -79,6 +84,9 @@ class RunnerConfig:
     sync_timeout: float = 5.0  # waiting for the requester's state vector
     refusal_per_minute: float = 6.0  # refused runs written into the document, per user
     refusal_burst: float = 3.0
+    input_per_second: float = 20.0  # input messages per user (token bucket), all runs of the room
+    input_burst: float = 40.0
+    max_input_bytes: int = 16 * 1024  # one input message (a pasted block); the sandbox bounds the run
     heartbeat: float = 5.0  # refresh updated_at of our live runs; look for stale ones
     stale_after: float = 20.0  # another runner's live run unchanged this long is failed
     # Sandboxes of the whole runner process (shared by every room given this config);
@@ -102,8 +110,9 @@ class Decision:
     run_id: str
     reason: str = ""
 
-    def message(self) -> dict:
-        msg: dict = {"op": "run-accepted" if self.accepted else "run-refused", "run_id": self.run_id}
+    def message(self, op: str = "run") -> dict:
+        """The reply: ``{op}-accepted`` / ``{op}-refused`` (run, stop, input) with the reason."""
+        msg: dict = {"op": f"{op}-accepted" if self.accepted else f"{op}-refused", "run_id": self.run_id}
         if self.reason:
             msg["reason"] = self.reason
         return msg
@@ -117,6 +126,10 @@ class _Pending:
     execution: Execution | None = None
     stop_reason: str | None = None
     ticket: Ticket | None = None
+    writer: "_OutputWriter | None" = None  # set with ``execution``: input echoes go through it
+    # Set once the sandbox started (execution and writer are there) or the run is over:
+    # input typed while the sandbox starts waits for it instead of being refused.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:
@@ -270,6 +283,66 @@ class RoomRuns:
             return Decision(True, run_id)
         return Decision(False, run_id, "no such queued or running run")
 
+    async def input(self, run_id: str, data: str | bytes | None, user_id: str, role: str | None,
+                    eof: bool = False) -> Decision:
+        """Feed ``data`` to the running program's stdin and echo it into the run's output
+        (``{"stream": "stdin"}``), or with ``eof`` end its input (Ctrl-D; nothing echoed).
+
+        Editors and owners only (the server-stamped role, as for ``stop``); viewers and
+        unknown users are refused and nothing is written. Per user ``input_per_second``
+        messages (burst ``input_burst``), each at most ``max_input_bytes``; the sandbox
+        bounds the run's total, its rate and what may wait unread. A refusal — also input
+        for a run that has ended or has not started — is a reply with the reason, never an
+        exception, and echoes nothing.
+        """
+        refuse = lambda reason: Decision(False, run_id if isinstance(run_id, str) else "", reason)  # noqa: E731
+        if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
+            return refuse("invalid run_id")
+        if role not in RUN_ROLES or not user_id:
+            return refuse("only editors and owners may type into a run")
+        if eof:
+            payload = b""
+        elif isinstance(data, str):
+            payload = data.encode("utf-8", errors="replace")
+        elif isinstance(data, (bytes, bytearray)):
+            payload = bytes(data)
+        else:
+            return refuse("input must be text")
+        if len(payload) > self.config.max_input_bytes:
+            return refuse(f"input larger than {self.config.max_input_bytes // 1024} KiB at once")
+        bucket = self._input_buckets().setdefault(
+            user_id, _Bucket(self.config.input_per_second, self.config.input_burst, self._monotonic()))
+        if not bucket.take(self._monotonic()):
+            return refuse("input rate limit: too many inputs, slow down")
+        current = self._current
+        if current is None or current.request.run_id != run_id:
+            queued = any(p.request.run_id == run_id for p in self._queue) or run_id in self._reserved
+            return refuse("the run has not started yet" if queued else "no such running run")
+        if current.execution is None:
+            entry = self._entry(run_id)
+            if entry is None or entry.get("status") != "running":
+                return refuse("the run has not started yet")  # still waiting for a sandbox
+            # The sandbox is starting (a fraction of a second): hold the input until it runs.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(current.started.wait(), INPUT_START_WAIT)
+        execution, writer = current.execution, current.writer
+        if execution is None or writer is None:
+            return refuse("the run has not started yet" if self._current is current else "no such running run")
+        result = await (execution.close_stdin() if eof else execution.write_stdin(payload))
+        if not result.accepted:
+            return refuse(result.reason)
+        if payload:
+            writer.echo(payload.decode("utf-8", errors="replace"))
+        return Decision(True, run_id)
+
+    # Per-user input buckets, made on the first input (so __init__ stays as it is).
+    _input_rate: dict[str, _Bucket] | None = None
+
+    def _input_buckets(self) -> dict[str, _Bucket]:
+        if self._input_rate is None:
+            self._input_rate = {}
+        return self._input_rate
+
     def _waiting(self) -> int:
         """Runs ahead of a new request that are not running yet (the next one to start excluded)."""
         occupied = len(self._queue) + len(self._reserved) + (1 if self._current is not None else 0)
@@ -299,6 +372,7 @@ class RoomRuns:
                 self._set(pending.request.run_id, status="failed", reason="runner error", finished_at=_now_ms())
             finally:
                 self._current = None
+                pending.started.set()  # wakes input that waited for a sandbox that never came
                 if pending.ticket is not None:
                     pending.ticket.release()
 
@@ -321,10 +395,11 @@ class RoomRuns:
                     "run %s could not start: %s", run_id, exc)
             self._set(run_id, status="failed", reason=str(exc), finished_at=_now_ms())
             return
-        pending.execution = execution
+        writer = _OutputWriter(self, run_id, self.config.batch_interval)
+        pending.execution, pending.writer = execution, writer
+        pending.started.set()
         if pending.stop_reason:
             await execution.stop("killed", pending.stop_reason)
-        writer = _OutputWriter(self, run_id, self.config.batch_interval)
         launched = time.monotonic()
         try:
             async for chunk in execution:
@@ -537,6 +612,7 @@ class _OutputWriter:
         }
         self.timer: asyncio.TimerHandle | None = None
         self.flushed = False
+        self.eager = False  # the next output is flushed at once (it answers an input)
 
     def add(self, stream: str, data: bytes) -> None:
         text = self.decoders[stream].decode(data)
@@ -551,7 +627,8 @@ class _OutputWriter:
         if self.timer is None:
             # The first output goes out at once (time to first byte is what users feel);
             # after that, one transaction per interval.
-            delay = self.interval if self.flushed else 0.0
+            # So does the first output after someone typed (the program's answer).
+            delay = self.interval if self.flushed and not self.eager else 0.0
             self.timer = asyncio.get_running_loop().call_later(delay, self.flush)
 
     def flush(self) -> None:
@@ -559,6 +636,7 @@ class _OutputWriter:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        self.eager = batch[-1][0] == "stdin"  # the answer to this input goes out at once
         self.flushed = True
         entry = self.owner._entry(self.run_id)
         if entry is None:
@@ -569,9 +647,17 @@ class _OutputWriter:
         with self.owner.runs_doc.transaction(origin="runner"):
             for stream, text in batch:
                 # pycrdt 0.14 indexes UTF-8 bytes and len() agrees, so len() is the end.
-                # Explicit {"stream": None} for stdout: an insert right after a stderr span
-                # would otherwise inherit its formatting (Yjs semantics).
-                output.insert(len(output), text, {"stream": "stderr" if stream == "stderr" else None})
+                # Explicit {"stream": None} for stdout: an insert right after a stderr (or
+                # stdin echo) span would otherwise inherit its formatting (Yjs semantics).
+                output.insert(len(output), text, {"stream": stream if stream in ("stderr", "stdin") else None})
+
+    def echo(self, text: str) -> None:
+        """Input someone typed: after the output that came before it, in one transaction now
+        (everyone sees it at once, the program's answer follows)."""
+        self._queue("stdin", text)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.flush()
 
     def append_now(self, stream: str, text: str) -> None:
         self._queue(stream, text)

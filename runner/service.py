@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 
 from peer.service import RoomPresence, RoomService, run_service
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 from .capacity import Capacity
 from .identity import RunnerIdentity
@@ -102,7 +102,9 @@ class RoomRunner(RoomPresence):
     async def _run(self) -> None:
         service = self.service
         doc, runs_doc = Doc(), Doc()
-        room = service.client.room(self.room_id, doc=doc, docs={"runs": runs_doc})
+        # relay=False: the runner may not write the main document, so every CodeSync peer would
+        # drop what it forwarded (wasted traffic on every keystroke).
+        room = service.client.room(self.room_id, doc=doc, docs={"runs": runs_doc}, relay=False)
         runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity,
                         runs_doc=runs_doc)
         room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))
@@ -138,7 +140,7 @@ class RoomRunner(RoomPresence):
         if room is None or runs is None or not isinstance(obj, dict):
             return
         op = obj.get("op")
-        if op not in ("run", "stop"):
+        if op not in ("run", "stop", "input"):
             return  # replies and other peers' ops are not for us
         principal = room.principal(peer_id)  # the effective, live role; not the stamp of the link's setup
         if principal is None or principal.service:
@@ -160,6 +162,12 @@ class RoomRunner(RoomPresence):
                 )
             )
             reply = decision.message()
+        elif op == "input":
+            # console input: the same live role check as a stop, inside RoomRuns.input
+            data = obj.get("data")
+            decision = await runs.input(run_id, data if isinstance(data, str) else None, user_id,
+                                        role if user_id else None, eof=obj.get("eof") is True)
+            reply = decision.message("input")
         else:
             decision = await runs.stop(run_id, role if user_id else None, by=name)
             reply = {"op": "stop-accepted" if decision.accepted else "stop-refused", "run_id": run_id}
@@ -206,6 +214,9 @@ class RunnerService(RoomService[RoomRunner]):
         # Never raises: a sandbox that cannot apply its limits is reported (log once, /healthz)
         # and its runs fail with the reason; the runner keeps serving the rooms.
         await self.sandbox.prepare(self.config.limits)
+        # Advertise (awareness ``languages``) only what the sandbox really has; warm the
+        # sandbox for the toolchains' own limits too (runner/languages.py).
+        await self.languages.probe(self.sandbox, self.config.limits)
         await self.connect()
         log.info("runner (%s sandbox; %s) connected to %s", self.sandbox.name, ", ".join(self.languages.names),
                  self.client.url)

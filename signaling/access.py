@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .models import Membership, Role
+from codesync.models import Membership, Role
 
 
 async def room_role(session: AsyncSession, room_id: str, user_id: str) -> Role | None:

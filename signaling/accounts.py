@@ -5,6 +5,11 @@ token and an opaque, rotating refresh token (see ``signaling.tokens``). Refresh 
 one sign-in form a *family*: each refresh marks the presented token used and issues the next
 one in the family; presenting a used token again means two parties hold it (theft), so the
 whole family is revoked.
+
+A family is a *session* (``auth_sessions``, same id): access tokens carry it as ``sid``, so
+revoking the session — logout, logout everywhere, reuse, a password change, deleting the
+account — refuses its access tokens at once and closes its ``/signal`` sockets on every node
+(``signaling.sessions.announce``, called after the commit).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .models import RefreshToken, User, new_id, utcnow
+from . import sessions
+from codesync.models import AuthSession, RefreshToken, User, utcnow
 from .passwords import hash_password, needs_rehash, verify_password
 from .state import AppState
 from .tokens import hash_token, new_refresh_token
@@ -50,22 +56,27 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 async def issue_tokens(state: AppState, session: AsyncSession, user: User, family_id: str | None = None) -> dict[str, Any]:
-    """Create a refresh token (new family unless given) and an access token; commits.
+    """Create a refresh token (in a new session unless ``family_id`` is given) and an access
+    token carrying the session id; commits.
 
     Returns the response body shape of register/login/refresh:
     ``{user, access_token, refresh_token, token_type, expires_in}``.
     """
+    if family_id is None:
+        signed_in = AuthSession(user_id=user.id)
+        session.add(signed_in)
+        family_id = signed_in.id
     refresh, refresh_hash = new_refresh_token()
     session.add(
         RefreshToken(
             user_id=user.id,
-            family_id=family_id or new_id(),
+            family_id=family_id,
             token_hash=refresh_hash,
             expires_at=utcnow() + timedelta(seconds=state.settings.refresh_token_ttl),
         )
     )
     await session.commit()
-    access, claims = state.tokens.issue_access(user.id)
+    access, claims = state.tokens.issue_access(user.id, session_id=family_id)
     return {
         "user": user_json(user),
         "access_token": access,
@@ -110,22 +121,53 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 
 
 async def revoke_family(session: AsyncSession, family_id: str) -> None:
-    """Revoke every live token of one sign-in (does not commit)."""
+    """Revoke one sign-in: its session and every live refresh token of it (does not commit)."""
+    now = utcnow()
     await session.exec(
         update(RefreshToken)
         .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=now)
+    )
+    await session.exec(
+        update(AuthSession)
+        .where(col(AuthSession.id) == family_id, col(AuthSession.revoked_at).is_(None))
+        .values(revoked_at=now)
     )
 
 
-async def revoke_all(session: AsyncSession, user_id: str) -> None:
-    """Sign a user out everywhere (commits)."""
+async def revoke_all(state: AppState, session: AsyncSession, user_id: str) -> None:
+    """Sign a user out everywhere (commits, then closes their sockets on every node).
+
+    Also refuses access tokens of theirs made outside a sign-in (``sessions_revoked_at``).
+    """
+    now = utcnow()
     await session.exec(
         update(RefreshToken)
         .where(col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=now)
     )
+    await session.exec(
+        update(AuthSession)
+        .where(col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None))
+        .values(revoked_at=now)
+    )
+    await session.exec(update(User).where(col(User.id) == user_id).values(sessions_revoked_at=now))
     await session.commit()
+    await sessions.announce(state, [sessions.user_key(user_id)])
+
+
+async def change_password(state: AppState, session: AsyncSession, user_id: str, new_password: str) -> None:
+    """Set a new password and end every session of the user (the caller signs in afresh).
+
+    For the coming "change password" endpoint and tools; no HTTP route calls it yet.
+    """
+    user = await session.get(User, user_id)
+    if user is None:
+        raise AccountError("invalid_credentials", "no such account")
+    user.password_hash = await hash_password(new_password)
+    session.add(user)
+    await session.flush()
+    await revoke_all(state, session, user_id)
 
 
 async def _refresh_row(session: AsyncSession, token: str) -> RefreshToken | None:
@@ -148,10 +190,15 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
         raise AccountError("invalid_refresh_token", "refresh token has been revoked")
     family_id, user_id = row.family_id, row.user_id  # plain values: a rollback expires ``row``
     if row.used_at is not None:
-        await _reuse_detected(session, family_id)
+        await _reuse_detected(state, session, family_id)
     now = utcnow()
     if row.expires_at <= now:
         raise AccountError("invalid_refresh_token", "refresh token has expired")
+    signed_in = await session.get(AuthSession, family_id)
+    if signed_in is not None and signed_in.revoked_at is not None:
+        raise AccountError("invalid_refresh_token", "this session has been signed out")
+    if signed_in is None:  # a family older than sessions: it becomes one now
+        session.add(AuthSession(id=family_id, user_id=user_id, created_at=row.created_at))
     result = await session.exec(
         update(RefreshToken)
         .where(
@@ -163,26 +210,29 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
     )
     if result.rowcount != 1:
         await session.rollback()
-        await _reuse_detected(session, family_id)
+        await _reuse_detected(state, session, family_id)
     user = await session.get(User, user_id)
     if user is None:  # pragma: no cover - cascade deletes the tokens with the user
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
     return await issue_tokens(state, session, user, family_id=family_id)
 
 
-async def _reuse_detected(session: AsyncSession, family_id: str) -> NoReturn:
+async def _reuse_detected(state: AppState, session: AsyncSession, family_id: str) -> NoReturn:
     await revoke_family(session, family_id)
     await session.commit()
+    await sessions.announce(state, [sessions.session_key(family_id)])
     raise AccountError(
         "refresh_token_reused", "refresh token was already used; this sign-in has been revoked, sign in again"
     )
 
 
-async def logout(session: AsyncSession, token: str) -> bool:
-    """Revoke the family of ``token``; False if the token is unknown (logout is idempotent)."""
+async def logout(state: AppState, session: AsyncSession, token: str) -> bool:
+    """Revoke the sign-in of ``token``; False if the token is unknown (logout is idempotent)."""
     row = await _refresh_row(session, token)
     if row is None:
         return False
-    await revoke_family(session, row.family_id)
+    family_id = row.family_id
+    await revoke_family(session, family_id)
     await session.commit()
+    await sessions.announce(state, [sessions.session_key(family_id)])
     return True

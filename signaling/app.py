@@ -6,13 +6,16 @@ import logging
 
 from aiohttp import web
 
-from . import db, webclient
+from codesync import db
+
+from . import sessions, webclient
 from .api import auth as auth_api
 from .api import oauth as oauth_api
 from .api import ops as ops_api
 from .api import rooms as rooms_api
+from .api import service as service_api
 from .errors import error_middleware
-from .settings import Settings
+from codesync.settings import Settings
 from .ws import server as signal_server
 from .state import STATE, AppState
 from .tokens import TokenService
@@ -33,11 +36,12 @@ def create_app(settings: Settings) -> web.Application:
             settings.effective_secret_key,
             access_ttl=settings.access_token_ttl,
             invite_ttl=settings.invite_ttl,
+            service_ttl=settings.service_token_ttl,
         ),
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
-    for feature in (auth_api, oauth_api, rooms_api, ops_api, signal_server, webclient):
+    for feature in (auth_api, oauth_api, service_api, rooms_api, ops_api, signal_server, sessions, webclient):
         feature.setup(app)
     return app
 

@@ -59,8 +59,16 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code = _STATUS_CODES.get(exc.status, "error")
         return error_response(exc.status, code, exc.reason or code, None)
     except Exception:  # noqa: BLE001 - the last line of defence
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable_path(request))
         return error_response(500, "internal", "internal server error")
+
+
+def loggable_path(request: web.Request) -> str:
+    """The request's route pattern (``/api/invites/{token}/accept``), never the raw path:
+    paths can carry secrets (invite tokens) and are chosen by the client."""
+    route = request.match_info.route if request.match_info is not None else None
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "(unmatched)"
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:

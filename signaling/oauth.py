@@ -46,8 +46,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .accounts import issue_tokens
-from .models import OAuthIdentity, RefreshToken, User, utcnow
-from .settings import OAuthProvider, Settings
+from codesync.models import OAuthIdentity, RefreshToken, User, utcnow
+from codesync.settings import OAuthProvider, Settings
 
 try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
     import httpx2  # type: ignore[import-not-found]

@@ -8,6 +8,10 @@ Rules (README, "HTTP API"):
 - A room always keeps at least one owner: the last owner can neither leave, be removed nor
   be demoted. ``rooms.owner_id`` follows along to a remaining owner.
 - Accepting an invite never lowers a role the user already has.
+- An invite is only as good as its creator's right to make it: removing the creator from the
+  room, or demoting them below the role that invite needed (owner for editor invites, editor
+  for viewer invites), revokes their invites; deleting the account deletes them. Accepting
+  checks the creator's current role too, so nothing that slips past the first rule works.
 
 Functions raise :class:`~signaling.errors.ApiError` (status + code + message), which the
 error middleware renders; they work on a session the caller owns.
@@ -26,7 +30,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .errors import ApiError
-from .models import (
+from codesync.models import (
     DocumentSnapshot,
     DocumentUpdate,
     Invite,
@@ -221,6 +225,26 @@ async def revoke_invite(session: AsyncSession, room_id: str, user_id: str, invit
         await session.commit()
 
 
+def role_needed_to_invite(invite_role: str) -> Role:
+    """The role a member needs to mint (and keep alive) an invite offering ``invite_role``."""
+    return Role.owner if invite_role == Role.editor.value else Role.editor
+
+
+async def _revoke_invites_of(session: AsyncSession, room_id: str, creator_id: str, role: Role | None) -> None:
+    """Revoke ``creator_id``'s live invites to ``room_id`` that ``role`` (None: removed) may not make."""
+    allowed = [r for r in INVITE_ROLES if role is not None and role.at_least(role_needed_to_invite(r))]
+    await session.exec(
+        update(Invite)
+        .where(
+            col(Invite.room_id) == room_id,
+            col(Invite.created_by) == creator_id,
+            col(Invite.revoked_at).is_(None),
+            col(Invite.role).not_in(allowed) if allowed else col(Invite.role).is_not(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+
+
 async def accept_invite(state: AppState, session: AsyncSession, token: str, user_id: str) -> tuple[Room, Role]:
     """Join the invite's room with its role, or keep a higher role already held."""
     try:
@@ -242,6 +266,10 @@ async def accept_invite(state: AppState, session: AsyncSession, token: str, user
     room = await session.get(Room, invite.room_id)
     if room is None:  # pragma: no cover - cascade removes the invite with the room
         raise ApiError(410, "invite_revoked", "this invite link is no longer valid")
+    creator = await session.get(Membership, (invite.room_id, invite.created_by), populate_existing=True)
+    if creator is None or not Role(creator.role).at_least(role_needed_to_invite(invite.role)):
+        # Its creator has lost the right to make it since (removed or demoted).
+        raise ApiError(410, "invite_revoked", "this invite link is no longer valid: whoever made it can no longer invite")
     offered = Role(invite.role)
     for _ in range(2):  # a concurrent accept by the same user may insert first; then re-read
         membership = await session.get(Membership, (room.id, user_id), populate_existing=True)
@@ -324,6 +352,7 @@ async def set_member_role(
         await _keep_an_owner(session, room, target_id)
     membership.role = role.value
     session.add(membership)
+    await _revoke_invites_of(session, room_id, target_id, role)
     await session.commit()
     user = await session.get(User, target_id)
     assert user is not None  # memberships cascade with users
@@ -340,5 +369,6 @@ async def remove_member(state: AppState, session: AsyncSession, room_id: str, us
     if membership.role == Role.owner.value:
         await _keep_an_owner(session, room, target_id)
     await session.delete(membership)
+    await _revoke_invites_of(session, room_id, target_id, None)
     await session.commit()
     await notify_membership(state, room_id, target_id)

@@ -9,7 +9,7 @@ import signal
 from aiohttp import web
 
 from .app import create_app
-from .settings import Settings
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.signaling")
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .settings import Settings
+from codesync.settings import Settings
 from .tokens import TokenService
 
 if TYPE_CHECKING:  # pragma: no cover

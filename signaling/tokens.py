@@ -5,6 +5,12 @@ an access token), and ``aud`` so that tokens of another deployment sharing a key
 validate. Decoding accepts exactly ``HS256`` — ``none`` and RS/HS confusion are refused by
 construction. Refresh tokens are *not* JWTs: they are opaque random strings whose SHA-256 is
 stored (see ``signaling.accounts``).
+
+Access tokens carry ``sid``, the session (one sign-in = one refresh-token family) they belong
+to, so that signing out ends them at once instead of at their expiry (``signaling.sessions``).
+Service tokens carry ``jti`` = the id of their ``service_tokens`` row (what revocation acts on)
+and always expire; a service trades its token for a fresh one before that
+(``POST /api/service/token``).
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ class AccessClaims:
     jti: str
     issued_at: int
     expires_at: int
+    session_id: str | None = None  # None only for tokens made outside a sign-in (tests, tools)
 
 
 @dataclass(frozen=True)
 class ServiceClaims:
     token_id: str
     scope: str
+    issued_at: int = 0
+    expires_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,32 +66,53 @@ class InviteClaims:
 
 
 class TokenService:
-    def __init__(self, secret: str, access_ttl: int = 900, invite_ttl: int = 7 * 24 * 3600):
+    def __init__(
+        self,
+        secret: str,
+        access_ttl: int = 900,
+        invite_ttl: int = 7 * 24 * 3600,
+        service_ttl: int = 24 * 3600,
+    ):
         if len(secret) < 32:
             raise ValueError("secret key must be at least 32 characters")
         self._secret = secret
         self.access_ttl = access_ttl
         self.invite_ttl = invite_ttl
+        self.service_ttl = service_ttl
 
     # ------------------------------------------------------------------ encode
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def issue_access(self, user_id: str, ttl: int | None = None) -> tuple[str, AccessClaims]:
+    def issue_access(
+        self, user_id: str, ttl: int | None = None, session_id: str | None = None
+    ) -> tuple[str, AccessClaims]:
         now = int(time.time())
         exp = now + (self.access_ttl if ttl is None else ttl)
         jti = uuid.uuid4().hex
-        token = self._encode(
-            {"typ": "access", "sub": user_id, "aud": AUDIENCE, "iat": now, "exp": exp, "jti": jti}
-        )
-        return token, AccessClaims(user_id, jti, now, exp)
+        claims: dict[str, Any] = {"typ": "access", "sub": user_id, "aud": AUDIENCE, "iat": now, "exp": exp, "jti": jti}
+        if session_id is not None:
+            claims["sid"] = session_id
+        return self._encode(claims), AccessClaims(user_id, jti, now, exp, session_id)
 
-    def issue_service(self, token_id: str, scope: str) -> str:
+    def issue_service(self, token_id: str, scope: str, ttl: int | None = None) -> str:
+        """A service token for the ``service_tokens`` row ``token_id``, valid ``ttl`` seconds."""
         if scope not in SERVICE_SCOPES:
             raise ValueError(f"unknown service scope {scope!r}")
+        ttl = self.service_ttl if ttl is None else ttl
+        if ttl <= 0:
+            raise ValueError("a service token needs a positive lifetime")
         now = int(time.time())
         return self._encode(
-            {"typ": "service", "sub": f"service:{scope}", "scope": scope, "aud": AUDIENCE, "iat": now, "jti": token_id}
+            {
+                "typ": "service",
+                "sub": f"service:{scope}",
+                "scope": scope,
+                "aud": AUDIENCE,
+                "iat": now,
+                "exp": now + ttl,
+                "jti": token_id,
+            }
         )
 
     def issue_invite(self, invite_id: str, room_id: str, role: str, expires_at: int) -> str:
@@ -116,14 +146,19 @@ class TokenService:
 
     def decode_access(self, token: str) -> AccessClaims:
         c = self._decode(token, "access", ["exp", "iat", "sub", "jti", "aud"])
-        return AccessClaims(str(c["sub"]), str(c["jti"]), int(c["iat"]), int(c["exp"]))
+        sid = c.get("sid")
+        if sid is not None and (not isinstance(sid, str) or not sid or len(sid) > 64):
+            raise TokenError("invalid_token", "malformed session id")
+        return AccessClaims(str(c["sub"]), str(c["jti"]), int(c["iat"]), int(c["exp"]), sid)
 
     def decode_service(self, token: str) -> ServiceClaims:
-        c = self._decode(token, "service", ["iat", "sub", "jti", "aud"])
+        # ``exp`` is required: a service token without an expiry (made before they had one)
+        # is refused; make a new one with ``codesync token``.
+        c = self._decode(token, "service", ["iat", "exp", "sub", "jti", "aud"])
         scope = c.get("scope")
         if scope not in SERVICE_SCOPES:
             raise TokenError("invalid_token", "unknown service scope")
-        return ServiceClaims(str(c["jti"]), str(scope))
+        return ServiceClaims(str(c["jti"]), str(scope), int(c["iat"]), int(c["exp"]))
 
     def decode_invite(self, token: str) -> InviteClaims:
         c = self._decode(token, "invite", ["exp", "iat", "sub", "jti", "aud"])

@@ -4,6 +4,13 @@ The client routes with the URL fragment (``#/rooms``…), so the server only nee
 ``/index.html`` and ``/assets/*``; any other unknown GET path outside the API also gets
 ``index.html`` so deep links never 404. When the client has not been built yet the page
 says how to build it instead of failing obscurely. ``settings.web_dist`` overrides the folder.
+
+Every HTML document carries a Content-Security-Policy: scripts only from this origin (no inline
+script, no eval), no framing by other sites (``frame-ancestors 'none'``, and
+``X-Frame-Options`` for old browsers), no plugins, no ``<base>`` games, fetch/WebSocket only
+to this origin. Inline *style attributes* stay allowed: CodeMirror and the remote-cursor
+decorations colour elements with ``style="…"`` (a CSS-only foothold, not script). Every
+answer carries ``X-Content-Type-Options: nosniff``, so nothing else is ever run as a page.
 """
 
 from __future__ import annotations
@@ -19,6 +26,37 @@ DEFAULT_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 RESERVED_EXACT = ("/api", "/signal", "/healthz", "/metrics")
 RESERVED_PREFIX = "/api/"
 IMMUTABLE = "public, max-age=31536000, immutable"
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "worker-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+# On every answer: never sniff a type (so JSON or text is never run as a page), no Referer.
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# On documents (HTML): the policy, and no framing for browsers that predate frame-ancestors.
+DOCUMENT_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Just before a response's headers go out (API errors and 404s included)."""
+    if response.status == 101:  # a WebSocket handshake: not a document
+        return
+    for name, value in COMMON_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if response.content_type in ("text/html", "application/xhtml+xml", "image/svg+xml"):
+        for name, value in DOCUMENT_HEADERS.items():
+            response.headers.setdefault(name, value)
 
 NOT_BUILT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CodeSync: web client not built</title>
@@ -67,3 +105,4 @@ async def serve(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     # Registered last (see app.create_app), so every API route matches before this catch-all.
     app.router.add_get("/{tail:.*}", serve)
+    app.on_response_prepare.append(_security_headers)

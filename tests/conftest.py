@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from signaling.app import create_app
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.support import REDIS_URL, port_open, postgres_database, require
 from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (session fixtures: ONE private dockerd per session)
 
@@ -106,14 +106,22 @@ async def _api(settings: Settings, port: int | None = None) -> AsyncIterator[Api
         await server.close()
 
 
+# Opt-in test groups: marker -> the variable that selects them (README, "Tests").
+OPT_IN = {
+    "images": "CODESYNC_TEST_IMAGES",  # deployment image builds, ~6 min
+    "compose": "CODESYNC_TEST_COMPOSE",  # the whole compose.yaml stack started for real, ~10 min
+}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Image builds (tests marked ``images``, ~6 min) run only with CODESYNC_TEST_IMAGES=1.
+    """Opt-in groups (see ``OPT_IN``) run only when their variable is ``1``.
 
     They are deselected, not skipped: a skip means a missing component, which fails in CI.
     """
-    if os.environ.get("CODESYNC_TEST_IMAGES") == "1":
-        return
-    deselected = [item for item in items if item.get_closest_marker("images")]
+    off = {marker for marker, variable in OPT_IN.items() if os.environ.get(variable) != "1"}
+    kept, deselected = [], []
+    for item in items:
+        (deselected if any(item.get_closest_marker(m) for m in off) else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("images")]
+        items[:] = kept

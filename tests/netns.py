@@ -217,7 +217,7 @@ class Stack:
         log = self.workdir / f"{name}.log"
         fh = open(log, "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "signaling.cli", *args], env={**self.base_env(), **(extra or {})},
+            [sys.executable, "-m", "codesync.cli", *args], env={**self.base_env(), **(extra or {})},
             stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         fh.close()
@@ -232,7 +232,7 @@ class Stack:
     async def service_token(self, scope: str) -> str:
         """What ``codesync token --scope`` prints, made in-process (a CLI start costs seconds here)."""
         from signaling.admin import create_service_token
-        from signaling.settings import Settings
+        from codesync.settings import Settings
 
         env = self.base_env()
         settings = Settings(

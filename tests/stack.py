@@ -35,9 +35,9 @@ from typing import Any
 
 import aiohttp
 
-from signaling import db
-from signaling.models import Membership, Role, Room, ServiceToken, User
-from signaling.settings import Settings
+from codesync import db
+from codesync.models import Membership, Role, Room, ServiceToken, User
+from codesync.settings import Settings
 from signaling.tokens import TokenService
 from tests.support import Service, child_env, start_signaling
 
@@ -227,6 +227,7 @@ async def signaling_stack(
         "CODESYNC_DATABASE_URL": database_url,
         "CODESYNC_SECRET_KEY": secret,
         "CODESYNC_DATA_DIR": str(tmp_path / "data"),
+        "CODESYNC_PUBLIC_METRICS": "true",  # tests read a node's /metrics on its one port
         **env,
     }
     if redis_url:

@@ -114,7 +114,7 @@ def start_service(command: list[str], env: dict[str, str], log_path: Path, name:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log_path, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signaling.cli", *command], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT
+        [sys.executable, "-m", "codesync.cli", *command], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT
     )
     fh.close()
     return Service(name or command[0], proc, log_path, env=env)

@@ -10,13 +10,13 @@ for the runner, coturn with the shared TURN secret.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.compose_stack import DEBIAN_IMAGES_FILE, TEST_FILE, compose_cli, env_file
 from tests.support import ROOT, require
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,34 +28,16 @@ SECRETS = ("CODESYNC_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "CODESY
 
 
 def _env_file(tmp_path: Path, **overrides: str) -> Path:
-    lines = []
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        key = line.split("=", 1)[0]
-        if key in overrides:
-            line = f"{key}={overrides.pop(key)}"
-        lines.append(line)
-    lines += [f"{k}={v}" for k, v in overrides.items()]
-    path = tmp_path / "test.env"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return env_file(tmp_path / "test.env", **overrides)
 
 
-def _compose_commands() -> list[list[str]]:
-    commands = []
-    if shutil.which("docker-compose"):
-        commands.append(["docker-compose"])
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            commands.append(["docker", "compose"])
-    return commands
-
-
-def _config(tmp_path: Path, command: list[str], env_file: Path) -> subprocess.CompletedProcess:
+def _config(
+    tmp_path: Path, command: list[str], env_file: Path, files: tuple[Path, ...] = (COMPOSE,)
+) -> subprocess.CompletedProcess:
     # A clean environment: only the env file decides (no stray CODESYNC_* from the caller).
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
     return subprocess.run(
-        [*command, "--env-file", str(env_file), "-f", str(COMPOSE), "config"],
+        [*command, "--env-file", str(env_file), *(a for f in files for a in ("-f", str(f))), "config"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -66,26 +48,43 @@ def _config(tmp_path: Path, command: list[str], env_file: Path) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def compose() -> list[str]:
-    commands = _compose_commands()
-    require("docker-compose", bool(commands), "apt-get install docker-compose")
-    return commands[0]
+    cli = compose_cli()
+    require("docker-compose", cli is not None, "apt-get install docker-compose")
+    assert cli is not None
+    return cli
+
+
+TEST_VALUES = dict(
+    CODESYNC_SECRET_KEY="k-" + "a" * 40,
+    POSTGRES_PASSWORD="pg-pass-123",
+    REDIS_PASSWORD="redis-pass-456",
+    CODESYNC_TURN_SECRET="turn-secret-789",
+    TURN_HOST="turn.test.example",
+)
+# What tests/compose_stack.py adds for the opt-in test (tests/compose/compose.test.yaml).
+STACK_TEST_VALUES = dict(
+    CODESYNC_TEST_NETWORK="codesync-compose-x",
+    CODESYNC_TEST_PERSISTENCE_IP="10.231.9.10",
+    CODESYNC_TEST_RUNNER_IP="10.231.9.11",
+)
+
+
+def _load_config(tmp_path: Path, compose: list[str], files: tuple[Path, ...], **extra: str) -> dict:
+    result = _config(tmp_path, compose, _env_file(tmp_path, **TEST_VALUES, **extra), files)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, compose: list[str]) -> dict:
     """One ``config`` run shared by the shape tests (docker-compose takes seconds to start)."""
-    tmp_path = tmp_path_factory.mktemp("compose")
-    env_file = _env_file(
-        tmp_path,
-        CODESYNC_SECRET_KEY="k-" + "a" * 40,
-        POSTGRES_PASSWORD="pg-pass-123",
-        REDIS_PASSWORD="redis-pass-456",
-        CODESYNC_TURN_SECRET="turn-secret-789",
-        TURN_HOST="turn.test.example",
-    )
-    result = _config(tmp_path, compose, env_file)
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    return _load_config(tmp_path_factory.mktemp("compose"), compose, (COMPOSE,))
+
+
+@pytest.fixture(scope="module")
+def config_debian_images(tmp_path_factory, compose: list[str]) -> dict:
+    """compose.yaml with deploy/compose.debian-images.yaml (no registry: every image built here)."""
+    return _load_config(tmp_path_factory.mktemp("compose-debian"), compose, (COMPOSE, DEBIAN_IMAGES_FILE))
 
 
 def test_every_long_running_service_has_a_healthcheck(config: dict):
@@ -240,7 +239,7 @@ def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, t
     """Every CODESYNC_* variable compose sets is a real setting (a typo would be ignored silently)."""
     import os
 
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     monkeypatch.chdir(tmp_path)  # no stray .env file of the working directory
 
@@ -266,3 +265,328 @@ def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, t
             assert settings.http_signaling_url == "http://proxy:80"
         if name == "runner":
             assert settings.sandbox == "docker"
+
+
+# ------------------------------------------------------------------ found by the first real start
+# (tests/test_deploy_compose_up.py); each check below would have caught one of them without Docker.
+# Which backing services each command writes to until its last moment (signaling: accounts,
+# sessions, presence; persist: documents, room leases; the runner uses neither).
+USES = {"signaling": {"postgres", "redis"}, "persist": {"postgres", "redis"}, "runner": set()}
+
+
+def test_services_name_the_backing_services_they_use(config: dict):
+    """compose stops a service only after those naming it in ``depends_on``: a service that
+    reaches PostgreSQL only through ``migrate`` had PostgreSQL stopped under it (the persistence
+    peer's final compaction failed on ``compose stop``)."""
+    for name, service in config["services"].items():
+        command = (service.get("command") or [None])[0]
+        if service.get("image") != "codesync:latest" or command not in USES:
+            continue
+        missing = USES[command] - set(service.get("depends_on") or {})
+        assert not missing, f"{name} ({command}) must name {sorted(missing)} in depends_on"
+
+
+def test_nginx_logs_no_request_line_with_a_token():
+    """nginx's error lines quote the request line, and /signal carries the (service) token in
+    its query string: the error log stays at "crit"; the access log has no query string."""
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    levels = re.findall(r"^error_log\s+\S+\s+(\w+)\s*;", nginx, re.M)
+    assert levels and all(level in ("crit", "alert", "emerg") for level in levels), levels
+    log_format = re.search(r"log_format codesync_json[^;]*;", nginx, re.S).group(0)  # type: ignore[union-attr]
+    leaky = re.findall(r"\$(?:request|request_uri|args|query_string|arg_\w+)(?!\w)", log_format)
+    assert not leaky, f"the access log must not record the query string: {leaky}"
+
+
+async def test_proxy_logs_carry_no_token(tmp_path: Path):
+    """deploy/nginx.conf in a real nginx: a failed /signal?token=... and an invite accept
+    (the token in the path) leave no token in its access log or its own error log."""
+    import httpx
+
+    from tests.support import free_port
+    from tests.test_deploy_proxy import nginx_proxy
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: nginx logs an upstream error
+    async with nginx_proxy(tmp_path / "nginx", [dead, dead]) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+            assert (await client.get(f"/signal?token={token}")).status_code == 502
+            assert (await client.post(f"/api/invites/{token}/accept")).status_code == 502
+    access = proxy.access_log.read_text()
+    assert '"uri":"/signal"' in access and '"uri":"/api/invites/-/accept"' in access, access
+    # stderr.log: where the committed `error_log stderr ...` goes (error.log is the harness's own).
+    for log in (proxy.access_log, tmp_path / "nginx" / "stderr.log"):
+        assert token not in log.read_text(), f"{log.name} holds a token"
+
+
+def test_images_stop_on_sigterm():
+    """A PID 1 without a SIGTERM handler ignores it (coturn: SIGKILLed after the grace period)."""
+    stages = dockerfile_stages(ROOT / "Dockerfile")
+    for name in ("app", "turn"):
+        entry = stages[name].entrypoint or []
+        assert entry[:1] == ["tini"], f"stage {name}: run under tini, not {entry}"
+        assert "tini" in stages[name].packages
+
+
+# ------------------------------------------------------------------ commands exist in their images
+# Executables that healthchecks and entry points name -> the Debian package providing them.
+PROVIDED_BY = {
+    "python3": "python3", "curl": "curl", "tini": "tini", "nginx": "nginx", "turnserver": "coturn",
+    "turnutils_stunclient": "coturn", "pg_isready": "postgresql-15", "redis-cli": "redis-tools",
+    "redis-server": "redis-server", "codesync": "pip install -e .",
+}
+ESSENTIAL = {"sh", "grep", "timeout", "true", "cat", "test"}  # dash, grep, coreutils: in every Debian image
+
+
+class Stage:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.packages: set[str] = set()
+        self.copied: set[str] = set()
+        self.entrypoint: list[str] | None = None
+        self.workdir = "/"
+
+
+def dockerfile_stages(path: Path) -> dict[str, Stage]:
+    """Stages of a Dockerfile: apt packages installed, paths copied in, ENTRYPOINT (inherited)."""
+    import json
+    import posixpath
+
+    text = re.sub(r"\\\n", " ", path.read_text())
+    stages: dict[str, Stage] = {}
+    stage: Stage | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            base, _, name = rest.partition(" AS ")
+            stage = Stage(base.strip())
+            parent = stages.get(base.strip())
+            if parent is not None:
+                stage.packages |= parent.packages
+                stage.copied |= parent.copied
+                stage.entrypoint, stage.workdir = parent.entrypoint, parent.workdir
+            stages[name.strip() or base.strip()] = stage
+        elif stage is None:
+            continue
+        elif word == "RUN":
+            for install in re.findall(r"apt-get install ([^&;]+)", rest):
+                stage.packages |= {w for w in install.split() if not w.startswith("-")}
+            if "pip install -e ." in rest:
+                stage.packages.add("pip install -e .")
+        elif word == "WORKDIR":
+            stage.workdir = posixpath.join(stage.workdir, rest.strip())
+        elif word == "COPY":
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            *sources, dest = parts
+            dest = posixpath.join(stage.workdir, dest)
+            for source in sources:
+                target = posixpath.join(dest, posixpath.basename(source.rstrip("/"))) if dest.endswith("/") else dest
+                stage.copied.add(target.rstrip("/"))
+        elif word == "ENTRYPOINT":
+            stage.entrypoint = json.loads(rest)
+    return stages
+
+
+def _executables(service: dict, stage: Stage) -> dict[str, str]:
+    """Executable -> where it is named (healthcheck, entrypoint, command)."""
+    found: dict[str, str] = {}
+    test = (service.get("healthcheck") or {}).get("test") or []
+    if test[:1] == ["CMD"]:
+        found[test[1]] = "healthcheck"
+    elif test[:1] == ["CMD-SHELL"]:
+        for segment in re.split(r"\|\||&&|[|;]", test[1]):
+            words = [w for w in segment.split() if not re.match(r"^[A-Z_]+=", w)]
+            if words:
+                found[words[0]] = "healthcheck"
+    entry = service.get("entrypoint") or stage.entrypoint
+    if entry:
+        found[entry[0]] = "entrypoint"
+        if entry[0] == "tini" and "--" in entry:
+            found[entry[entry.index("--") + 1]] = "entrypoint"
+    elif service.get("command"):
+        found[service["command"][0]] = "command"
+    return found
+
+
+def test_healthchecks_and_entry_points_exist_in_their_images(config_debian_images: dict):
+    """Every executable a healthcheck or entry point names is installed (or copied) in the
+    image compose builds for it — a typo or a missing package is found here, not by the
+    first self-hoster whose service never becomes healthy."""
+    checked = 0
+    for name, service in config_debian_images["services"].items():
+        build = service.get("build")
+        if not isinstance(build, dict):
+            continue
+        dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+        stage = dockerfile_stages(dockerfile)[build["target"]]
+        for exe, where in _executables(service, stage).items():
+            checked += 1
+            if exe.startswith("/"):
+                assert exe in stage.copied, f"{name}: {where} {exe} is not copied into stage {build['target']}"
+            elif exe not in ESSENTIAL:
+                assert exe in PROVIDED_BY, f"{name}: {where} runs {exe!r}; add its package to PROVIDED_BY"
+                assert PROVIDED_BY[exe] in stage.packages, (
+                    f"{name}: {where} runs {exe!r} but stage {build['target']} of {dockerfile.name} "
+                    f"does not install {PROVIDED_BY[exe]}"
+                )
+    assert checked >= 20, checked
+
+
+# ------------------------------------------------------------------ the override files
+def _without(service: dict, *keys: str) -> dict:
+    return {k: v for k, v in service.items() if k not in keys}
+
+
+def test_debian_images_override_changes_only_the_database_images(config: dict, config_debian_images: dict):
+    """deploy/compose.debian-images.yaml swaps the PostgreSQL and Redis images, nothing else:
+    environment, volumes, commands and healthchecks stay the production ones."""
+    base, local = config["services"], config_debian_images["services"]
+    assert set(base) == set(local)
+    assert base["postgres"]["image"].startswith("postgres:") and base["redis"]["image"].startswith("redis:")
+    for name in ("postgres", "redis"):
+        assert local[name]["image"] == f"codesync-{name}:bookworm"
+        assert local[name]["build"]["target"] == name
+        assert Path(local[name]["build"]["context"]) == ROOT / "deploy" / "debian-images"
+        assert _without(local[name], "image", "build") == _without(base[name], "image")
+    for name in set(base) - {"postgres", "redis"}:
+        assert local[name] == base[name], name
+
+
+def test_compose_test_override_only_confines_the_stack(tmp_path: Path, compose: list[str], config_debian_images: dict):
+    """tests/compose/compose.test.yaml: the test network, the peers' fixed addresses with their
+    ICE restriction, and host networking for builds — every other setting is production's."""
+    from codesync.settings import Settings
+
+    tested = _load_config(tmp_path, compose, (COMPOSE, DEBIAN_IMAGES_FILE, TEST_FILE), **STACK_TEST_VALUES)
+    assert "ice_hosts" in Settings.model_fields  # CODESYNC_ICE_HOSTS, the one setting it adds
+    assert tested["networks"]["default"] == {"external": True, "name": "codesync-compose-x"}
+    for name, ip in (("persistence", "10.231.9.10"), ("runner", "10.231.9.11")):
+        service = tested["services"][name]
+        assert service["environment"]["CODESYNC_ICE_HOSTS"] == ip
+        assert service["networks"]["default"]["ipv4_address"] == ip
+    for name, production in config_debian_images["services"].items():
+        service = dict(tested["services"][name])
+        if "build" in production:
+            assert service["build"] == {**production["build"], "network": "host"}, name
+            service["build"] = production["build"]
+        if name in ("persistence", "runner"):
+            service["environment"] = _without(service["environment"], "CODESYNC_ICE_HOSTS")
+        service.pop("networks", None)
+        assert service == _without(production, "networks"), name
+
+
+def test_deploy_scripts_are_valid_sh():
+    scripts = sorted((ROOT / "deploy").rglob("*.sh"))
+    assert len(scripts) >= 3
+    for script in scripts:
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"
+        check = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, f"{script}: {check.stderr}"
+
+
+# ------------------------------------------------------------------ the Debian PostgreSQL image's entry point
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return found[-1].parent if found else None
+
+
+async def test_debian_postgres_entrypoint_initialises_like_the_official_image():
+    """deploy/debian-images/postgres-entrypoint.sh with this machine's PostgreSQL binaries, as
+    the image runs it (user postgres): first start creates POSTGRES_USER / _PASSWORD / _DB, the
+    compose healthcheck (`pg_isready -U codesync -d codesync`) passes, network clients need the
+    password, a restart keeps the data and does not initialise again, SIGINT (the image's
+    STOPSIGNAL) stops it cleanly; no password: refused with a clear message."""
+    import asyncio
+    import os
+    import pwd
+    import shutil
+    import signal
+    import tempfile
+
+    import asyncpg
+
+    from tests.support import free_port, wait_for
+
+    bindir = _postgres_bin()
+    require("PostgreSQL server binaries", bindir is not None, "apt-get install postgresql")
+    require("root (to run the entry point as the postgres user)", os.geteuid() == 0)
+    assert bindir is not None
+    user = pwd.getpwnam("postgres")
+    # Not under pytest's tmp_path: its 0700 parents keep the postgres user out.
+    work = Path(tempfile.mkdtemp(prefix="cs-pgentry-"))
+    os.chown(work, user.pw_uid, user.pw_gid)
+    port = free_port()
+    script = ROOT / "deploy" / "debian-images" / "postgres-entrypoint.sh"
+    # setpriv execs (runuser would stay the parent and keep signals from reaching postgres).
+    as_postgres = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+
+    def start(password: str = "s3cret pass") -> subprocess.Popen:
+        env = {
+            "PATH": f"{bindir}:/usr/bin:/bin", "PGDATA": str(work / "data"), "PGPORT": str(port),
+            "POSTGRES_USER": "codesync", "POSTGRES_PASSWORD": password, "POSTGRES_DB": "codesync",
+        }
+        # The server's own -c listen_addresses comes last and wins: loopback only, here.
+        return subprocess.Popen(
+            [*as_postgres, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+             "sh", str(script), "postgres", "-c", "listen_addresses=127.0.0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def healthcheck() -> bool:
+        probe = subprocess.run(
+            [*as_postgres, "env", f"PGPORT={port}", f"{bindir}/pg_isready", "-U", "codesync", "-d", "codesync"],
+            capture_output=True,
+        )
+        return probe.returncode == 0
+
+    async def stop(proc: subprocess.Popen) -> str:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 30)
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        assert code == 0, out
+        return out
+
+    try:
+        refused = start(password="")
+        assert refused.wait(30) == 2
+        assert b"POSTGRES_PASSWORD is empty" in (refused.stdout.read() if refused.stdout else b"")
+
+        first = start()
+        try:
+            await wait_for(lambda: first.poll() is not None or healthcheck(), timeout=60, interval=0.05,
+                           what="the compose healthcheck to pass")
+            # Healthy means the real server: not the initialising one (socket only, about to stop).
+            assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
+            conn = await asyncpg.connect(host="127.0.0.1", port=port, user="codesync", password="s3cret pass", database="codesync")
+            try:
+                row = await conn.fetchrow("select current_user, current_database(), "
+                                          "(select rolsuper from pg_roles where rolname = current_user) as su")
+                assert tuple(row) == ("codesync", "codesync", True)
+                await conn.execute("create table kept (v text); insert into kept values ('still here')")
+            finally:
+                await conn.close()
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(host="127.0.0.1", port=port, user="codesync", password="wrong", database="codesync")
+        finally:
+            out = await stop(first) if first.poll() is None else ""
+        assert "initialised" in out
+
+        again = start(password="another one")  # ignored: the data directory exists
+        try:
+            await wait_for(lambda: again.poll() is not None or healthcheck(), timeout=60, interval=0.2, what="restart")
+            conn = await asyncpg.connect(host="127.0.0.1", port=port, user="codesync", password="s3cret pass", database="codesync")
+            try:
+                assert await conn.fetchval("select v from kept") == "still here"
+            finally:
+                await conn.close()
+        finally:
+            out = await stop(again) if again.poll() is None else ""
+        assert "initialised" not in out
+    finally:
+        # Whatever failed (even mid-initialisation): no server outlives the test.
+        subprocess.run([*as_postgres, f"{bindir}/pg_ctl", "-D", str(work / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=30)
+        shutil.rmtree(work, ignore_errors=True)

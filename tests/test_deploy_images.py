@@ -13,11 +13,8 @@ npm honour it) so builds also work behind a TLS-intercepting proxy. Builds use h
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,7 +28,6 @@ pytestmark = [
 ]
 
 BASE = "codesync-test-base:bookworm"
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +49,9 @@ def client(daemon):
 
 @pytest.fixture(scope="module")
 def base_image(client) -> str:
-    from runner.image import rootfs_tarball
+    from tests.compose_stack import import_base_image
 
-    tarball = rootfs_tarball()
-    client.api.import_image(src=str(tarball), repository=BASE.split(":")[0], tag="bookworm-raw")
-    # Add the host's CA bundle: pip (PIP_CERT) and npm (NODE_EXTRA_CA_CERTS) trust what the host trusts.
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = (
-            f"FROM {BASE.split(':')[0]}:bookworm-raw\n"
-            "COPY host-ca.crt /usr/local/share/host-ca.crt\n"
-            "ENV NODE_EXTRA_CA_CERTS=/usr/local/share/host-ca.crt PIP_CERT=/usr/local/share/host-ca.crt\n"
-        ).encode()
-        for name, data in (("Dockerfile", dockerfile), ("host-ca.crt", HOST_CA.read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=BASE, rm=True)
-    return BASE
+    return import_base_image(client, BASE)
 
 
 def build(client, base: str, target: str, tag: str) -> None:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from signaling.opsserver import OpsServer, ops_server, run_checks
+from codesync.opsserver import OpsServer, ops_server, run_checks
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,7 +117,16 @@ async def test_signaling_healthz_is_503_when_redis_goes_down(make_settings, sqli
             proc.wait(5)
 
 
-async def test_request_ids_and_http_metrics(api_sqlite):
+async def test_request_ids_and_http_metrics(make_settings, sqlite_url):
+    """Request ids on every answer; HTTP metrics on the ops port (and not on the public one)."""
+    from tests.conftest import _api
+
+    ops = free_port()
+    async with _api(make_settings(database_url=sqlite_url, ops_port=ops)) as api_sqlite:
+        await _request_ids_and_http_metrics(api_sqlite, f"http://127.0.0.1:{ops}")
+
+
+async def _request_ids_and_http_metrics(api_sqlite, ops_url: str) -> None:
     r = await api_sqlite.client.get("/api/me")
     assert r.status_code == 401
     generated = r.headers["X-Request-Id"]
@@ -128,7 +137,11 @@ async def test_request_ids_and_http_metrics(api_sqlite):
     assert r.headers["X-Request-Id"] != "bad id\twith junk" * 10 and len(r.headers["X-Request-Id"]) == 16
     r = await api_sqlite.client.get("/no/such/page/x-unique-path")
     await api_sqlite.client.request("TRACE", "/healthz")
-    metrics = (await api_sqlite.client.get("/metrics")).text
+    assert (await api_sqlite.client.get("/metrics")).status_code == 404  # not on the public port
+    async with httpx.AsyncClient(timeout=5) as ops:
+        metrics = (await ops.get(f"{ops_url}/metrics")).text
+        health = (await ops.get(f"{ops_url}/healthz")).json()
+    assert health == {"status": "ok", "service": "signaling", "checks": {"database": "ok"}}
     assert 'codesync_http_requests_total{method="GET",route="/api/me",status="401"}' in metrics
     assert 'codesync_http_request_seconds_bucket{le="0.005",route="/healthz"}' in metrics
     assert "x-unique-path" not in metrics and 'method="TRACE"' not in metrics  # raw paths and methods never become labels
@@ -141,7 +154,7 @@ def test_json_log_lines_carry_the_request_id():
     import json
     import logging
 
-    from signaling.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter
+    from codesync.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

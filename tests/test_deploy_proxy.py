@@ -231,7 +231,7 @@ async def _closed_soon(client, timeout: float = 5.0) -> bool:
 
 async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_url, redis_prefix):
     from peer import Room
-    from signaling.settings import Settings
+    from codesync.settings import Settings
     from tests.stack import signaling_stack
 
     settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")
@@ -294,3 +294,79 @@ async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_u
                 assert len(str(text_c).splitlines()) == total  # nothing duplicated either
             finally:
                 await asyncio.gather(*(r.stop() for r in rooms), return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- client addresses, logs, metrics
+
+
+async def test_proxy_passes_the_client_address_and_a_spoofed_header_is_ignored(tmp_path: Path, redis_url, redis_prefix):
+    """Behind nginx every request comes from 127.0.0.1; nginx appends the real client address to
+    X-Forwarded-For and the nodes trust that header from 127.0.0.1 only. An attacker at
+    127.0.0.2 who hammers the owner's account — and claims in its own X-Forwarded-For to be
+    the owner's 127.0.0.3 — is slowed down; the owner at 127.0.0.3 signs in."""
+    from tests.stack import signaling_stack
+
+    async with signaling_stack(
+        tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2,
+        CODESYNC_TRUSTED_PROXIES="127.0.0.1", CODESYNC_LOGIN_FREE_FAILURES="2", CODESYNC_LOGIN_DELAY_BASE="60",
+    ) as stack:
+        nodes = [_hostport(n.url or "") for n in stack.nodes]
+        async with nginx_proxy(tmp_path / "nginx", nodes) as proxy:
+            transport = {a: httpx.AsyncHTTPTransport(local_address=a) for a in ("127.0.0.2", "127.0.0.3")}
+            async with httpx.AsyncClient(base_url=proxy.url, transport=transport["127.0.0.2"], timeout=30) as attacker, \
+                    httpx.AsyncClient(base_url=proxy.url, transport=transport["127.0.0.3"], timeout=30) as owner:
+                r = await owner.post("/api/auth/register",
+                                     json={"email": "owner@example.com", "password": "correct horse battery", "name": "O"})
+                assert r.status_code == 201, r.text
+                statuses = []
+                for i in range(4):  # over both nodes (round robin); the state is shared in Redis
+                    r = await attacker.post("/api/auth/login", json={"email": "owner@example.com", "password": f"guess-{i}"},
+                                            headers={"X-Forwarded-For": f"127.0.0.3, 198.51.100.{i}"})
+                    statuses.append(r.status_code)
+                assert statuses == [401, 401, 401, 429], statuses
+                await wait_for(lambda: set(nodes) <= set(proxy.upstreams_used()), timeout=5, what="both nodes used")
+                r = await owner.post("/api/auth/login", json={"email": "owner@example.com", "password": "correct horse battery"})
+                assert r.status_code == 200, r.text
+            # Straight to a node (not through a trusted proxy), the same spoof counts for nothing.
+            direct = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+            async with httpx.AsyncClient(base_url=stack.url, transport=direct, timeout=30) as c:
+                r = await c.post("/api/auth/login", json={"email": "owner@example.com", "password": "x-guess"},
+                                 headers={"X-Forwarded-For": "203.0.113.9"})
+                assert r.status_code == 429  # still the attacker's 127.0.0.2, already held back
+
+
+async def test_proxy_hides_metrics_and_keeps_invite_tokens_out_of_its_log(tmp_path: Path):
+    from tests.stack import signaling_stack
+
+    async with signaling_stack(tmp_path, nodes=1) as stack:
+        async with nginx_proxy(tmp_path / "nginx", [_hostport(stack.url)]) as proxy:
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as http:
+                # The node serves /metrics here (tests ask it to); the proxy never passes it on.
+                assert (await http.get(f"{stack.url}/metrics")).status_code == 200
+                for path in ("/metrics", "/metrics?x=1", "//metrics", "/%6Detrics", "/./metrics"):
+                    r = await http.get(httpx.URL(proxy.url + path))  # absolute: keep "//" a path
+                    assert r.status_code == 404 and "codesync_" not in r.text, path
+                page = await http.get("/")
+                assert "frame-ancestors 'none'" in page.headers.get("content-security-policy", "")
+
+                users = []
+                for name in ("owner", "a", "b"):
+                    r = await http.post("/api/auth/register",
+                                        json={"email": f"{name}@example.com", "password": "correct horse battery", "name": name})
+                    users.append({"Authorization": f"Bearer {r.json()['access_token']}"})
+                rid = (await http.post("/api/rooms", json={"name": "r"}, headers=users[0])).json()["id"]
+                tokens = [
+                    (await http.post(f"/api/rooms/{rid}/invites", json={"role": "viewer"}, headers=users[0])).json()["token"]
+                    for _ in range(2)
+                ]
+                assert (await http.post("/api/invites/accept", json={"token": tokens[0]}, headers=users[1])).status_code == 200
+                assert (await http.post(f"/api/invites/{tokens[1]}/accept", headers=users[2])).status_code == 200
+
+            def logged() -> str:
+                return _read(proxy.access_log)
+
+            await wait_for(lambda: "/api/invites/-/accept" in logged() and '"uri":"/api/invites/accept"' in logged(),
+                           timeout=10, what="both accepts in the access log")
+            text = logged()
+            for token in tokens:
+                assert token not in text and token.split(".")[2] not in text

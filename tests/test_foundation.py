@@ -22,7 +22,7 @@ async def test_unknown_api_route_is_json_error(api_sqlite):
 
 def test_cli_token_and_user_create(tmp_path):
     env = child_env(CODESYNC_DATA_DIR=str(tmp_path / "d"), CODESYNC_PASSWORD="a long password")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "signaling.cli", *a], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "codesync.cli", *a], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: E731
     tok = run("token", "--scope", "runner")
     assert tok.returncode == 0, tok.stderr
     assert tok.stdout.count(".") == 2  # a JWT

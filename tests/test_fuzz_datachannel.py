@@ -36,7 +36,7 @@ from peer import protocol as p
 from peer.chunking import split_message
 from tests.fuzzing import LiveLoop, fuzz_settings
 from tests.support import Service, wait_for
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.test_persistence_peer import (
     persist_stack,
     persistence_peers,

@@ -30,7 +30,7 @@ from peer.persistence import history as h
 from peer.persistence.history_client import HistoryClient, HistoryError
 from peer.persistence.store import UPDATES, DocumentStore
 from peer.persistence.yupdate import decode_ranges
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
 from tests.support import Service, child_env, free_port, start_service, wait_for, wait_http_ok
 

@@ -23,8 +23,8 @@ from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.persistence.yupdate import decode_ranges, encode_ranges, inserted_ranges, key_client
 from peer.protocol import decode_state_vector
 from peer.rights import Principal
-from signaling import db
-from signaling.models import MAIN_DOC
+from codesync import db
+from codesync.models import MAIN_DOC
 
 pytestmark = pytest.mark.timeout(300)
 

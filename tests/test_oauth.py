@@ -22,9 +22,9 @@ import pytest
 from sqlmodel import select
 
 from signaling.api.oauth import SERVICE_KEY
-from signaling.models import OAuthIdentity, User
+from codesync.models import OAuthIdentity, User
 from signaling.oauth import OAuthService, _digest
-from signaling.settings import Settings
+from codesync.settings import Settings
 from signaling.state import STATE
 from tests.conftest import Api, _api
 from tests.support import ROOT, free_port, require, stop_process

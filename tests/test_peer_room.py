@@ -20,7 +20,7 @@ import pytest_asyncio
 from peer import PeerInfo, Room, SignalingClient
 from peer import protocol as p
 from peer import text as ptext
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import Stack, signaling_stack
 from tests.support import ROOT, wait_for
 
@@ -244,7 +244,7 @@ _CHILD = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
 from peer import Room
-from signaling.settings import Settings
+from codesync.settings import Settings
 async def main():
     room = Room({url!r}, {token!r}, {room!r}, Settings(ice_hosts="127.0.0.1"))
     await room.start()

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from peer.service import RoomPresence, RoomService, run_service
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(30)

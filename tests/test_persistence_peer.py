@@ -18,7 +18,7 @@ from bench.traces import load_trace, replay, trace_path
 from peer import Room
 from peer.persistence.store import DocumentStore
 from peer.protocol import decode_state_vector
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, postgres_database, require, start_service, wait_for, wait_http_ok
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 import httpx
 
 from signaling.accounts import issue_tokens
-from signaling.models import DocumentSnapshot, DocumentUpdate, Invite, Membership, Room, User, utcnow
+from codesync.models import DocumentSnapshot, DocumentUpdate, Invite, Membership, Room, User, utcnow
 from signaling.rooms import LANGUAGES, add_membership_listener
 from signaling.state import STATE
 from tests.conftest import Api

@@ -429,3 +429,86 @@ async def test_the_line_is_fair_across_users_and_refuses_when_full(make_runs):
     await rooms.stop("a0", "a-late")
     assert rooms.status("a-late") == "killed" and rooms.entry("a-late")["reason"] == "stopped by test"
     assert capacity.admitted_for("ann") == 1 and capacity.waiting == 0  # only the running a3
+
+
+# ---------------------------------------------------------------------- interactive input
+ASK = ("while True:\n    try:\n        n = input('name? ')\n    except EOFError:\n        break\n"
+       "    print('hello', n)\nprint('bye')\n")
+
+
+def spans(doc: pycrdt.Doc, run_id: str) -> list[tuple[str, dict | None]]:
+    """The output as (text, attributes) spans, adjacent spans of one stream joined."""
+    joined: list[tuple[str, dict | None]] = []
+    for text, attrs in output(doc, run_id).diff():
+        attrs = attrs if attrs and attrs.get("stream") else None
+        if joined and joined[-1][1] == attrs:
+            joined[-1] = (joined[-1][0] + text, attrs)
+        else:
+            joined.append((text, attrs))
+    return joined
+
+
+async def test_input_feeds_the_program_and_everyone_sees_the_echo(make_runs):
+    doc = room_doc(ASK)
+    runs = make_runs(doc)
+    assert (await runs.request(req("r"))).accepted
+    await wait_for(lambda: str(output(doc, "r")) == "name? ", timeout=15, what="the prompt")
+    typed = await runs.input("r", "Ann\n", "u1", "editor")
+    assert typed == Decision(True, "r") and typed.message("input") == {"op": "input-accepted", "run_id": "r"}
+    await wait_for(lambda: "hello Ann" in str(output(doc, "r")), timeout=10, what="the answer to Ann")
+    # Another editor (the owner) answers the next prompt: any editor or owner may type.
+    await wait_for(lambda: str(output(doc, "r")).endswith("name? "), timeout=10, what="second prompt")
+    assert (await runs.input("r", "Bob\n", "u2", "owner")).accepted
+    await wait_for(lambda: "hello Bob" in str(output(doc, "r")), timeout=10, what="the answer to Bob")
+    assert (await runs.input("r", None, "u1", "editor", eof=True)).accepted  # Ctrl-D
+    await wait_for(lambda: status(doc, "r") == "finished", timeout=10, what="finished after end of input")
+    stdin = {"stream": "stdin"}
+    assert spans(doc, "r") == [("name? ", None), ("Ann\n", stdin), ("hello Ann\nname? ", None), ("Bob\n", stdin),
+                               ("hello Bob\nname? bye\n", None)]
+    # A peer that syncs the document sees the same conversation, attributes included.
+    peer = pycrdt.Doc()
+    peer.apply_update(doc.get_update())
+    assert spans(peer, "r") == spans(doc, "r")
+    late = await runs.input("r", "late\n", "u1", "editor")
+    assert not late.accepted and late.reason == "no such running run"
+    assert late.message("input") == {"op": "input-refused", "run_id": "r", "reason": "no such running run"}
+    assert "late" not in str(output(doc, "r"))
+
+
+async def test_input_is_for_editors_and_owners_only_and_refusals_write_nothing(make_runs):
+    doc = room_doc(ASK)
+    runs = make_runs(doc, RunnerConfig(rate_burst=5))
+    assert (await runs.request(req("r"))).accepted
+    assert (await runs.request(req("q"))).accepted  # waits behind r
+    await wait_for(lambda: str(output(doc, "r")) == "name? ", timeout=15, what="the prompt")
+    for role in ("viewer", None, "admin"):
+        refused = await runs.input("r", "evil\n", "u3", role)
+        assert not refused.accepted and refused.reason == "only editors and owners may type into a run", role
+        assert not (await runs.input("r", None, "u3", role, eof=True)).accepted
+    assert not (await runs.input("r", "x\n", "", "editor")).accepted  # no stamped user
+    assert (await runs.input("q", "x\n", "u1", "editor")).reason == "the run has not started yet"
+    assert (await runs.input("nope", "x\n", "u1", "editor")).reason == "no such running run"
+    assert (await runs.input("r", 42, "u1", "editor")).reason == "input must be text"  # type: ignore[arg-type]
+    assert (await runs.input("r" * 65, "x", "u1", "editor")).reason == "invalid run_id"
+    big = await runs.input("r", "x" * (runs.config.max_input_bytes + 1), "u1", "editor")
+    assert not big.accepted and "KiB at once" in big.reason
+    assert str(output(doc, "r")) == "name? " and status(doc, "r") == "running"  # nothing echoed, still asking
+    # Legitimate use still works after all that.
+    assert (await runs.input("r", "Ann\n", "u1", "editor")).accepted
+    await wait_for(lambda: "hello Ann" in str(output(doc, "r")), timeout=10, what="the answer")
+    assert (await runs.stop("r", role="editor")).accepted
+
+
+async def test_input_is_rate_limited_per_user(make_runs):
+    doc = room_doc(ASK)
+    runs = make_runs(doc, RunnerConfig(input_burst=3, input_per_second=0.001))
+    assert (await runs.request(req("r"))).accepted
+    await wait_for(lambda: str(output(doc, "r")) == "name? ", timeout=15, what="the prompt")
+    decisions = [await runs.input("r", f"n{i}\n", "u1", "editor") for i in range(6)]
+    assert [d.accepted for d in decisions] == [True, True, True, False, False, False]
+    assert decisions[-1].reason == "input rate limit: too many inputs, slow down"
+    assert (await runs.input("r", "other\n", "u2", "editor")).accepted  # another user has their own share
+    await wait_for(lambda: "hello other" in str(output(doc, "r")), timeout=10, what="the other user's answer")
+    text = str(output(doc, "r"))
+    assert "n3" not in text and text.count("hello n") == 3
+    assert (await runs.stop("r", role="editor")).accepted

@@ -17,7 +17,7 @@ import pytest
 
 from peer import Room, SignalingClient
 from runner.runs import decode_state_vector
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
 
@@ -166,6 +166,27 @@ async def test_stop_mid_run_and_runner_survives_a_vanishing_peer(tmp_path):
         await wait_for(lambda: ann.field("js", "status") == "finished", timeout=20, what="js finished")
         assert ann.output("js") == "js 42\n"
         assert runner.proc.poll() is None
+
+
+async def test_console_input_reaches_the_program_and_only_editors_may_type(tmp_path):
+    """The ``input`` app operation: an editor's line reaches ``input()`` and is echoed for
+    everyone; a viewer's is refused (the live role, as for run/stop) and echoes nothing."""
+    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ed", "vic") as (ed, vic):
+        await wait_for(ed.runner, timeout=30, what="runner joined")
+        ed.source.insert(0, "name = input('name? ')\nprint('hello', name)\nprint('rest', input('more? '))\n")
+        assert (await ed.run("io"))["op"] == "run-accepted", runner.log()[-3000:]
+        await wait_for(lambda: "name? " in vic.output("io"), timeout=20, what="the prompt")
+        refused = await vic.request("input", "io", data="mallory\n")
+        assert refused["op"] == "input-refused" and "editor" in refused["reason"], refused
+        accepted = await ed.request("input", "io", data="ada\n")
+        assert accepted == {"op": "input-accepted", "run_id": "io"}, accepted
+        await wait_for(lambda: "hello ada" in vic.output("io"), timeout=15, what="the program's answer")
+        assert (await ed.request("input", "io", eof=True))["op"] == "input-accepted"
+        await wait_for(lambda: vic.field("io", "status") in ("finished", "failed"), timeout=15, what="run ended")
+        out = vic.runs["io"]["output"]
+        assert "mallory" not in str(out)
+        assert ("ada\n", {"stream": "stdin"}) in out.diff()  # the echo, marked as input
+        assert vic.field("io", "status") == "failed" and "EOFError" in str(out)  # Ctrl-D ended the second input()
 
 
 @pytest.mark.docker

@@ -34,7 +34,7 @@ async def test_compile_error_is_a_failed_run_with_the_diagnostics(sandbox):
     assert "undefined_name" in err
 
 
-async def test_streams_are_distinct_and_in_order_and_stdin_is_empty(sandbox):
+async def test_streams_are_distinct_and_in_order_and_stdin_ends_when_closed(sandbox):
     # Two pipes have no common order; a pause between writes makes "arrival order" well defined.
     code = ("import sys, time\nprint('in', repr(sys.stdin.read()), flush=True)\n"
             "for i in range(3):\n    time.sleep(0.1)\n    print('out', i, flush=True)\n    time.sleep(0.1)\n"
@@ -42,6 +42,7 @@ async def test_streams_are_distinct_and_in_order_and_stdin_is_empty(sandbox):
             "sys.exit(3)")
     box = sandbox
     execution = await box.start(LanguageTable().get("python").spec(code, Limits(wall_seconds=10)))
+    assert (await execution.close_stdin()).accepted  # Ctrl-D before any input: read() returns ''
     chunks = [chunk async for chunk in execution]
     result = await execution.wait()
     assert (result.status, result.exit_code) == ("failed", 3)
@@ -93,3 +94,16 @@ def test_languages_file_extends_and_overrides(tmp_path):
     path.write_text("{nope")
     with pytest.raises(LanguageError, match="cannot read"):
         LanguageTable.load(path)
+
+
+async def test_a_run_without_stdin_reads_eof_and_refuses_input(sandbox):
+    import dataclasses
+
+    spec = LanguageTable().get("python").spec("import sys, time\nprint(repr(sys.stdin.read()), flush=True)\n"
+                                              "time.sleep(0.5)", Limits(wall_seconds=10))
+    execution = await sandbox.start(dataclasses.replace(spec, stdin_open=False))
+    refused = await execution.write_stdin(b"x")
+    assert (refused.accepted, refused.reason) == (False, "input is closed (end of input was sent)")
+    chunks = [chunk async for chunk in execution]
+    assert (await execution.wait()).status == "finished"
+    assert b"".join(c.data for c in chunks) == b"''\n"

@@ -14,6 +14,7 @@ of them succeed, so the refusals are the filter's doing, not an accident of the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -428,7 +429,42 @@ EXPECTED = {
     "javascript": "file 100000\nsubprocess hi\nworker 42\n",
     "bash": "pipeline 100\nsubshell\nfile 1000\n",
     "c": "threads 6\nfork 7\n",
+    "java": "threads 40 sum 780\n",
+    "go": "goroutines 200 sum 19900\n",
 }
+# The thread-heavy toolchains run inside their own (raised) limits: a JVM with 40 threads on
+# top of its own, Go with 200 goroutines over GOMAXPROCS threads.
+NORMAL["java"] = """
+import java.util.concurrent.atomic.AtomicLong;
+public class Main {
+  public static void main(String[] a) throws Exception {
+    AtomicLong sum = new AtomicLong(); Thread[] t = new Thread[40];
+    for (int i = 0; i < 40; i++) { final int n = i; t[i] = new Thread(() -> sum.addAndGet(n)); t[i].start(); }
+    for (Thread x : t) x.join();
+    System.out.println("threads 40 sum " + sum.get());
+  }
+}
+"""
+NORMAL["go"] = """
+package main
+
+import (
+	"fmt"
+	"sync"
+)
+
+func main() {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sum := 0
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(n int) { defer wg.Done(); mu.Lock(); sum += n; mu.Unlock() }(i)
+	}
+	wg.Wait()
+	fmt.Println("goroutines 200 sum", sum)
+}
+"""
 
 
 @pytest.mark.parametrize("language", sorted(NORMAL))
@@ -591,3 +627,265 @@ def test_syscall_numbers_match_the_kernel_headers():
             found = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
             expected = int(found.group(1)) if found else None
             assert numbers[column] == expected, (path.name, name, numbers[column], expected)
+
+
+# ---------------------------------------------------------------- interactive input abuse
+def rss_bytes() -> int:
+    """This process's resident memory (the runner's, here: the sandbox lives in this process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def start_reading(box: Sandbox, code: str, limits: Limits):
+    """Start a Python run and collect its output in the background (as the room would)."""
+    execution = await box.start(LANGS.get("python").spec(code, limits))
+    out = bytearray()
+
+    async def read() -> None:
+        async for chunk in execution:
+            out.extend(chunk.data)
+
+    return execution, out, asyncio.create_task(read())
+
+
+async def test_input_flood_is_bounded_and_the_run_ends_by_its_limits(sandbox):
+    limits = dataclasses.replace(LIMITS, wall_seconds=5)
+    # Reads everything it gets, slowly, and never ends on its own (no end of input comes).
+    code = ("import sys, time\nprint('reading', flush=True)\n"
+            "while sys.stdin.buffer.read1(4096):\n    time.sleep(0.01)\ntime.sleep(60)\n")
+    execution, out, reader = await start_reading(sandbox, code, limits)
+    await wait_for(lambda: b"reading" in out, timeout=30, what="the program to start")
+    chunk = b"y" * 4096
+    before = rss_bytes()
+    accepted = attempted = peak = 0
+    reasons: set[str] = set()
+    deadline = time.monotonic() + 3
+    for _ in range(200_000):  # bounded: ~3 s of writing as fast as the loop goes
+        if time.monotonic() > deadline:
+            break
+        result = await execution.write_stdin(chunk)
+        attempted += len(chunk)
+        accepted += result.bytes
+        if not result.accepted:
+            reasons.add(result.reason)
+        peak = max(peak, execution.stdin_pending)
+        await asyncio.sleep(0)
+    grown = rss_bytes() - before
+    assert attempted > 50 * limits.stdin_bytes, attempted  # a real flood was tried
+    assert accepted <= limits.stdin_bytes, accepted
+    assert peak <= limits.stdin_buffer, peak
+    assert "input too fast (at most 16 KiB a second)" in reasons, reasons
+    assert grown < 32 * 1024 * 1024, f"runner grew by {grown} bytes"
+    result = await asyncio.wait_for(execution.wait(), 30)
+    await reader
+    assert (result.status, result.reason) == ("timeout", "wall clock limit exceeded"), result
+    await assert_still_serving(sandbox)
+
+
+async def test_input_to_a_program_that_never_reads_cannot_pile_up(sandbox):
+    # Rate and total out of the way: only the unread-buffer bound may refuse.
+    limits = dataclasses.replace(LIMITS, wall_seconds=6, stdin_bytes=8 * 1024 * 1024,
+                                 stdin_rate=8 * 1024 * 1024, stdin_buffer=16 * 1024)
+    execution, out, reader = await start_reading(
+        sandbox, "import time\nprint('not reading', flush=True)\ntime.sleep(60)\n", limits)
+    await wait_for(lambda: b"not reading" in out, timeout=30, what="the program to start")
+    chunk = b"z" * 4096
+    accepted = peak = 0
+    refusal = None
+    deadline = time.monotonic() + 4
+    for _ in range(20_000):
+        if time.monotonic() > deadline:
+            break
+        result = await execution.write_stdin(chunk)
+        accepted += result.bytes
+        peak = max(peak, execution.stdin_pending)
+        if not result.accepted:
+            refusal = result.reason
+            break
+        await asyncio.sleep(0.001)
+    assert refusal == "the program is not reading its input; wait until it does", (refusal, accepted)
+    # What was taken is the pipes' own capacity plus our small buffer, not megabytes.
+    assert accepted < 2 * 1024 * 1024, accepted
+    assert peak <= limits.stdin_buffer
+    again = await execution.write_stdin(chunk)
+    assert not again.accepted and again.reason == refusal
+    result = await asyncio.wait_for(execution.wait(), 30)
+    await reader
+    assert (result.status, result.reason) == ("timeout", "wall clock limit exceeded"), result
+    await assert_still_serving(sandbox)
+
+
+async def test_input_after_exit_is_refused_with_a_reason_not_an_exception(sandbox):
+    # Reads one line, answers, exits while more input keeps coming.
+    execution, out, reader = await start_reading(
+        sandbox, "import sys\nprint('got', sys.stdin.readline().strip(), flush=True)\n", LIMITS)
+    results = []
+    for i in range(400):  # bounded: the program ends after the first line
+        results.append(await execution.write_stdin(f"line {i}\n".encode()))
+        if execution._ended():
+            break
+        await asyncio.sleep(0.01)
+    result = await asyncio.wait_for(execution.wait(), 30)
+    await reader
+    assert (result.status, bytes(out)) == ("finished", b"got line 0\n"), (result, bytes(out))
+    assert results[0].accepted
+    for late in (await execution.write_stdin(b"after\n"), await execution.close_stdin(),
+                 await execution.write_stdin(b"")):
+        assert (late.accepted, late.reason) == (False, "the program has ended"), late
+    await assert_still_serving(sandbox)
+
+
+async def test_close_stdin_twice_and_input_after_it(sandbox):
+    execution, out, reader = await start_reading(
+        sandbox, "import sys\nprint('read', len(sys.stdin.read()), flush=True)\nimport time\ntime.sleep(1)", LIMITS)
+    assert (await execution.write_stdin(b"abc")).accepted
+    assert (await execution.close_stdin()).accepted
+    assert (await execution.close_stdin()).reason == "input is closed (end of input was sent)"
+    assert (await execution.write_stdin(b"more")).reason == "input is closed (end of input was sent)"
+    result = await asyncio.wait_for(execution.wait(), 30)
+    await reader
+    assert (result.status, bytes(out)) == ("finished", b"read 3\n")
+
+
+# ---------------------------------------------------------------- projects with hostile paths
+HOSTILE_PATHS = {
+    "../escape.py": "'..' part",
+    "app/../../escape.py": "'..' part",
+    "/tmp/escape.py": "is absolute",
+    "C:/escape.py": "is absolute",
+    "app\\..\\escape.py": "backslash",
+    "CON": "reserved device name",
+    "app/nul.txt": "reserved device name",
+    "app//x.py": "'..' part",
+    "./x.py": "'..' part",
+    ".codesync/main": "reserved for the runner",
+    "bad\x00name.py": "control character",
+    "x" * 300: "longer than",
+}
+
+
+@pytest.mark.parametrize("path", sorted(HOSTILE_PATHS), ids=lambda p: repr(p[:20]))
+async def test_hostile_project_paths_are_refused_before_anything_is_written(sandbox, path):
+    from runner.languages import LanguageError
+    from runner.sandbox.base import RunSpec, SandboxError
+
+    marker = f"escape{secrets.token_hex(4)}"
+    files = {path: f"print('{marker}')".encode(), "main.py": b"print('hello')"}
+    with pytest.raises(LanguageError, match=HOSTILE_PATHS[path]):
+        LANGS.get("python").project_spec(files, "main.py", LIMITS)
+    # And the sandbox refuses it on its own (a caller that skipped the language table).
+    containers = _run_containers(sandbox)
+    with pytest.raises(SandboxError, match=HOSTILE_PATHS[path]):
+        await sandbox.start(RunSpec(files=files, run=["python3", "main.py"], limits=LIMITS))
+    assert _run_containers(sandbox) == containers  # docker: no container was taken or started
+    assert not processes_with(marker)
+    await assert_still_serving(sandbox)
+
+
+def _run_containers(box: Sandbox) -> set[str] | None:
+    if box.name != "docker":
+        return None
+    return {c.id for c in box.client.containers.list(all=True)}
+
+
+async def test_project_size_and_shape_limits(sandbox):
+    from runner.languages import LanguageError
+    from runner.sandbox import project
+
+    python = LANGS.get("python")
+    too_many = {f"m{i}.py": b"" for i in range(project.MAX_FILES + 1)}
+    with pytest.raises(LanguageError, match=f"at most {project.MAX_FILES} can run"):
+        python.project_spec(too_many, "m0.py")
+    with pytest.raises(LanguageError, match="larger than 2048 KiB"):
+        python.project_spec({"main.py": b"#" * (project.MAX_FILE_BYTES + 1)}, "main.py")
+    big = {f"d{i}.txt": b"x" * project.MAX_FILE_BYTES for i in range(5)}
+    with pytest.raises(LanguageError, match="larger than 8 MiB"):
+        python.project_spec({**big, "main.py": b""}, "main.py")
+    with pytest.raises(LanguageError, match="both a file and a folder"):
+        python.project_spec({"lib": b"", "lib/x.py": b"", "main.py": b""}, "main.py")
+    # The largest project that is allowed runs: 400 files, nested folders, ~6 MiB.
+    files = {f"pkg{i % 20}/data{i}.txt": b"d" * 15000 for i in range(400)}
+    files["main.py"] = (b"import os\nn = sum(len(fs) for _, _, fs in os.walk('.'))\n"
+                        b"print(n, sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk('.') for f in fs))")
+    result, chunks = await run_collect(sandbox, python.project_spec(files, "main.py", LIMITS))
+    out = b"".join(c.data for c in chunks).decode()
+    assert (result.status, out.split()[0]) == ("finished", "401"), (result, out)
+    assert int(out.split()[1]) == sum(len(v) for v in files.values())
+
+
+def test_uploaded_archives_with_links_are_refused_whole():
+    import io
+    import stat
+    import tarfile
+    import zipfile
+
+    from runner.sandbox.project import ProjectError, from_tar, from_zip
+
+    def zip_of(*entries):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data, mode in entries:
+                info = zipfile.ZipInfo(name)
+                info.external_attr = mode << 16
+                archive.writestr(info, data)
+        return buffer.getvalue()
+
+    good = ("main.py", b"print(1)", stat.S_IFREG | 0o644)
+    assert from_zip(zip_of(good, ("lib/util.py", b"X = 1", stat.S_IFREG | 0o644))) == {
+        "main.py": b"print(1)", "lib/util.py": b"X = 1"}
+    with pytest.raises(ProjectError, match="'passwd' is a symbolic link"):
+        from_zip(zip_of(good, ("passwd", b"/etc/passwd", stat.S_IFLNK | 0o777)))
+    with pytest.raises(ProjectError, match="'..' part"):
+        from_zip(zip_of(good, ("../evil.py", b"x", stat.S_IFREG | 0o644)))
+    with pytest.raises(ProjectError, match="is absolute"):
+        from_zip(zip_of(good, ("/etc/cron.d/evil", b"x", stat.S_IFREG | 0o644)))
+    with pytest.raises(ProjectError, match="not a readable zip"):
+        from_zip(b"PK\x03\x04 not really")
+
+    def tar_of(*members):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for info, data in members:
+                archive.addfile(info, io.BytesIO(data) if data is not None else None)
+        return buffer.getvalue()
+
+    def member(name, kind=tarfile.REGTYPE, data=b"", link=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.linkname = kind, len(data) if kind == tarfile.REGTYPE else 0, link
+        return info, (data if kind == tarfile.REGTYPE else None)
+
+    assert from_tar(tar_of(member("./main.py", data=b"print(2)"))) == {"main.py": b"print(2)"}
+    for kind, what in ((tarfile.SYMTYPE, "a symbolic link"), (tarfile.LNKTYPE, "a hard link"),
+                       (tarfile.CHRTYPE, "not a regular file"), (tarfile.FIFOTYPE, "not a regular file")):
+        with pytest.raises(ProjectError, match=what):
+            from_tar(tar_of(member("main.py", data=b"x"), member("lib", kind, link="/etc")))
+    with pytest.raises(ProjectError, match="'..' part"):
+        from_tar(tar_of(member("../../etc/evil", data=b"x")))
+
+
+# ---------------------------------------------------------------- compile bomb
+async def test_compile_bomb_is_stopped_by_the_limits(sandbox):
+    bomb = """
+#include <utility>
+template <class T, int N> struct Grow { using type = typename Grow<std::pair<T, T>, N - 1>::type; };
+template <class T> struct Grow<T, 0> { using type = T; };
+int main() { typename Grow<int, 40>::type value{}; (void)value; return 0; }
+"""
+    started = time.monotonic()
+    result, out, err = await run(sandbox, bomb, "cpp")
+    assert result.status in ("killed", "timeout"), (result, err[-500:])
+    assert result.reason in ("memory limit exceeded", "cpu time limit exceeded", "wall clock limit exceeded",
+                             "killed (memory or process limit)"), result
+    assert time.monotonic() - started < LIMITS.wall_seconds + 10
+    assert not processes_with("cc1plus") or all(_not_ours(pid) for pid in processes_with("cc1plus"))
+    await assert_still_serving(sandbox)
+
+
+def _not_ours(pid: int) -> bool:
+    """A cc1plus of another engineer's build is not a leftover of this run (ours run as 65534)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid != NOBODY
+    except OSError:
+        return True

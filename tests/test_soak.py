@@ -50,7 +50,7 @@ async def test_regression_room_stop_delivers_the_last_edits(tmp_path) -> None:
     import pycrdt
 
     from peer import Room
-    from signaling.settings import Settings
+    from codesync.settings import Settings
     from tests.stack import signaling_stack
     from tests.support import wait_for
 
@@ -87,7 +87,7 @@ async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_pa
     DROPPED, not deferred — a link dropped twice within a second (e.g. for bad frames) never
     came back. Now the throttled re-announce is sent once the second is over."""
     from peer import Room
-    from signaling.settings import Settings
+    from codesync.settings import Settings
     from tests.stack import signaling_stack
     from tests.support import wait_for
 

@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
 from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.protocol import decode_state_vector
-from signaling.models import utcnow
+from codesync.models import utcnow
 from tests.support import ROOT, child_env, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -265,8 +265,8 @@ from pycrdt import Array, Doc
 from sqlalchemy.ext.asyncio import create_async_engine
 from peer.persistence.store import DocumentStore
 from peer.persistence.writer import RoomWriter, WriterConfig
-from signaling import db
-from signaling.settings import Settings
+from codesync import db
+from codesync.settings import Settings
 
 def total(sv):
     def rd(pos):
@@ -350,7 +350,7 @@ async def test_writer_survives_a_locked_database_and_reports_it(tmp_path: Path):
 
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from signaling import db as sdb
+    from codesync import db as sdb
 
     path = tmp_path / "locked.db"
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05})

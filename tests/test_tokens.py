@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from signaling.models import ServiceToken, User
+from codesync.models import ServiceToken, User
 from signaling.state import STATE
 from signaling.tokens import AUDIENCE, TokenError, TokenService
 

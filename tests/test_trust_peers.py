@@ -26,7 +26,7 @@ import pytest
 from peer import Room
 from peer import protocol as p
 from peer.persistence.store import DocumentStore
-from signaling.settings import Settings
+from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for, wait_http_ok
 

@@ -136,7 +136,7 @@ async def test_ice_servers_rest_credentials(api_sqlite):
 
 
 def test_ice_servers_without_turn_secret_has_no_turn():
-    from signaling.settings import Settings
+    from codesync.settings import Settings
 
     assert ice_servers(Settings(turn_urls="turn:x:3478"), "u") == []
     assert ice_servers(Settings(stun_urls="stun:x:3478"), "u") == [{"urls": ["stun:x:3478"]}]
@@ -270,7 +270,7 @@ async def test_two_peers_exchange_document_updates_through_coturn(turn_api, cotu
 async def test_peer_library_rooms_allocate_on_coturn_with_signaling_credentials(tmp_path: Path, coturn: Coturn):
     """Room peers fetch /api/ice-servers themselves and allocate relays on coturn with those credentials."""
     from peer import Room
-    from signaling.settings import Settings
+    from codesync.settings import Settings
     from tests.stack import signaling_stack
 
     async with signaling_stack(

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from signaling.models import (
+from codesync.models import (
     MAIN_DOC,
     HistoryAuthor,
     HistoryBurst,

@@ -36,7 +36,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from signaling.models import MAIN_DOC, new_id
+from codesync.models import MAIN_DOC, new_id
 
 from . import history
 from .attribution import Attribution

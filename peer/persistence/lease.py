@@ -34,8 +34,8 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from signaling.models import RoomLease, utcnow
-from signaling.settings import Settings
+from codesync.models import RoomLease, utcnow
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.persistence.lease")
 

@@ -34,7 +34,7 @@ from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 from sqlalchemy import text
 
-from signaling.settings import Settings
+from codesync.settings import Settings
 
 from ..rights import Principal
 from ..service import RoomPresence, RoomService, run_service

@@ -44,9 +44,9 @@ from pycrdt import Doc, merge_updates
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from signaling import db
-from signaling.models import HISTORY_TABLES, MAIN_DOC, DocumentSnapshot, DocumentUpdate, HistorySettings
-from signaling.settings import Settings
+from codesync import db
+from codesync.models import HISTORY_TABLES, MAIN_DOC, DocumentSnapshot, DocumentUpdate, HistorySettings
+from codesync.settings import Settings
 
 log = logging.getLogger("codesync.persistence.store")
 

@@ -33,7 +33,7 @@ from collections.abc import Awaitable
 
 from pycrdt import Doc, get_state
 
-from signaling.models import MAIN_DOC
+from codesync.models import MAIN_DOC
 
 from . import history
 from .attribution import Attribution

@@ -10,6 +10,12 @@ may be called from any other task and kills everything the run started.
 Why an async iterator plus ``stop()`` rather than a callback: the runner service batches
 output every ~50 ms while a user may press Stop at any moment; both are ordinary tasks
 around one ``Execution`` object.
+
+Interactive input: the program's stdin stays open (a pipe; no terminal — docs/runner.md says
+why) and ``write_stdin(bytes)`` / ``close_stdin()`` feed it from any task. Input is bounded
+per run (``Limits.stdin_bytes``), per second (``stdin_rate``) and in what may wait for a
+program that does not read (``stdin_buffer``); every write gets a ``StdinResult`` — refused
+with a reason, never an exception — also after the program has ended.
 """
 
 from __future__ import annotations
@@ -57,30 +63,67 @@ class Limits:
     work_dir_bytes: int = 64 * 1024 * 1024
     file_bytes: int = 32 * 1024 * 1024
     open_files: int = 256
+    # Interactive input: bytes per run in all, bytes per second (also the burst), and bytes
+    # accepted but not yet taken by the program (one that never reads cannot grow it).
+    stdin_bytes: int = 64 * 1024
+    stdin_rate: int = 16 * 1024
+    stdin_buffer: int = 16 * 1024
+
+
+# The runner's build output (binaries, class files, caches) inside the work dir; project
+# paths may not use it (runner/sandbox/project.py).
+BUILD_DIR = ".codesync"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: files for the work dir and the commands (compile, then run)."""
+    """What to run: the project's files for the work dir (relative paths, folders allowed,
+    checked by ``project.check_project``) and the commands (compile, then run)."""
 
     files: dict[str, bytes]
     run: list[str]
     compile: list[str] | None = None
     image: str | None = None  # the Docker image; bubblewrap uses the host's /usr
     limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)  # on top of RUN_ENV, for compile and run
+    # Keep the program's stdin open for ``write_stdin``; False: it reads end-of-file at once.
+    stdin_open: bool = True
 
     def script(self) -> str:
-        """The ``sh -c`` script: compile (if any) and, only when it succeeded, exec the run command."""
-        run = "exec " + shlex.join(self.run)
+        """The ``sh -c`` script: compile (if any) and, only when it succeeded, exec the run command.
+
+        The compiler reads no input (``</dev/null``: what the user types is the program's) and
+        its stdout goes to stderr (tsc prints its diagnostics on stdout): a compile error is a
+        ``failed`` run whose stderr holds the compiler's message, with its exit status.
+        """
+        steps = [f"export {key}={shlex.quote(value)}" for key, value in self.env.items()]
         if self.compile:
-            return f"{shlex.join(self.compile)} && {run}"
-        return run
+            steps.append(f"mkdir -p {BUILD_DIR}")
+            steps.append(f"{shlex.join(self.compile)} </dev/null >&2")
+        steps.append("exec " + shlex.join(self.run))
+        return " && ".join(steps)
 
 
 @dataclass(frozen=True)
 class Chunk:
     stream: Stream
     data: bytes
+
+
+@dataclass(frozen=True)
+class StdinResult:
+    """What became of one ``write_stdin`` / ``close_stdin``: taken (``bytes`` of it) or refused
+    with a reason a user can read."""
+
+    accepted: bool
+    bytes: int = 0
+    reason: str = ""
+
+
+STDIN_ENDED = "the program has ended"
+STDIN_CLOSED = "input is closed (end of input was sent)"
+STDIN_GONE = "the program closed its input"
+STDIN_WRITE_CHUNK = 16 * 1024
 
 
 @dataclass
@@ -132,6 +175,15 @@ class Execution(abc.ABC):
         self._stop_reason: tuple[Status, str] | None = None
         self._emitted = 0
         self.truncated = False
+        # Interactive input (write_stdin): what waits for the program, the totals, the pump.
+        self._stdin_pending = bytearray()
+        self._stdin_total = 0
+        self._stdin_eof = False  # close_stdin was asked
+        self._stdin_broken = False  # the program's end of the pipe is gone
+        self._stdin_wake = asyncio.Event()
+        self._stdin_task: asyncio.Task | None = None
+        self._stdin_tokens = float(limits.stdin_rate)
+        self._stdin_at = time.monotonic()
 
     # ---------------------------------------------------------------- public
     def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -155,7 +207,100 @@ class Execution(abc.ABC):
         assert self._result is not None
         return self._result
 
+    async def write_stdin(self, data: bytes) -> StdinResult:
+        """Queue ``data`` for the program's stdin; returns at once (a pump task writes it).
+
+        All or nothing per call. Refused (with the reason) when the program has ended or
+        closed its input, after ``close_stdin``, beyond the per-run total, faster than the
+        rate, or when what waits unread would exceed ``stdin_buffer`` — so a program that
+        never reads costs the runner at most that buffer plus the pipe's own.
+        """
+        limits = self.limits
+        if self._ended():
+            return StdinResult(False, 0, STDIN_ENDED)
+        if self._stdin_eof:
+            return StdinResult(False, 0, STDIN_CLOSED)
+        if self._stdin_broken:
+            return StdinResult(False, 0, STDIN_GONE)
+        if not data:
+            return StdinResult(True, 0)
+        size = len(data)
+        if self._stdin_total + size > limits.stdin_bytes:
+            return StdinResult(False, 0, f"input limit reached ({limits.stdin_bytes // 1024} KiB per run)")
+        if len(self._stdin_pending) + size > limits.stdin_buffer:
+            return StdinResult(False, 0, "the program is not reading its input; wait until it does")
+        now = time.monotonic()
+        self._stdin_tokens = min(float(limits.stdin_rate), self._stdin_tokens + (now - self._stdin_at) * limits.stdin_rate)
+        self._stdin_at = now
+        if size > self._stdin_tokens:
+            return StdinResult(False, 0, f"input too fast (at most {limits.stdin_rate // 1024} KiB a second)")
+        self._stdin_tokens -= size
+        self._stdin_total += size
+        self._stdin_pending += data
+        self._pump()
+        return StdinResult(True, size)
+
+    async def close_stdin(self) -> StdinResult:
+        """End of input (Ctrl-D): the program reads EOF once what is queued has been taken."""
+        if self._ended():
+            return StdinResult(False, 0, STDIN_ENDED)
+        if self._stdin_eof:
+            return StdinResult(False, 0, STDIN_CLOSED)
+        self._stdin_eof = True
+        self._pump()
+        return StdinResult(True, 0)
+
+    @property
+    def stdin_pending(self) -> int:
+        """Bytes accepted by ``write_stdin`` that the program has not been handed yet."""
+        return len(self._stdin_pending)
+
     # ---------------------------------------------------------------- for subclasses
+    def _ended(self) -> bool:
+        """The program is gone (input can no longer reach it)."""
+        return self._done.is_set()
+
+    async def _stdin_send(self, data: bytes) -> bool:
+        """Hand ``data`` to the program's stdin (may wait while it does not read); False
+        when its end of the pipe is gone."""
+        return False
+
+    async def _stdin_close(self) -> None:
+        """Close our end of the program's stdin (it reads EOF)."""
+
+    def _pump(self) -> None:
+        self._stdin_wake.set()
+        if self._stdin_task is None:
+            self._stdin_task = asyncio.create_task(self._stdin_loop(), name="stdin-pump")
+
+    async def _stdin_loop(self) -> None:
+        """The one writer of the program's stdin: pending bytes in order, then EOF if asked."""
+        try:
+            while not self._done.is_set():
+                await self._stdin_wake.wait()
+                self._stdin_wake.clear()
+                while self._stdin_pending and not self._done.is_set():
+                    chunk = bytes(self._stdin_pending[:STDIN_WRITE_CHUNK])
+                    ok = await self._stdin_send(chunk)
+                    del self._stdin_pending[: len(chunk)]
+                    if not ok:
+                        self._stdin_broken = True
+                        self._stdin_pending.clear()
+                        return
+                if self._stdin_eof and not self._stdin_pending:
+                    await self._stdin_close()
+                    return
+        except Exception as exc:  # noqa: BLE001 - a vanished program/socket: input is just gone
+            log.debug("stdin pump ended: %s", exc)
+            self._stdin_broken = True
+            self._stdin_pending.clear()
+
+    def _stop_stdin(self) -> None:
+        """The run is over: drop what waits and end the pump (called by ``_finish``)."""
+        self._stdin_pending.clear()
+        if self._stdin_task is not None and not self._stdin_task.done():
+            self._stdin_task.cancel()
+
     def _emit(self, stream: Stream, data: bytes) -> bool:
         """Queue output within the cap; return False once the cap is reached (caller kills)."""
         if self.truncated or not data:
@@ -184,6 +329,7 @@ class Execution(abc.ABC):
         )
         self._queue.put_nowait(None)
         self._done.set()
+        self._stop_stdin()
 
     @abc.abstractmethod
     async def _kill(self) -> None: ...
@@ -226,6 +372,11 @@ class Sandbox(abc.ABC):
         """Mark the sandbox not ready and return the error to raise for this run."""
         self._note(Health(False, reason))
         return SandboxUnavailable(reason)
+
+    async def probe(self, commands: list[str], image: str | None = None) -> set[str]:
+        """Which of ``commands`` (names looked up on the run PATH, or absolute paths) a run
+        in this sandbox would *not* find — the languages that need them are left out."""
+        return set()
 
     async def prewarm(self, limits: Limits, image: str | None = None) -> None:
         """Get ready for runs with these limits (Docker: pre-start containers); returns when ready."""

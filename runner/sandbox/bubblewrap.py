@@ -13,6 +13,10 @@ Layers, each because the others leave a gap (DESIGN.md, "Sandboxes here"):
   not a sandbox (DESIGN.md) — unless the operator opted out (``require_cgroups=False``).
 - A seccomp deny-list (``seccomp.py``) handed to ``bwrap --seccomp FD``: no nested user
   namespaces, keyrings, bpf, ptrace, mounts, perf events, module loading and the like.
+
+The project's files arrive as one memfd each (``--file FD /work/path``; bwrap makes the
+folders), the vendored npm toolchains (TypeScript, ``runner/toolchains``) are bound read-only
+at ``/opt/codesync``, and the program's stdin is a pipe the runner writes ``write_stdin`` into.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import os
 import resource
 import shutil
 import signal
+import stat
 from pathlib import Path
 
+from ..image import SANDBOX_TOOLCHAINS, TOOLCHAINS_DIR
 from .base import (
     RUN_ENV,
     WORK_DIR,
@@ -37,6 +43,7 @@ from .base import (
     SandboxError,
     classify_exit,
 )
+from .project import ProjectError, check_project
 from .cgroups import CGROUP_ROOT, CgroupError, CgroupManager, RunCgroup
 from .seccomp import SeccompUnsupported, build_filter
 
@@ -52,14 +59,33 @@ ETC_FILES = (
     "/etc/localtime",
     "/etc/nsswitch.conf",
 )
+# Toolchain configuration Debian keeps under /etc (the JDK's conf/ is symlinks into it).
+ETC_GLOBS = ("java-*-openjdk",)
 SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 READ_SIZE = 16 * 1024
 
 
-def _safe_name(name: str) -> str:
-    if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise SandboxError(f"invalid file name {name!r}")
-    return name
+def _raise_open_files_limit() -> None:
+    """A run holds one memfd per project file while bwrap starts (up to project.MAX_FILES):
+    lift this process's soft open-files limit to its hard limit so a few runs starting at
+    once do not run out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+def _visible_to_nobody(path: Path) -> bool:
+    """Can uid 65534 reach ``path`` (bwrap binds it after dropping to that uid)?"""
+    try:
+        target = path.resolve(strict=True)
+        for parent in [*reversed(target.parents)]:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                return False
+        mode = target.stat().st_mode
+        return bool(mode & stat.S_IROTH and (not stat.S_ISDIR(mode) or mode & stat.S_IXOTH))
+    except OSError:
+        return False
 
 
 def _system_binds() -> list[str]:
@@ -72,7 +98,30 @@ def _system_binds() -> list[str]:
             args += ["--ro-bind", str(host), f"/{name}"]
     for path in ETC_FILES:
         args += ["--ro-bind-try", path, path]
+    for pattern in ETC_GLOBS:
+        for path in sorted(Path("/etc").glob(pattern)):
+            args += ["--ro-bind", str(path), str(path)]
+    if _visible_to_nobody(TOOLCHAINS_DIR):
+        args += ["--ro-bind", str(TOOLCHAINS_DIR), SANDBOX_TOOLCHAINS]
     return args
+
+
+def host_path(command: str, search: str = RUN_ENV["PATH"]) -> Path | None:
+    """Where a sandboxed ``command`` would be found on the host (the sandbox sees the host's
+    /usr and the toolchains dir), or None."""
+    if command.startswith(SANDBOX_TOOLCHAINS + "/"):
+        candidate = TOOLCHAINS_DIR / command[len(SANDBOX_TOOLCHAINS) + 1:]
+        return candidate if candidate.exists() and _visible_to_nobody(candidate) else None
+    if command.startswith("/"):
+        top = command.split("/")[1]
+        candidate = Path(command)
+        ok = top == "usr" or top in SYSTEM_DIRS
+        return candidate if ok and candidate.exists() and os.access(candidate, os.X_OK) else None
+    for folder in search.split(":"):
+        candidate = Path(folder) / command
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 class BubblewrapSandbox(Sandbox):
@@ -94,6 +143,7 @@ class BubblewrapSandbox(Sandbox):
         self.cgroups = CgroupManager(Path(cgroup_root))
         self.require_cgroups = require_cgroups
         self._system = _system_binds()
+        _raise_open_files_limit()
         try:
             self.seccomp_filter: bytes | None = build_filter()
             self._seccomp_problem = ""
@@ -120,6 +170,9 @@ class BubblewrapSandbox(Sandbox):
 
     async def health(self) -> Health:
         return self._note(self._check(redetect=True))
+
+    async def probe(self, commands: list[str], image: str | None = None) -> set[str]:
+        return {command for command in commands if host_path(command) is None}
 
     def command(self, spec: RunSpec, file_fds: dict[str, int], seccomp_fd: int | None = None) -> list[str]:
         limits = spec.limits
@@ -172,8 +225,12 @@ class BubblewrapSandbox(Sandbox):
         seccomp_fd: int | None = None
         group: RunCgroup | None = None
         try:
-            for name, content in spec.files.items():
-                fd = os.memfd_create(f"codesync-{_safe_name(name)}", 0)
+            files = check_project(spec.files)
+        except ProjectError as exc:
+            raise SandboxError(str(exc)) from exc
+        try:
+            for name, content in files.items():
+                fd = os.memfd_create("codesync-file", 0)
                 os.write(fd, content)
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
@@ -189,7 +246,7 @@ class BubblewrapSandbox(Sandbox):
             preexec = _make_preexec(limits, group, self.uid, self.gid, self.drop_privileges)
             proc = await asyncio.create_subprocess_exec(
                 *self.command(spec, fds, seccomp_fd),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if spec.stdin_open else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(*fds.values(), seccomp_fd),
@@ -248,6 +305,7 @@ class BubblewrapExecution(Execution):
         super().__init__(limits)
         self.proc = proc
         self.group = group
+        self._stdin_eof = proc.stdin is None  # RunSpec(stdin_open=False): EOF from the start
         self._task = asyncio.create_task(self._supervise(), name=f"bwrap-{proc.pid}")
 
     async def _read(self, stream: asyncio.StreamReader, name) -> None:
@@ -291,6 +349,24 @@ class BubblewrapExecution(Execution):
             if self.group is not None:
                 await asyncio.to_thread(self.group.kill_all)
             self._finish(status, exit_code, reason)
+
+    def _ended(self) -> bool:
+        return self._done.is_set() or self.proc.returncode is not None
+
+    async def _stdin_send(self, data: bytes) -> bool:
+        stdin = self.proc.stdin
+        if stdin is None or stdin.is_closing():
+            return False
+        try:
+            stdin.write(data)
+            await stdin.drain()  # waits while the pipe is full (the program is not reading)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
+    async def _stdin_close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
 
     async def _cleanup(self) -> None:
         if self.proc.returncode is None:

@@ -8,8 +8,12 @@ main process exits, Docker kills everything else in it, so detached children die
 
 Starting a container is the slow part (runc: 300-450 ms on this loaded machine), so the
 backend keeps a small pool of *started* containers, each blocked reading one line from its
-stdin. A run takes one, writes a single line — the base64 of a script that unpacks the
-files into the tmpfs and execs compile/run — and closes stdin (``stdin_once``). Each
+stdin. A run takes one and writes, on that same stdin, a line with a byte count, a script of
+exactly that many bytes, and the project as a tar the script unpacks into the tmpfs (``head
+-c SIZE | tar -x``) before it execs compile/run. ``read`` (dash reads byte by byte) and ``head
+-c N`` (GNU head never reads past N) consume exactly the header, the script and the tar, so
+whatever follows on the stream is the program's stdin: ``write_stdin`` sends more bytes down the attached socket and
+``close_stdin`` half-closes it (``stdin_once``: the container's stdin reaches EOF). Each
 container serves exactly one run and is then removed; a refill starts in the background.
 No volume, no host path, no environment carrying the code.
 
@@ -40,12 +44,15 @@ import asyncio
 import base64
 import calendar
 import contextlib
+import io
 import logging
 import re
 import shlex
 import socket
+import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +69,7 @@ from .base import (
     SandboxError,
     classify_exit,
 )
+from .project import ProjectError, check_project
 from .seccomp import LOADER, SeccompUnsupported, build_filter
 
 log = logging.getLogger(__name__)
@@ -71,15 +79,9 @@ INSTANCE_LABEL = "codesync.runner.instance"  # stable across restarts of one run
 SESSION_LABEL = "codesync.runner.session"  # host:pid:start of the process that made the container
 
 
-def _safe_name(name: str) -> str:
-    if not name or "/" in name or name in (".", "..") or not all(c.isalnum() or c in "._-" for c in name):
-        raise SandboxError(f"invalid file name {name!r}")
-    return name
-
-
-# Reads one line (the base64 of the run script) and evaluates it; read(1) per byte in dash is
-# fine for sources up to the 256 KiB the languages table accepts.
-BOOTSTRAP = 'cd /work && IFS= read -r s && eval "$(printf %s "$s" | base64 -d)"'
+# Reads the script's length (one line), then exactly that many bytes, and evaluates them; the
+# rest of stdin is left for the program.
+BOOTSTRAP = 'cd /work && IFS= read -r n && s=$(head -c "$n") && eval "$s"'
 POOL_IDLE_SECONDS = 600.0
 STOPPED_LEFTOVER_SECONDS = 3600.0  # a created/exited container this old is nobody's (any instance)  # a warm container older than this is replaced (fresh limits, no drift)
 
@@ -89,17 +91,34 @@ ENGINE_LIMITS = {"MemoryLimit": "memory", "SwapLimit": "memory+swap", "PidsLimit
 NO_PYTHON = "sandbox: this run image has no python3, which loads the seccomp filter; refusing to run unfiltered"
 
 
-def run_script(spec: RunSpec, seccomp_filter: bytes) -> str:
-    """The script a warm container evaluates: write the files, load the seccomp filter, then
-    compile/run (under the filter: the compiler is as untrusted as the program)."""
-    lines = [
-        f"printf %s {shlex.quote(base64.b64encode(content).decode())} | base64 -d > {_safe_name(name)}"
-        for name, content in spec.files.items()
-    ]
+def project_tar(files: dict[str, bytes]) -> bytes:
+    """The (already checked) project as an uncompressed tar: regular files only, mode 0644,
+    folders implied — unpacked inside the container by the run user, never on the host."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), 0o644, int(time.time())
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def run_payload(spec: RunSpec, seccomp_filter: bytes) -> bytes:
+    """What a warm container reads on its stdin before the program's input: the script's
+    length, the script, then the project's tar. The script unpacks exactly that many bytes
+    (``head -c`` | ``tar -x``), loads the seccomp filter, then compiles/runs (under the
+    filter: the compiler is as untrusted as the program)."""
+    try:
+        files = check_project(spec.files)
+    except ProjectError as exc:
+        raise SandboxError(str(exc)) from exc
+    archive = project_tar(files)
+    unpack = f"head -c {len(archive)} | tar -x --no-same-owner --no-same-permissions -f -"
     check = f"{{ command -v python3 >/dev/null || {{ echo {shlex.quote(NO_PYTHON)} >&2; exit 126; }}; }}"
     load = shlex.join(["exec", "python3", "-I", "-S", "-c", LOADER, base64.b64encode(seccomp_filter).decode(),
                        "/bin/sh", "-c", spec.script()])
-    return " && ".join([*lines, check, load])
+    script = " && ".join([unpack, check, load]).encode()
+    return b"%d\n" % len(script) + script + archive
 
 
 def cgroup_failure(message: str) -> bool:
@@ -173,10 +192,14 @@ class _Warm:
     sock: Any
     created: float
 
-    def send(self, script: str) -> None:
-        raw = getattr(self.sock, "_sock", self.sock)
-        raw.sendall(base64.b64encode(script.encode()) + b"\n")
-        raw.shutdown(socket.SHUT_WR)  # EOF on the container's stdin (stdin_once)
+    @property
+    def raw(self):
+        return getattr(self.sock, "_sock", self.sock)
+
+    def send(self, payload: bytes, keep_stdin: bool = True) -> None:
+        self.raw.sendall(payload)
+        if not keep_stdin:
+            self.raw.shutdown(socket.SHUT_WR)  # EOF on the container's stdin (stdin_once)
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -361,7 +384,7 @@ class DockerSandbox(Sandbox):
 
     async def start(self, spec: RunSpec) -> "DockerExecution":
         key = (spec.image or self.image, spec.limits)
-        script = run_script(spec, await self._filter())
+        payload = run_payload(spec, await self._filter())
         warm = self._take(key) if self.pool_size > 0 else None
         if warm is None and self._filling.get(key):
             # A container is already being started for this pool: it is further along than a new one.
@@ -373,10 +396,12 @@ class DockerSandbox(Sandbox):
             if warm is None:
                 warm = await self._prepare_async(*key)
             try:
-                await asyncio.to_thread(warm.send, script)
+                await asyncio.to_thread(warm.send, payload, spec.stdin_open)
                 if self._health is not None and not self._health.ready:
                     self._note(Health.ok())  # a container with its cgroup started: ready again
-                return DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
+                execution = DockerExecution(warm.container, warm.sock, spec.limits, track=self._track)
+                execution._stdin_eof = not spec.stdin_open  # already half-closed by send()
+                return execution
             except OSError as exc:  # the warm container died meanwhile: use a fresh one
                 log.warning("warm container unusable (%s); starting a fresh one", exc)
                 await asyncio.to_thread(warm.discard)
@@ -384,6 +409,28 @@ class DockerSandbox(Sandbox):
                 if attempt:
                     raise SandboxError(f"docker could not start the run: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def probe(self, commands: list[str], image: str | None = None) -> set[str]:
+        """Run one throwaway container of the image and ask it which commands it lacks."""
+        if not commands:
+            return set()
+        script = ('for c in "$@"; do case "$c" in /*) [ -e "$c" ] ;; *) command -v "$c" >/dev/null ;; esac'
+                  ' || echo "$c"; done')
+
+        def ask() -> bytes:
+            return self.client.containers.run(
+                image or self.image, ["/bin/sh", "-c", script, "sh", *commands], user="65534:65534",
+                network_mode="none", environment=dict(RUN_ENV), labels={LABEL: "1", **self.labels},
+                remove=True, stdout=True, stderr=False, mem_limit=64 * 1024 * 1024,
+            )
+
+        try:
+            output = await asyncio.to_thread(ask)
+        except Exception as exc:  # noqa: BLE001 - image missing, dockerd down: unknown is not missing
+            log.warning("could not look for toolchains in %s (offering every language; runs say what is "
+                        "wrong): %s", image or self.image, exc)
+            return set()
+        return set(output.decode(errors="replace").split()) & set(commands)
 
     async def close(self) -> None:
         self._closed = True
@@ -450,6 +497,7 @@ class DockerExecution(Execution):
         self._stream = stream
         self._stream_done = asyncio.Event()
         self._killed = False
+        self._stdin_thread: ThreadPoolExecutor | None = None  # made on the first write_stdin
         self._reader = threading.Thread(target=self._read, name=f"docker-{container.short_id}", daemon=True)
         self._reader.start()
         self._task = asyncio.create_task(self._supervise(), name=f"docker-{container.short_id}")
@@ -470,6 +518,32 @@ class DockerExecution(Execution):
         finally:
             with contextlib.suppress(RuntimeError):  # loop closed
                 self._loop.call_soon_threadsafe(self._stream_done.set)
+
+    def _ended(self) -> bool:
+        return self._done.is_set() or self._stream_done.is_set()
+
+    def _raw(self):
+        return getattr(self._stream, "_sock", self._stream)
+
+    async def _stdin_send(self, data: bytes) -> bool:
+        # A thread of its own: sendall blocks while the program does not read, and must not
+        # hold a worker of the shared default executor meanwhile.
+        if self._stdin_thread is None:
+            self._stdin_thread = ThreadPoolExecutor(1, thread_name_prefix=f"docker-stdin-{self.container.short_id}")
+        try:
+            await self._loop.run_in_executor(self._stdin_thread, self._raw().sendall, data)
+        except OSError:
+            return False
+        return True
+
+    async def _stdin_close(self) -> None:
+        def shut() -> None:
+            with contextlib.suppress(OSError):
+                self._raw().shutdown(socket.SHUT_WR)  # stdin_once: EOF on the container's stdin
+
+        if self._stdin_thread is None:
+            self._stdin_thread = ThreadPoolExecutor(1, thread_name_prefix=f"docker-stdin-{self.container.short_id}")
+        await self._loop.run_in_executor(self._stdin_thread, shut)
 
     def _deliver(self, stream, data: bytes) -> None:
         if not self._emit(stream, data):
@@ -509,6 +583,8 @@ class DockerExecution(Execution):
             self.container.remove(force=True)
         with contextlib.suppress(Exception):
             self._stream.close()
+        if self._stdin_thread is not None:
+            self._stdin_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _kill(self) -> None:
         if self._killed or self._done.is_set():

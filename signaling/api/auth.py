@@ -12,8 +12,9 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from .. import accounts
+from ..clientaddr import client_address
 from ..errors import ApiError, read_json
-from ..models import User
+from codesync.models import User
 from ..passwords import MAX_LENGTH, MIN_LENGTH
 from ..principal import require_user
 from ..ratelimit import RateLimited, login_throttle
@@ -68,7 +69,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterBody)
     state = get_state(request)
     try:  # each registration costs an Argon2 hash: bound them per address like logins
-        await login_throttle(state).register_attempt(request.remote or "unknown")
+        await login_throttle(state).register_attempt(client_address(request))
     except RateLimited as exc:
         raise _rate_limited(exc) from None
     async with state.sessions() as session:
@@ -86,15 +87,16 @@ async def login(request: web.Request) -> web.Response:
     state = get_state(request)
     throttle = login_throttle(state)
     email = accounts.normalize_email(body.email)
-    try:
-        await throttle.attempt(email, request.remote or "unknown")
+    source = client_address(request)
+    try:  # before the password is looked at: a refused attempt learns nothing
+        await throttle.attempt(email, source)
     except RateLimited as exc:
         raise _rate_limited(exc) from None
     async with state.sessions() as session:
         user = await accounts.authenticate(session, email, body.password)
         if user is None:
             raise ApiError(401, "invalid_credentials", "email or password is incorrect")
-        await throttle.succeeded(email)
+        await throttle.succeeded(email, source)
         tokens = await accounts.issue_tokens(state, session, user)
     return web.json_response(tokens)
 
@@ -113,8 +115,9 @@ async def refresh(request: web.Request) -> web.Response:
 
 @routes.post("/api/auth/logout")
 async def logout(request: web.Request) -> web.Response:
-    """Revoke the presented refresh token's family, or with ``all`` every session of the caller.
+    """Revoke the presented refresh token's session, or with ``all`` every session of the caller.
 
+    Their access tokens stop working at once and their ``/signal`` sockets are closed.
     Unknown refresh tokens are not an error: logging out twice is harmless.
     """
     body = await read_json(request, LogoutBody)
@@ -126,9 +129,9 @@ async def logout(request: web.Request) -> web.Response:
     user_id = (await require_user(request)).user_id if body.all else None
     async with state.sessions() as session:
         if body.refresh_token is not None:
-            await accounts.logout(session, body.refresh_token)
+            await accounts.logout(state, session, body.refresh_token)
         if body.all and user_id is not None:
-            await accounts.revoke_all(session, user_id)
+            await accounts.revoke_all(state, session, user_id)
     return web.Response(status=204)
 
 

@@ -2,7 +2,7 @@
 
 Also the request-id middleware: every HTTP request (and so every ``/signal`` connection) gets
 an id — the reverse proxy's ``X-Request-Id`` when it sent a sane one, else a fresh one — that
-is put on every log line written while handling it (``signaling.logs.REQUEST_ID``), returned
+is put on every log line written while handling it (``codesync.logs.REQUEST_ID``), returned
 in the ``X-Request-Id`` response header, and counted in the HTTP metrics.
 """
 
@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from sqlalchemy import text
 
 from ..errors import ApiError
-from ..logs import REQUEST_ID
+from codesync.logs import REQUEST_ID
 from ..principal import Principal, bearer_token, principal_from_token, require_user
-from ..settings import Settings
+from codesync.settings import Settings
 from ..state import get_state
 from ..tokens import TokenError
 
@@ -108,10 +108,41 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
 
 
-@routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; on the public port only with ``CODESYNC_PUBLIC_METRICS`` (see ``setup``)."""
     body = generate_latest(REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def health_checks(state) -> dict:
+    """The checks of ``/healthz``, for the ops port's server as well."""
+
+    async def database() -> bool:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    checks = {"database": database}
+    if state.redis is not None:
+        checks["redis"] = state.redis.ping
+    return checks
+
+
+async def _ops_port(app: web.Application):
+    """``/healthz`` and ``/metrics`` on ``CODESYNC_OPS_PORT``: for scrapers, never via the proxy."""
+    from codesync.opsserver import OpsServer
+
+    state = get_state(app)
+    settings = state.settings
+    if settings.ops_port is None:
+        yield
+        return
+    server = OpsServer(settings.ops_host or settings.host, settings.ops_port, "signaling", health_checks(state))
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.stop()
 
 
 def ice_servers(settings: Settings, user_id: str, now: float | None = None) -> list[dict]:
@@ -154,6 +185,11 @@ async def _any_principal(request: web.Request) -> Principal:
 
 def setup(app: web.Application) -> None:
     app.add_routes(routes)
+    # /metrics tells anyone who reaches it how many people use which rooms how hard: it is
+    # served on the ops port (CODESYNC_OPS_PORT); on the public port only when asked for.
+    if get_state(app).settings.public_metrics:
+        app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_ops_port)
     # Outermost, so it sees the final status (after the JSON error middleware) and every
     # log line of the request — including a /signal connection's — carries the id.
     app.middlewares.insert(0, request_id_middleware)

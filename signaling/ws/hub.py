@@ -23,7 +23,15 @@ from typing import Any
 
 from . import metrics
 from .connection import Connection, encode_text_frame
-from .protocol import Publish, error_frame, presence_frame, publish_frame, publish_head, room_state_frame
+from .protocol import (
+    CLOSE_UNAUTHORIZED,
+    Publish,
+    error_frame,
+    presence_frame,
+    publish_frame,
+    publish_head,
+    room_state_frame,
+)
 
 log = logging.getLogger("codesync.signal")
 
@@ -233,6 +241,32 @@ class Hub(ABC):
                 await self.set_role(conn, topic, role)
 
     async def _broadcast_membership(self, topic: str, user_id: str | None) -> None:  # noqa: B027
+        """Tell the other nodes (Redis backend)."""
+
+    # ------------------------------------------------------------------ revoked sessions
+    # (signaling.sessions: logout, logout everywhere, account deleted, service token revoked)
+    async def sessions_revoked(self, keys: set[str]) -> None:
+        """Close the sockets answering to any of ``keys`` here, and tell the other nodes."""
+        try:
+            self.close_sessions(keys)
+        finally:
+            await self._broadcast_sessions(keys)
+
+    def close_sessions(self, keys: Iterable[str]) -> int:
+        """Close (4003, after an ``unauthorized`` error frame) this node's connections whose
+        principal answers to any of ``keys`` (``Principal.revocation_keys``); how many."""
+        wanted = set(keys)
+        closed = 0
+        for conn in list(self.connections.values()):
+            if conn.closing or conn.closed or wanted.isdisjoint(conn.principal.revocation_keys):
+                continue
+            metrics.REFUSALS.labels("session_revoked").inc()
+            conn.send(error_frame("unauthorized", "this session has been signed out"))
+            conn.close_soon(CLOSE_UNAUTHORIZED, "session revoked")
+            closed += 1
+        return closed
+
+    async def _broadcast_sessions(self, keys: set[str]) -> None:  # noqa: B027
         """Tell the other nodes (Redis backend)."""
 
     # ------------------------------------------------------------------ admitting a publish

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from ..settings import Settings
+from codesync.settings import Settings
 
 # A browser or peer.Room uses one peer id per connection, and a fresh one after
 # ``peer_id_taken``: two is all a well-behaved user connection ever needs.

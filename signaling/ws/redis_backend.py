@@ -11,9 +11,11 @@ Layout (``P`` = ``{redis_prefix}:sig``):
   expires after the grace.
 - ``P:resv:{principal}`` — sorted set, the principal's reserved peer ids by expiry (the cap on
   how many one principal holds).
-- channel ``P:bus`` (every node) — ``c`` notices ("topic X's entries changed") and ``r``
+- channel ``P:bus`` (every node) — ``c`` notices ("topic X's entries changed"), ``r``
   notices ("a membership of topic X changed": user id, or empty when the room was deleted —
-  every node re-checks its subscribers of X).
+  every node re-checks its subscribers of X) and ``s`` notices (sessions / service tokens
+  revoked: newline-separated revocation keys, see ``signaling.sessions``; every node closes
+  the matching sockets).
 - channel ``P:to:{node}`` (one per node) — ``m`` frames: a publish, already serialized with
   ``sender`` and ``clients`` *and framed as a WebSocket message*, sent only to the nodes that
   have subscribers of its topic and written as is to their local subscribers' sockets.
@@ -110,6 +112,11 @@ return 1
 BATCH = 512  # outbox messages per Redis pipeline
 BATCH_BYTES = 256 * 1024  # at most this much in one batched PUBLISH
 LINGER = 0.002  # seconds the send loop waits for more before a small batch goes out
+
+
+def session_notice(node: bytes, keys: list[str]) -> bytes:
+    """An ``s`` bus record: these revocation keys are revoked (no topic; keys after the header)."""
+    return b"s %s 0 0\n%s" % (node, "\n".join(keys).encode())
 
 
 def _pack(records: list[bytes]) -> bytes:
@@ -447,6 +454,10 @@ class RedisHub(Hub):
         t = topic.encode()
         await self.bus.publish(self.channel, b"r %s 0 %d\n%s%s" % (self.node_b, len(t), t, (user_id or "").encode()))
 
+    async def _broadcast_sessions(self, keys: set[str]) -> None:
+        """An ``s`` notice: every other node closes the sockets of these revoked sessions."""
+        await self.bus.publish(self.channel, session_notice(self.node_b, sorted(keys)))
+
     # ------------------------------------------------------------------ fan-out
     def _targets(self, topic: str) -> set[str] | frozenset[str]:
         """Other nodes with subscribers of ``topic`` (as far as this node knows)."""
@@ -556,6 +567,8 @@ class RedisHub(Hub):
                 self._schedule_refresh(topic)
         elif kind == b"r" and topic in self.topics:
             self.recheck_soon(topic, rest[size:].decode() or None)
+        elif kind == b"s":
+            self.close_sessions(rest[size:].decode(errors="replace").split("\n"))
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat(self) -> None:

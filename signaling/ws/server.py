@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from ..access import room_role
 from ..errors import ApiError
-from ..logs import CONN_ID
+from codesync.logs import CONN_ID
 from ..principal import Principal, principal_from_token, require_user
 from ..rooms import LISTENERS_KEY, add_membership_listener
 from ..state import STATE, AppState, get_state

@@ -61,6 +61,19 @@ async def type_into_editor(page, text: str, delay: float = 15) -> None:
     await page.keyboard.type(text, delay=delay)
 
 
+async def type_at_start(page, text: str, delay: float = 15) -> None:
+    await page.click(".cm-content")
+    await page.keyboard.press("Control+Home")
+    await page.keyboard.type(text, delay=delay)
+
+
+async def doc_state(page) -> dict:
+    """What a failure message needs: the text, the links and what the provider dropped."""
+    return await page.evaluate("""() => { const p = window.codesync.provider; return {
+        text: window.codesync.doc.getText('source').toString(), role: p.role, stats: p.stats,
+        links: Array.from(p.conns.values()).map(c => [c.remotePeerId, c.connected, c.sender, c.synced]) } }""")
+
+
 async def main() -> None:
     cfg = read_config()
     setup_interfaces()
@@ -152,10 +165,18 @@ async def main() -> None:
                 await wait_js(b, "() => window.codesync.provider.connectedPeers().some(c => c.sender && c.sender.user_id)")
                 ta = "# alice was here\nprint('alice')\n"
                 tb = "# bob typed this\nprint('bob')\n"
-                await asyncio.gather(type_into_editor(a, ta), type_into_editor(b, tb))
+                # Both type at once, at different places: typed at the same spot, a remote insert can
+                # land at the local cursor and the two runs interleave (then no `includes` matches).
+                seed = "# between the two\n"
+                await type_into_editor(a, seed, delay=5)
+                await wait_js(b, "(t) => window.codesync.doc.getText('source').toString().includes(t)", seed)
+                await asyncio.gather(type_into_editor(a, ta), type_at_start(b, tb))
                 check = "([x, y]) => { const t = window.codesync.doc.getText('source').toString(); return t.includes(x) && t.includes(y) }"
-                await wait_js(a, check, [ta, tb])
-                await wait_js(b, check, [ta, tb])
+                try:
+                    await wait_js(a, check, [ta, tb])
+                    await wait_js(b, check, [ta, tb])
+                except Exception as exc:
+                    raise AssertionError(f"not converged: alice {await doc_state(a)!r}\nbob {await doc_state(b)!r}") from exc
                 t1, t2 = await doc_text(a), await doc_text(b)
                 assert t1 == t2, (t1, t2)
                 e1 = await a.evaluate("() => document.querySelector('.cm-content').innerText")

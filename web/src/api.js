@@ -185,7 +185,7 @@ export const Rooms = {
   update (id, fields) { return api('PATCH', `/api/rooms/${encodeURIComponent(id)}`, fields) },
   remove (id) { return api('DELETE', `/api/rooms/${encodeURIComponent(id)}`) },
   invite (id, role) { return api('POST', `/api/rooms/${encodeURIComponent(id)}/invites`, { role }) },
-  accept (token) { return api('POST', `/api/invites/${encodeURIComponent(token)}/accept`, {}) },
+  accept (token) { return api('POST', '/api/invites/accept', { token }) }, // in the body: URLs end up in logs
   members (id) { return api('GET', `/api/rooms/${encodeURIComponent(id)}/members`) },
   setRole (id, userId, role) { return api('PUT', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}`, { role }) },
   removeMember (id, userId) { return api('DELETE', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}`) }

@@ -1,6 +1,9 @@
-// The room document, schema v1 (DESIGN.md, "The room document"): `source` Y.Text, `meta` Y.Map
-// {language, title, schema: 1}, `runs` Y.Map run id -> Y.Map {status, language, requested_by,
-// started_at, finished_at, exit_code, output: Y.Text (stderr spans carry {stream: "stderr"})}.
+// The room documents (docs/protocol.md, "The room documents"). Main document, schema v1:
+// `source` Y.Text, `meta` Y.Map {language, title, schema: 1}; its v1 `runs` map is ignored (any
+// editor could write it). Named document `runs` (type 102, written only by the runner and served
+// by the persistence peer): `runs` Y.Map run id -> Y.Map {status, language, requested_by,
+// requested_by_name, started_at, finished_at, exit_code, output: Y.Text (stderr spans carry
+// {stream: "stderr"})}.
 import * as Y from 'yjs'
 
 export const SCHEMA = 1
@@ -13,7 +16,12 @@ export const LANGUAGES = [
 export const FINAL_STATUSES = new Set(['finished', 'failed', 'timeout', 'killed', 'refused'])
 
 export function roomParts (doc) {
-  return { source: doc.getText('source'), meta: doc.getMap('meta'), runs: doc.getMap('runs') }
+  return { source: doc.getText('source'), meta: doc.getMap('meta') }
+}
+
+/** The run records: the `runs` map of the named document `runs` (never the main document's). */
+export function runsMap (runsDoc) {
+  return runsDoc.getMap('runs')
 }
 
 /** Fill in meta defaults only where nothing is set, so a peer never overwrites a shared choice. */
@@ -52,11 +60,10 @@ export function runSnapshot (id, run) {
   }
 }
 
-/** Runs newest first (by requested_at, else started_at; undated ones first). */
-export function listRuns (doc) {
-  const { runs } = roomParts(doc)
+/** Runs of the named document `runs`, newest first (by requested_at, else started_at; undated ones first). */
+export function listRuns (runsDoc) {
   const all = []
-  runs.forEach((run, id) => all.push(runSnapshot(id, run)))
+  runsMap(runsDoc).forEach((run, id) => all.push(runSnapshot(id, run)))
   const t = (r) => toMillis(r.requestedAt) ?? toMillis(r.startedAt) ?? Infinity
   all.sort((a, b) => t(b) - t(a))
   return all

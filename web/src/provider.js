@@ -1,198 +1,60 @@
 // CodeSync's WebRTC provider for Yjs: speaks y-webrtc's signaling and data-channel protocol
 // (so stock y-webrtc clients interoperate) plus CodeSync's additions: the access token in the
 // signaling URL (a fresh one on every reconnect), server sender stamps and presence frames,
-// caps announcement, chunking (type 100) and app messages (type 101) towards CodeSync peers.
+// caps announcement, chunking (type 100), app messages (type 101) and named documents (type 102)
+// towards CodeSync peers.
+//
+// It enforces the trust model (docs/protocol.md) on what it receives, with the rules of
+// rights.js: each link belongs to the principal the server stamped on the remote peer id's
+// frames; main-document updates are applied (and then forwarded) only from writer links, named
+// documents only from the services that own them, awareness only as the binding rules allow;
+// presence closes the links of users who left the room and demotes links live.
 //
 // Events: 'status' ({state}), 'peers' ({connected: [peerId]}), 'presence' (peers list),
-// 'app' (msg, peerId, sender), 'error' ({code, message}), 'synced'.
+// 'role' (the local user's live role, null once removed), 'app' (msg, peerId, sender),
+// 'error' ({code, message}), 'synced'.
 import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import { ObservableV2 } from 'lib0/observable'
-import * as syncProtocol from 'y-protocols/sync'
 import * as awarenessProtocol from 'y-protocols/awareness'
+import { PeerConn } from './peerconn.js'
 import {
-  CAPS, MSG_APP, MSG_AWARENESS, MSG_BC_PEER_ID, MSG_CHUNK, MSG_QUERY_AWARENESS, MSG_SYNC,
-  Reassembler, decodeApp, encodeApp, encodeChunks
+  CAPS, EMPTY_UPDATE, MSG_APP, MSG_AWARENESS, MSG_BC_PEER_ID, MSG_CHUNK, MSG_DOC, MSG_QUERY_AWARENESS, MSG_SYNC,
+  SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, decodeApp, decodeAwarenessEntries, decodeDocSync, encodeApp,
+  encodeAwarenessEntries, encodeDocSync, encodeSync
 } from './wire.js'
+import {
+  AWARENESS_LIMITS, indexPresence, mayReceiveApp, mayWriteLocal, mayWriteMain, mayWriteNamed,
+  presenceChanges, principalOf, samePrincipal, sanitizeAwareness
+} from './rights.js'
 
 const COALESCE_MS = 3
 const PING_MS = 15_000
 const PONG_TIMEOUT_MS = 8_000
-const CONNECT_TIMEOUT_MS = 20_000
-const MAX_SEND_LIMIT = 256 * 1024 // Chromium never sends more than this in one message
-const HIGH_WATER = 4 * 1024 * 1024
+const LOG_EVERY_MS = 5_000 // dropped input is logged at most this often per kind
+const MAX_DEFERRED = 64 // announces of users absent from presence, kept until listed again
+const MAX_FRESH_IDS = 2 // fresh peer ids taken on one socket before reconnecting instead
+
+function isEmptyUpdate (u) {
+  return u.length === 2 && u[0] === 0 && u[1] === 0
+}
 
 function uuid () {
   return crypto.randomUUID ? crypto.randomUUID() : Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, '0')).join('')
 }
 
-function randomLabel () {
-  return Array.from(crypto.getRandomValues(new Uint8Array(10)), b => b.toString(16).padStart(2, '0')).join('')
-}
-
-/** One WebRTC connection to one remote peer (simple-peer compatible signalling). */
-class PeerConn {
-  constructor (provider, remotePeerId, initiator) {
-    this.provider = provider
-    this.remotePeerId = remotePeerId
-    this.initiator = initiator
-    this.glareToken = undefined
-    this.connected = false
-    this.closed = false
-    this.synced = false
-    this.awarenessIds = new Set()
-    this.reassembler = new Reassembler()
-    this.nextMessageId = 1
-    this.queue = []
-    this.channel = null
-    this.pendingCandidates = []
-    this.ops = Promise.resolve()
-    this.pc = new RTCPeerConnection({ iceServers: provider.iceServers })
-    this.pc.onicecandidate = (ev) => {
-      if (ev.candidate && ev.candidate.candidate) {
-        this.sendSignal({ type: 'candidate', candidate: { candidate: ev.candidate.candidate, sdpMLineIndex: ev.candidate.sdpMLineIndex, sdpMid: ev.candidate.sdpMid } })
-      }
-    }
-    this.pc.onconnectionstatechange = () => {
-      const s = this.pc.connectionState
-      if (s === 'failed' || s === 'closed') this.destroy()
-    }
-    this.timer = setTimeout(() => { if (!this.connected) this.destroy() }, CONNECT_TIMEOUT_MS)
-    if (initiator) {
-      this.setupChannel(this.pc.createDataChannel(randomLabel()))
-      this.enqueue(async () => {
-        const offer = await this.pc.createOffer()
-        await this.pc.setLocalDescription(offer)
-        this.sendSignal({ type: 'offer', sdp: this.pc.localDescription.sdp })
-      })
-    } else {
-      this.pc.ondatachannel = (ev) => this.setupChannel(ev.channel)
-    }
-  }
-
-  get caps () { return this.provider.peerCaps.get(this.remotePeerId) || [] }
-  get sender () { return this.provider.senders.get(this.remotePeerId) || null }
-
-  enqueue (fn) {
-    this.ops = this.ops.then(() => this.closed ? undefined : fn()).catch((err) => {
-      console.warn('codesync: WebRTC negotiation with', this.remotePeerId, 'failed:', err)
-      this.destroy()
-    })
-    return this.ops
-  }
-
-  sendSignal (signal) {
-    if (this.glareToken === undefined) this.glareToken = Date.now() + Math.random()
-    this.provider.publish({ type: 'signal', from: this.provider.peerId, to: this.remotePeerId, token: this.glareToken, signal })
-  }
-
-  /** Apply a simple-peer signal from the remote side. */
-  signal (s) {
-    if (!s || typeof s !== 'object') return
-    if (s.type === 'offer' || s.type === 'answer') {
-      this.enqueue(async () => {
-        await this.pc.setRemoteDescription({ type: s.type, sdp: s.sdp })
-        for (const c of this.pendingCandidates.splice(0)) await this.pc.addIceCandidate(c).catch(() => {})
-        if (s.type === 'offer') {
-          await this.pc.setLocalDescription(await this.pc.createAnswer())
-          this.sendSignal({ type: 'answer', sdp: this.pc.localDescription.sdp })
-        }
-      })
-    } else if (s.candidate && typeof s.candidate === 'object') {
-      this.enqueue(async () => {
-        if (!this.pc.remoteDescription) this.pendingCandidates.push(s.candidate)
-        else await this.pc.addIceCandidate(s.candidate).catch(() => {})
-      })
-    }
-  }
-
-  setupChannel (channel) {
-    this.channel = channel
-    channel.binaryType = 'arraybuffer'
-    channel.bufferedAmountLowThreshold = 1024 * 1024
-    channel.onopen = () => this.onOpen()
-    channel.onclose = () => this.destroy()
-    channel.onmessage = (ev) => {
-      if (typeof ev.data === 'string') return
-      try {
-        this.provider.handleMessage(this, new Uint8Array(ev.data), true)
-      } catch (err) {
-        console.warn('codesync: bad message from', this.remotePeerId, err)
-      }
-    }
-    channel.onbufferedamountlow = () => this.drain()
-    if (channel.readyState === 'open') this.onOpen()
-  }
-
-  onOpen () {
-    if (this.connected || this.closed) return
-    this.connected = true
-    clearTimeout(this.timer)
-    const p = this.provider
-    const enc = encoding.createEncoder()
-    encoding.writeVarUint(enc, MSG_SYNC)
-    syncProtocol.writeSyncStep1(enc, p.doc)
-    this.send(encoding.toUint8Array(enc))
-    const states = p.awareness.getStates()
-    if (states.size > 0) {
-      const a = encoding.createEncoder()
-      encoding.writeVarUint(a, MSG_AWARENESS)
-      encoding.writeVarUint8Array(a, awarenessProtocol.encodeAwarenessUpdate(p.awareness, Array.from(states.keys())))
-      this.send(encoding.toUint8Array(a))
-    }
-    p.emitPeers()
-  }
-
-  limit () {
-    const sctp = this.pc.sctp
-    const max = sctp && sctp.maxMessageSize ? sctp.maxMessageSize : 65536
-    return Math.min(max, MAX_SEND_LIMIT)
-  }
-
-  /** Send one protocol message, chunking it for CodeSync peers when it is above the channel's limit. */
-  send (message) {
-    if (!this.channel || this.channel.readyState !== 'open') return
-    const limit = this.limit()
-    if (message.length > limit && this.caps.includes('chunk')) {
-      const id = this.nextMessageId++
-      for (const frame of encodeChunks(message, id, limit - 64)) this.queue.push(frame)
-    } else {
-      this.queue.push(message)
-    }
-    this.drain()
-  }
-
-  drain () {
-    const ch = this.channel
-    try {
-      while (this.queue.length && ch && ch.readyState === 'open' && ch.bufferedAmount < HIGH_WATER) {
-        ch.send(this.queue.shift())
-      }
-    } catch (err) {
-      console.warn('codesync: send to', this.remotePeerId, 'failed:', err)
-      this.destroy()
-    }
-  }
-
-  destroy () {
-    if (this.closed) return
-    this.closed = true
-    this.connected = false
-    clearTimeout(this.timer)
-    try { if (this.channel) this.channel.close() } catch (e) {}
-    try { this.pc.close() } catch (e) {}
-    this.provider.onConnClosed(this)
-  }
-}
-
 export class CodeSyncProvider extends ObservableV2 {
   /**
-   * @param {Y.Doc} doc
+   * @param {Y.Doc} doc the main room document
    * @param {awarenessProtocol.Awareness} awareness
-   * @param {{roomId: string, getToken: (opts: {force: boolean}) => Promise<string>, signalingUrl?: string, iceServers?: any[], maxConns?: number}} opts
+   * @param {{roomId: string, getToken: (opts: {force: boolean}) => Promise<string>, signalingUrl?: string,
+   *   iceServers?: any[], maxConns?: number, role?: string|null, userId?: string|null,
+   *   namedDocs?: Record<string, Y.Doc>}} opts `role` / `userId`: the local user as the REST API
+   *   knows them when the room opens (presence and our own stamps update the role live);
+   *   `namedDocs`: the room's named documents (type 102), which this browser only receives.
    */
-  constructor (doc, awareness, { roomId, getToken, signalingUrl, iceServers = [], maxConns = 30 }) {
+  constructor (doc, awareness, { roomId, getToken, signalingUrl, iceServers = [], maxConns = 30, role = null, userId = null, namedDocs = {} }) {
     super()
     this.doc = doc
     this.awareness = awareness
@@ -202,15 +64,27 @@ export class CodeSyncProvider extends ObservableV2 {
     this.iceServers = iceServers
     this.maxConns = maxConns
     this.peerId = uuid()
+    this.role = role
+    this.userId = userId === null || userId === undefined ? null : String(userId)
+    this.named = new Map(Object.entries(namedDocs))
     this.conns = new Map()
-    this.senders = new Map()
-    this.peerCaps = new Map()
     this.presence = []
+    this.presenceIndex = new Map() // user id -> {role, name, peerIds}
+    this.gone = new Set() // users who left presence: their links are closed, their frames ignored
+    this.deferred = new Map() // peer id -> announce of a gone user, replayed once listed again
+    this.awarenessOwner = new Map() // awareness client id -> the link that first announced it
+    this.stats = {
+      droppedUpdates: 0, droppedDocUpdates: 0, droppedAwareness: 0, refusedApp: 0,
+      foreignSignals: 0, ignoredSignals: 0, closedLinks: 0, peerIdChanges: 0
+    }
+    this.lastLog = {}
     this.state = 'connecting'
     this.ws = null
     this.destroyed = false
+    this.stopped = false
     this.backoff = 500
     this.forceRefresh = false
+    this.freshIds = 0
     this.pending = new Map() // origin conn (or null) -> [update]
     this.flushTimer = null
     this.cooling = false
@@ -218,6 +92,8 @@ export class CodeSyncProvider extends ObservableV2 {
     this.microFlush = false
 
     this._onUpdate = (update, origin) => {
+      // Only writers send: a read-only client's changes would be dropped by every receiver.
+      if (!mayWriteLocal(this.role)) return
       const key = origin instanceof PeerConn ? origin : null
       if (!this.pending.has(key)) this.pending.set(key, [])
       this.pending.get(key).push(update)
@@ -242,11 +118,16 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     this._onAwareness = ({ added, updated, removed }, origin) => {
       if (origin instanceof PeerConn) return
-      const changed = added.concat(updated, removed)
-      const enc = encoding.createEncoder()
-      encoding.writeVarUint(enc, MSG_AWARENESS)
-      encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, changed))
-      this.broadcast(encoding.toUint8Array(enc))
+      // States removed locally (e.g. timed out) free their client id for whoever announces it next.
+      for (const id of removed) this.unbindAwareness(id)
+      // Awareness is never relayed: only our own client's state goes out.
+      const own = this.doc.clientID
+      if (added.includes(own) || updated.includes(own) || removed.includes(own)) {
+        const enc = encoding.createEncoder()
+        encoding.writeVarUint(enc, MSG_AWARENESS)
+        encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [own]))
+        this.broadcast(encoding.toUint8Array(enc))
+      }
     }
     this._onUnload = () => awarenessProtocol.removeAwarenessStates(this.awareness, [doc.clientID], 'window unload')
     doc.on('update', this._onUpdate)
@@ -262,7 +143,7 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   async connectSignaling () {
-    if (this.destroyed) return
+    if (this.destroyed || this.stopped) return
     this.setState('connecting')
     let token
     try {
@@ -276,7 +157,7 @@ export class CodeSyncProvider extends ObservableV2 {
       }
       return this.scheduleReconnect()
     }
-    if (this.destroyed) return
+    if (this.destroyed || this.stopped) return
     let ws
     try {
       ws = new WebSocket(`${this.signalingUrl}?token=${encodeURIComponent(token)}`)
@@ -290,6 +171,7 @@ export class CodeSyncProvider extends ObservableV2 {
     ws.onopen = () => {
       opened = true
       this.backoff = 500
+      this.freshIds = 0
       this.setState('connected')
       this.sendWs({ type: 'subscribe', topics: [this.roomId] })
       this.announce()
@@ -307,7 +189,7 @@ export class CodeSyncProvider extends ObservableV2 {
     ws.onclose = (ev) => {
       clearInterval(pinger)
       if (this.ws === ws) this.ws = null
-      if (this.destroyed) return
+      if (this.destroyed || this.stopped) return
       // Close codes of /signal (signaling/ws/protocol.py): 4001 token expired -> reconnect with a
       // fresh token at once; 4003 unauthorized -> one retry with a refreshed token, then give up;
       // 4029 too many connections -> slow down. A socket refused before opening also gets a new token.
@@ -336,7 +218,7 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   scheduleReconnect () {
-    if (this.destroyed || this.reconnectTimer) return
+    if (this.destroyed || this.stopped || this.reconnectTimer) return
     const delay = this.backoff
     this.backoff = Math.min(Math.max(this.backoff * 2, 500), 8000)
     this.reconnectTimer = setTimeout(() => { this.reconnectTimer = null; this.connectSignaling() }, delay)
@@ -356,44 +238,155 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   announce () {
-    if (this.conns.size < this.maxConns) this.publish({ type: 'announce', from: this.peerId })
+    if (!this.stopped && this.conns.size < this.maxConns) this.publish({ type: 'announce', from: this.peerId })
   }
 
   handleSignal (m) {
-    if (!m || typeof m !== 'object') return
+    if (!m || typeof m !== 'object' || this.stopped) return
     if (m.type === 'publish' && m.topic === this.roomId) {
       const data = m.data
       if (!data || typeof data !== 'object' || typeof data.from !== 'string') return // encrypted rooms are not ours
-      if (data.from === this.peerId) return
+      if (data.from === this.peerId) return this.onOwnStamp(m.sender)
       if (data.to !== undefined && data.to !== this.peerId) return
-      if (m.sender) this.senders.set(data.from, m.sender)
-      if (Array.isArray(data.caps)) this.peerCaps.set(data.from, data.caps)
-      if (data.type === 'announce') {
-        if (!this.conns.has(data.from) && this.conns.size < this.maxConns) {
-          this.conns.set(data.from, new PeerConn(this, data.from, true))
-        }
-      } else if (data.type === 'signal' && data.signal) {
-        let conn = this.conns.get(data.from)
-        if (data.signal.type === 'offer') {
-          if (conn && conn.glareToken !== undefined && conn.glareToken > data.token && !conn.connected) return
-          if (conn) { this.conns.delete(data.from); conn.destroy() }
-          conn = new PeerConn(this, data.from, false)
-          this.conns.set(data.from, conn)
-        } else if (data.signal.type === 'answer' && conn) {
-          conn.glareToken = undefined
-        }
-        if (conn) conn.signal(data.signal)
-      }
+      this.onPeerFrame(data, m.sender)
     } else if (m.type === 'presence' && m.topic === this.roomId) {
-      this.presence = Array.isArray(m.peers) ? m.peers : []
-      this.emit('presence', [this.presence])
+      this.onPresence(Array.isArray(m.peers) ? m.peers : [])
     } else if (m.type === 'error') {
-      if (m.code === 'forbidden' && m.topic === this.roomId) this.setState('forbidden')
+      if (m.topic === this.roomId && m.code === 'forbidden') {
+        this.stop()
+      } else if (m.topic === this.roomId && m.code === 'peer_id_taken') {
+        this.freshPeerId()
+        return
+      }
       this.emit('error', [{ code: m.code, message: m.message || m.code }])
     }
   }
 
+  /** An announce or signal from another peer id, with the server's stamp. */
+  onPeerFrame (data, stamp) {
+    const principal = principalOf(stamp)
+    const caps = Array.isArray(data.caps) ? data.caps.filter(c => typeof c === 'string') : []
+    let conn = this.conns.get(data.from)
+    if (conn && !samePrincipal(conn.principal, principal)) {
+      // The id changed hands (a released id claimed by someone else): that principal's frames
+      // never touch, let alone replace, the link of the one it belonged to.
+      this.count('foreignSignals', `frame from ${describe(principal)} under the peer id of ${describe(conn.principal)}`)
+      return
+    }
+    if (principal && principal.userId && this.gone.has(principal.userId)) {
+      if (data.type === 'announce' && this.deferred.size < MAX_DEFERRED) this.deferred.set(data.from, { stamp, caps })
+      this.count('ignoredSignals', `${describe(principal)} is not in the room's presence`)
+      return
+    }
+    if (conn) conn.restamp(stamp, caps)
+    if (data.type === 'announce') {
+      if (!conn && this.conns.size < this.maxConns) this.conns.set(data.from, new PeerConn(this, data.from, true, stamp, caps))
+    } else if (data.type === 'signal' && data.signal && typeof data.signal === 'object') {
+      if (data.signal.type === 'offer') {
+        if (conn && conn.glareToken !== undefined && conn.glareToken > data.token && !conn.connected) return
+        if (conn) { this.conns.delete(data.from); conn.destroy() }
+        conn = new PeerConn(this, data.from, false, stamp, caps)
+        this.conns.set(data.from, conn)
+      } else if (data.signal.type === 'answer' && conn) {
+        conn.glareToken = undefined
+      }
+      if (conn) conn.signal(data.signal)
+    }
+  }
+
+  /** Our own publish came back stamped: the role the server gives us, unless presence says more. */
+  onOwnStamp (stamp) {
+    const me = principalOf(stamp)
+    if (!me || me.service) return
+    if (this.userId === null) this.userId = me.userId
+    if (me.userId === this.userId && !this.presenceIndex.has(me.userId)) this.setRole(me.role)
+  }
+
+  onPresence (peers) {
+    const next = indexPresence(peers)
+    const linked = []
+    this.conns.forEach(c => { if (c.principal && c.principal.userId) linked.push(c.principal.userId) })
+    const { gone, returned } = presenceChanges(this.presenceIndex, next, this.gone, linked)
+    this.presenceIndex = next
+    this.gone = gone
+    this.presence = peers
+    // A user gone from presence (removed, room deleted, or simply gone): close every link to them.
+    for (const conn of Array.from(this.conns.values())) {
+      if (conn.principal && conn.principal.userId && gone.has(conn.principal.userId)) {
+        this.count('closedLinks', `${describe(conn.principal)} left the room's presence`)
+        conn.destroy()
+      }
+    }
+    const mine = this.userId !== null && next.get(this.userId)
+    if (mine) this.setRole(mine.role)
+    // Users listed again: their announces that arrived while they were absent count now.
+    if (returned.size || this.deferred.size) {
+      for (const [peerId, { stamp, caps }] of Array.from(this.deferred)) {
+        const p = principalOf(stamp)
+        if (!p || !p.userId || gone.has(p.userId)) continue
+        this.deferred.delete(peerId)
+        const listed = next.get(p.userId)
+        if (listed && listed.peerIds.has(peerId)) this.onPeerFrame({ type: 'announce', from: peerId, caps }, stamp)
+      }
+    }
+    this.emit('presence', [peers])
+  }
+
+  /** The local user's live role (owner/editor/viewer; null once removed from the room). */
+  setRole (role) {
+    if (role === this.role) return
+    this.role = role
+    if (!mayWriteLocal(role)) this.pending.clear()
+    this.emit('role', [role])
+  }
+
+  /** Removed from the room (or never a member): close every link and stop. */
+  stop () {
+    if (this.stopped) return
+    this.stopped = true
+    this.setRole(null)
+    clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = null
+    this.conns.forEach(c => c.destroy())
+    this.conns.clear()
+    if (this.ws) { try { this.ws.close() } catch (e) {} }
+    this.setState('forbidden')
+    this.emitPeers()
+  }
+
+  /** The server refused our peer id (another principal owns it): take a fresh one, never stay stuck. */
+  freshPeerId () {
+    this.peerId = uuid()
+    this.stats.peerIdChanges++
+    if (++this.freshIds > MAX_FRESH_IDS) {
+      // Bounded: a fresh connection starts with no ids bound (the server caps ids per connection).
+      if (this.ws) { try { this.ws.close() } catch (e) {} }
+      return
+    }
+    this.announce()
+  }
+
+  count (kind, why, conn = null) {
+    this.stats[kind] = (this.stats[kind] || 0) + 1
+    const now = Date.now()
+    if (!this.lastLog[kind] || now - this.lastLog[kind] > LOG_EVERY_MS) {
+      this.lastLog[kind] = now
+      console.warn(`codesync: ${kind} (${this.stats[kind]} so far)${conn ? ` from ${describe(conn.principal)} ${conn.remotePeerId}` : ''}: ${why}`)
+    }
+  }
+
   // ------------------------------------------------------------------ peers
+  /** A data channel opened: SyncStep1 for the main and (to peers with `docs`) the named documents, our awareness. */
+  onLinkOpen (conn) {
+    conn.send(encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc)))
+    if (conn.caps.includes('docs')) {
+      this.named.forEach((doc, name) => conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(doc))))
+    }
+    const own = this.ownAwareness()
+    if (own) conn.send(own)
+    this.emitPeers()
+  }
+
   connectedPeers () {
     return Array.from(this.conns.values()).filter(c => c.connected)
   }
@@ -405,18 +398,28 @@ export class CodeSyncProvider extends ObservableV2 {
   onConnClosed (conn) {
     if (this.conns.get(conn.remotePeerId) === conn) this.conns.delete(conn.remotePeerId)
     if (conn.awarenessIds.size) {
-      const still = new Set()
-      this.conns.forEach(c => c.awarenessIds.forEach(id => still.add(id)))
-      const gone = Array.from(conn.awarenessIds).filter(id => !still.has(id) && id !== this.doc.clientID)
-      if (gone.length) awarenessProtocol.removeAwarenessStates(this.awareness, gone, conn)
+      const ids = Array.from(conn.awarenessIds)
+      ids.forEach(id => { if (this.awarenessOwner.get(id) === conn) this.awarenessOwner.delete(id) })
+      conn.awarenessIds.clear()
+      awarenessProtocol.removeAwarenessStates(this.awareness, ids.filter(id => id !== this.doc.clientID), conn)
     }
     this.emitPeers()
-    if (!this.destroyed) setTimeout(() => this.announce(), 200)
+    if (!this.destroyed && !this.stopped) setTimeout(() => this.announce(), 200)
   }
 
   /** The connected peer whose server stamp says it is the runner service, if any. */
   runnerPeer () {
-    return this.connectedPeers().find(c => c.sender && c.sender.service === 'runner' && c.caps.includes('app')) || null
+    return this.connectedPeers().find(c => c.principal && c.principal.service === 'runner' && c.caps.includes('app')) || null
+  }
+
+  /** Awareness states that arrived on connected links stamped with `service` (nobody else can set them). */
+  serviceStates (service) {
+    const out = []
+    const states = this.awareness.getStates()
+    this.awarenessOwner.forEach((conn, id) => {
+      if (conn.connected && conn.principal && conn.principal.service === service && states.get(id)) out.push(states.get(id))
+    })
+    return out
   }
 
   sendApp (peerId, obj) {
@@ -433,48 +436,39 @@ export class CodeSyncProvider extends ObservableV2 {
   flush () {
     const pending = this.pending
     this.pending = new Map()
+    if (!mayWriteLocal(this.role)) return
     pending.forEach((updates, origin) => {
       const update = updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
-      const enc = encoding.createEncoder()
-      encoding.writeVarUint(enc, MSG_SYNC)
-      syncProtocol.writeUpdate(enc, update)
-      this.broadcast(encoding.toUint8Array(enc), origin)
+      this.broadcast(encodeSync(SYNC_UPDATE, update), origin)
     })
   }
 
+  /** Our own awareness state as a type-1 message (null when we have none). */
+  ownAwareness () {
+    if (!this.awareness.getLocalState()) return null
+    const enc = encoding.createEncoder()
+    encoding.writeVarUint(enc, MSG_AWARENESS)
+    encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+    return encoding.toUint8Array(enc)
+  }
+
   handleMessage (conn, buf, allowChunk) {
+    if (conn.closed) return
     const decoder = decoding.createDecoder(buf)
     const type = decoding.readVarUint(decoder)
     switch (type) {
-      case MSG_SYNC: {
-        const enc = encoding.createEncoder()
-        encoding.writeVarUint(enc, MSG_SYNC)
-        const syncType = syncProtocol.readSyncMessage(decoder, enc, this.doc, conn)
-        if (syncType === syncProtocol.messageYjsSyncStep1) conn.send(encoding.toUint8Array(enc))
-        if (syncType === syncProtocol.messageYjsSyncStep2 && !conn.synced) {
-          conn.synced = true
-          this.emit('synced', [{ peerId: conn.remotePeerId }])
-        }
+      case MSG_SYNC:
+        this.onSync(conn, decoding.readVarUint(decoder), decoding.readVarUint8Array(decoder))
         break
-      }
-      case MSG_AWARENESS: {
-        const update = decoding.readVarUint8Array(decoder)
-        // Remember which awareness clients travel over this connection, to drop them when it closes.
-        const d = decoding.createDecoder(update)
-        const n = decoding.readVarUint(d)
-        for (let i = 0; i < n; i++) {
-          conn.awarenessIds.add(decoding.readVarUint(d))
-          decoding.readVarUint(d)
-          decoding.readVarString(d)
-        }
-        awarenessProtocol.applyAwarenessUpdate(this.awareness, update, conn)
+      case MSG_DOC:
+        this.onDocSync(conn, decodeDocSync(decoder))
         break
-      }
+      case MSG_AWARENESS:
+        this.onAwareness(conn, decoding.readVarUint8Array(decoder))
+        break
       case MSG_QUERY_AWARENESS: {
-        const enc = encoding.createEncoder()
-        encoding.writeVarUint(enc, MSG_AWARENESS)
-        encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(this.awareness, Array.from(this.awareness.getStates().keys())))
-        conn.send(encoding.toUint8Array(enc))
+        const own = this.ownAwareness()
+        if (own) conn.send(own)
         break
       }
       case MSG_BC_PEER_ID:
@@ -485,12 +479,109 @@ export class CodeSyncProvider extends ObservableV2 {
         if (whole) this.handleMessage(conn, whole, false)
         break
       }
-      case MSG_APP:
-        this.emit('app', [decodeApp(decoder), conn.remotePeerId, conn.sender])
+      case MSG_APP: {
+        const msg = decodeApp(decoder)
+        if (mayReceiveApp(msg, conn.rights)) this.emit('app', [msg, conn.remotePeerId, conn.sender])
+        else this.count('refusedApp', `app message ${JSON.stringify(String(msg.op)).slice(0, 40)}`, conn)
         break
+      }
       default:
         console.warn('codesync: unknown message type', type)
     }
+  }
+
+  /**
+   * Type-0 sync. SyncStep1 is answered (every member may read; a read-only client has nothing
+   * anyone would accept, so it answers with an empty update). SyncStep2 / Update are applied only
+   * from writer links; applied updates are then forwarded by `_onUpdate`, dropped ones never.
+   */
+  onSync (conn, syncType, payload) {
+    if (syncType === SYNC_STEP1) {
+      const answer = mayWriteLocal(this.role) ? Y.encodeStateAsUpdate(this.doc, payload) : EMPTY_UPDATE
+      conn.send(encodeSync(SYNC_STEP2, answer))
+      return
+    }
+    if (syncType !== SYNC_STEP2 && syncType !== SYNC_UPDATE) throw new Error('unknown sync type ' + syncType)
+    if (mayWriteMain(conn.rights)) {
+      Y.applyUpdate(this.doc, payload, conn)
+    } else if (!isEmptyUpdate(payload)) {
+      this.count('droppedUpdates', `document update from a link that may not write${conn.rights && !conn.rights.service ? ` (role ${conn.rights.role})` : ''}`, conn)
+    }
+    if (syncType === SYNC_STEP2 && !conn.synced) {
+      conn.synced = true
+      this.emit('synced', [{ peerId: conn.remotePeerId }])
+    }
+  }
+
+  /**
+   * Type-102 named documents: applied only from the services that own them (rights.js), never
+   * forwarded, never sent from here (this browser has no changes of its own in them).
+   */
+  onDocSync (conn, { name, syncType, payload }) {
+    const doc = this.named.get(name)
+    if (!doc) return
+    if (syncType === SYNC_STEP1) {
+      conn.send(encodeDocSync(name, SYNC_STEP2, EMPTY_UPDATE))
+    } else if (mayWriteNamed(name, conn.rights)) {
+      Y.applyUpdate(doc, payload, conn)
+    } else if (!isEmptyUpdate(payload)) {
+      this.count('droppedDocUpdates', `update of named document ${JSON.stringify(name)} from a link that may not write it`, conn)
+    }
+  }
+
+  /**
+   * Awareness: a client id belongs to the first link that announced it (until that link closes or
+   * removes it); nobody speaks for ours; each state must pass `sanitizeAwareness`; per-link bounds.
+   */
+  onAwareness (conn, update) {
+    if (!conn.awarenessBucket.take()) return this.count('droppedAwareness', 'too many awareness messages', conn)
+    let entries
+    try {
+      entries = decodeAwarenessEntries(update, AWARENESS_LIMITS.entries)
+    } catch (err) {
+      return this.count('droppedAwareness', err.message, conn)
+    }
+    const rights = conn.rights
+    const kept = []
+    let changed = false // dropped or rewritten entries: re-encode; otherwise pass the bytes on as they came
+    for (const e of entries) {
+      const owner = this.awarenessOwner.get(e.clientID)
+      if (e.clientID === this.doc.clientID || (owner && owner !== conn)) {
+        this.count('droppedAwareness', `client id ${e.clientID} belongs to another link`, conn)
+        changed = true
+        continue
+      }
+      const verdict = sanitizeAwareness(e.state, rights, e.size)
+      if (verdict.drop) {
+        this.count('droppedAwareness', verdict.drop, conn)
+        changed = true
+        continue
+      }
+      if (verdict.state !== e.state) changed = true
+      if (!owner) {
+        if (verdict.state === null) { changed = true; continue } // removing what nobody announced: nothing to do
+        if (conn.awarenessIds.size >= AWARENESS_LIMITS.states) {
+          this.count('droppedAwareness', 'too many awareness states on one link', conn)
+          changed = true
+          continue
+        }
+        this.awarenessOwner.set(e.clientID, conn)
+        conn.awarenessIds.add(e.clientID)
+      }
+      kept.push({ clientID: e.clientID, clock: e.clock, state: verdict.state })
+    }
+    if (!kept.length) return
+    awarenessProtocol.applyAwarenessUpdate(this.awareness, changed ? encodeAwarenessEntries(kept) : update, conn)
+    for (const e of kept) {
+      if (e.state === null && !this.awareness.getStates().has(e.clientID)) this.unbindAwareness(e.clientID)
+    }
+  }
+
+  unbindAwareness (clientID) {
+    const owner = this.awarenessOwner.get(clientID)
+    if (!owner) return
+    this.awarenessOwner.delete(clientID)
+    owner.awarenessIds.delete(clientID)
   }
 
   destroy () {
@@ -511,4 +602,9 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     super.destroy()
   }
+}
+
+function describe (principal) {
+  if (!principal) return 'an unstamped peer'
+  return principal.service ? `the ${principal.service} service` : `user ${principal.userId}`
 }

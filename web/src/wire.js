@@ -1,6 +1,6 @@
-// Data-channel message framing (DESIGN.md, "Data-channel protocol"): y-protocols types 0/1/3/4
-// plus CodeSync's extensions 100 (chunk) and 101 (app message, JSON). Pure functions and a
-// bounded reassembler; no transport here.
+// Data-channel message framing (docs/protocol.md, "Data channels"): y-protocols types 0/1/3/4
+// plus CodeSync's extensions 100 (chunk), 101 (app message, JSON) and 102 (named-document sync).
+// Pure functions and a bounded reassembler; no transport here.
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 
@@ -10,9 +10,20 @@ export const MSG_QUERY_AWARENESS = 3
 export const MSG_BC_PEER_ID = 4
 export const MSG_CHUNK = 100
 export const MSG_APP = 101
+export const MSG_DOC = 102
 
-/** What CodeSync peers put in every announce/signal payload. */
-export const CAPS = ['chunk', 'app']
+export const SYNC_STEP1 = 0
+export const SYNC_STEP2 = 1
+export const SYNC_UPDATE = 2
+
+/** An empty Yjs update (no structs, empty delete set). */
+export const EMPTY_UPDATE = new Uint8Array([0, 0])
+
+/**
+ * What CodeSync peers put in every announce/signal payload: `roles` says this peer enforces the
+ * trust model on what it receives (the server relays a viewer's signalling only to such peers).
+ */
+export const CAPS = ['chunk', 'app', 'docs', 'roles']
 
 /** Split `message` into type-100 frames of at most `partSize` payload bytes each. */
 export function encodeChunks (message, messageId, partSize) {
@@ -42,6 +53,64 @@ export function decodeApp (decoder) {
   const value = JSON.parse(decoding.readVarString(decoder))
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('app message is not an object')
   return value
+}
+
+/** A type-0 sync message: `syncType` (SYNC_*) and its payload (state vector or update). */
+export function encodeSync (syncType, payload) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, MSG_SYNC)
+  encoding.writeVarUint(enc, syncType)
+  encoding.writeVarUint8Array(enc, payload)
+  return encoding.toUint8Array(enc)
+}
+
+/** A type-102 named-document sync message: `varString name, varUint syncType, varUint8Array payload`. */
+export function encodeDocSync (name, syncType, payload) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, MSG_DOC)
+  encoding.writeVarString(enc, name)
+  encoding.writeVarUint(enc, syncType)
+  encoding.writeVarUint8Array(enc, payload)
+  return encoding.toUint8Array(enc)
+}
+
+/** Decode the body of a type-102 message (the decoder is positioned after the type). */
+export function decodeDocSync (decoder) {
+  const name = decoding.readVarString(decoder)
+  const syncType = decoding.readVarUint(decoder)
+  const payload = decoding.readVarUint8Array(decoder)
+  if (syncType > SYNC_UPDATE) throw new Error('unknown sync type ' + syncType)
+  return { name, syncType, payload }
+}
+
+/**
+ * The entries of a y-protocols awareness update, `[{clientID, clock, state}]` (state parsed, `null`
+ * when the client left). Throws on malformed input, reading at most `maxEntries` entries.
+ */
+export function decodeAwarenessEntries (update, maxEntries = Infinity) {
+  const d = decoding.createDecoder(update)
+  const n = decoding.readVarUint(d)
+  if (n > maxEntries) throw new Error(`awareness update with ${n} entries (at most ${maxEntries})`)
+  const entries = []
+  for (let i = 0; i < n; i++) {
+    const clientID = decoding.readVarUint(d)
+    const clock = decoding.readVarUint(d)
+    const json = decoding.readVarString(d)
+    entries.push({ clientID, clock, state: JSON.parse(json), size: json.length })
+  }
+  return entries
+}
+
+/** The inverse of decodeAwarenessEntries (what `awarenessProtocol.applyAwarenessUpdate` reads). */
+export function encodeAwarenessEntries (entries) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, entries.length)
+  for (const { clientID, clock, state } of entries) {
+    encoding.writeVarUint(enc, clientID)
+    encoding.writeVarUint(enc, clock)
+    encoding.writeVarString(enc, JSON.stringify(state))
+  }
+  return encoding.toUint8Array(enc)
 }
 
 /**

@@ -1,61 +1,19 @@
-// The editor page: CodeMirror on the shared document, presence, run output, sharing, status line.
+// The editor page: CodeMirror on the shared document, presence, sharing. The run panel
+// (runpanel.js) and the status line (statusbar.js) live in their own modules. The local user's
+// role is live: presence and the server's stamps can demote (read-only at once, Run gone),
+// promote, or remove (links closed) them while the page is open.
 import * as Y from 'yjs'
 import { Awareness } from 'y-protocols/awareness'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import { api, Rooms, session } from '../api.js'
-import { FINAL_STATUSES, LANGUAGES, SCHEMA, listRuns, roomParts, runDuration } from '../doc.js'
+import { FINAL_STATUSES, LANGUAGES, SCHEMA, roomParts } from '../doc.js'
 import { createEditor } from '../editor.js'
 import { CodeSyncProvider } from '../provider.js'
+import { mayWriteLocal } from '../rights.js'
 import { colorFor, copyText, h, notice } from '../ui.js'
 import { header } from './rooms.js'
-
-const RUN_ANSWER_TIMEOUT_MS = 5000
-
-function uuid () {
-  if (crypto.randomUUID) return crypto.randomUUID()
-  const b = crypto.getRandomValues(new Uint8Array(16))
-  b[6] = (b[6] & 0x0f) | 0x40
-  b[8] = (b[8] & 0x3f) | 0x80
-  const x = Array.from(b, v => v.toString(16).padStart(2, '0')).join('')
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`
-}
-
-function toBase64 (bytes) {
-  let s = ''
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000))
-  return btoa(s)
-}
-
-/**
- * The persistence peer's save status from its awareness state `saved: {status, state_vector, …}`
- * (peer/persistence/writer.py). "saved" only when the stored state vector covers everything this
- * browser has, so a fresh local edit shows "saving…" until the persistence peer has it.
- */
-export function savedStatus (awareness, doc) {
-  for (const state of awareness.getStates().values()) {
-    const saved = state && state.saved
-    if (!saved || typeof saved !== 'object') continue
-    if (saved.status === 'error') return `not saved: ${saved.error || 'storage error'}`
-    if (saved.status !== 'saved') return saved.status === 'loading' ? 'loading…' : 'saving…'
-    if (typeof saved.state_vector === 'string') {
-      try {
-        const stored = Y.decodeStateVector(Uint8Array.from(atob(saved.state_vector), c => c.charCodeAt(0)))
-        const mine = Y.decodeStateVector(Y.encodeStateVector(doc))
-        for (const [client, clock] of mine) {
-          if ((stored.get(client) || 0) < clock) return 'saving…'
-        }
-      } catch (e) {}
-    }
-    return 'saved'
-  }
-  return null
-}
-
-function describeRequester (r) {
-  if (!r) return ''
-  if (typeof r === 'string') return r
-  return r.name || r.user_id || r.id || ''
-}
+import { createRunPanel } from './runpanel.js'
+import { createStatusBar } from './statusbar.js'
 
 /** `alive()` is false once the user has navigated away (or been signed out) during an await. */
 export async function roomView (root, roomId, alive = () => true) {
@@ -96,66 +54,65 @@ export async function roomView (root, roomId, alive = () => true) {
   } catch (e) {}
   if (!alive()) return () => {}
 
-  const role = room.role || 'viewer'
-  const canEdit = role === 'owner' || role === 'editor'
+  let role = room.role || 'viewer'
   const me = session.user || {}
 
   const doc = new Y.Doc()
-  const { source, meta, runs } = roomParts(doc)
+  const runsDoc = new Y.Doc() // the named document `runs` (type 102): written by the runner only
+  const { source, meta } = roomParts(doc)
   const idb = new IndexeddbPersistence(`codesync-room-${roomId}`, doc)
   const awareness = new Awareness(doc)
   awareness.setLocalStateField('user', { id: me.id, name: me.name || me.email || 'Someone', ...colorFor(me.id || me.email || doc.clientID) })
 
-  // ------------------------------------------------------------------ layout
-  const language = () => meta.get('language') || room.language || 'python'
-  const langSelect = h('select', { testid: 'language', disabled: !canEdit, title: 'Language (shared with everyone in the room)' },
-    LANGUAGES.map(l => h('option', { value: l.id }, l.label)))
-  const runBtn = canEdit ? h('button.run', { testid: 'run', title: 'Run (Ctrl/Cmd-Enter)' }, '▶ Run') : null
-  const stopBtn = canEdit ? h('button.stop', { testid: 'stop', disabled: true }, '■ Stop') : null
-  const title = h('span.room-title', { testid: 'room-title' }, meta.get('title') || room.name)
-  const roleTag = h('span.tag.role', { testid: 'my-role' }, role + (canEdit ? '' : ' · read-only'))
-  const editorHost = h('div.editor', { testid: 'editor' })
-  const people = h('ul.people', { testid: 'presence' })
-  const runHead = h('div.run-head', { testid: 'run-status' }, 'No runs yet.')
-  const output = h('pre.output', { testid: 'output' })
-  const recent = h('ul.recent', { testid: 'recent-runs' })
-  const status = {
-    signaling: h('span', { testid: 'status-signaling' }, 'connecting'),
-    peers: h('span', { testid: 'status-peers' }, '0'),
-    saved: h('span', { testid: 'status-saved' }, '—'),
-    runner: h('span', { testid: 'status-runner' }, '—')
-  }
-  const runMsg = notice('run-message')
-  const connMsg = notice('conn-message')
-  const sharePanel = h('section.panel')
-  const side = h('aside.side',
-    h('section.panel', h('h2', 'People'), people),
-    sharePanel,
-    h('section.panel.runs', h('h2', 'Output'), runMsg.el, runHead, output, h('h3', 'Recent runs'), recent))
-  const page = h('div.page.room',
-    header([title, roleTag]),
-    h('div.toolbar', langSelect, runBtn, stopBtn),
-    connMsg.el,
-    h('div.room-body', h('section.editor-pane', editorHost), side),
-    h('footer.status', { testid: 'status' },
-      h('span', 'Signaling: ', status.signaling), ' · ',
-      h('span', 'Peers: ', status.peers), ' · ',
-      h('span', 'Document: ', status.saved), ' · ',
-      h('span', 'Runner: ', status.runner)))
-  root.replaceChildren(page)
-
-  // ------------------------------------------------------------------ editor + provider
-  let provider = null
-  const editor = createEditor(editorHost, { ytext: source, awareness, language: language(), readOnly: !canEdit, onRun: () => requestRun() })
-  provider = new CodeSyncProvider(doc, awareness, {
+  const provider = new CodeSyncProvider(doc, awareness, {
     roomId,
     iceServers,
+    role,
+    userId: me.id,
+    namedDocs: { runs: runsDoc },
     getToken: ({ force }) => session.accessToken({ force })
   })
 
+  // ------------------------------------------------------------------ layout
+  const language = () => meta.get('language') || room.language || 'python'
+  const langSelect = h('select', { testid: 'language', title: 'Language (shared with everyone in the room)' },
+    LANGUAGES.map(l => h('option', { value: l.id }, l.label)))
+  const title = h('span.room-title', { testid: 'room-title' }, meta.get('title') || room.name)
+  const roleTag = h('span.tag.role', { testid: 'my-role' })
+  const editorHost = h('div.editor', { testid: 'editor' })
+  const people = h('ul.people', { testid: 'presence' })
+  const sharePanel = h('section.panel')
+  const runPanel = createRunPanel({ provider, doc, runsDoc, language, canRun: mayWriteLocal(role) })
+  const statusBar = createStatusBar({ provider, doc, awareness, offline })
+  const side = h('aside.side',
+    h('section.panel', h('h2', 'People'), people),
+    sharePanel,
+    runPanel.panel)
+  const page = h('div.page.room',
+    header([title, roleTag]),
+    h('div.toolbar', langSelect, runPanel.controls),
+    statusBar.message,
+    h('div.room-body', h('section.editor-pane', editorHost), side),
+    statusBar.footer)
+  root.replaceChildren(page)
+
+  // ------------------------------------------------------------------ editor
+  const editor = createEditor(editorHost, { ytext: source, awareness, language: language(), readOnly: !mayWriteLocal(role), onRun: () => runPanel.requestRun() })
+
+  /** Apply the local user's (live) role to the page: editable, language picker, Run. */
+  const applyRole = () => {
+    const canEdit = mayWriteLocal(role)
+    roleTag.textContent = role ? role + (canEdit ? '' : ' · read-only') : 'no access · read-only'
+    langSelect.disabled = !canEdit
+    editor.setReadOnly(!canEdit)
+    runPanel.setCanRun(canEdit)
+  }
+  applyRole()
+  provider.on('role', (r) => { role = r; applyRole() })
+
   langSelect.value = language()
   langSelect.addEventListener('change', () => {
-    if (!canEdit) return
+    if (!mayWriteLocal(role)) return
     doc.transact(() => {
       if (!meta.has('schema')) meta.set('schema', SCHEMA)
       meta.set('language', langSelect.value)
@@ -170,47 +127,6 @@ export async function roomView (root, roomId, alive = () => true) {
   }
   meta.observe(onMeta)
 
-  // ------------------------------------------------------------------ status line
-  let everConnected = false
-  const renderStatus = () => {
-    const st = provider.state
-    status.signaling.textContent = st
-    status.signaling.className = st === 'connected' ? 'ok' : 'bad'
-    const direct = provider.connectedPeers().length
-    status.peers.textContent = `${direct} direct`
-    const saved = savedStatus(awareness, doc)
-    status.saved.textContent = saved || (direct ? 'not saved on the server (no persistence peer connected)' : 'local only')
-    status.saved.className = saved === 'saved' ? 'ok' : ''
-    if (st === 'connected') {
-      everConnected = true
-      connMsg.clear()
-    } else if (st === 'forbidden') {
-      connMsg.show("You don't have access to this room any more.", 'error')
-    } else if (st === 'unauthorized') {
-      connMsg.show('The signaling server does not accept your session. Please sign in again.', 'error')
-    } else if (everConnected || st === 'disconnected') {
-      connMsg.show(direct
-        ? `Signaling server unreachable — editing continues peer to peer with ${direct} connected peer${direct === 1 ? '' : 's'}. Reconnecting…`
-        : `${offline ? 'Working offline from this browser\'s copy. ' : ''}Signaling server unreachable — your edits are kept in this browser and merge when the connection returns. Reconnecting…`, 'warn')
-    }
-    const runner = provider.runnerPeer()
-    status.runner.textContent = runner ? 'ready' : 'not connected'
-    status.runner.className = runner ? 'ok' : ''
-  }
-  let statusTimer = null
-  const onDocUpdate = () => {
-    if (!statusTimer) statusTimer = setTimeout(() => { statusTimer = null; renderStatus() }, 100)
-  }
-  doc.on('update', onDocUpdate)
-  provider.on('status', renderStatus)
-  provider.on('peers', () => { renderStatus(); renderPeople() })
-  provider.on('error', (e) => {
-    if (e.code === 'session_expired') connMsg.show('Your session has expired. Please sign in again.', 'error')
-    else if (e.code === 'unauthorized' || e.code === 'too_many_connections') connMsg.show(e.message, 'error')
-    else if (e.code === 'forbidden') connMsg.show("You don't have access to this room any more.", 'error')
-  })
-  awareness.on('change', () => { renderStatus(); renderPeople() })
-
   // ------------------------------------------------------------------ presence
   let presence = []
   let reloadMembers = null
@@ -221,6 +137,8 @@ export async function roomView (root, roomId, alive = () => true) {
     const users = p.map(x => x.user_id).filter(Boolean).sort().join(',')
     if (users !== knownUsers) { knownUsers = users; if (reloadMembers) reloadMembers() }
   })
+  provider.on('peers', () => renderPeople())
+  awareness.on('change', () => renderPeople())
   function renderPeople () {
     const items = []
     const seen = new Set()
@@ -229,10 +147,11 @@ export async function roomView (root, roomId, alive = () => true) {
       seen.add(String(p.user_id))
       items.push({ id: p.user_id, name: p.name || 'Someone', role: p.role || '', you: String(p.user_id) === String(me.id) })
     }
-    // Peers known only through the data channels (signaling down): from awareness.
+    // Peers known only through the data channels (signaling down): from awareness, whose names
+    // the provider has already replaced with the server-stamped ones.
     awareness.getStates().forEach((s) => {
       const u = s && s.user
-      if (u && u.id !== undefined && u.name && !seen.has(String(u.id)) && !u.service) {
+      if (u && u.id !== undefined && u.name && !seen.has(String(u.id)) && !s.service) {
         seen.add(String(u.id))
         items.push({ id: u.id, name: u.name, role: '', you: String(u.id) === String(me.id) })
       }
@@ -244,96 +163,10 @@ export async function roomView (root, roomId, alive = () => true) {
   }
   renderPeople()
 
-  // ------------------------------------------------------------------ runs
-  let selectedRun = null
-  let pendingRun = null
-  let runTimer = null
-  let renderScheduled = false
-  const scheduleRuns = () => {
-    if (renderScheduled) return
-    renderScheduled = true
-    setTimeout(() => { renderScheduled = false; renderRuns() }, 30)
-  }
-  function renderRuns () {
-    const all = listRuns(doc)
-    if (pendingRun && all.some(r => r.id === pendingRun)) {
-      clearTimeout(runTimer)
-      pendingRun = null
-    }
-    const current = all.find(r => r.id === selectedRun) || all[0]
-    if (!current) {
-      runHead.textContent = pendingRun ? 'Waiting for the runner…' : 'No runs yet.'
-      output.replaceChildren()
-    } else {
-      const d = runDuration(current)
-      runHead.replaceChildren(
-        h('span.tag', { testid: 'run-state' }, current.status),
-        current.exitCode !== undefined && current.exitCode !== null ? h('span', { testid: 'exit-code' }, ` exit code ${current.exitCode}`) : null,
-        d !== null ? h('span', { testid: 'duration' }, ` · ${d < 1000 ? `${Math.round(d)} ms` : `${(d / 1000).toFixed(2)} s`}`) : null,
-        current.requestedBy ? h('span.muted', ` · by ${describeRequester(current.requestedBy)}`) : null)
-      const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4
-      output.replaceChildren(...current.segments.map(s => s.stderr ? h('span.stderr', s.text) : document.createTextNode(s.text)))
-      if (atBottom) output.scrollTop = output.scrollHeight
-    }
-    recent.replaceChildren(...all.slice(0, 10).map(r => h('li', {
-      testid: 'recent-run',
-      class: r === current ? 'selected' : '',
-      on: { click: () => { selectedRun = r.id; renderRuns() } }
-    }, `${r.language || ''} · ${r.status}${r.exitCode !== undefined && r.exitCode !== null ? ` (${r.exitCode})` : ''}`)))
-    if (stopBtn) stopBtn.disabled = !all.some(r => r.status === 'running' || r.status === 'queued')
-  }
-  runs.observeDeep(scheduleRuns)
-  renderRuns()
-
-  function requestRun () {
-    if (!canEdit) return
-    runMsg.clear()
-    const runner = provider.runnerPeer()
-    if (!runner) {
-      runMsg.show('The runner is not available right now, so code cannot be run. Editing still works.', 'warn')
-      return
-    }
-    const runId = uuid()
-    selectedRun = runId
-    pendingRun = runId
-    provider.sendApp(runner.remotePeerId, {
-      op: 'run',
-      run_id: runId,
-      language: language(),
-      state_vector: toBase64(Y.encodeStateVector(doc))
-    })
-    renderRuns()
-    clearTimeout(runTimer)
-    runTimer = setTimeout(() => {
-      if (pendingRun === runId) {
-        pendingRun = null
-        runMsg.show('The runner did not answer. Try again in a moment.', 'warn')
-        renderRuns()
-      }
-    }, RUN_ANSWER_TIMEOUT_MS)
-  }
-  function requestStop () {
-    const runner = provider.runnerPeer()
-    const active = listRuns(doc).find(r => r.status === 'running' || r.status === 'queued')
-    if (!runner || !active) return
-    provider.sendApp(runner.remotePeerId, { op: 'stop', run_id: active.id })
-  }
-  provider.on('app', (m, peerId, sender) => {
-    if (!sender || sender.service !== 'runner') return
-    if (m.op === 'run-refused') {
-      if (m.run_id === pendingRun) { pendingRun = null; clearTimeout(runTimer) }
-      runMsg.show(`The runner refused to run this: ${m.reason || 'no reason given'}.`, 'error')
-      renderRuns()
-    } else if (m.op === 'run-accepted' && m.run_id === pendingRun) {
-      clearTimeout(runTimer)
-    }
-  })
-  if (runBtn) runBtn.addEventListener('click', requestRun)
-  if (stopBtn) stopBtn.addEventListener('click', requestStop)
   const onKey = (ev) => {
     if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && !editorHost.contains(ev.target)) {
       ev.preventDefault()
-      requestRun()
+      runPanel.requestRun()
     }
   }
   window.addEventListener('keydown', onKey)
@@ -342,21 +175,19 @@ export async function roomView (root, roomId, alive = () => true) {
   if (role === 'owner') reloadMembers = renderShare(sharePanel, roomId)
   else sharePanel.remove()
 
-  renderStatus()
-  // Exposed for tests and debugging: the document and the provider of the open room.
-  window.codesync = { doc, provider, awareness, editor, room, idb, FINAL_STATUSES }
+  // Exposed for tests and debugging: the documents and the provider of the open room.
+  window.codesync = { doc, runsDoc, provider, awareness, editor, room, idb, FINAL_STATUSES }
 
   return () => {
     window.removeEventListener('keydown', onKey)
-    clearTimeout(runTimer)
-    clearTimeout(statusTimer)
-    doc.off('update', onDocUpdate)
     meta.unobserve(onMeta)
-    runs.unobserveDeep(scheduleRuns)
+    runPanel.destroy()
+    statusBar.destroy()
     provider.destroy()
     editor.destroy()
     idb.destroy()
     doc.destroy()
+    runsDoc.destroy()
     if (window.codesync && window.codesync.doc === doc) delete window.codesync
   }
 }

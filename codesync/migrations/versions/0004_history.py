@@ -11,7 +11,7 @@ docs/history.md. The update log is kept (compaction no longer deletes rows), so:
   ``detail_from`` is set just above their snapshot.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-14 10:00:00
 """
 from alembic import op
@@ -20,7 +20,7 @@ import sqlmodel
 
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

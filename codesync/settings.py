@@ -61,14 +61,33 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=900, description="seconds")
     refresh_token_ttl: int = Field(default=30 * 24 * 3600, description="seconds")
     invite_ttl: int = Field(default=7 * 24 * 3600, description="seconds")
-    # Login throttling (signaling.ratelimit): attempts per window, per account and per client IP.
+    # Login throttling (signaling.ratelimit). Per account *and* source address: a few free
+    # failures, then delays that double with every further failure (capped), so an attacker
+    # slows down exponentially but can never lock the owner out from another address. Per
+    # source address: a cap on all attempts in the window. Per account (all sources): past
+    # that many attempts in the window, addresses that failed get no free failures any more.
+    login_free_failures: int = 5
+    login_delay_base: float = Field(default=1.0, description="seconds; the first delay")
+    login_delay_max: float = Field(default=900.0, description="seconds; delays double up to this")
     login_attempts_per_account: int = 10
     login_attempts_per_ip: int = 60
     login_window: int = Field(default=300, description="seconds")
+    # Reverse proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs);
+    # the client is the rightmost address in the header that is not one of them. Unset: the
+    # TCP peer is the client and X-Forwarded-For is ignored.
+    trusted_proxies: str | None = None
+    # Service tokens (persistence, runner): lifetime of the tokens `codesync up` mints and of
+    # those a service gets in exchange for its current one (POST /api/service/token).
+    service_token_ttl: int = Field(default=24 * 3600, description="seconds")
+    # How often each signaling node re-checks the sessions / service tokens of its open /signal
+    # sockets against the database (the safety net behind the revocation events).
+    session_recheck: float = Field(default=15.0, description="seconds")
+    # Serve /metrics on the public port too. Off: only on CODESYNC_OPS_PORT (never via the proxy).
+    public_metrics: bool = False
     log_json: bool = False
     log_level: str = "INFO"
     web_dist: Path | None = None
-    # /healthz + /metrics of the persistence peer and the runner (signaling/opsserver.py); unset = off.
+    # /healthz + /metrics of the persistence peer and the runner (codesync/opsserver.py); unset = off.
     ops_port: int | None = None
     ops_host: str | None = None  # default: host
     # Persistence peer (peer/persistence): room lease lifetime (renewed every third of it), how
@@ -142,18 +161,27 @@ class Settings(BaseSettings):
 
     @property
     def effective_secret_key(self) -> str:
-        """The signing key; generated once into the data dir when not configured."""
+        """The signing key; generated once into the data dir (0600) when not configured."""
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(48))
+            ensure_private_dir(self.data_dir)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first: read theirs
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(48))
+        make_private(path)
         key = path.read_text().strip()
         object.__setattr__(self, "secret_key", key)
         return key
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
 
     @property
     def ice_host_list(self) -> list[str]:
@@ -204,6 +232,26 @@ class Settings(BaseSettings):
                     label=env.get(f"{prefix}{up}_LABEL") or None,
                 )
         return found
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create the data dir as 0700, or tighten an existing one of ours to 0700.
+
+    It holds the SQLite database, the generated signing key and (in older versions) service
+    tokens: nobody else on the machine has any business listing or reading it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path, 0o700)
+
+
+def make_private(path: Path, mode: int = 0o600) -> None:
+    """``chmod`` to ``mode`` when group/other have any access; a file we do not own is left alone."""
+    try:
+        st = path.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.chmod(path, mode)
+    except OSError:
+        pass
 
 
 def _dotenv(path: str | None) -> dict[str, str]:

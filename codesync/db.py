@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .settings import Settings
+from .settings import Settings, ensure_private_dir, make_private
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -21,7 +22,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.effective_database_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.data_dir)
+        _private_sqlite_file(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -37,6 +39,27 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The SQLite file (and its -wal/-shm companions) readable by this user only (0600).
+
+    SQLite creates the database with the process umask (usually 0644) and gives the WAL and
+    shared-memory files the database file's mode, so creating the file 0600 up front (and
+    tightening an existing one) covers all three.
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError:
+        return  # SQLite will report whatever is wrong with the path
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if candidate.exists():
+            make_private(candidate)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,6 +1,6 @@
 """SQL schema (sqlmodel) shared by the signaling server and the persistence peer.
 
-The tables are created by Alembic migrations (``signaling/migrations``), never by
+The tables are created by Alembic migrations (``codesync/migrations``), never by
 ``create_all``, so SQLite and PostgreSQL deployments evolve the same way.
 """
 
@@ -51,6 +51,25 @@ class User(SQLModel, table=True):
     password_hash: str | None = Field(default=None, max_length=255)
     email_verified: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    # Set by "sign out everywhere" (and a password change): access tokens issued up to this
+    # moment without a session id (made outside a sign-in) stop working too.
+    sessions_revoked_at: datetime | None = None
+
+
+class AuthSession(SQLModel, table=True):
+    """One sign-in: its refresh tokens form the family ``id``; its access tokens carry ``sid`` = ``id``.
+
+    Revoking it (logout, logout-all, refresh-token reuse, password change) refuses its access
+    tokens at once and closes its ``/signal`` sockets on every node (``signaling.sessions``);
+    deleting the user deletes it.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
 
 
 class OAuthIdentity(SQLModel, table=True):
@@ -85,7 +104,11 @@ class RefreshToken(SQLModel, table=True):
 
 
 class ServiceToken(SQLModel, table=True):
-    """A long-lived token for a headless peer (scope ``persistence`` or ``runner``)."""
+    """A headless peer's credential (scope ``persistence`` or ``runner``).
+
+    The tokens minted for it (JWTs with ``jti`` = ``id``) expire; the service exchanges its
+    token for a fresh one while it is valid. Revoking the row ends every token of it.
+    """
 
     __tablename__ = "service_tokens"
 

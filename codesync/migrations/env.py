@@ -1,14 +1,14 @@
-"""Alembic environment: runs on the connection handed over by ``signaling.db.migrate``."""
+"""Alembic environment: runs on the connection handed over by ``codesync.db.migrate``."""
 
 from alembic import context
 from sqlmodel import SQLModel
 
-from signaling import models  # noqa: F401  (registers the tables)
+from codesync import models  # noqa: F401  (registers the tables)
 
 target_metadata = SQLModel.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only `alembic` CLI use
-    raise RuntimeError("run migrations through signaling.db.migrate()")
+    raise RuntimeError("run migrations through codesync.db.migrate()")
 
 context.configure(
     connection=connection,

@@ -7,7 +7,7 @@ Prometheus metrics. Each of them starts one :class:`OpsServer` on ``CODESYNC_OPS
 
 Usage from a service::
 
-    from signaling.opsserver import ops_server
+    from codesync.opsserver import ops_server
 
     async with ops_server(settings, "persistence", checks={"database": db_ok, "signaling": connected}):
         ...  # run until stopped

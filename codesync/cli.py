@@ -27,9 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("persist", help="run the persistence peer")
     sub.add_parser("runner", help="run the code runner peer")
     sub.add_parser("migrate", help="apply database migrations and exit")
-    tok = sub.add_parser("token", help="print a new service token")
-    tok.add_argument("--scope", required=True, choices=["persistence", "runner"])
+    tok = sub.add_parser(
+        "token",
+        help="service tokens: print a new one (--scope), list them, revoke one or a scope",
+        description="codesync token --scope persistence|runner [--name N] [--ttl S]  |  codesync token list  |  "
+        "codesync token revoke ID_OR_TOKEN  |  codesync token revoke --scope persistence|runner",
+    )
+    tok.add_argument("action", nargs="?", choices=["create", "list", "revoke"], default="create")
+    tok.add_argument("target", nargs="?", help="revoke: the token's id (see `codesync token list`) or the token")
+    tok.add_argument("--scope", choices=["persistence", "runner"])
     tok.add_argument("--name", default="", help="a label for the token")
+    tok.add_argument("--ttl", type=int, default=None,
+                     help="seconds the printed token is valid (default 30 days; the service renews it while running)")
     user = sub.add_parser("user", help="manage accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     create = user_sub.add_parser("create", help="create an email + password account")
@@ -44,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             return _up(settings)
         if args.command == "signaling":
-            from .server import run_signaling
+            from signaling.server import run_signaling
 
             return asyncio.run(run_signaling(settings))
         if args.command == "persist":
@@ -56,17 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_runner(settings))
         if args.command == "migrate":
-            from . import admin
+            from signaling import admin
 
             asyncio.run(admin.migrate_only(settings))
             return 0
         if args.command == "token":
-            from . import admin
-
-            print(asyncio.run(admin.create_service_token(settings, args.scope, args.name)))
-            return 0
+            return _token(settings, args)
         if args.command == "user" and args.user_command == "create":
-            from . import admin
+            from signaling import admin
 
             password = args.password or os.environ.get("CODESYNC_PASSWORD") or getpass.getpass("Password: ")
             user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password))
@@ -80,8 +86,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from signaling import admin
+
+    if args.action == "create":
+        if args.scope is None or args.target is not None:
+            raise admin.AdminError("usage: codesync token --scope persistence|runner [--name N] [--ttl SECONDS]")
+        token = asyncio.run(admin.create_service_token(settings, args.scope, args.name, args.ttl))
+        print(token)  # stdout: the token alone (scripts capture it); its id goes to stderr
+        token_id = admin.token_id_of(token)
+        print(f"service token id {token_id} (revoke: codesync token revoke {token_id})", file=sys.stderr)
+        return 0
+    if args.action == "list":
+        for info in asyncio.run(admin.list_service_tokens(settings)):
+            state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+            print(f"{info.id}  {info.scope:<11}  {info.created_at:%Y-%m-%d %H:%M}  {state:<24}  {info.name}")
+        return 0
+    revoked = asyncio.run(admin.revoke_service_tokens(settings, token=args.target, scope=args.scope))
+    what = f"scope {args.scope}" if args.scope else "that token"
+    print(f"revoked {len(revoked)} service token(s) of {what}" + (f": {', '.join(revoked)}" if revoked else ""))
+    return 0
+
+
 def admin_errors() -> tuple[type[BaseException], ...]:
-    from .admin import AdminError
+    from signaling.admin import AdminError
 
     return (AdminError,)
 

@@ -1,0 +1,159 @@
+// The run panel: Run / Stop (the runner's app protocol, type 101) and the run records, read only
+// from the named document `runs` (type 102), which browsers accept only from the runner's and the
+// persistence peer's links. The main document's v1 `runs` map is ignored: any editor could write it.
+import * as Y from 'yjs'
+import { listRuns, runDuration, runsMap } from '../doc.js'
+import { h, notice } from '../ui.js'
+
+const RUN_ANSWER_TIMEOUT_MS = 5000
+
+function uuid () {
+  if (crypto.randomUUID) return crypto.randomUUID()
+  const b = crypto.getRandomValues(new Uint8Array(16))
+  b[6] = (b[6] & 0x0f) | 0x40
+  b[8] = (b[8] & 0x3f) | 0x80
+  const x = Array.from(b, v => v.toString(16).padStart(2, '0')).join('')
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`
+}
+
+function toBase64 (bytes) {
+  let s = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000))
+  return btoa(s)
+}
+
+function describeRequester (r) {
+  if (!r) return ''
+  if (typeof r === 'string') return r
+  return r.name || r.user_id || r.id || ''
+}
+
+/**
+ * @param {{provider: any, doc: Y.Doc, runsDoc: Y.Doc, language: () => string, canRun: boolean}} opts
+ * @returns {{panel: HTMLElement, controls: HTMLElement, requestRun: () => void, setCanRun: (can: boolean) => void, destroy: () => void}}
+ *   `controls` holds Run / Stop for the toolbar; they are in the page only while the user may run.
+ */
+export function createRunPanel ({ provider, doc, runsDoc, language, canRun }) {
+  const runBtn = h('button.run', { testid: 'run', title: 'Run (Ctrl/Cmd-Enter)' }, '▶ Run')
+  const stopBtn = h('button.stop', { testid: 'stop', disabled: true }, '■ Stop')
+  const controls = h('span.run-controls')
+  const runHead = h('div.run-head', { testid: 'run-status' }, 'No runs yet.')
+  const output = h('pre.output', { testid: 'output' })
+  const recent = h('ul.recent', { testid: 'recent-runs' })
+  const runMsg = notice('run-message')
+  const panel = h('section.panel.runs', h('h2', 'Output'), runMsg.el, runHead, output, h('h3', 'Recent runs'), recent)
+  const runs = runsMap(runsDoc)
+
+  let allowed = false
+  let selectedRun = null
+  let pendingRun = null
+  let runTimer = null
+  let renderScheduled = false
+
+  function setCanRun (can) {
+    allowed = !!can
+    controls.replaceChildren(...(allowed ? [runBtn, stopBtn] : []))
+    if (!allowed) runMsg.clear()
+  }
+
+  const scheduleRuns = () => {
+    if (renderScheduled) return
+    renderScheduled = true
+    setTimeout(() => { renderScheduled = false; renderRuns() }, 30)
+  }
+
+  function renderRuns () {
+    const all = listRuns(runsDoc)
+    if (pendingRun && all.some(r => r.id === pendingRun)) {
+      clearTimeout(runTimer)
+      pendingRun = null
+    }
+    const current = all.find(r => r.id === selectedRun) || all[0]
+    if (!current) {
+      runHead.textContent = pendingRun ? 'Waiting for the runner…' : 'No runs yet.'
+      output.replaceChildren()
+    } else {
+      const d = runDuration(current)
+      runHead.replaceChildren(
+        h('span.tag', { testid: 'run-state' }, current.status),
+        current.exitCode !== undefined && current.exitCode !== null ? h('span', { testid: 'exit-code' }, ` exit code ${current.exitCode}`) : null,
+        d !== null ? h('span', { testid: 'duration' }, ` · ${d < 1000 ? `${Math.round(d)} ms` : `${(d / 1000).toFixed(2)} s`}`) : null,
+        current.requestedBy ? h('span.muted', ` · by ${describeRequester(current.requestedBy)}`) : null)
+      const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4
+      output.replaceChildren(...current.segments.map(s => s.stderr ? h('span.stderr', s.text) : document.createTextNode(s.text)))
+      if (atBottom) output.scrollTop = output.scrollHeight
+    }
+    recent.replaceChildren(...all.slice(0, 10).map(r => h('li', {
+      testid: 'recent-run',
+      class: r === current ? 'selected' : '',
+      on: { click: () => { selectedRun = r.id; renderRuns() } }
+    }, `${r.language || ''} · ${r.status}${r.exitCode !== undefined && r.exitCode !== null ? ` (${r.exitCode})` : ''}`)))
+    stopBtn.disabled = !all.some(r => r.status === 'running' || r.status === 'queued')
+  }
+
+  function requestRun () {
+    if (!allowed) return
+    runMsg.clear()
+    const runner = provider.runnerPeer()
+    if (!runner) {
+      runMsg.show('The runner is not available right now, so code cannot be run. Editing still works.', 'warn')
+      return
+    }
+    const runId = uuid()
+    selectedRun = runId
+    pendingRun = runId
+    provider.sendApp(runner.remotePeerId, {
+      op: 'run',
+      run_id: runId,
+      language: language(),
+      state_vector: toBase64(Y.encodeStateVector(doc))
+    })
+    renderRuns()
+    clearTimeout(runTimer)
+    runTimer = setTimeout(() => {
+      if (pendingRun === runId) {
+        pendingRun = null
+        runMsg.show('The runner did not answer. Try again in a moment.', 'warn')
+        renderRuns()
+      }
+    }, RUN_ANSWER_TIMEOUT_MS)
+  }
+
+  function requestStop () {
+    const runner = provider.runnerPeer()
+    const active = listRuns(runsDoc).find(r => r.status === 'running' || r.status === 'queued')
+    if (!allowed || !runner || !active) return
+    provider.sendApp(runner.remotePeerId, { op: 'stop', run_id: active.id })
+  }
+
+  // The provider passes on only the runner-stamped link's replies (rights.js mayReceiveApp).
+  const onApp = (m, peerId, sender) => {
+    if (!sender || sender.service !== 'runner') return
+    if (m.op === 'run-refused') {
+      if (m.run_id === pendingRun) { pendingRun = null; clearTimeout(runTimer) }
+      runMsg.show(`The runner refused to run this: ${m.reason || 'no reason given'}.`, 'error')
+      renderRuns()
+    } else if (m.op === 'run-accepted' && m.run_id === pendingRun) {
+      clearTimeout(runTimer)
+    }
+  }
+
+  provider.on('app', onApp)
+  runs.observeDeep(scheduleRuns)
+  runBtn.addEventListener('click', requestRun)
+  stopBtn.addEventListener('click', requestStop)
+  setCanRun(canRun)
+  renderRuns()
+
+  return {
+    panel,
+    controls,
+    requestRun,
+    setCanRun,
+    destroy () {
+      clearTimeout(runTimer)
+      runs.unobserveDeep(scheduleRuns)
+      provider.off('app', onApp)
+    }
+  }
+}
