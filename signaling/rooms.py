@@ -31,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .errors import ApiError
 from codesync.models import (
+    HISTORY_TABLES,
     DocumentSnapshot,
     DocumentUpdate,
     Invite,
@@ -166,7 +167,7 @@ async def delete_room(state: AppState, session: AsyncSession, room_id: str, user
     room, _ = await member_room(session, room_id, user_id, Role.owner, lock=True)
     # The document tables carry no foreign key to rooms (the persistence peer owns them);
     # a deleted room must not leave its content behind.
-    for table in (DocumentUpdate, DocumentSnapshot, RoomLease):
+    for table in (DocumentUpdate, DocumentSnapshot, RoomLease, *HISTORY_TABLES):
         await session.exec(delete(table).where(col(table.room_id) == room_id))
     await session.delete(room)
     await session.commit()
