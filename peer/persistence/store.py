@@ -56,7 +56,7 @@ SETTINGS = HistorySettings.__table__
 
 # An empty Yjs update (no structs, empty delete set): what an empty document encodes to.
 EMPTY_UPDATE = b"\x00\x00"
-SEEK_RATIO = 0.5  # keep a snapshot when the log since the previous kept one is >= this x its size
+SEEK_RATIO = 1.0  # keep a snapshot when the log since the previous kept one is >= this x its size
 _FETCH_ROWS = 2000  # rows per fetch when streaming a range
 
 

@@ -207,17 +207,18 @@ class RoomWriter:
                 log.exception("room %s: compaction at close failed", self.room_id)
 
     # ------------------------------------------------------------------ input
-    def accept(self, update: bytes, via: int | None = None) -> None:
+    def accept(self, update: bytes, via: int | None = None, at: int | None = None) -> None:
         """Apply ``update`` to ``doc`` (validation) and queue it. Raises ValueError if pycrdt rejects it."""
         try:
             self.doc.apply_update(update)
         except Exception as exc:  # noqa: BLE001 - pycrdt raises ValueError or a Rust panic
             raise ValueError(f"update rejected by pycrdt: {exc}") from None
-        self.submit(update, via)
+        self.submit(update, via, at)
 
-    def submit(self, update: bytes, via: int | None = None) -> None:
+    def submit(self, update: bytes, via: int | None = None, at: int | None = None) -> None:
         """Queue an update that is already applied to ``doc``; ``via`` is the room-local
-        author number of the link it arrived on (attribution)."""
+        author number of the link it arrived on (attribution), ``at`` when it arrived (epoch
+        ms, default now; imports and benchmarks give their own)."""
         if self.failed is not None:
             raise self.failed
         if self._pending_bytes + len(update) > self.config.max_pending_bytes:
@@ -232,7 +233,7 @@ class RoomWriter:
             ranges = []
         if self.attribution is not None:
             self.attribution.observe(ranges, via)
-        self._pending.append(_Pending(update, now_ms(), via, ranges))
+        self._pending.append(_Pending(update, now_ms() if at is None else at, via, ranges))
         self._pending_bytes += len(update)
         self._idle.clear()
         self.state.pending = len(self._pending)
