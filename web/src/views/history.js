@@ -16,6 +16,7 @@ const TICK_MS = 40
 
 const CSS = `
 .history-overlay { position: absolute; inset: 0; background: #fff; display: flex; flex-direction: column; z-index: 5; }
+.history-overlay[hidden] { display: none; }
 .editor-pane { position: relative; }
 .history-head { display: flex; gap: 6px; align-items: center; padding: 6px 10px; border-bottom: 1px solid var(--line); flex-wrap: wrap; }
 .history-head .tabs button { background: #fff; color: var(--fg); border-color: var(--line); }
@@ -196,10 +197,10 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
     const exportBtn = h('button.link', { testid: 'history-export' }, 'Export')
     exportBtn.addEventListener('click', () => exportHistory().catch(fail))
     const del = h('button.link', { testid: 'history-delete' }, 'Delete history…')
-    const confirm = h('button', { testid: 'history-delete-confirm', hidden: true, style: 'background:var(--bad);border-color:var(--bad)' }, 'Delete every earlier version')
-    del.addEventListener('click', () => { confirm.hidden = !confirm.hidden })
+    const confirm = h('button', { testid: 'history-delete-confirm', style: 'display:none;background:var(--bad);border-color:var(--bad)' }, 'Delete every earlier version')
+    del.addEventListener('click', () => { confirm.style.display = confirm.style.display === 'none' ? '' : 'none' })
     confirm.addEventListener('click', async () => {
-      confirm.hidden = true
+      confirm.style.display = 'none'
       try {
         const got = await client.ask('delete', { confirm: true })
         msg.show(`The history is deleted (up to #${got.deleted.upto_seq}); the document itself stays.`, 'ok')
@@ -331,9 +332,12 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
     scrub.addEventListener('change', () => seek(Number(scrub.value)).catch(fail))
 
     async function start () {
-      if (state) return draw()
       try {
-        const t = timeline || await loadTimeline()
+        const t = await loadTimeline() // fresh bounds: the room may have changed since
+        if (state) {
+          scrub.max = String(t.bounds.last_seq)
+          return draw()
+        }
         const b = t.bounds
         scrub.min = String(Math.max(b.first_seq - 1, b.detail_from ? b.detail_from - 1 : 0))
         scrub.max = String(b.last_seq)
@@ -375,8 +379,9 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
 
     function play () {
       if (!state || playing) return
+      if (!state.queue.length && !state.more) { state.more = true; fetchMore() } // the room may have moved on
       playing = true
-      playBtn.textContent = '⏸ Pause'
+      playBtn.textContent = 'Pause'
       lastTick = performance.now()
       timer = setInterval(tick, TICK_MS)
     }
