@@ -13,8 +13,11 @@ persistence peer's memory while it serves them, and what a day of typing costs i
    Every opened version is checked against the trace replayed in Python.
 3. **Over the data channel**: a real ``codesync signaling`` + ``codesync persist`` on the same
    database, an aiortc peer (the room's owner) asks ``version`` and seeks as the web client
-   does (JSON + base64 answers, chunked); latency as the client sees it. The persistence
-   process's RSS before, at its highest while serving (sampled every 20 ms), and after.
+   does (JSON + base64 answers, chunked); latency as the client sees it: the version view
+   (``format: text``, the code as it was), the whole state the player starts from
+   (``format: ydoc``), and a seek (version at a time + the first page of updates). The
+   persistence process's RSS before, at its highest while serving (sampled every 20 ms), and
+   after.
 4. **Storage per day of typing**: each trace written once into a fresh database; bytes of
    the database (SQLite: file size after a WAL checkpoint; PostgreSQL: relation sizes) per
    hour of *active* typing (pauses over 5 minutes do not count), per 8-hour day of it, and
@@ -82,29 +85,44 @@ def summary(ms: list[float]) -> dict:
 async def write_trace(store: DocumentStore, room_id: str, trace: dict, rounds: int, *, compact_rows: int = 200,
                       keep_states_every: int = 0) -> tuple[list[int], dict[int, str], dict]:
     """Type the trace ``rounds`` times through a RoomWriter; returns (seqs of every update,
-    {seq: text} samples, stats)."""
+    {seq: text} samples, stats).
+
+    Each round is typed in a fresh document (its own client id, like a new session) and its
+    updates are handed to the room's writer; between rounds the writer's document deletes the
+    previous round's text (one update), so every round rewrites the file from scratch. (Typing
+    every round into the one growing document would make the *benchmark's* positional inserts
+    walk all earlier rounds' tombstones — pycrdt has no search markers — which measures nothing
+    about history.)
+    """
     times = trace_times(trace)
     span = times[-1] - times[0] + 86_400_000
     attribution = Attribution()
     via = attribution.author_of(Principal(user_id="u" * 32, name="Typist", role="editor"))
-    writer = RoomWriter(store, room_id, pycrdt.Doc(), config=WriterConfig(compact_rows=compact_rows, linger=0),
+    room_doc = pycrdt.Doc()
+    writer = RoomWriter(store, room_id, room_doc, config=WriterConfig(compact_rows=compact_rows, linger=0),
                         attribution=attribution)
     await writer.load_into_doc()
-    doc = pycrdt.Doc()
-    ytext = doc.get("source", type=pycrdt.Text)
-    produced: list[bytes] = []
-    doc.observe(lambda e: produced.append(e.update))
-    attribution.claim(doc.client_id, via)
+    room_text = room_doc.get("source", type=pycrdt.Text)
+    deletions: list[bytes] = []
+    room_doc.observe(lambda e: deletions.append(e.update))
     samples: dict[int, str] = {}
     index = 0
     started = time.perf_counter()
     for r in range(rounds):
-        current = ""
-        if len(ytext):
-            with doc.transaction():
-                del ytext[0:len(ytext)]
-            writer.accept(produced[-1], via, times[0] + r * span)
+        if len(room_text):
+            deletions.clear()
+            with room_doc.transaction():
+                del room_text[0:len(room_text)]
+            writer.submit(deletions[-1], via, times[0] + r * span)
             index += 1
+            if keep_states_every:
+                samples[index] = ""
+        doc = pycrdt.Doc()
+        ytext = doc.get("source", type=pycrdt.Text)
+        produced: list[bytes] = []
+        doc.observe(lambda e: produced.append(e.update))
+        attribution.claim(doc.client_id, via)
+        current = ""
         for i, txn in enumerate(trace["txns"]):
             current = apply_txn(ytext, current, txn["patches"])
             writer.accept(produced[-1], via, times[i] + r * span)
@@ -113,6 +131,8 @@ async def write_trace(store: DocumentStore, room_id: str, trace: dict, rounds: i
                 samples[index] = current
             if index % 2000 == 0:
                 await writer.flush(120)
+        print(f"round {r + 1}/{rounds}: {index} updates after {time.perf_counter() - started:.1f} s",
+              file=sys.stderr, flush=True)
     await writer.flush(300)
     write_s = time.perf_counter() - started
     await writer.close()
@@ -226,12 +246,17 @@ async def over_the_wire(tmp: Path, database_url: str, seqs: list[int], n: int, r
         sampler = asyncio.create_task(sample())
         timeline = await client.ask("timeline", timeout=60)
         bounds = timeline["bounds"]
-        opened, seeks = [], []
+        opened, opened_ydoc, seeks = [], [], []
         # requests paced below the per-link rate limit (5/s), as the web client's are
         for seq in rng.sample(seqs, n):
             t = time.perf_counter()
-            await client.ask("version", seq=seq, timeout=60)
+            await client.ask("version", seq=seq, format="text", timeout=60)  # the version view
             opened.append(1000 * (time.perf_counter() - t))
+            await asyncio.sleep(0.25)
+            t = time.perf_counter()
+            answer = await client.ask("version", seq=seq, timeout=60)  # the whole CRDT state (player)
+            opened_ydoc.append(1000 * (time.perf_counter() - t))
+            ydoc_bytes = len(answer["docs"]["main"]) * 3 // 4
             await asyncio.sleep(0.25)
         for _ in range(n):
             at = rng.randint(bounds["first_at"], bounds["last_at"])
@@ -251,7 +276,8 @@ async def over_the_wire(tmp: Path, database_url: str, seqs: list[int], n: int, r
         sampling = False
         await sampler
         rss_after = rss_kib(pid)
-        return {"version": summary(opened), "seek": summary(seeks), "rss_kib_before": rss_before,
+        return {"version_text": summary(opened), "version_ydoc": summary(opened_ydoc), "ydoc_bytes_last": ydoc_bytes,
+                "seek": summary(seeks), "rss_kib_before": rss_before,
                 "rss_kib_peak": peak, "rss_kib_after": rss_after, "busy_refusals_in_bursts": busy}
     finally:
         if room is not None:

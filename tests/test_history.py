@@ -32,7 +32,7 @@ from peer.persistence.store import UPDATES, DocumentStore
 from peer.persistence.yupdate import decode_ranges
 from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, signaling_stack
-from tests.support import Service, child_env, free_port, start_service, wait_for, wait_http_ok
+from tests.support import Service, child_env, free_port, require, start_service, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -84,20 +84,34 @@ class History:
 
 
 @asynccontextmanager
-async def history_stack(tmp: Path, roles: dict[str, str | None], **env: str) -> AsyncIterator[History]:
+async def history_stack(tmp: Path, roles: dict[str, str | None], *, runner: bool = False,
+                        **env: str) -> AsyncIterator[History]:
+    if runner:
+        require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
     async with signaling_stack(tmp) as stack:
         seeded = await stack.seed_room(roles)
         ops = free_port()
+        base = {**stack.env, "CODESYNC_SIGNALING_URL": stack.url, "CODESYNC_ICE_HOSTS": "127.0.0.1"}
         persist = start_service(["persist"], child_env(**{
-            **stack.env, "CODESYNC_SIGNALING_URL": stack.url, "CODESYNC_ICE_HOSTS": "127.0.0.1",
-            "CODESYNC_SERVICE_TOKEN": await stack.service_token("persistence"),
+            **base, "CODESYNC_SERVICE_TOKEN": await stack.service_token("persistence"),
             "CODESYNC_PERSIST_IDLE_GRACE": "2", "CODESYNC_OPS_PORT": str(ops), **env,
         }), tmp / "persist.log", name="persist")
+        runner_proc = None
         try:
             await wait_http_ok(f"http://127.0.0.1:{ops}/healthz", persist)
+            if runner:
+                runner_ops = free_port()
+                runner_proc = start_service(["runner"], child_env(**{
+                    **base, "CODESYNC_SERVICE_TOKEN": await stack.service_token("runner"),
+                    "CODESYNC_SANDBOX": "bubblewrap", "CODESYNC_RUNNER_IDLE_GRACE": "2",
+                    "CODESYNC_OPS_PORT": str(runner_ops),
+                }), tmp / "runner.log", name="runner")
+                await wait_http_ok(f"http://127.0.0.1:{runner_ops}/healthz", runner_proc)
             yield History(stack, seeded, tmp, persist, ops)
         finally:
-            persist.stop()
+            for proc in (runner_proc, persist):
+                if proc is not None:
+                    proc.stop()
 
 
 @asynccontextmanager
@@ -506,3 +520,48 @@ async def test_owner_exports_then_deletes_the_history_and_the_document_stays(tmp
         assert not any(b"hunter2" in bytes(r.data) for r in rows)
         assert not any(b"hunter2" in bytes(s.data) for s in snaps)
         assert await hs.stored_text() == "secret = load()\nprint(secret)\n"
+
+
+async def test_playback_shows_a_run_when_it_happened(tmp_path):
+    """The runs document is history too: its updates come back in the same order, between the
+    edits they happened between, with the runner as their author."""
+    async with history_stack(tmp_path, {"alice": "owner"}, runner=True) as hs, peers(hs, "alice") as (alice,):
+        await wait_for(lambda: persistence_of(alice) and any(
+            i.service == "runner" and i.connected for i in alice.peers.values()), 60, what="both services join")
+        await type_text(alice, "print('ran at last')\n")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+        runner = next(pid for pid, i in alice.peers.items() if i.service == "runner" and i.connected)
+        assert await alice.send_app(runner, {"op": "run", "run_id": "r1", "language": "python",
+                                             "state_vector": base64.b64encode(alice.doc.get_state()).decode()})
+        runs = alice.docs["runs"].get("runs", type=pycrdt.Map)
+        await wait_for(lambda: (runs.get("r1") or {}).get("status") == "finished", 60, what="the run finishes")
+        await type_text(alice, "# after the run\n")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+
+        client = HistoryClient(alice)
+        rows = []
+        after = 0
+        while True:
+            page = await client.ask("updates", after=after)
+            rows += page["updates"]
+            authors = page["authors"]
+            if not page["more"]:
+                break
+            after = rows[-1][0]
+        kinds = [r[2] for r in rows]
+        first_run, last_run = kinds.index("runs"), len(kinds) - 1 - kinds[::-1].index("runs")
+        assert "main" in kinds[:first_run] and "main" in kinds[last_run + 1:], kinds
+        assert {authors[str(r[3])].get("service") for r in rows if r[2] == "runs"} == {"runner"}
+        # the player's state in the middle of the run: the code before "# after", the run there
+        played_main, played_runs = pycrdt.Doc(), pycrdt.Doc()
+        statuses = []
+        for seq, at, name, author, data in rows:
+            (played_main if name == "main" else played_runs).apply_update(base64.b64decode(data))
+            if name == "runs":
+                entry = played_runs.get("runs", type=pycrdt.Map).get("r1")
+                statuses.append(entry.get("status") if entry is not None else None)
+                assert str(source(played_main)) == "print('ran at last')\n"
+        assert statuses[-1] == "finished" and ("running" in statuses or "queued" in statuses), statuses
+        final = played_runs.get("runs", type=pycrdt.Map)["r1"]
+        assert str(final["output"]) == "ran at last\n"
+        assert str(source(played_main)) == "print('ran at last')\n# after the run\n"

@@ -245,6 +245,15 @@ async def version(engine: AsyncEngine, room_id: str, seq: int, *, max_bytes: int
     return Version(seq, at, exact, docs)
 
 
+def source_text(update: bytes) -> str:
+    """The code (``source``) of a main-document update."""
+    from pycrdt import Doc, Text
+
+    doc = Doc()
+    doc.apply_update(update)
+    return str(doc.get("source", type=Text))
+
+
 # ----------------------------------------------------------------------------- update ranges
 @dataclass(frozen=True)
 class StoredUpdate:

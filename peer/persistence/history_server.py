@@ -279,15 +279,21 @@ class HistoryServer:
                 raise Refused("bad_request", "give seq or at")
             if seq is None:
                 seq = await history.seq_at(engine, self.room_id, at)
+            fmt = req.get("format", "ydoc")
+            if fmt not in ("ydoc", "text"):
+                raise Refused("bad_request", "format is ydoc (Yjs updates, to play on from) or text")
             try:
                 version = await history.version(engine, self.room_id, seq, max_bytes=self.limits.max_version_bytes)
             except history.NotKept as exc:
                 raise Refused("not_kept", str(exc)) from None
             except ValueError as exc:
                 raise Refused("too_large", str(exc)) from None
-            return {"seq": version.seq, "at": version.at, "exact": version.exact,
-                    "docs": {("main" if name == MAIN_DOC else name): base64.b64encode(data).decode()
-                             for name, data in version.docs.items()}}
+            head = {"seq": version.seq, "at": version.at, "exact": version.exact}
+            if fmt == "text":  # what a version view needs: the code, not the CRDT's structure
+                return {**head, "text": await asyncio.get_running_loop().run_in_executor(
+                    history.EXECUTOR, history.source_text, version.docs[MAIN_DOC])}
+            return {**head, "docs": {("main" if name == MAIN_DOC else name): base64.b64encode(data).decode()
+                                     for name, data in version.docs.items()}}
         if q == "updates":
             after = _opt_int(req, "after") or 0
             until = _opt_int(req, "until")

@@ -12,8 +12,9 @@ instant leaves either the old newest snapshot or the new one, and both load to t
 document. Snapshots double as seek points for history: opening an old version starts at the
 newest snapshot at or below it. To keep their storage in proportion, the previous snapshot
 is dropped again unless the log between it and the snapshot kept before it is at least
-``SEEK_RATIO`` times its size (so snapshots never take much more room than the log, and a seek
-replays at most about that much log).
+``SEEK_RATIO`` times its size or ``SEEK_ROWS`` rows long (so snapshots take about as much room
+as the log while documents are small, and a seek replays at most about ``SEEK_ROWS`` rows
+however large the document's structure grows).
 
 A snapshot at ``upto_seq`` is exactly the state after every row up to it: rows that changed
 nothing when replayed (*inert*: duplicates, or pending updates whose dependencies were
@@ -56,7 +57,8 @@ SETTINGS = HistorySettings.__table__
 
 # An empty Yjs update (no structs, empty delete set): what an empty document encodes to.
 EMPTY_UPDATE = b"\x00\x00"
-SEEK_RATIO = 1.0  # keep a snapshot when the log since the previous kept one is >= this x its size
+SEEK_RATIO = 1.0  # keep a snapshot when the log since the previous kept one is >= this x its size ...
+SEEK_ROWS = 8000  # ... or has this many rows (a seek replays at most about this many)
 _FETCH_ROWS = 2000  # rows per fetch when streaming a range
 
 
@@ -238,14 +240,14 @@ class DocumentStore:
                 select(func.max(SNAPSHOTS.c.upto_seq)).where(*_snap_of(room_id, doc), SNAPSHOTS.c.upto_seq < prev.upto_seq)
             )
         ).scalar()
-        span = (
+        span_rows, span = (
             await conn.execute(
-                select(func.coalesce(func.sum(func.length(UPDATES.c.data)), 0)).where(
+                select(func.count(), func.coalesce(func.sum(func.length(UPDATES.c.data)), 0)).where(
                     *_of(room_id, doc), UPDATES.c.seq > (below or 0), UPDATES.c.seq <= prev.upto_seq
                 )
             )
-        ).scalar()
-        if int(span or 0) < SEEK_RATIO * len(prev.data):
+        ).one()
+        if int(span or 0) < SEEK_RATIO * len(prev.data) and int(span_rows) < SEEK_ROWS:
             await conn.execute(delete(SNAPSHOTS).where(*_snap_of(room_id, doc), SNAPSHOTS.c.upto_seq == prev.upto_seq))
 
     async def delete_room(self, room_id: str) -> None:

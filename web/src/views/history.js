@@ -236,11 +236,8 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
     if (row) row.classList.add('on')
     versionPane.replaceChildren(h('p.muted', { style: 'padding:10px' }, 'Opening…'))
     try {
-      const answer = await client.ask('version', { seq })
-      const docs = versionDocs(answer)
-      const text = docs.main.getText('source').toString()
-      Object.values(docs).forEach(d => d.destroy())
-      drawVersion(answer, text, label)
+      const answer = await client.ask('version', { seq, format: 'text' }) // the code only: small
+      drawVersion(answer, answer.text, label)
     } catch (err) {
       versionPane.replaceChildren()
       fail(err)
