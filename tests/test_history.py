@@ -23,7 +23,7 @@ import pycrdt
 import pytest
 from sqlalchemy import select
 
-from bench.traces import apply_txn, load_trace, replay_to_text
+from bench.traces import apply_patches, apply_txn, load_trace, replay_to_text
 from peer import Room
 from peer import protocol as p
 from peer.persistence import history as h
@@ -331,8 +331,6 @@ async def test_playback_reproduces_every_state_of_a_replayed_trace(tmp_path):
     count = 1500
     states = [trace["startContent"]]
     for txn in trace["txns"][:count]:
-        from bench.traces import apply_patches
-
         states.append(apply_patches(states[-1], txn["patches"]))
     async with history_stack(tmp_path, {"alice": "owner", "bob": "editor"}) as hs, \
             peers(hs, "alice", coalesce_delay=0.0) as (alice,):
@@ -356,6 +354,11 @@ async def test_playback_reproduces_every_state_of_a_replayed_trace(tmp_path):
             for i, seq in marks.items():
                 version = await player.ask("version", seq=seq)
                 assert version["exact"] and str(source(HistoryClient.version_doc(version))) == states[i]
+                packed = await player.ask("version", seq=seq, encoding="deflate")  # what the web player asks
+                assert packed["encoding"] == "deflate" and len(packed["docs"]["main"]) < len(version["docs"]["main"])
+                assert str(source(HistoryClient.version_doc(packed))) == states[i]
+                text = await player.ask("version", seq=seq, format="text")  # what the version view asks
+                assert text["text"] == states[i] and "docs" not in text
             # playing from the first mark to the end, page by page, one update at a time
             doc = HistoryClient.version_doc(await player.ask("version", seq=marks[1]))
             seen = [str(source(doc))]

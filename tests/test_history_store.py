@@ -5,7 +5,6 @@ history", snapshots in proportion to the log, the migration from a pre-history d
 
 from __future__ import annotations
 
-import asyncio
 import random
 from datetime import datetime, timezone
 
@@ -17,7 +16,7 @@ from sqlalchemy import func, insert, select
 from bench.traces import load_trace, replay
 from peer.persistence import history as h
 from peer.persistence.attribution import Attribution, Binding
-from peer.persistence.store import SNAPSHOTS, UPDATES, DocumentStore, Row, from_ms
+from peer.persistence.store import SNAPSHOTS, UPDATES, DocumentStore, Row
 from peer.persistence.timeline import BURST_GAP_MS, BurstBuilder, Entry, sessions
 from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.persistence.yupdate import decode_ranges, encode_ranges, inserted_ranges, key_client
@@ -382,5 +381,3 @@ async def test_a_pre_history_database_migrates_up_and_back_down(make_settings, d
         assert text_of((await DocumentStore(engine).load("old")).update) == str(text)
     finally:
         await engine.dispose()
-
-

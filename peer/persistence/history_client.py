@@ -17,6 +17,7 @@ import asyncio
 import base64
 import difflib
 import itertools
+import zlib
 from typing import Any
 
 import pycrdt
@@ -86,8 +87,11 @@ class HistoryClient:
 
     @staticmethod
     def version_doc(version: dict[str, Any], name: str = "main") -> pycrdt.Doc:
+        data = base64.b64decode(version["docs"][name])
+        if version.get("encoding") == "deflate":
+            data = zlib.decompress(data)
         doc = pycrdt.Doc()
-        doc.apply_update(base64.b64decode(version["docs"][name]))
+        doc.apply_update(data)
         return doc
 
     async def export(self) -> str:

@@ -95,12 +95,19 @@ export class HistoryClient {
   }
 }
 
+async function inflate (bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'))
+  return new Uint8Array(await new Response(stream).arrayBuffer())
+}
+
 /** The documents of a `version` answer: `{main: Y.Doc, runs: Y.Doc}` (gc off: blame keeps items). */
-export function versionDocs (answer) {
+export async function versionDocs (answer) {
   const out = {}
   for (const [name, b64] of Object.entries(answer.docs || {})) {
+    let bytes = fromBase64(b64)
+    if (answer.encoding === 'deflate') bytes = await inflate(bytes)
     const doc = new Y.Doc({ gc: false })
-    Y.applyUpdate(doc, fromBase64(b64))
+    Y.applyUpdate(doc, bytes)
     out[name] = doc
   }
   return out

@@ -349,13 +349,20 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
       const mine = ++epoch
       const wasPlaying = playing
       pause()
-      const answer = await client.ask('version', { seq })
+      // the version and the first page of what follows it, asked at once (2 may be in flight)
+      const [answer, page] = await Promise.all([
+        client.ask('version', { seq, encoding: 'deflate' }),
+        client.ask('updates', { after: seq, limit: PAGE }).catch(() => null)
+      ])
+      if (mine !== epoch) return
+      const docs = await versionDocs(answer)
       if (mine !== epoch) return
       if (state) Object.values(state.docs).forEach(d => d.destroy())
-      state = { docs: versionDocs(answer), queue: [], after: answer.seq, more: true, clock: answer.at, seq: answer.seq }
+      state = { docs, queue: [], after: answer.seq, more: true, clock: answer.at, seq: answer.seq }
       if (!state.docs.runs) state.docs.runs = new Y.Doc()
       lastAuthor = null
-      await fetchMore(mine)
+      if (page && answer.seq === seq) takePage(state, page)
+      else await fetchMore(mine) // an older daily snapshot stood in for that point: play on from it
       if (state.queue.length && (!state.clock || state.clock < state.queue[0].at - 1000)) state.clock = state.queue[0].at - 200
       draw()
       if (wasPlaying) play()
@@ -366,12 +373,16 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
       const s = state
       fetching = client.ask('updates', { after: s.after, limit: PAGE }).then((page) => {
         if (mine !== epoch || s !== state) return
-        authors = { ...authors, ...page.authors }
-        for (const [seq, at, name, author, data] of page.updates) s.queue.push({ seq, at, name, author, data })
-        if (page.updates.length) s.after = page.updates[page.updates.length - 1][0]
-        s.more = page.more
+        takePage(s, page)
       }).catch(fail).finally(() => { fetching = null })
       return fetching
+    }
+
+    function takePage (s, page) {
+      authors = { ...authors, ...page.authors }
+      for (const [seq, at, name, author, data] of page.updates) s.queue.push({ seq, at, name, author, data })
+      if (page.updates.length) s.after = page.updates[page.updates.length - 1][0]
+      s.more = page.more
     }
 
     function play () {
