@@ -37,11 +37,10 @@ from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
 from peer.connection import PeerConnection  # noqa: E402
 from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
-from codesync.settings import Settings  # noqa: E402
 from tests.stack import joined, signaling_stack  # noqa: E402
 
 TRACE = "rustcode"
-SETTINGS = Settings(ice_hosts="127.0.0.1")
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -71,14 +70,14 @@ async def until(predicate, timeout: float = 60.0) -> None:
 async def join_to_synced(stack, seeded, size: int, rounds: int) -> dict:
     line = "fn main() { println!(\"hello\"); }  // padding padding padding\n"
     content = (line * (size // len(line) + 1))[:size]
-    a = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
+    a = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
     await a.start()
     text_of(a).insert(0, content)
     times = []
     try:
         for _ in range(rounds):
             t0 = time.perf_counter()
-            b = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
+            b = Room(stack.url, seeded.token("bob"), seeded.id, ice_hosts=ICE_HOSTS)
             await b.start()
             await b.wait_synced(a.peer_id, timeout=120)
             times.append((time.perf_counter() - t0) * 1000)
@@ -91,7 +90,7 @@ async def join_to_synced(stack, seeded, size: int, rounds: int) -> dict:
 
 # ------------------------------------------------------------------ edit latency
 async def edit_latency(stack, seeded, edits: int, gap_ms: float) -> dict:
-    async with joined(stack, seeded, "alice", "bob", settings=SETTINGS) as (a, b):
+    async with joined(stack, seeded, "alice", "bob", ice_hosts=ICE_HOSTS) as (a, b):
         await until(lambda: a.connected_peers and b.connected_peers, 30)
         await b.wait_synced(a.peer_id)
         arrived: list[float] = []
@@ -135,7 +134,7 @@ def pycrdt_apply_rate(updates: list[bytes]) -> float:
 
 
 async def trace_replay(stack, seeded, updates: list[bytes], end: str, batch: int) -> dict:
-    async with joined(stack, seeded, "alice", "bob", settings=SETTINGS) as (a, b):
+    async with joined(stack, seeded, "alice", "bob", ice_hosts=ICE_HOSTS) as (a, b):
         await until(lambda: a.connected_peers and b.connected_peers, 30)
         await b.wait_synced(a.peer_id)
         received = 0
@@ -161,10 +160,9 @@ import asyncio, sys
 sys.path.insert(0, {root!r})
 import pycrdt
 from peer import Room
-from codesync.settings import Settings
 
 async def main():
-    room = Room({url!r}, {token!r}, {room!r}, Settings(ice_hosts="127.0.0.1"))
+    room = Room({url!r}, {token!r}, {room!r}, ice_hosts="127.0.0.1")
     text = room.doc.get("source", type=pycrdt.Text)
     done = asyncio.Event()
     def check(update, origin):
@@ -192,7 +190,7 @@ async def trace_replay_two_processes(stack, seeded, updates: list[bytes], end: s
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
-    a = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
+    a = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
     done = asyncio.Event()
     a.on_app(lambda obj, peer: done.set() if obj.get("op") == "done" else None)
     try:
@@ -218,26 +216,26 @@ async def trace_replay_two_processes(stack, seeded, updates: list[bytes], end: s
 
 # ------------------------------------------------------------------ memory per connection
 async def memory_per_connection(links: int) -> dict:
-    apply_ice_policy(SETTINGS.ice_hosts)
+    apply_ice_policy(ICE_HOSTS)
     config = rtc_configuration([])
     opened = 0
     pairs: list[tuple[PeerConnection, PeerConnection]] = []
 
-    def on_open(conn: PeerConnection) -> None:
+    def on_open() -> None:
         nonlocal opened
         opened += 1
 
     async def make_pair() -> None:
         holder: dict[str, PeerConnection] = {}
 
-        async def to_b(signal, token):  # delivered later, as signaling would
+        async def to_b(signal):  # delivered later, as signaling would
             asyncio.ensure_future(holder["b"].handle_signal(signal))
 
-        async def to_a(signal, token):
+        async def to_a(signal):
             asyncio.ensure_future(holder["a"].handle_signal(signal))
 
-        holder["a"] = PeerConnection("b", True, config, to_b, on_open, lambda c, d: None, lambda c: None)
-        holder["b"] = PeerConnection("a", False, config, to_a, on_open, lambda c, d: None, lambda c: None)
+        holder["a"] = PeerConnection("b", True, config, to_b, on_open, lambda d: None, lambda: None)
+        holder["b"] = PeerConnection("a", False, config, to_a, on_open, lambda d: None, lambda: None)
         pairs.append((holder["a"], holder["b"]))
         await holder["a"].start()
 

@@ -36,12 +36,13 @@ from bench.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
 from tests.support import postgres_database  # noqa: E402
 from tests.test_persistence_peer import (  # noqa: E402
-    SETTINGS,
     persist_stack,
     persistence_peers,
     saved_covers,
     stored_text,
 )
+
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
 
 
 async def until(predicate, timeout: float) -> None:
@@ -58,8 +59,8 @@ async def run(tmp: Path, database_url: str | None, batch: int, verbose: bool = F
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         first = persisters.start(CODESYNC_PERSIST_IDLE_GRACE="30", CODESYNC_PERSIST_COMPACT_ROWS="200")
         async with AsyncExitStack() as es:
-            alice = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
-            bob = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
+            alice = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
+            bob = Room(stack.url, seeded.token("bob"), seeded.id, ice_hosts=ICE_HOSTS)
             for r in (alice, bob):
                 await r.start()
                 es.push_async_callback(r.stop)
@@ -86,7 +87,7 @@ async def run(tmp: Path, database_url: str | None, batch: int, verbose: bool = F
         assert await stored_text(stack.database_url, seeded.id, tmp) == end
         second = persisters.start()
         await until(lambda: "connected to" in second.log(), 60)  # process start is not the point
-        carol = Room(stack.url, seeded.token("carol"), seeded.id, SETTINGS)
+        carol = Room(stack.url, seeded.token("carol"), seeded.id, ice_hosts=ICE_HOSTS)
         t1 = time.perf_counter()
         await carol.start()
         try:

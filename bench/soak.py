@@ -68,7 +68,7 @@ from tests.stack import seed_room, service_token  # noqa: E402
 from tests.support import child_env  # noqa: E402
 from tests.test_persistence_peer import persistence_peers, persistence_states, saved_covers  # noqa: E402
 
-PEER_SETTINGS = Settings(ice_hosts="127.0.0.1")
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE (CODESYNC_ICE_HOSTS of the peers)
 
 
 def read_sv(sv: bytes) -> dict[int, int]:
@@ -217,7 +217,7 @@ class SoakPeer:
     async def join(self) -> None:
         node = self.index % len(self.soak.signal_nodes)
         url = f"http://127.0.0.1:{self.soak.signal_ports[node]}"
-        self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, PEER_SETTINGS)
+        self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, ice_hosts=ICE_HOSTS)
         self.room.on_update(lambda _u, _o: self.room_.observe(self))
         self.probes = []
         starting = asyncio.ensure_future(self.room.start())
@@ -240,7 +240,7 @@ class SoakPeer:
                 await asyncio.wait_for(self.room.stop(), 10)
             except Exception:  # noqa: BLE001 - best effort
                 pass
-            self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, PEER_SETTINGS)
+            self.room = Room(url, self.room_.seeded.token(self.label), self.room_.seeded.id, ice_hosts=ICE_HOSTS)
             self.room.on_update(lambda _u, _o: self.room_.observe(self))
             await asyncio.wait_for(self.room.start(), self.soak.cfg.join_timeout)
         self.present = True

@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument("email")
     create.add_argument("--name", default=None)
     create.add_argument("--password", default=None, help="default: $CODESYNC_PASSWORD or a prompt")
+    create.add_argument("--admin", action="store_true", help="make the account a server administrator")
 
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from signaling import admin
 
             password = args.password or os.environ.get("CODESYNC_PASSWORD") or getpass.getpass("Password: ")
-            user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password))
+            user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password, is_admin=args.admin))
             print(user_id)
             return 0
     except KeyboardInterrupt:

@@ -54,6 +54,13 @@ class User(SQLModel, table=True):
     # Set by "sign out everywhere" (and a password change): access tokens issued up to this
     # moment without a session id (made outside a sign-in) stop working too.
     sessions_revoked_at: datetime | None = None
+    # Server administrator (``codesync user create --admin``, the admin page). Accounts whose
+    # *verified* email is in ``CODESYNC_ADMIN_EMAILS`` are administrators too (accounts.is_admin).
+    is_admin: bool = False
+    # Set while an administrator has disabled the account: no sign-in, no token works.
+    disabled_at: datetime | None = None
+    # The colour of the user's cursor and name ("#rrggbb"); None: derived from the id.
+    color: str | None = Field(default=None, max_length=7)
 
 
 class AuthSession(SQLModel, table=True):
@@ -117,6 +124,51 @@ class ServiceToken(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+
+
+class AccountToken(SQLModel, table=True):
+    """The record behind one emailed link (verify an address, reset a password, confirm a new
+    address): the link is a signed token naming ``id``; the row makes it single-use
+    (``used_at``) and binds it to one user and one address (``email``)."""
+
+    __tablename__ = "account_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")
+    purpose: str = Field(max_length=32)  # verify_email | reset_password | change_email
+    email: str = Field(max_length=320)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class SignupInvite(SQLModel, table=True):
+    """An administrator's invitation to register (any registration mode but ``closed`` … and
+    ``closed`` too: it is the administrator who lets the person in). Single use; optionally
+    bound to one email address."""
+
+    __tablename__ = "signup_invites"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    email: str | None = Field(default=None, max_length=320)
+    # No cascade: deleting the admin who made it must not delete other tables' history.
+    created_by: str | None = Field(default=None, foreign_key="users.id", max_length=32, ondelete="SET NULL")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+    used_by: str | None = Field(default=None, foreign_key="users.id", max_length=32, ondelete="SET NULL")
+    revoked_at: datetime | None = None
+
+
+class DeletedAccount(SQLModel, table=True):
+    """A tombstone per deleted account: the id only, no personal data. Tables that keep a
+    user id without a foreign key (document history's attribution) show it as "deleted
+    user" — and can tell it from an id that never existed."""
+
+    __tablename__ = "deleted_accounts"
+
+    user_id: str = Field(primary_key=True, max_length=32)
+    deleted_at: datetime = Field(default_factory=utcnow)
 
 
 class Room(SQLModel, table=True):

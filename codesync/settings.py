@@ -82,6 +82,33 @@ class Settings(BaseSettings):
     # How often each signaling node re-checks the sessions / service tokens of its open /signal
     # sockets against the database (the safety net behind the revocation events).
     session_recheck: float = Field(default=15.0, description="seconds")
+    # Accounts (signaling/accounts.py, docs/accounts.md). Mail: an SMTP server URL
+    # (smtp://user:pass@host:587 — STARTTLS when offered; smtp+starttls:// requires it;
+    # smtps://host:465 implicit TLS) and the sender. Without a URL, mails are written to the
+    # log (clearly marked) instead of being sent.
+    smtp_url: str | None = None
+    smtp_timeout: float = Field(default=15.0, description="seconds per SMTP conversation")
+    mail_from: str | None = None  # default: "CodeSync <codesync@<public host>>"
+    email_verify_ttl: int = Field(default=48 * 3600, description="seconds a verification link is valid")
+    password_reset_ttl: int = Field(default=3600, description="seconds a password-reset link is valid")
+    # What an account whose email is not verified may do: "blocked" (nothing: it cannot sign
+    # in until verified), "limited" (sign in and edit, but not mint invites), "full".
+    unverified_accounts: Literal["blocked", "limited", "full"] = "limited"
+    # Who may create an account: "open" (anyone), "invite" (with a room invite or an admin's
+    # signup invite), "domain" (addresses at CODESYNC_REGISTRATION_DOMAINS, or an admin's
+    # invite), "closed" (only administrators make accounts: CLI or admin invite).
+    registration: Literal["open", "invite", "domain", "closed"] = "open"
+    registration_domains: str | None = None
+    # Accounts that are server administrators once their email is verified (comma-separated).
+    admin_emails: str | None = None
+    # Emailed links (reset, verification re-sends, email changes): per account and per source
+    # address in each window; the answer never says whether the address has an account.
+    mail_per_account: int = 3
+    mail_per_ip: int = 20
+    mail_window: int = Field(default=3600, description="seconds")
+    # The admin page's "runs in progress": /metrics URLs of runners (and persistence peers) to
+    # read, comma-separated (`codesync up` fills it in when CODESYNC_OPS_PORT is set).
+    admin_metrics_urls: str | None = None
     # Serve /metrics on the public port too. Off: only on CODESYNC_OPS_PORT (never via the proxy).
     public_metrics: bool = False
     log_json: bool = False
@@ -182,6 +209,27 @@ class Settings(BaseSettings):
     @property
     def trusted_proxy_list(self) -> list[str]:
         return _split(self.trusted_proxies)
+
+    @property
+    def registration_domain_list(self) -> list[str]:
+        return [d.lower().lstrip("@") for d in _split(self.registration_domains)]
+
+    @property
+    def admin_email_list(self) -> list[str]:
+        return [e.lower() for e in _split(self.admin_emails)]
+
+    @property
+    def admin_metrics_url_list(self) -> list[str]:
+        return _split(self.admin_metrics_urls)
+
+    @property
+    def mail_sender(self) -> str:
+        if self.mail_from:
+            return self.mail_from
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.base_url).hostname or "localhost"
+        return f"CodeSync <codesync@{host}>"
 
     @property
     def ice_host_list(self) -> list[str]:

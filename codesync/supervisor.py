@@ -149,6 +149,12 @@ async def run_stack(settings: Settings) -> int:
     peers_env = peer_env(base_env)
     if settings.ops_port is not None:  # one ops port each: signaling N, persist N+1, runner N+2
         signaling_env["CODESYNC_OPS_PORT"] = str(settings.ops_port)
+        if not settings.admin_metrics_urls:  # the admin page reads the peers' live numbers there
+            ops_host = settings.ops_host or settings.host
+            ops_host = "127.0.0.1" if ops_host in ("0.0.0.0", "::", "") else ops_host
+            signaling_env["CODESYNC_ADMIN_METRICS_URLS"] = ",".join(
+                f"http://{ops_host}:{settings.ops_port + offset}/metrics" for offset in (1, 2)
+            )
 
     def service_env(scope: str, offset: int) -> Callable[[], dict[str, str]]:
         def make() -> dict[str, str]:

@@ -2,18 +2,20 @@
 
 This docstring is the interface other parts (persistence peer, runner) code against.
 Wire formats and the trust model are in docs/protocol.md; a developer's tour is in
-docs/peer-library.md.
+docs/peer-library.md. The library stands alone: it imports nothing of the server (no
+``Settings``); callers pass what it needs as plain arguments.
 
 Joining one room (a user-like peer, its own signaling connection)::
 
     from peer import Room
-    room = Room(signaling_url, token, room_id, settings, doc=None, peer_id=None, docs=None)
+    room = Room(signaling_url, token, room_id, ice_hosts=None, doc=None, peer_id=None, docs=None)
     room.on_update(lambda update, origin_peer_id: ...)   # every REMOTE update applied to room.doc
     await room.start()          # connect signaling, subscribe, announce; returns once subscribed
     room.doc["source"]          # pycrdt.Doc; local edits are broadcast automatically (coalesced)
     room.docs["runs"]           # the named document ``runs`` (type 102; pass your own: docs={"runs": Doc()})
     room.awareness              # pycrdt.Awareness (local state: room.awareness.set_local_state({...}))
     room.peers                  # dict peer_id -> PeerInfo(peer_id, sender, caps, connected, synced)
+    room.links                  # read-only: peer_id -> peer.link.Link (per-link state; link.conn: the transport)
     await room.stop()
 
 The trust model (docs/protocol.md, "The trust model") is enforced on everything received,
@@ -44,11 +46,14 @@ with no option to turn it off:
 - ``peer_id_taken`` from the server: the room takes a fresh ``room.peer_id`` and announces again.
 
 ``signaling_url`` may be ``ws://host:port/signal`` or the HTTP base ``http://host:port``
-(ICE servers come from ``GET <base>/api/ice-servers``). ``settings`` is the one
-``codesync.settings.Settings``; ``settings.ice_hosts`` restricts ICE (peer/ice.py).
+(ICE servers come from ``GET <base>/api/ice-servers``). ``ice_hosts`` (a list or a comma-
+separated string of addresses; services pass ``CODESYNC_ICE_HOSTS``) restricts ICE to them
+(peer/ice.py; one policy per process); None or empty: aioice's defaults.
 
-Callbacks (all plain callables run in the event loop; return value ignored; exceptions
-are logged, never propagated). Each ``on_*`` returns an ``unsubscribe()`` callable:
+Callbacks (all plain callables run in the event loop; return value ignored — a coroutine
+runs as a task, cancelled by ``stop()``; exceptions are logged, never propagated; events go
+through one pyee emitter, ``peer.events.Emitter``). Each ``on_*`` returns an ``unsubscribe()``
+callable:
 
 - ``room.on_update(cb(update: bytes, origin_peer_id: str))`` — a remote update (SyncStep2 or
   Update) that passed the writer check and that pycrdt applied to ``room.doc``. The
@@ -82,7 +87,9 @@ More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's l
 remote main-document updates it applied to the other links, like y-webrtc),
 ``caps=peer.protocol.CAPS`` (``("chunk", "app", "docs", "roles")``; ``()`` announces like a stock
 y-webrtc peer — it still enforces the trust model), ``limits=peer.room.Limits(...)``
-(awareness/app rate limits and bounds, error budget per link), ``join_timeout=10``.
+(awareness/app rate limits and bounds, error budget per link), ``join_timeout=10``,
+``transport=`` (how links are made: a ``peer.link.TransportFactory``; default aiortc — the tests
+wire rooms through an in-memory one, tests/memory_peers.py), ``signaling=`` (see below).
 ``room.flush()`` sends coalesced updates now (call it before ``stop()`` if you need them out
 immediately; ``stop()`` flushes too). ``room.stats`` counts frames in/out, bad frames,
 rejected updates, dropped updates and awareness. ``room.connected_peers`` lists peer ids with
@@ -91,18 +98,20 @@ an open data channel.
 Service peers: many rooms over ONE signaling connection::
 
     from peer import SignalingClient
-    client = SignalingClient(signaling_url, service_token, settings)   # token_provider=async () -> str
+    client = SignalingClient(signaling_url, service_token)   # token_provider=async () -> str
                                             # optional: fetched before each reconnect (user tokens expire)
     client.on_room_active(cb(topic: str))   # server says someone is in the room
     client.on_room_idle(cb(topic: str))
     client.on_presence(cb(topic: str, peers: list[dict]))
     await client.start()                    # connects, reconnects with backoff on its own
-    room = client.room(room_id, hold_sync=True, doc=...)   # a Room sharing the connection
+    room = Room.over(client, room_id, ice_hosts=..., hold_sync=True, doc=...)   # sharing the connection
     await room.start(); ...; await room.stop()              # stop() unsubscribes only that topic
     await client.stop()
 
-Equivalently ``Room(url, token, room_id, settings, signaling=client)``. On every
-reconnect the client re-subscribes all topics and each Room re-announces.
+Equivalently ``Room(url, token, room_id, signaling=client, ...)``. On every reconnect the
+client re-subscribes all topics and each Room re-announces. ``client.on_error(cb(frame))``,
+``on_connected``, ``on_disconnected`` exist too. (``peer.service.RoomService.room(room_id, ...)``
+does this for the persistence peer and the runner, with the configured ICE hosts.)
 
 Text positions: pycrdt 0.14 ``Text`` indexes UTF-8 bytes, Yjs UTF-16 code units.
 ``peer.text.utf16_to_utf8(text, pos)`` / ``utf8_to_utf16(text, pos)`` convert;

@@ -1,4 +1,4 @@
-"""One WebRTC link to one remote peer: RTCPeerConnection + one data channel.
+"""One WebRTC link to one remote peer: RTCPeerConnection + one data channel (aiortc).
 
 Speaks simple-peer's signal format (what y-webrtc relays through signaling):
 ``{"type":"offer"|"answer","sdp":...}`` and
@@ -11,34 +11,44 @@ Closing goes through ONE shielded task: if the task running aiortc's
 ``RTCPeerConnection.close()`` is cancelled midway, every later ``close()`` hangs forever
 (DESIGN.md, "The WebRTC testbed").
 
-This module is transport only; what the bytes mean is the Room's business.
+This module is transport only (a :class:`peer.link.Transport`): bytes in, bytes out. Glare
+tokens, caps, chunking and everything the bytes mean belong to :class:`peer.link.Link` and
+the room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from .chunking import Reassembler, split_message
+from .link import TransportFactory
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_SIZE = 65536
 MAX_SEND_SIZE = 256 * 1024  # Chromium never sends above this; do not go above it either
 MAX_PENDING_CANDIDATES = 64
-DEFAULT_CHUNK_SIZE = 64 * 1024  # see bench/peer_bench.py: aiortc moves big messages slower
 
 
-def new_glare_token() -> float:
-    """y-webrtc's token: ``Date.now() + Math.random()`` — the larger one wins a glare."""
-    return time.time() * 1000 + random.random()
+def aiortc_transports(configuration: RTCConfiguration) -> TransportFactory:
+    """The default way a room makes links: aiortc with this ICE configuration."""
+
+    def make(
+        remote_id: str,
+        initiator: bool,
+        send_signal: Callable[[dict[str, Any]], Awaitable[None]],
+        on_open: Callable[[], None],
+        on_message: Callable[[bytes], None],
+        on_closed: Callable[[], None],
+    ) -> PeerConnection:
+        return PeerConnection(remote_id, initiator, configuration, send_signal, on_open, on_message, on_closed)
+
+    return make
 
 
 class PeerConnection:
@@ -47,23 +57,14 @@ class PeerConnection:
         remote_id: str,
         initiator: bool,
         configuration: RTCConfiguration,
-        send_signal: Callable[[dict[str, Any], float | None], Awaitable[None]],
-        on_open: Callable[[PeerConnection], None],
-        on_message: Callable[[PeerConnection, bytes], None],
-        on_closed: Callable[[PeerConnection], None],
+        send_signal: Callable[[dict[str, Any]], Awaitable[None]],
+        on_open: Callable[[], None],
+        on_message: Callable[[bytes], None],
+        on_closed: Callable[[], None],
     ) -> None:
         self.remote_id = remote_id
         self.initiator = initiator
-        self.glare_token: float | None = None
-        self.caps: frozenset[str] = frozenset()
-        self.created = time.monotonic()
-        self.opened_at: float | None = None
-        self.synced = False
-        self.chunk_size = DEFAULT_CHUNK_SIZE
-        self.dropped_oversize = 0  # frames too big for a peer that cannot reassemble chunks
-        self.replaced = False  # closed because a newer offer from the same peer replaced it
-        self.awareness_ids: set[int] = set()
-        self.reassembler = Reassembler()
+        self._opened_once = False
         self._send_signal = send_signal
         self._on_open = on_open
         self._on_message = on_message
@@ -74,7 +75,6 @@ class PeerConnection:
         self._pending_candidates: list[dict[str, Any]] = []
         self._signal_lock = asyncio.Lock()
         self._close_task: asyncio.Task[None] | None = None
-        self._next_message_id = 0
         self._pc.on("connectionstatechange", self._state_changed)
         self._pc.on("datachannel", self._channel_arrived)
 
@@ -129,12 +129,7 @@ class PeerConnection:
             await self._pc.setLocalDescription(await self._pc.createOffer())
             if self.closed:
                 return
-            await self._emit_signal({"type": self._pc.localDescription.type, "sdp": self._pc.localDescription.sdp})
-
-    async def _emit_signal(self, signal: dict[str, Any]) -> None:
-        if self.glare_token is None:
-            self.glare_token = new_glare_token()
-        await self._send_signal(signal, self.glare_token)
+            await self._send_signal({"type": self._pc.localDescription.type, "sdp": self._pc.localDescription.sdp})
 
     async def handle_signal(self, signal: dict[str, Any]) -> None:
         """Apply one simple-peer signal from the remote. Raises ValueError on bad input."""
@@ -158,7 +153,7 @@ class PeerConnection:
                 if kind == "offer":
                     await self._pc.setLocalDescription(await self._pc.createAnswer())
                     if not self.closed:
-                        await self._emit_signal({"type": "answer", "sdp": self._pc.localDescription.sdp})
+                        await self._send_signal({"type": "answer", "sdp": self._pc.localDescription.sdp})
             elif kind == "candidate":
                 cand = signal.get("candidate")
                 if not isinstance(cand, dict):
@@ -209,45 +204,29 @@ class PeerConnection:
         channel.on("close", self.close)
 
     def _opened(self) -> None:
-        if self.opened_at is None and not self.closed:
-            self.opened_at = time.monotonic()
-            self._on_open(self)
+        if not self._opened_once and not self.closed:
+            self._opened_once = True
+            self._on_open()
 
     def _received(self, data: bytes | str) -> None:
         if self.closed:
             return
         if isinstance(data, str):
             data = data.encode("utf-8")  # y-webrtc always sends binary; be lenient
-        self._on_message(self, data)
+        self._on_message(data)
 
     def _state_changed(self) -> None:
         if self._pc.connectionState in ("failed", "closed"):
             log.info("link to %s is %s", self.remote_id, self._pc.connectionState)
             self.close()
 
-    def send(self, frame: bytes) -> bool:
-        """Send one y-protocols frame, chunked when too big and the remote supports it."""
+    def send(self, data: bytes) -> bool:
+        """Send one message as is (the link chunks what is too big); False when not open."""
         channel = self._channel
         if channel is None or channel.readyState != "open" or self.closed:
             return False
-        limit = self.max_message_size
-        if len(frame) > limit or (len(frame) > self.chunk_size and "chunk" in self.caps):
-            if "chunk" not in self.caps:
-                self.dropped_oversize += 1
-                log.warning(
-                    "dropping a %d-byte message to %s: above its %d-byte limit and it cannot reassemble chunks",
-                    len(frame),
-                    self.remote_id,
-                    limit,
-                )
-                return False
-            self._next_message_id += 1
-            parts = split_message(frame, min(limit, self.chunk_size), self._next_message_id)
-        else:
-            parts = [frame]
         try:
-            for part in parts:
-                channel.send(part)
+            channel.send(data)
         except Exception as exc:  # aiortc raises plain exceptions on a dying transport
             log.info("send to %s failed: %s", self.remote_id, exc)
             self.close()
@@ -274,8 +253,7 @@ class PeerConnection:
         except Exception:
             log.debug("error while closing the link to %s", self.remote_id, exc_info=True)
         finally:
-            self.reassembler.clear()
             try:
-                self._on_closed(self)
+                self._on_closed()
             except Exception:
                 log.exception("close handler failed")

@@ -3,8 +3,8 @@
 aioice has no interface option: it drops 127.0.0.1 from its host candidates, would gather
 the machine's public address, resolves a browser's ``.local`` candidate by multicasting
 out of the machine, and ``RTCConfiguration(iceServers=None)`` silently adds Google's STUN
-server. When ``settings.ice_hosts`` is set (``CODESYNC_ICE_HOSTS=127.0.0.1`` in tests) this
-module:
+server. When a room is given ``ice_hosts`` (services pass ``CODESYNC_ICE_HOSTS``; tests
+``127.0.0.1``) this module:
 
 - replaces ``aioice.ice.get_host_addresses`` (looked up at every gathering) so the host
   candidates are exactly the configured addresses;

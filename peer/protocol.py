@@ -19,6 +19,7 @@ of the byte count, so awareness states with non-ASCII names are encoded here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ EMPTY_UPDATE = b"\x00\x00"
 
 class ProtocolError(ValueError):
     """A frame that does not follow the framing; the receiver drops it."""
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Exceptions a frame handler must let through. Anything else from decoding or pycrdt —
+    including pyo3's PanicException, which derives from BaseException — only costs the frame."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit, MemoryError))
 
 
 # ------------------------------------------------------------------ primitives

@@ -127,13 +127,19 @@ class RoomService(Generic[P]):
         self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token)
         self.token_keeper.start()
         self.client = SignalingClient(
-            self.settings.signaling_url, self.settings.service_token, self.settings,
+            self.settings.signaling_url, self.settings.service_token,
             token_provider=self.token_keeper.current,
         )
         self.client.on_room_active(self._on_active)
         self.client.on_room_idle(self._on_idle)
         self.client.on_connected(self._on_connected)
         await self.client.start()
+
+    def room(self, room_id: str, **kwargs: Any) -> Any:  # -> peer.Room
+        """A Room over the service's connection, ICE restricted as configured (``CODESYNC_ICE_HOSTS``)."""
+        from .room import Room
+
+        return Room.over(self.client, room_id, ice_hosts=self.settings.ice_host_list, **kwargs)
 
     def _on_active(self, topic: str) -> None:
         if self._stopping:

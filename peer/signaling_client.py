@@ -7,6 +7,10 @@ own: an application ``ping`` every ``ping_interval`` seconds, a reconnect when n
 arrived for ``2 * ping_interval``, exponential backoff with jitter between attempts, and on
 every (re)connect it re-subscribes all topics and tells each topic's handler so that the
 room re-announces itself (y-webrtc does the same).
+
+It knows nothing of rooms: a topic's frames go to whatever :class:`TopicHandler` subscribed
+it (a room's :class:`peer.mesh.Mesh`); service-wide frames (``room-active``, ``room-idle``,
+``presence``, errors) are events (:mod:`peer.events`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from .events import Emitter
+
 log = logging.getLogger(__name__)
 
 
 class TopicHandler(Protocol):
-    """What a Room implements to receive its topic's frames."""
+    """What receives one topic's frames (a room's mesh)."""
 
-    def _signal_received(self, message: dict[str, Any]) -> None: ...
+    def signal_received(self, message: dict[str, Any]) -> None: ...
 
-    def _signaling_connected(self) -> None: ...
+    def signaling_connected(self) -> None: ...
 
-    def _signaling_disconnected(self) -> None: ...
+    def signaling_disconnected(self) -> None: ...
 
 
 def websocket_url(url: str) -> str:
@@ -55,15 +61,11 @@ def http_base_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-Callback = Callable[..., Any]
-
-
 class SignalingClient:
     def __init__(
         self,
         signaling_url: str,
         token: str,
-        settings: Any = None,
         *,
         ping_interval: float = 15.0,
         backoff_initial: float = 0.1,
@@ -75,20 +77,12 @@ class SignalingClient:
         self.http_base = http_base_url(signaling_url)
         self.token = token
         self.token_provider = token_provider  # e.g. a refresh-token exchange for a user peer
-        self.settings = settings
         self.ping_interval = ping_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self._topics: dict[str, TopicHandler] = {}
-        self._callbacks: dict[str, list[Callback]] = {
-            "room-active": [],
-            "room-idle": [],
-            "presence": [],
-            "connected": [],
-            "disconnected": [],
-            "error": [],
-        }
+        self._events = Emitter("signaling")
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -101,37 +95,24 @@ class SignalingClient:
         self._ice_servers: list[Any] | None = None
 
     # ------------------------------------------------------------------ callbacks
-    def _on(self, kind: str, cb: Callback) -> Callable[[], None]:
-        self._callbacks[kind].append(cb)
-        return lambda: self._callbacks[kind].remove(cb) if cb in self._callbacks[kind] else None
-
     def on_room_active(self, cb: Callable[[str], Any]) -> Callable[[], None]:
-        return self._on("room-active", cb)
+        return self._events.subscribe("room-active", cb)
 
     def on_room_idle(self, cb: Callable[[str], Any]) -> Callable[[], None]:
-        return self._on("room-idle", cb)
+        return self._events.subscribe("room-idle", cb)
 
     def on_presence(self, cb: Callable[[str, list[dict[str, Any]]], Any]) -> Callable[[], None]:
-        return self._on("presence", cb)
+        return self._events.subscribe("presence", cb)
 
     def on_connected(self, cb: Callable[[], Any]) -> Callable[[], None]:
-        return self._on("connected", cb)
+        return self._events.subscribe("connected", cb)
 
     def on_disconnected(self, cb: Callable[[], Any]) -> Callable[[], None]:
-        return self._on("disconnected", cb)
+        return self._events.subscribe("disconnected", cb)
 
     def on_error(self, cb: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
         """Every ``{"type":"error"}`` frame (with or without a topic)."""
-        return self._on("error", cb)
-
-    def _emit(self, kind: str, *args: Any) -> None:
-        for cb in list(self._callbacks[kind]):
-            try:
-                result = cb(*args)
-                if asyncio.iscoroutine(result):
-                    asyncio.ensure_future(result)
-            except Exception:
-                log.exception("signaling %s callback failed", kind)
+        return self._events.subscribe("error-frame", cb)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -178,7 +159,7 @@ class SignalingClient:
     async def ice_servers(self) -> list[Any]:
         """ICE servers from ``GET /api/ice-servers`` (fetched once per client, refreshed on reconnect)."""
         if self._ice_servers is None:
-            from .ice import fetch_ice_servers
+            from .ice import fetch_ice_servers  # loads aiortc: only when a room asks
 
             self._ice_servers = await fetch_ice_servers(self.http_base, self.token)
         return self._ice_servers
@@ -188,7 +169,7 @@ class SignalingClient:
         self._topics[topic] = handler
         if self.connected:
             await self._send({"type": "subscribe", "topics": [topic]})
-            handler._signaling_connected()
+            handler.signaling_connected()
 
     async def unsubscribe(self, topic: str) -> None:
         if self._topics.pop(topic, None) is not None and self.connected:
@@ -233,10 +214,10 @@ class SignalingClient:
                     self._ws = None
                     for handler in list(self._topics.values()):
                         try:
-                            handler._signaling_disconnected()
+                            handler.signaling_disconnected()
                         except Exception:
                             log.exception("room disconnect handler failed")
-                    self._emit("disconnected")
+                    self._events.emit("disconnected")
             if self._stopping:
                 break
             if opened:
@@ -261,10 +242,10 @@ class SignalingClient:
         if self._topics:
             await self._send({"type": "subscribe", "topics": list(self._topics)})
         self._connected.set()
-        self._emit("connected")
+        self._events.emit("connected")
         for handler in list(self._topics.values()):
             try:
-                handler._signaling_connected()
+                handler.signaling_connected()
             except Exception:
                 log.exception("room connect handler failed")
         pinger = asyncio.create_task(self._ping_loop(ws))
@@ -304,23 +285,17 @@ class SignalingClient:
         if kind == "pong":
             return
         if kind in ("room-active", "room-idle") and isinstance(topic, str):
-            self._emit(kind, topic)
+            self._events.emit(kind, topic)
             return
         if kind == "presence" and isinstance(topic, str):
             peers = message.get("peers") if isinstance(message.get("peers"), list) else []
-            self._emit("presence", topic, peers)
+            self._events.emit("presence", topic, peers)
         if kind == "error":
             log.info("signaling error: %s", {k: message.get(k) for k in ("code", "topic", "message")})
-            self._emit("error", message)
+            self._events.emit("error-frame", message)
         handler = self._topics.get(topic) if isinstance(topic, str) else None
         if handler is not None:
             try:
-                handler._signal_received(message)
+                handler.signal_received(message)
             except Exception:
                 log.exception("room failed to handle a signaling frame")
-
-    def room(self, room_id: str, **kwargs: Any):  # -> Room
-        """A :class:`peer.room.Room` that uses this connection."""
-        from .room import Room
-
-        return Room(self.url, self.token, room_id, self.settings, signaling=self, **kwargs)

@@ -104,7 +104,7 @@ class RoomRunner(RoomPresence):
         doc, runs_doc = Doc(), Doc()
         # relay=False: the runner may not write the main document, so every CodeSync peer would
         # drop what it forwarded (wasted traffic on every keystroke).
-        room = service.client.room(self.room_id, doc=doc, docs={"runs": runs_doc}, relay=False)
+        room = service.room(self.room_id, doc=doc, docs={"runs": runs_doc}, relay=False)
         runs = RoomRuns(doc, service.sandbox, service.languages, service.config, identity=service.identity,
                         runs_doc=runs_doc)
         room.on_app(lambda obj, peer_id: self._on_app(obj, peer_id))

@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from . import sessions
+from . import emaillinks, sessions
+from .accounterrors import AccountError  # noqa: F401  (re-exported: the accounts API's error)
 from codesync.models import AuthSession, RefreshToken, User, utcnow
 from .passwords import hash_password, needs_rehash, verify_password
 from .state import AppState
@@ -34,15 +35,6 @@ from .tokens import hash_token, new_refresh_token
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class AccountError(Exception):
-    """A refused account operation; ``code`` is the API error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def normalize_email(email: str) -> str:
     return email.strip().lower()
 
@@ -51,8 +43,36 @@ def valid_email(email: str) -> bool:
     return len(email) <= 320 and bool(_EMAIL_RE.match(email))
 
 
-def user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "email": user.email, "name": user.name, "created_at": user.created_at.isoformat()}
+def is_admin(user: User, admin_emails: list[str] | tuple[str, ...] = ()) -> bool:
+    """An administrator: marked so (CLI, admin page), or a *verified* address listed in
+    ``CODESYNC_ADMIN_EMAILS`` — never an unverified one, or whoever registers an admin's
+    address first would be an administrator."""
+    return bool(user.is_admin or (user.email_verified and user.email in admin_emails))
+
+
+def user_json(user: User, admin_emails: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "created_at": user.created_at.isoformat(),
+        "email_verified": bool(user.email_verified),
+        "color": user.color,
+        "is_admin": is_admin(user, admin_emails),
+        "has_password": user.password_hash is not None,
+        "disabled": user.disabled_at is not None,
+    }
+
+
+def check_may_sign_in(state: AppState, user: User) -> None:
+    """Refuse a sign-in (any way: password, refresh, OAuth) of a disabled account, or of an
+    unverified one where ``CODESYNC_UNVERIFIED_ACCOUNTS=blocked``."""
+    if user.disabled_at is not None:
+        raise AccountError("account_disabled", "this account has been disabled by an administrator")
+    if state.settings.unverified_accounts == "blocked" and not user.email_verified:
+        raise AccountError(
+            "email_unverified", "confirm your email address first: open the link we mailed you (or ask for a new one)"
+        )
 
 
 async def issue_tokens(state: AppState, session: AsyncSession, user: User, family_id: str | None = None) -> dict[str, Any]:
@@ -78,7 +98,7 @@ async def issue_tokens(state: AppState, session: AsyncSession, user: User, famil
     await session.commit()
     access, claims = state.tokens.issue_access(user.id, session_id=family_id)
     return {
-        "user": user_json(user),
+        "user": user_json(user, state.settings.admin_email_list),
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "Bearer",
@@ -156,18 +176,57 @@ async def revoke_all(state: AppState, session: AsyncSession, user_id: str) -> No
     await sessions.announce(state, [sessions.user_key(user_id)])
 
 
-async def change_password(state: AppState, session: AsyncSession, user_id: str, new_password: str) -> None:
-    """Set a new password and end every session of the user (the caller signs in afresh).
+async def change_password(
+    state: AppState, session: AsyncSession, user_id: str, new_password: str, keep_session: str | None = None
+) -> None:
+    """Set a new password and end every session of the user but ``keep_session`` (the one that
+    asked, when it is a sign-in; None: all of them — the caller signs in afresh).
 
-    For the coming "change password" endpoint and tools; no HTTP route calls it yet.
+    Other sessions' sockets close at once (``sid:`` notices); access tokens made outside a
+    sign-in stop working too (``sessions_revoked_at``, closed by the periodic re-check).
+    Emailed reset links still out there stop working.
     """
     user = await session.get(User, user_id)
     if user is None:
         raise AccountError("invalid_credentials", "no such account")
     user.password_hash = await hash_password(new_password)
     session.add(user)
+    await emaillinks.spend_all(session, user_id, "reset_password")
     await session.flush()
-    await revoke_all(state, session, user_id)
+    if keep_session is None:
+        await revoke_all(state, session, user_id)
+        return
+    await revoke_others(state, session, user_id, keep_session)
+
+
+async def revoke_others(state: AppState, session: AsyncSession, user_id: str, keep_session: str) -> None:
+    """End every session of ``user_id`` except ``keep_session`` (commits, then closes sockets)."""
+    now = utcnow()
+    others = list(
+        (
+            await session.exec(
+                select(AuthSession.id).where(
+                    col(AuthSession.user_id) == user_id,
+                    col(AuthSession.revoked_at).is_(None),
+                    col(AuthSession.id) != keep_session,
+                )
+            )
+        ).all()
+    )
+    await session.exec(
+        update(RefreshToken)
+        .where(
+            col(RefreshToken.user_id) == user_id,
+            col(RefreshToken.revoked_at).is_(None),
+            col(RefreshToken.family_id) != keep_session,
+        )
+        .values(revoked_at=now)
+    )
+    if others:
+        await session.exec(update(AuthSession).where(col(AuthSession.id).in_(others)).values(revoked_at=now))
+    await session.exec(update(User).where(col(User.id) == user_id).values(sessions_revoked_at=now))
+    await session.commit()
+    await sessions.announce(state, [sessions.session_key(sid) for sid in others])
 
 
 async def _refresh_row(session: AsyncSession, token: str) -> RefreshToken | None:
@@ -187,6 +246,9 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
     if row is None:
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
     if row.revoked_at is not None:
+        owner = await session.get(User, row.user_id)
+        if owner is not None and owner.disabled_at is not None:  # say why the session ended
+            raise AccountError("account_disabled", "this account has been disabled by an administrator")
         raise AccountError("invalid_refresh_token", "refresh token has been revoked")
     family_id, user_id = row.family_id, row.user_id  # plain values: a rollback expires ``row``
     if row.used_at is not None:
@@ -214,6 +276,7 @@ async def rotate(state: AppState, session: AsyncSession, token: str) -> dict[str
     user = await session.get(User, user_id)
     if user is None:  # pragma: no cover - cascade deletes the tokens with the user
         raise AccountError("invalid_refresh_token", "refresh token is not valid")
+    check_may_sign_in(state, user)
     return await issue_tokens(state, session, user, family_id=family_id)
 
 

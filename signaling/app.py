@@ -8,7 +8,9 @@ from aiohttp import web
 
 from codesync import db
 
-from . import sessions, webclient
+from . import livestats, mail, selfservice, sessions, webclient
+from .api import account as account_api
+from .api import admin as admin_api
 from .api import auth as auth_api
 from .api import oauth as oauth_api
 from .api import ops as ops_api
@@ -39,11 +41,22 @@ def create_app(settings: Settings) -> web.Application:
             service_ttl=settings.service_token_ttl,
         ),
     )
+    mail.check_config(settings)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
-    for feature in (auth_api, oauth_api, service_api, rooms_api, ops_api, signal_server, sessions, webclient):
+    app.cleanup_ctx.append(_background_mail)
+    for feature in (auth_api, oauth_api, account_api, admin_api, service_api, rooms_api, ops_api, signal_server,
+                    sessions, livestats, webclient):
         feature.setup(app)
     return app
+
+
+async def _background_mail(app: web.Application):
+    """On the way down, let the account jobs and mails already queued finish (bounded)."""
+    yield
+    state = app[STATE]
+    await selfservice.flush_jobs(state)
+    await mail.flush(state)
 
 
 async def _database(app: web.Application):

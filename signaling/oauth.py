@@ -45,8 +45,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .accounts import issue_tokens
-from codesync.models import OAuthIdentity, RefreshToken, User, utcnow
+from . import sessions
+from .accounts import AccountError, check_may_sign_in, issue_tokens
+from codesync.models import AccountToken, AuthSession, OAuthIdentity, RefreshToken, User, utcnow
 from codesync.settings import OAuthProvider, Settings
 
 try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("codesync.oauth")
 
 FLOW_TTL = 600.0  # seconds a user has to finish the provider's pages
+LINK_TICKET_TTL = 120.0  # seconds between "link a provider" on the account page and its start
 HTTP_TIMEOUT = 10.0
 METADATA_TTL = 3600.0
 OIDC_SCOPE = "openid email profile"
@@ -87,6 +89,7 @@ class OAuthFlowError(Exception):
         self.code = code
         self.message = message
         self.next_path: str | None = None  # where the web client wanted to go, once known
+        self.linking = False  # the flow was linking a provider to a signed-in account
 
 
 # ----------------------------------------------------------------------------- provider registry
@@ -242,8 +245,9 @@ class StartedFlow:
 
 @dataclass(frozen=True)
 class FinishedFlow:
-    tokens: dict[str, Any]  # the ``issue_tokens`` body
+    tokens: dict[str, Any]  # the ``issue_tokens`` body (empty after linking)
     next_path: str | None
+    linked: bool = False  # a provider was linked to a signed-in account (no sign-in happened)
 
 
 class OAuthService:
@@ -273,9 +277,24 @@ class OAuthService:
             return RedisFlowStore(self.state.redis, self.settings.redis_prefix)
         return self._memory_store
 
+    # -- linking a provider to a signed-in account
+    async def link_ticket(self, user_id: str) -> str:
+        """A one-time ticket (kept in an HttpOnly cookie, never in a URL) that lets the next
+        ``start?link=1`` of this browser link a provider to ``user_id``; valid two minutes."""
+        ticket = secrets.token_urlsafe(32)
+        await self.flows.put(_digest("link:" + ticket), {"link_user": user_id}, LINK_TICKET_TTL)
+        return ticket
+
+    async def take_link_ticket(self, ticket: str | None) -> str | None:
+        if not ticket or len(ticket) > 100:
+            return None
+        record = await self.flows.take(_digest("link:" + ticket))
+        return record.get("link_user") if record else None
+
     # -- the two steps
     async def start(
-        self, provider: ProviderConfig, binding: str | None, next_path: str | None = None
+        self, provider: ProviderConfig, binding: str | None, next_path: str | None = None,
+        invite: str | None = None, link_user: str | None = None,
     ) -> StartedFlow:
         """Make a flow record and the provider URL to send the browser to."""
         authorize_url = provider.authorize_url
@@ -296,6 +315,10 @@ class OAuthService:
                 "nonce": nonce,
                 "binding": _digest(binding),
                 "next": safe_next_path(next_path),
+                # A registration's invitation (room or signup invite), for invite-only servers.
+                "invite": invite if invite and len(invite) <= 4096 else None,
+                # Linking this provider to a signed-in account instead of signing in.
+                "link_user": link_user,
             },
             self.flow_ttl,
         )
@@ -327,8 +350,9 @@ class OAuthService:
             tokens = await self._redeem(provider, params, record)
         except OAuthFlowError as exc:
             exc.next_path = record.get("next")
+            exc.linking = bool(record.get("link_user"))
             raise
-        return FinishedFlow(tokens=tokens, next_path=record.get("next"))
+        return FinishedFlow(tokens=tokens, next_path=record.get("next"), linked=bool(record.get("link_user")))
 
     async def _redeem(self, provider: ProviderConfig, params: dict[str, str], record: dict[str, Any]) -> dict[str, Any]:
         if params.get("error"):
@@ -349,7 +373,10 @@ class OAuthService:
         else:
             identity = await self._github_identity(provider, code, record["verifier"])
         async with self.state.sessions() as session:
-            return await sign_in(self.state, session, identity)
+            if record.get("link_user"):
+                await link_identity(session, identity, record["link_user"])
+                return {}
+            return await sign_in(self.state, session, identity, record.get("invite"))
 
     # -- OpenID Connect
     async def metadata(self, provider: ProviderConfig) -> dict[str, Any]:
@@ -550,12 +577,20 @@ def _first_str(data: dict[str, Any], *keys: str) -> str | None:
 # ----------------------------------------------------------------------------- accounts
 
 
-async def sign_in(state: "AppState", session: AsyncSession, identity: Identity) -> dict[str, Any]:
+async def sign_in(
+    state: "AppState", session: AsyncSession, identity: Identity, invite: str | None = None
+) -> dict[str, Any]:
     """Find or make the user behind ``identity`` and issue the usual token pair."""
     for attempt in (1, 2):  # a concurrent first sign-in may win a unique index: look again once
         try:
-            user = await _resolve_user(session, identity)
-            return await issue_tokens(state, session, user)
+            user, taken_over = await _resolve_user(state, session, identity, invite)
+            created = session.info.pop("new_account", False)
+            tokens = await issue_tokens(state, session, user)
+            if taken_over:  # the squatter's sockets close on every node
+                await sessions.announce(state, [sessions.user_key(user.id)])
+            if created and invite and state.tokens.peek_type(invite) == "invite":
+                await _join_invited_room(state, session, invite, user.id)
+            return tokens
         except IntegrityError:
             await session.rollback()
             if attempt == 2:
@@ -563,7 +598,20 @@ async def sign_in(state: "AppState", session: AsyncSession, identity: Identity) 
     raise AssertionError("unreachable")
 
 
-async def _resolve_user(session: AsyncSession, identity: Identity) -> User:
+async def _resolve_user(
+    state: "AppState", session: AsyncSession, identity: Identity, invite: str | None
+) -> tuple[User, bool]:
+    """The account to sign in, and whether an unverified password account was taken over.
+
+    - a linked identity signs in to its account;
+    - a new identity with a verified email that a *verified* account uses is linked to it
+      (its owner proved the address before; their password and sessions stay);
+    - a new identity whose verified email an *unverified* account uses takes that account over:
+      whoever registered the address with a password never proved it (pre-account-hijacking),
+      so that password, every session it opened (their sockets close) and every emailed link
+      go; the provider's user owns the account from now on;
+    - otherwise a new account, if the registration mode lets this address in.
+    """
     email = identity.email.strip().lower() if identity.email else None
     link = (
         await session.exec(
@@ -575,10 +623,11 @@ async def _resolve_user(session: AsyncSession, identity: Identity) -> User:
     if link is not None:
         user = await session.get(User, link.user_id)
         if user is not None:
+            _may_sign_in(state, user)
             if email and link.email != email:
                 link.email = email[:320]
                 session.add(link)
-            return user
+            return user, False
     if not email:
         raise OAuthFlowError("email_missing", "the provider did not share an email address; CodeSync needs one")
     if not identity.email_verified:
@@ -586,24 +635,101 @@ async def _resolve_user(session: AsyncSession, identity: Identity) -> User:
             "email_unverified", "the provider has not verified your email address; verify it there and try again"
         )
     user = (await session.exec(select(User).where(func.lower(User.email) == email))).first()
+    taken_over = False
     if user is None:
+        from .registration import spend_signup_invite
+
+        signup = await _admit(state, session, email, invite)
         name = (identity.name or email.split("@", 1)[0])[:200]
         user = User(email=email[:320], name=name, email_verified=True)
         session.add(user)
         await session.flush()
+        if signup is not None and not await spend_signup_invite(session, signup, user.id):
+            raise OAuthFlowError("invite_invalid", "this invitation was used or has expired")
+        session.info["new_account"] = True
     elif not user.email_verified:
-        # The provider just proved who owns the address. Whoever registered it with a password
-        # never did (pre-account-hijacking): drop that password and every session it opened,
-        # so the verified owner takes the account over alone.
+        _may_sign_in(state, user)
+        now = utcnow()
         user.email_verified = True
-        if user.password_hash is not None:
-            user.password_hash = None
-            await session.exec(
-                update(RefreshToken)
-                .where(col(RefreshToken.user_id) == user.id, col(RefreshToken.revoked_at).is_(None))
-                .values(revoked_at=utcnow())
-            )
+        user.password_hash = None
+        await session.exec(
+            update(RefreshToken)
+            .where(col(RefreshToken.user_id) == user.id, col(RefreshToken.revoked_at).is_(None))
+            .values(revoked_at=now)
+        )
+        await session.exec(
+            update(AuthSession)
+            .where(col(AuthSession.user_id) == user.id, col(AuthSession.revoked_at).is_(None))
+            .values(revoked_at=now)
+        )
+        await session.exec(
+            update(AccountToken).where(col(AccountToken.user_id) == user.id, col(AccountToken.used_at).is_(None))
+            .values(used_at=now)
+        )
+        user.sessions_revoked_at = now
         session.add(user)
+        taken_over = True
+    else:
+        _may_sign_in(state, user)
     session.add(OAuthIdentity(user_id=user.id, provider=identity.provider, subject=identity.subject, email=email))
     await session.flush()
-    return user
+    return user, taken_over
+
+
+def _may_sign_in(state: "AppState", user: User) -> None:
+    try:
+        check_may_sign_in(state, user)
+    except AccountError as exc:
+        raise OAuthFlowError(exc.code, exc.message) from None
+
+
+async def _admit(state: "AppState", session: AsyncSession, email: str, invite: str | None) -> str | None:
+    """A first sign-in that makes an account is a registration: the same rules apply. Returns
+    the signup invite to spend once the account row exists."""
+    from .registration import admit
+
+    try:
+        admission = await admit(state, session, email, invite)
+    except AccountError as exc:
+        raise OAuthFlowError(exc.code, exc.message) from None
+    return admission.signup_invite_id
+
+
+async def _join_invited_room(state: "AppState", session: AsyncSession, invite: str, user_id: str) -> None:
+    """The room invite that let a new account in: join it now (the web client also goes on to
+    the invite page, where accepting again changes nothing)."""
+    from .errors import ApiError
+    from .rooms import accept_invite
+
+    try:
+        await accept_invite(state, session, invite, user_id)
+    except ApiError as exc:
+        log.info("new OAuth account could not join the invited room: %s", exc.code)
+
+
+async def link_identity(session: AsyncSession, identity: Identity, user_id: str) -> None:
+    """Link a provider identity to the signed-in account ``user_id`` (the profile page's "link").
+
+    Both sides are proven: the user is signed in here and just signed in at the provider. An
+    identity already linked to another account is refused (unlink it there first)."""
+    existing = (
+        await session.exec(
+            select(OAuthIdentity).where(
+                OAuthIdentity.provider == identity.provider, OAuthIdentity.subject == identity.subject
+            )
+        )
+    ).first()
+    if existing is not None:
+        if existing.user_id != user_id:
+            raise OAuthFlowError("identity_in_use", "that provider account already signs in to another CodeSync account")
+        return
+    user = await session.get(User, user_id)
+    if user is None or user.disabled_at is not None:
+        raise OAuthFlowError("account_disabled", "this account can no longer link providers")
+    email = identity.email.strip().lower()[:320] if identity.email else None
+    session.add(OAuthIdentity(user_id=user_id, provider=identity.provider, subject=identity.subject, email=email))
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise OAuthFlowError("identity_in_use", "that provider account already signs in to another CodeSync account") from None

@@ -72,6 +72,8 @@ async def principal_from_token(state: AppState, token: str, allow_service: bool 
         user = await session.get(User, claims.user_id)
         if user is None:
             raise TokenError("invalid_token", "user no longer exists")
+        if user.disabled_at is not None:  # disabling also revokes the sessions; this is the belt
+            raise TokenError("account_disabled", "this account has been disabled by an administrator")
         if claims.session_id is not None:
             signed_in = await session.get(AuthSession, claims.session_id)
             if signed_in is None or signed_in.user_id != user.id or signed_in.revoked_at is not None:

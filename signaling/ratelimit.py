@@ -258,3 +258,43 @@ def login_throttle(state: "AppState") -> LoginThrottle:
         throttle = LoginThrottle(limiter, state.settings)
         state.extras["login_throttle"] = throttle
     return throttle
+
+
+class MailThrottle:
+    """Requests that send a mail (password reset, verification re-send, email change).
+
+    Per source address: ``CODESYNC_MAIL_PER_IP`` requests per ``CODESYNC_MAIL_WINDOW`` — past
+    that, 429 (the same whatever address was asked about). Per *address asked about* (hashed;
+    counted whether or not it has an account, so the count reveals nothing): at most
+    ``CODESYNC_MAIL_PER_ACCOUNT`` mails per window — past that the request is answered as
+    always but no mail goes out, so nobody can flood someone's mailbox, and the links already
+    sent stay valid.
+    """
+
+    def __init__(self, limiter: Limiter, settings: Settings):
+        self.limiter = limiter
+        self._prefix = f"{settings.redis_prefix}:ratelimit:mail"
+        self._per_account = max(0, settings.mail_per_account)
+        self._per_ip = max(1, settings.mail_per_ip)
+        self._window = max(1, settings.mail_window)
+
+    async def request(self, source: str) -> None:
+        """Count one mail-sending request from ``source`` or raise :class:`RateLimited`."""
+        count, left = await self.limiter.hit(f"{self._prefix}:ip:{source_bucket(source)}", self._window)
+        if count > self._per_ip:
+            raise RateLimited(max(1, math.ceil(left)), "requests for emailed links from this address")
+
+    async def may_mail(self, email: str, purpose: str) -> bool:
+        """Whether another ``purpose`` mail may go to ``email`` in this window (and count it)."""
+        key = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+        count, _ = await self.limiter.hit(f"{self._prefix}:to:{purpose}:{key}", self._window)
+        return count <= self._per_account
+
+
+def mail_throttle(state: "AppState") -> MailThrottle:
+    throttle = state.extras.get("mail_throttle")
+    if throttle is None:
+        limiter: Limiter = RedisLimiter(state.redis) if state.redis is not None else MemoryLimiter()
+        throttle = MailThrottle(limiter, state.settings)
+        state.extras["mail_throttle"] = throttle
+    return throttle

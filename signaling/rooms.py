@@ -165,13 +165,19 @@ async def update_room(
 
 async def delete_room(state: AppState, session: AsyncSession, room_id: str, user_id: str) -> None:
     room, _ = await member_room(session, room_id, user_id, Role.owner, lock=True)
-    # The document tables carry no foreign key to rooms (the persistence peer owns them);
-    # a deleted room must not leave its content behind.
-    for table in (DocumentUpdate, DocumentSnapshot, RoomLease, *HISTORY_TABLES):
-        await session.exec(delete(table).where(col(table.room_id) == room_id))
-    await session.delete(room)
+    await purge_room(session, room)
     await session.commit()
     await notify_membership(state, room_id, None)
+
+
+async def purge_room(session: AsyncSession, room: Room) -> None:
+    """Delete a room and its stored documents (not committed).
+
+    The document tables carry no foreign key to rooms (the persistence peer owns them);
+    a deleted room must not leave its content behind."""
+    for table in (DocumentUpdate, DocumentSnapshot, RoomLease, *HISTORY_TABLES):
+        await session.exec(delete(table).where(col(table.room_id) == room.id))
+    await session.delete(room)
 
 
 # ----------------------------------------------------------------------------- invites

@@ -27,7 +27,9 @@ import jwt
 ALGORITHM = "HS256"
 AUDIENCE = "codesync"
 
-TokenType = Literal["access", "service", "invite"]
+TokenType = Literal["access", "service", "invite", "verify_email", "reset_password", "change_email", "signup"]
+# Emailed links and signup invites: signed tokens naming a database row that makes them single-use.
+LINK_TYPES = ("verify_email", "reset_password", "change_email", "signup")
 SERVICE_SCOPES = ("persistence", "runner")
 
 
@@ -55,6 +57,14 @@ class ServiceClaims:
     scope: str
     issued_at: int = 0
     expires_at: int = 0
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    purpose: str  # one of LINK_TYPES
+    row_id: str  # account_tokens.id (signup: signup_invites.id)
+    subject: str  # the user id (signup: "signup")
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,13 @@ class TokenService:
             {"typ": "invite", "sub": room_id, "role": role, "aud": AUDIENCE, "iat": now, "exp": expires_at, "jti": invite_id}
         )
 
+    def issue_link(self, purpose: str, row_id: str, subject: str, expires_at: int) -> str:
+        """An emailed link's token (or a signup invite's): ``typ`` = ``purpose``, ``jti`` = the row."""
+        if purpose not in LINK_TYPES:
+            raise ValueError(f"unknown link purpose {purpose!r}")
+        now = int(time.time())
+        return self._encode({"typ": purpose, "sub": subject, "aud": AUDIENCE, "iat": now, "exp": expires_at, "jti": row_id})
+
     # ------------------------------------------------------------------ decode
     def _decode(self, token: str, typ: TokenType, require: list[str]) -> dict[str, Any]:
         if not token or len(token) > 4096:
@@ -163,6 +180,12 @@ class TokenService:
     def decode_invite(self, token: str) -> InviteClaims:
         c = self._decode(token, "invite", ["exp", "iat", "sub", "jti", "aud"])
         return InviteClaims(str(c["jti"]), str(c["sub"]), str(c.get("role")), int(c["exp"]))
+
+    def decode_link(self, token: str, purpose: str) -> LinkClaims:
+        if purpose not in LINK_TYPES:
+            raise ValueError(f"unknown link purpose {purpose!r}")
+        c = self._decode(token, purpose, ["exp", "iat", "sub", "jti", "aud"])  # type: ignore[arg-type]
+        return LinkClaims(purpose, str(c["jti"]), str(c["sub"]), int(c["exp"]))
 
     @staticmethod
     def peek_type(token: str) -> str | None:

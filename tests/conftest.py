@@ -48,7 +48,9 @@ def redis_prefix() -> str:
 @pytest.fixture
 def make_settings(tmp_path: Path):
     def make(**overrides) -> Settings:
-        values = dict(data_dir=tmp_path / "data", secret_key=secrets.token_urlsafe(48))
+        # Tests register accounts and mint invites at once; the default (unverified accounts
+        # mint no invites) is tested in tests/test_accounts_*.py, which pass it explicitly.
+        values = dict(data_dir=tmp_path / "data", secret_key=secrets.token_urlsafe(48), unverified_accounts="full")
         values.update(overrides)
         return Settings(**values)
 

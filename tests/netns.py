@@ -208,6 +208,8 @@ class Stack:
                 CODESYNC_ICE_HOSTS=NS_ADDR, CODESYNC_SIGNALING_URL=f"ws://{NS_ADDR}:{self.port}/signal",
                 CODESYNC_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
                 CODESYNC_ACCESS_TOKEN_TTL=str(self.access_ttl),
+                # Browser tests register and invite at once (the default is tested with its own env).
+                CODESYNC_UNVERIFIED_ACCOUNTS="full",
             )
             env.update(self.extra_env)
             self.env = env

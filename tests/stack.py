@@ -246,19 +246,18 @@ async def signaling_stack(
 
 @asynccontextmanager
 async def joined(
-    stack: Stack, seeded: SeededRoom, *labels: str, settings: Settings | None = None
+    stack: Stack, seeded: SeededRoom, *labels: str, ice_hosts: str = "127.0.0.1"
 ) -> AsyncIterator[list[Any]]:
     """Headless peers (``peer.Room``) of these seeded users in the room, stopped in reverse order.
 
-    ``settings`` defaults to loopback-only ICE (the network rule of every test).
+    ``ice_hosts`` defaults to loopback-only ICE (the network rule of every test).
     """
     from peer import Room as PeerRoom  # aiortc is heavy; signaling-only tests never load it
 
-    settings = settings or Settings(ice_hosts="127.0.0.1")
     async with AsyncExitStack() as es:
         rooms = []
         for label in labels:
-            room = PeerRoom(stack.url, seeded.token(label), seeded.id, settings)
+            room = PeerRoom(stack.url, seeded.token(label), seeded.id, ice_hosts=ice_hosts)
             await room.start()
             es.push_async_callback(room.stop)
             rooms.append(room)

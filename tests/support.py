@@ -71,7 +71,9 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, wha
 def child_env(**overrides: str) -> dict[str, str]:
     """Environment for a child CodeSync process: only what we set, plus PATH and friends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODESYNC_")}
-    env.update({"CODESYNC_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    # Tests register accounts and mint invites at once (docs/accounts.md: the default keeps
+    # unverified accounts from minting invites; tests of that set it themselves).
+    env.update({"CODESYNC_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", "CODESYNC_UNVERIFIED_ACCOUNTS": "full"})
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

@@ -90,11 +90,9 @@ def step(stack: ComposeProject, what: str) -> Iterator[None]:
     stack.timings[what] = time.monotonic() - started
 
 
-def peer_settings(stack: ComposeProject, tmp: Path):
+def peer_ice_hosts(stack: ComposeProject) -> str:
     """The test's aiortc peers: ICE only on the host's address on the test bridge."""
-    from codesync.settings import Settings
-
-    return Settings(ice_hosts=stack.network.gateway, data_dir=tmp / "peer", _env_file=None)
+    return stack.network.gateway
 
 
 class Api:
@@ -133,7 +131,7 @@ async def rooms(stack: ComposeProject, tmp: Path, room_id: str, *tokens: str) ->
     started: list[Room] = []
     try:
         for token in tokens:
-            room = Room(stack.url, token, room_id, peer_settings(stack, tmp))
+            room = Room(stack.url, token, room_id, ice_hosts=peer_ice_hosts(stack))
             started.append(room)
             await room.start()
         yield started

@@ -231,18 +231,16 @@ async def _closed_soon(client, timeout: float = 5.0) -> bool:
 
 async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_url, redis_prefix):
     from peer import Room
-    from codesync.settings import Settings
     from tests.stack import signaling_stack
 
-    settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")
     async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
         nodes = [_hostport(n.url or "") for n in stack.nodes]
         async with nginx_proxy(tmp_path / "nginx", nodes) as proxy:
             rooms: list[Room] = []
             try:
-                alice = Room(proxy.url, seeded.token("alice"), seeded.id, settings)
-                bob = Room(proxy.url, seeded.token("bob"), seeded.id, settings)
+                alice = Room(proxy.url, seeded.token("alice"), seeded.id, ice_hosts="127.0.0.1")
+                bob = Room(proxy.url, seeded.token("bob"), seeded.id, ice_hosts="127.0.0.1")
                 rooms += [alice, bob]
                 await alice.start()
                 await bob.start()
@@ -286,7 +284,7 @@ async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_u
                 await wait_for(lambda: _eq(signal_connections(survivor.url or ""), 2), timeout=20,
                                what="both on the surviving node")
                 # ... and a newcomer, who can only meet them through the surviving node, gets every edit.
-                carol = Room(proxy.url, seeded.token("carol"), seeded.id, settings)
+                carol = Room(proxy.url, seeded.token("carol"), seeded.id, ice_hosts="127.0.0.1")
                 rooms.append(carol)
                 await carol.start()
                 text_c = carol.doc.get("source", type=Text)

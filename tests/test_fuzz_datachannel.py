@@ -36,7 +36,6 @@ from peer import protocol as p
 from peer.chunking import split_message
 from tests.fuzzing import LiveLoop, fuzz_settings
 from tests.support import Service, wait_for
-from codesync.settings import Settings
 from tests.test_persistence_peer import (
     persist_stack,
     persistence_peers,
@@ -47,7 +46,7 @@ from tests.test_persistence_peer import (
 
 pytestmark = pytest.mark.timeout(170)
 
-SETTINGS = Settings(ice_hosts="127.0.0.1")
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
 
 # ----------------------------------------------------------------------------- strategies
 varuints = st.one_of(st.integers(0, 300), st.integers(0, 2**53), st.integers(2**53, 2**80))
@@ -150,7 +149,7 @@ class Live:
 
 def persistence_link(room: Room):
     peers = persistence_peers(room)
-    return room._links.get(peers[0]) if peers else None
+    return room.links.get(peers[0]) if peers else None
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +162,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
         stack, persisters = await cm.__aenter__()
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
         svc = persisters.start()
-        alice = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
+        alice = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
         await alice.start()
         await wait_for(lambda: persistence_peers(alice), 30, what="persistence peer joins")
         source(alice).insert(0, "start\n")
@@ -252,7 +251,7 @@ def test_zz_a_fresh_peer_loads_exactly_the_peers_document(live: Live) -> None:
         expected = str(source(live.alice))
         await live.alice.stop()  # bob can only get it from the persistence peer now
         live.edits = -1
-        bob = Room(live.stack.url, live.seeded.token("bob"), live.seeded.id, SETTINGS)
+        bob = Room(live.stack.url, live.seeded.token("bob"), live.seeded.id, ice_hosts=ICE_HOSTS)
         await bob.start()
         try:
             await wait_for(lambda: str(source(bob)) == expected, 30, what="bob converges")

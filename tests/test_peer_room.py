@@ -20,13 +20,12 @@ import pytest_asyncio
 from peer import PeerInfo, Room, SignalingClient
 from peer import protocol as p
 from peer import text as ptext
-from codesync.settings import Settings
 from tests.stack import Stack, signaling_stack
 from tests.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
-SETTINGS = Settings(ice_hosts="127.0.0.1")
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE (the network rule of every test)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -45,7 +44,7 @@ async def joined(stack: Stack, seeded, *labels: str, **kw) -> AsyncIterator[list
     async with AsyncExitStack() as es:
         rooms = []
         for label in labels:
-            room = Room(stack.url, seeded.token(label), seeded.id, SETTINGS, **kw)
+            room = Room(stack.url, seeded.token(label), seeded.id, ice_hosts=ICE_HOSTS, **kw)
             await room.start()
             es.push_async_callback(room.stop)
             rooms.append(room)
@@ -175,7 +174,7 @@ async def test_no_chunks_to_a_peer_without_the_chunk_cap(stack, seeded) -> None:
         source(a).insert(0, big)
         async with joined(stack, seeded, "bob", caps=()) as (b,):
             await all_connected([a, b])
-            link = a._links[b.peer_id].conn
+            link = a.links[b.peer_id]
             await wait_for(lambda: link.dropped_oversize >= 1, what="the oversize SyncStep2 dropped")
             before = b.stats["frames_in"]
             source(a).insert(0, "z")  # small messages still flow
@@ -190,7 +189,7 @@ async def test_no_chunks_to_a_peer_without_the_chunk_cap(stack, seeded) -> None:
 async def test_malformed_frames_unknown_types_and_rejected_updates_are_survived(stack, seeded) -> None:
     async with joined(stack, seeded, "alice", "bob") as (a, b):
         await all_connected([a, b])
-        attacker = a._links[b.peer_id].conn
+        attacker = a.links[b.peer_id].conn
         garbage = [
             b"",
             b"\x80\x80",
@@ -223,7 +222,7 @@ async def test_an_awareness_flood_is_bounded_and_query_awareness_answered(stack,
     async with joined(stack, seeded, "alice", "bob") as (a, b):
         await all_connected([a, b])
         b.awareness.set_local_state({"user": {"id": seeded.user("bob").id, "name": "Bob"}})
-        attacker = a._links[b.peer_id].conn
+        attacker = a.links[b.peer_id].conn
         for i in range(1000):
             ids = range(i * 50 + 1000, i * 50 + 1050)
             update = p.encode_awareness_update(
@@ -244,9 +243,8 @@ _CHILD = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
 from peer import Room
-from codesync.settings import Settings
 async def main():
-    room = Room({url!r}, {token!r}, {room!r}, Settings(ice_hosts="127.0.0.1"))
+    room = Room({url!r}, {token!r}, {room!r}, ice_hosts="127.0.0.1")
     await room.start()
     print("joined", flush=True)
     await asyncio.sleep(60)
@@ -268,7 +266,7 @@ async def test_a_peer_vanishing_mid_sync_is_dropped_and_others_carry_on(stack, s
         finally:
             child.kill()
             child.wait(10)
-        await wait_for(lambda: opened[0] not in a._links, timeout=40, what="the dead link dropped")
+        await wait_for(lambda: opened[0] not in a.links, timeout=40, what="the dead link dropped")
         async with joined(stack, seeded, "bob") as (b,):
             await b.wait_synced(a.peer_id, timeout=20)
             assert str(source(b)) == big
@@ -280,7 +278,7 @@ async def test_a_peer_vanishing_mid_sync_is_dropped_and_others_carry_on(stack, s
 async def test_a_service_client_joins_many_rooms_over_one_connection(stack, seeded) -> None:
     other = await stack.seed_room({"erin": "owner"})
     token = await stack.service_token("persistence")
-    client = SignalingClient(stack.url, token, SETTINGS)
+    client = SignalingClient(stack.url, token)
     active: list[str] = []
     idle: list[str] = []
     rooms: dict[str, Room] = {}
@@ -288,7 +286,7 @@ async def test_a_service_client_joins_many_rooms_over_one_connection(stack, seed
     async def activate(topic: str) -> None:
         active.append(topic)
         if topic in (seeded.id, other.id) and topic not in rooms:
-            room = rooms[topic] = client.room(topic, hold_sync=True)
+            room = rooms[topic] = Room.over(client, topic, ice_hosts=ICE_HOSTS, hold_sync=True)
             await room.start()
             stored = pycrdt.Doc()
             stored.get("source", type=pycrdt.Text).insert(0, f"stored {topic}")
@@ -318,9 +316,9 @@ async def test_named_documents_are_held_chunked_and_never_relayed(stack, seeded)
     """Type 102: a service's ``runs`` document reaches the peers linked to it (SyncStep1 held
     until release, chunked when large, live updates), is never relayed by anyone, and a
     person's own writes to it are kept to themselves."""
-    client = SignalingClient(stack.url, await stack.service_token("persistence"), SETTINGS)
+    client = SignalingClient(stack.url, await stack.service_token("persistence"))
     await client.start()
-    svc = client.room(seeded.id, hold_sync=True, max_conns=1)  # links to alice only
+    svc = Room.over(client, seeded.id, ice_hosts=ICE_HOSTS, hold_sync=True, max_conns=1)  # links to alice only
     await svc.start()
     try:
         async with joined(stack, seeded, "alice") as (a,):
@@ -337,7 +335,7 @@ async def test_named_documents_are_held_chunked_and_never_relayed(stack, seeded)
             assert len(str(a_runs["r1"]["output"])) == 300_000 and a.stats["chunks_in"] > 1
             async with joined(stack, seeded, "bob") as (b,):
                 await wait_for(lambda: a.peer_id in b.connected_peers, 20, what="bob linked to alice")
-                assert svc.peer_id not in b._links  # the service is at max_conns: bob only hears alice
+                assert svc.peer_id not in b.links  # the service is at max_conns: bob only hears alice
                 svc.docs["runs"].get("runs", type=pycrdt.Map)["r2"] = pycrdt.Map({"status": "queued"})
                 await wait_for(lambda: "r2" in a_runs, what="a live update of the runs document")
                 a_runs["mine"] = pycrdt.Map({"status": "finished"})  # alice may not write runs: kept
@@ -358,11 +356,11 @@ async def test_glare_both_sides_offering_ends_in_one_working_link(stack, seeded)
     # max_conns=0: nobody initiates on announce; then both initiate in the same loop turn
     async with joined(stack, seeded, "alice", "bob", max_conns=0) as (a, b):
         a.max_conns = b.max_conns = 10
-        a._on_announce(b.peer_id)
-        b._on_announce(a.peer_id)
-        assert a._links[b.peer_id].conn.initiator and b._links[a.peer_id].conn.initiator
+        a._mesh.on_announce(b.peer_id)  # what an announce from the other makes the mesh do
+        b._mesh.on_announce(a.peer_id)
+        assert a.links[b.peer_id].initiator and b.links[a.peer_id].initiator
         await all_connected([a, b])
-        link_a, link_b = a._links[b.peer_id].conn, b._links[a.peer_id].conn
+        link_a, link_b = a.links[b.peer_id], b.links[a.peer_id]
         assert link_a.initiator != link_b.initiator  # exactly one offer won
         source(a).insert(0, "after glare")
         await wait_for(lambda: str(source(b)) == "after glare", what="edit over the surviving link")
@@ -371,8 +369,8 @@ async def test_glare_both_sides_offering_ends_in_one_working_link(stack, seeded)
 async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, seeded) -> None:
     """Peer B behaves like a browser: SDP without candidates, then one signal per candidate."""
     async with joined(stack, seeded, "alice") as (a,):
-        b = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS)
-        original = b._publish_signal
+        b = Room(stack.url, seeded.token("bob"), seeded.id, ice_hosts=ICE_HOSTS)
+        original = b._mesh.publish_signal
         trickled: list[str] = []
 
         async def trickling(to: str, signal: dict, token) -> None:
@@ -392,14 +390,14 @@ async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, 
                 await original(to, {"type": "candidate", "candidate": {"candidate": cand, "sdpMid": mid, "sdpMLineIndex": 0}}, token)
             await original(to, {"type": "candidate", "candidate": {"candidate": "", "sdpMid": mid, "sdpMLineIndex": 0}}, token)
 
-        b._publish_signal = trickling  # type: ignore[method-assign]
+        b._mesh.publish_signal = trickling  # type: ignore[method-assign]
         await b.start()
         try:
             await all_connected([a, b])
             assert len(trickled) >= 3
             source(b).insert(0, "trickled")
             await wait_for(lambda: str(source(a)) == "trickled", what="edit over the trickled link")
-            remote_hosts = {c.host for c in a._links[b.peer_id].conn._pc.sctp.transport.transport._connection.remote_candidates}
+            remote_hosts = {c.host for c in a.links[b.peer_id].conn._pc.sctp.transport.transport._connection.remote_candidates}
             assert "192.0.2.7" not in remote_hosts and "127.0.0.1" in remote_hosts
         finally:
             await b.stop()
@@ -410,8 +408,8 @@ async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
 
     async with signaling_stack(tmp_path) as st:
         seeded = await st.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
-        a = Room(st.url, seeded.token("alice"), seeded.id, SETTINGS)
-        b = Room(st.url, seeded.token("bob"), seeded.id, SETTINGS)
+        a = Room(st.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
+        b = Room(st.url, seeded.token("bob"), seeded.id, ice_hosts=ICE_HOSTS)
         refreshed: list[str] = []
 
         async def fresh_token() -> str:  # a user peer's access token may have expired meanwhile
@@ -447,7 +445,7 @@ async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
 
 async def test_a_non_member_is_refused_and_a_viewer_cannot_edit(stack, seeded) -> None:
     other = await stack.seed_room({"erin": "owner", "eve": None})
-    outsider = Room(stack.url, other.token("eve"), other.id, SETTINGS)
+    outsider = Room(stack.url, other.token("eve"), other.id, ice_hosts=ICE_HOSTS)
     with pytest.raises(PermissionError):
         await outsider.start()
     async with joined(stack, seeded, "alice", "dave") as (a, viewer):
@@ -460,6 +458,6 @@ async def test_a_non_member_is_refused_and_a_viewer_cannot_edit(stack, seeded) -
         # ... and a viewer that sends anyway (straight down its data channel) is dropped
         forged = pycrdt.Doc()
         forged.get("source", type=pycrdt.Text).insert(0, "forced vandalism")
-        viewer._links[a.peer_id].conn.send(p.encode_sync_update(forged.get_update()))
+        viewer.links[a.peer_id].conn.send(p.encode_sync_update(forged.get_update()))
         await wait_for(lambda: a.dropped.get(("update", "read_only"), 0) >= 1, what="viewer's update dropped")
         assert str(source(a)) == "hello viewer" and a.stats["updates_dropped"] >= 1

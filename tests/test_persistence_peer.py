@@ -25,7 +25,6 @@ from tests.support import Service, child_env, free_port, postgres_database, requ
 pytestmark = pytest.mark.timeout(180)
 
 TRACE = "rustcode"
-SETTINGS = Settings(ice_hosts="127.0.0.1")  # loopback-only ICE (also imported by bench/persistence_trace.py)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -235,7 +234,7 @@ async def test_malformed_frames_do_not_hurt_the_stored_document(tmp_path):
             await wait_for(lambda: persistence_peers(alice), 45, what="persistence joins")
             source(alice).insert(0, "before\n")
             await wait_for(lambda: saved_covers(alice), 15, what="saved")
-            link = alice._links[persistence_peers(alice)[0]]
+            link = alice.links[persistence_peers(alice)[0]]
             junk = [
                 b"",
                 b"\x00",  # sync without a sync type

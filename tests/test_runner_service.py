@@ -17,13 +17,10 @@ import pytest
 
 from peer import Room, SignalingClient
 from runner.runs import decode_state_vector
-from codesync.settings import Settings
 from tests.stack import SeededRoom, Stack, joined, signaling_stack
 from tests.support import Service, child_env, free_port, require, start_service, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-SETTINGS = Settings(ice_hosts="127.0.0.1")
 
 
 @asynccontextmanager
@@ -99,7 +96,7 @@ class Client:
 
 @asynccontextmanager
 async def clients(stack: Stack, seeded: SeededRoom, *labels: str) -> AsyncIterator[list[Client]]:
-    async with joined(stack, seeded, *labels, settings=SETTINGS) as rooms:
+    async with joined(stack, seeded, *labels) as rooms:
         yield [Client(room) for room in rooms]
 
 
@@ -211,10 +208,10 @@ async def test_state_vector_wait_visible_refusals_and_recovery_end_to_end(tmp_pa
         # A run an earlier (dead) process of this runner instance left "running" (only a runner
         # writes runs: here another runner-stamped peer brings the entry into the room): the
         # runner fails it once the entry reaches it; a viewer watching the room sees that.
-        other_runner = SignalingClient(stack.url, await stack.service_token("runner"), SETTINGS)
+        other_runner = SignalingClient(stack.url, await stack.service_token("runner"))
         await other_runner.start()
         try:
-            old = other_runner.room(seeded.id)
+            old = Room.over(other_runner, seeded.id, ice_hosts="127.0.0.1")
             await old.start()
             await wait_for(lambda: runner_peer in old.connected_peers and vic.room.peer_id in old.connected_peers,
                            timeout=20, what="the other runner peer linked")

@@ -50,18 +50,16 @@ async def test_regression_room_stop_delivers_the_last_edits(tmp_path) -> None:
     import pycrdt
 
     from peer import Room
-    from codesync.settings import Settings
     from tests.stack import signaling_stack
     from tests.support import wait_for
 
-    settings = Settings(ice_hosts="127.0.0.1")
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"a": "owner", "b": "editor"})
-        b = Room(stack.url, seeded.token("b"), seeded.id, settings)
+        b = Room(stack.url, seeded.token("b"), seeded.id, ice_hosts="127.0.0.1")
         await b.start()
         try:
             for trial in range(8):
-                a = Room(stack.url, seeded.token("a"), seeded.id, settings)
+                a = Room(stack.url, seeded.token("a"), seeded.id, ice_hosts="127.0.0.1")
                 await a.start()
                 await wait_for(lambda: a.peers.get(b.peer_id) is not None and a.peers[b.peer_id].synced, 20,
                                what="a synced with b")
@@ -87,15 +85,13 @@ async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_pa
     DROPPED, not deferred — a link dropped twice within a second (e.g. for bad frames) never
     came back. Now the throttled re-announce is sent once the second is over."""
     from peer import Room
-    from codesync.settings import Settings
     from tests.stack import signaling_stack
     from tests.support import wait_for
 
-    settings = Settings(ice_hosts="127.0.0.1")
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"a": "owner", "b": "editor"})
-        a = Room(stack.url, seeded.token("a"), seeded.id, settings)
-        b = Room(stack.url, seeded.token("b"), seeded.id, settings)
+        a = Room(stack.url, seeded.token("a"), seeded.id, ice_hosts="127.0.0.1")
+        b = Room(stack.url, seeded.token("b"), seeded.id, ice_hosts="127.0.0.1")
         await a.start()
         await b.start()
         try:
@@ -105,7 +101,7 @@ async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_pa
 
             for drop in range(3):
                 await wait_for(linked, 15, what=f"a and b linked (before drop {drop})")
-                await b._links[a.peer_id].conn.aclose()  # what dropping a peer for bad frames does
+                await b.links[a.peer_id].conn.aclose()  # what dropping a peer for bad frames does
             await wait_for(linked, 15, what="a and b linked again after quick successive drops")
         finally:
             await a.stop()

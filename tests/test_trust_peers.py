@@ -32,7 +32,7 @@ from tests.support import Service, child_env, free_port, require, start_service,
 
 pytestmark = pytest.mark.timeout(240)
 
-SETTINGS = Settings(ice_hosts="127.0.0.1")
+ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
 
 
 # ----------------------------------------------------------------------------- the stack
@@ -118,7 +118,7 @@ async def peers(svc: Services, *labels: str, **kw) -> AsyncIterator[list[Room]]:
     async with AsyncExitStack() as es:
         rooms = []
         for label in labels:
-            room = Room(svc.stack.url, svc.seeded.token(label), svc.seeded.id, SETTINGS, **kw)
+            room = Room(svc.stack.url, svc.seeded.token(label), svc.seeded.id, ice_hosts=ICE_HOSTS, **kw)
             await room.start()
             es.push_async_callback(room.stop)
             rooms.append(room)
@@ -150,7 +150,7 @@ def service_peer(room: Room, service: str) -> str | None:
 def send_raw(room: Room, frame: bytes) -> int:
     """What a modified client does: a frame straight down every open data channel."""
     sent = 0
-    for link in list(room._links.values()):
+    for link in list(room.links.values()):
         if link.conn.open and link.conn.send(frame):
             sent += 1
     return sent
@@ -205,7 +205,7 @@ async def test_a_viewer_write_is_not_applied_relayed_or_stored(tmp_path):
             source(ed).insert(0, "shared\n")
             async with peers(svc, "vic") as (vic,):
                 await all_linked([ed, vic], "persistence")
-                assert vic.peer_id not in carol._links
+                assert vic.peer_id not in carol.links
                 await wait_for(lambda: str(source(vic)) == "shared\n", what="the viewer reads")
 
                 # vic edits its own copy: a CodeSync peer that may not write keeps it to itself ...
@@ -280,14 +280,14 @@ async def test_a_removed_member_is_cut_off_by_every_codesync_peer(tmp_path):
         source(mal).insert(0, "mal's line\n")
         await wait_for(lambda: str(source(alice)) == "mal's line\n", what="mal writes while a member")
         # mal runs a modified client that ignores its own removal and keeps its links open
-        mal._removed_from_room = lambda: None  # type: ignore[method-assign]
+        mal._mesh.removed_from_room = lambda: None  # type: ignore[method-assign]
 
         await svc.remove("mal")
         await svc.remove("rita")
         # every other CodeSync peer closes its end: mal's links all go, though mal keeps them
         await wait_for(lambda: not mal.connected_peers, 30, what="every peer closed its link to mal")
         for room in (alice, ed):
-            assert mal.peer_id not in room._links and room.principal(mal.peer_id).role is None
+            assert mal.peer_id not in room.links and room.principal(mal.peer_id).role is None
         for service in (svc.persist, svc.runner):
             assert f"closing the link to {mal.peer_id}: its user is gone" in service.log()
         # rita's own (unmodified) Room stops by itself
@@ -397,9 +397,9 @@ async def test_awareness_cannot_claim_services_other_users_or_other_links_client
             alice.awareness.client_id: {"user": {"id": ids["ed"], "name": "Ed"}},
         }
         frame = p.encode_awareness(p.encode_awareness_update(forged, {cid: {"clock": 99} for cid in forged}, list(forged)))
-        assert ed._links[alice.peer_id].conn.send(frame)
+        assert ed.links[alice.peer_id].conn.send(frame)
         removal = p.encode_awareness(p.encode_awareness_update({}, {cid_carol: {"clock": 100}}, [cid_carol]))
-        assert ed._links[alice.peer_id].conn.send(removal)  # and carol's state removed by ed
+        assert ed.links[alice.peer_id].conn.send(removal)  # and carol's state removed by ed
         ed.awareness.set_local_state({"user": {"id": ids["ed"], "name": "Ed?", "color": "#f00"}, "cursor": 42})
         await wait_for(lambda: (alice.awareness.states.get(cid_ed) or {}).get("cursor") == 42,
                        what="ed's own later state (same channel, so the forgeries were handled)")
@@ -453,10 +453,10 @@ async def test_the_runner_refuses_a_run_from_an_editor_demoted_while_linked(tmp_
 async def test_a_taken_peer_id_is_replaced_and_the_peer_joins(tmp_path):
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
-        alice = Room(stack.url, seeded.token("alice"), seeded.id, SETTINGS)
+        alice = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=ICE_HOSTS)
         await alice.start()
         try:
-            bob = Room(stack.url, seeded.token("bob"), seeded.id, SETTINGS, peer_id=alice.peer_id)
+            bob = Room(stack.url, seeded.token("bob"), seeded.id, ice_hosts=ICE_HOSTS, peer_id=alice.peer_id)
             await bob.start()  # the server refuses alice's id to bob: bob takes a fresh one
             try:
                 assert bob.peer_id != alice.peer_id

@@ -270,7 +270,6 @@ async def test_two_peers_exchange_document_updates_through_coturn(turn_api, cotu
 async def test_peer_library_rooms_allocate_on_coturn_with_signaling_credentials(tmp_path: Path, coturn: Coturn):
     """Room peers fetch /api/ice-servers themselves and allocate relays on coturn with those credentials."""
     from peer import Room
-    from codesync.settings import Settings
     from tests.stack import signaling_stack
 
     async with signaling_stack(
@@ -280,9 +279,8 @@ async def test_peer_library_rooms_allocate_on_coturn_with_signaling_credentials(
         CODESYNC_TURN_TTL="300",
     ) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor"})
-        settings = Settings(ice_hosts="127.0.0.1", data_dir=tmp_path / "peers")
-        alice = Room(stack.url, seeded.token("alice"), seeded.id, settings)
-        bob = Room(stack.url, seeded.token("bob"), seeded.id, settings)
+        alice = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts="127.0.0.1")
+        bob = Room(stack.url, seeded.token("bob"), seeded.id, ice_hosts="127.0.0.1")
         try:
             await alice.start()
             await bob.start()

@@ -100,7 +100,7 @@ class RoomKeeper(RoomPresence):
     async def _persist(self, held: HeldLease, lost: asyncio.Event) -> None:
         service = self.service
         doc = Doc()
-        room = service.client.room(self.room_id, hold_sync=True, doc=doc)
+        room = service.room(self.room_id, hold_sync=True, doc=doc)
         attribution = await history.load_attribution(service.store.engine, self.room_id)
         writer = RoomWriter(
             service.store,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 
@@ -28,6 +28,7 @@ log = logging.getLogger("codesync.oauth")
 
 SERVICE_KEY = "oauth"
 BINDING_COOKIE = "codesync_oauth"
+LINK_COOKIE = "codesync_link"  # a one-time ticket naming the signed-in account to link a provider to
 COOKIE_PATH = "/api/auth/oauth/"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
 
@@ -50,6 +51,13 @@ def _client_redirect(request: web.Request, params: dict[str, Any]) -> web.Respon
     return web.Response(status=302, headers={"Location": location, **NO_STORE})
 
 
+def _account_redirect(request: web.Request, params: dict[str, Any]) -> web.Response:
+    """Linking ends on the web client's account page: ``#/account?linked=…`` or ``?error=…``."""
+    base = get_state(request).settings.base_url
+    location = f"{base}/#/account?{urlencode({k: str(v) for k, v in params.items()})}"
+    return web.Response(status=302, headers={"Location": location, **NO_STORE})
+
+
 def _error_redirect(request: web.Request, code: str, message: str, next_path: str | None = None) -> web.Response:
     params = {"error": code, "message": message}
     if next_path:
@@ -67,15 +75,39 @@ async def list_providers(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def invite_in(next_path: str | None) -> str | None:
+    """The invitation a registration would use, from the web client's ``next`` route:
+    ``/invite/<room invite>`` or ``/register?invite=<signup invite>``."""
+    if not next_path:
+        return None
+    if next_path.startswith("/invite/"):
+        return next_path[len("/invite/"):] or None
+    if next_path.startswith("/register?"):
+        return parse_qs(next_path.split("?", 1)[1]).get("invite", [None])[0]
+    return None
+
+
 async def start(request: web.Request) -> web.StreamResponse:
-    """``GET /api/auth/oauth/{provider}/start`` → 302 to the provider's authorization page."""
+    """``GET /api/auth/oauth/{provider}/start`` → 302 to the provider's authorization page.
+
+    ``?link=1`` (after ``POST /api/me/identities/{provider}/link`` set the link cookie): link
+    the provider to the signed-in account instead of signing in."""
     provider = _provider(request)
     settings = get_state(request).settings
     next_path = safe_next_path(request.query.get("next"))
+    link_user = None
+    if request.query.get("link"):
+        link_user = await service(request).take_link_ticket(request.cookies.get(LINK_COOKIE))
+        if link_user is None:
+            return _account_redirect(request, {"error": "link_expired", "message": "linking took too long or was already started; try again"})
     try:
-        flow = await service(request).start(provider, request.cookies.get(BINDING_COOKIE), next_path)
+        flow = await service(request).start(
+            provider, request.cookies.get(BINDING_COOKIE), next_path, invite=invite_in(next_path), link_user=link_user
+        )
     except OAuthFlowError as exc:
         log.warning("oauth start with %s failed: %s: %s", provider.name, exc.code, exc.message)
+        if link_user:
+            return _account_redirect(request, {"error": exc.code, "message": exc.message})
         return _error_redirect(request, exc.code, exc.message, next_path)
     except Exception:  # noqa: BLE001 - e.g. Redis down: still a page the web client understands
         log.exception("oauth start with %s failed", provider.name)
@@ -90,6 +122,8 @@ async def start(request: web.Request) -> web.StreamResponse:
         samesite="Lax",  # sent on the provider's top-level redirect back to the callback
         secure=settings.base_url.startswith("https://"),
     )
+    if link_user:
+        response.del_cookie(LINK_COOKIE, path=COOKIE_PATH)
     return response
 
 
@@ -101,10 +135,15 @@ async def callback(request: web.Request) -> web.StreamResponse:
         done = await service(request).finish(provider, params, request.cookies.get(BINDING_COOKIE))
     except OAuthFlowError as exc:
         log.info("oauth sign-in with %s refused: %s: %s", provider.name, exc.code, exc.message)
+        if exc.linking:
+            return _account_redirect(request, {"error": exc.code, "message": exc.message})
         return _error_redirect(request, exc.code, exc.message, exc.next_path)
     except Exception:  # noqa: BLE001 - never a traceback to the browser
         log.exception("oauth sign-in with %s failed", provider.name)
         return _error_redirect(request, "internal", "sign-in failed on the server; try again later")
+    if done.linked:
+        log.info("oauth: %s linked to a signed-in account", provider.name)
+        return _account_redirect(request, {"linked": provider.name})
     body = done.tokens
     log.info("oauth sign-in with %s: user %s", provider.name, body["user"]["id"])
     result = {

@@ -11,8 +11,8 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from .. import rooms
-from ..errors import read_json
-from codesync.models import Role
+from ..errors import ApiError, read_json
+from codesync.models import Role, User
 from ..principal import require_user
 from ..state import get_state
 
@@ -111,6 +111,7 @@ async def create_invite(request: web.Request) -> web.Response:
     body = await read_json(request, CreateInviteBody)
     state = get_state(request)
     async with state.sessions() as session:
+        await _may_invite(state, session, user_id)
         invite = await rooms.create_invite(
             state, session, request.match_info["room_id"], user_id, body.role, body.expires_in
         )
@@ -132,6 +133,16 @@ async def revoke_invite(request: web.Request) -> web.Response:
     async with get_state(request).sessions() as session:
         await rooms.revoke_invite(session, request.match_info["room_id"], user_id, request.match_info["invite_id"])
     return web.Response(status=204)
+
+
+async def _may_invite(state, session, user_id: str) -> None:
+    """Unverified accounts mint no invites unless ``CODESYNC_UNVERIFIED_ACCOUNTS=full``: an
+    invite spreads access, so it needs someone whose address is known (docs/accounts.md)."""
+    if state.settings.unverified_accounts == "full":
+        return
+    user = await session.get(User, user_id)
+    if user is not None and not user.email_verified:
+        raise ApiError(403, "email_unverified", "confirm your email address before inviting people (see your account page)")
 
 
 class AcceptInviteBody(BaseModel):

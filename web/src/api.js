@@ -65,6 +65,14 @@ class Session {
     this._emit()
   }
 
+  /** The signed-in user's record changed (profile, address): keep the stored copy current. */
+  setUser (user) {
+    if (!this.data) return
+    this.data = { ...this.data, user }
+    localStorage.setItem(STORE_KEY, JSON.stringify(this.data))
+    this._emit()
+  }
+
   clear (reason) {
     this.data = null
     this.expiredReason = reason || null
@@ -109,8 +117,10 @@ class Session {
       throw new ApiError(0, 'network', 'The server cannot be reached. Check your connection.')
     }
     if (res.status === 401 || res.status === 400 || res.status === 403) {
-      this.clear('Your session has expired. Please sign in again.')
-      throw new ApiError(401, 'session_expired', 'Your session has expired. Please sign in again.')
+      const err = await toError(res)
+      const why = signOutReason(err.code)
+      this.clear(why)
+      throw new ApiError(401, 'session_expired', why)
     }
     if (!res.ok) throw await toError(res)
     this.store(await res.json())
@@ -118,6 +128,13 @@ class Session {
 }
 
 export const session = new Session()
+
+/** What the sign-in page says after the server ended a session. */
+function signOutReason (code) {
+  if (code === 'account_disabled') return 'This account has been disabled by an administrator.'
+  if (code === 'invalid_token') return 'This account no longer exists, or your session has ended. Please sign in again.'
+  return 'Your session has expired. Please sign in again.'
+}
 
 async function toError (res) {
   let code = 'http_' + res.status
@@ -146,8 +163,9 @@ export async function api (method, path, body, { auth = true } = {}) {
     }
     if (res.status === 401 && auth && attempt === 0) continue
     if (res.status === 401 && auth) {
-      session.clear('Your session has expired. Please sign in again.')
-      throw new ApiError(401, 'session_expired', 'Your session has expired. Please sign in again.')
+      const why = signOutReason((await toError(res)).code)
+      session.clear(why)
+      throw new ApiError(401, 'session_expired', why)
     }
     if (!res.ok) throw await toError(res)
     if (res.status === 204) return null
@@ -162,10 +180,38 @@ export const Auth = {
     session.store(body)
     return body
   },
-  async register (email, password, name) {
-    const body = await api('POST', '/api/auth/register', { email, password, name }, { auth: false })
+  /** Resolves to the token pair (signed in), or `{status: 'verification_sent'}` where the
+   * server lets nobody in before the address is confirmed. */
+  async register (email, password, name, invite) {
+    const payload = { email, password, name }
+    if (invite) payload.invite = invite
+    const body = await api('POST', '/api/auth/register', payload, { auth: false })
+    if (body && body.access_token) session.store(body)
+    return body
+  },
+  registration () { return api('GET', '/api/auth/registration', undefined, { auth: false }) },
+  requestReset (email) { return api('POST', '/api/auth/password-reset', { email }, { auth: false }) },
+  async confirmReset (token, password) {
+    const body = await api('POST', '/api/auth/password-reset/confirm', { token, password }, { auth: false })
     session.store(body)
     return body
+  },
+  /** A verification (or new-address) link; sent with the Bearer token when signed in. */
+  async verifyEmail (token) {
+    const body = session.signedIn
+      ? await api('POST', '/api/auth/verify-email', { token })
+      : await api('POST', '/api/auth/verify-email', { token }, { auth: false })
+    if (session.signedIn && body && body.user && session.user && body.user.id === session.user.id) session.setUser(body.user)
+    return body
+  },
+  resendVerification (email) {
+    return session.signedIn
+      ? api('POST', '/api/auth/verify-email/resend', {})
+      : api('POST', '/api/auth/verify-email/resend', { email }, { auth: false })
+  },
+  async logoutEverywhere () {
+    try { await api('POST', '/api/auth/logout', { all: true }) } catch (e) {}
+    session.clear(null)
   },
   async logout () {
     const refresh = session.data && session.data.refresh_token
@@ -189,4 +235,37 @@ export const Rooms = {
   members (id) { return api('GET', `/api/rooms/${encodeURIComponent(id)}/members`) },
   setRole (id, userId, role) { return api('PUT', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}`, { role }) },
   removeMember (id, userId) { return api('DELETE', `/api/rooms/${encodeURIComponent(id)}/members/${encodeURIComponent(userId)}`) }
+}
+
+export const Account = {
+  async me () {
+    const me = await api('GET', '/api/me')
+    session.setUser(me)
+    return me
+  },
+  async update (fields) {
+    const me = await api('PATCH', '/api/me', fields)
+    session.setUser(me)
+    return me
+  },
+  changePassword (current, next) { return api('POST', '/api/me/password', { current_password: current, new_password: next }) },
+  changeEmail (email, password) { return api('POST', '/api/me/email', { email, password }) },
+  identities () { return api('GET', '/api/me/identities') },
+  unlink (id) { return api('DELETE', `/api/me/identities/${encodeURIComponent(id)}`) },
+  /** Sets the short-lived link cookie; the caller then opens the returned URL. */
+  link (provider) { return api('POST', `/api/me/identities/${encodeURIComponent(provider)}/link`, {}) },
+  deletionPlan () { return api('GET', '/api/me/deletion') },
+  remove (body) { return api('POST', '/api/me/delete', body) }
+}
+
+export const Admin = {
+  stats () { return api('GET', '/api/admin/stats') },
+  users (q = '', offset = 0) { return api('GET', `/api/admin/users?q=${encodeURIComponent(q)}&offset=${offset}`) },
+  rooms (q = '', offset = 0) { return api('GET', `/api/admin/rooms?q=${encodeURIComponent(q)}&offset=${offset}`) },
+  setUser (id, fields) { return api('PATCH', `/api/admin/users/${encodeURIComponent(id)}`, fields) },
+  deletionPlan (id) { return api('GET', `/api/admin/users/${encodeURIComponent(id)}/deletion`) },
+  removeUser (id, body) { return api('POST', `/api/admin/users/${encodeURIComponent(id)}/delete`, body) },
+  signupInvites () { return api('GET', '/api/admin/signup-invites') },
+  createSignupInvite (email) { return api('POST', '/api/admin/signup-invites', email ? { email } : {}) },
+  revokeSignupInvite (id) { return api('DELETE', `/api/admin/signup-invites/${encodeURIComponent(id)}`) }
 }

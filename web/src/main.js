@@ -1,11 +1,14 @@
-// Entry point: hash router over the screens. Routes: #/login, #/register, #/oauth?…,
-// #/rooms, #/room/<id>, #/invite/<token>.
+// Entry point: hash router over the screens. Routes: #/login, #/register[?invite=], #/oauth?…,
+// #/forgot-password, #/reset-password/<token>, #/verify-email/<token>, #/rooms, #/room/<id>,
+// #/invite/<token>, #/account[?linked=|?error=], #/admin.
 import './style.css'
 import { session } from './api.js'
 import { clear, navigate } from './ui.js'
-import { loginView, oauthView, registerView } from './views/auth.js'
+import { forgotView, loginView, oauthView, registerView, resetView, verifyView } from './views/auth.js'
 import { inviteView, roomsView } from './views/rooms.js'
 import { roomView } from './views/room.js'
+import { accountView } from './views/account.js'
+import { adminView } from './views/admin.js'
 
 const root = document.getElementById('app')
 let cleanup = null
@@ -27,7 +30,7 @@ async function route () {
   clear(root)
   const { parts, params } = parse()
   const [first, second] = parts
-  const needsAuth = !['login', 'register', 'oauth', 'invite'].includes(first || '')
+  const needsAuth = !['login', 'register', 'oauth', 'invite', 'forgot-password', 'reset-password', 'verify-email'].includes(first || '')
   if (needsAuth && !session.signedIn) {
     const reason = session.expiredReason
     session.expiredReason = null
@@ -37,7 +40,20 @@ async function route () {
     case 'login':
       return loginView(root, { message: params.get('invited') ? 'Sign in or create an account to join the room you were invited to.' : null })
     case 'register':
-      return registerView(root)
+      return registerView(root, params)
+    case 'forgot-password':
+      return forgotView(root)
+    case 'reset-password':
+      return resetView(root, second || '')
+    case 'verify-email':
+      return verifyView(root, second || '')
+    case 'account':
+      return accountView(root, params)
+    case 'admin': {
+      const c = await adminView(root)
+      if (gen !== generation) { if (c) c() } else cleanup = c || null
+      return
+    }
     case 'oauth':
       return oauthView(root, params)
     case 'invite':

@@ -1,4 +1,5 @@
 // Tiny DOM helpers: no framework, just elements, a notice area and a router-friendly mount.
+import { session } from './api.js'
 
 /** h('div.cls#id', {attrs, on: {click}}, ...children) */
 export function h (spec, attrs = {}, ...children) {
@@ -75,6 +76,9 @@ export async function copyText (text, input) {
 }
 
 export function colorFor (seed) {
+  // The signed-in user's own choice (account page) wins for their own id.
+  const me = session.user
+  if (me && me.color && seed === me.id) return { color: me.color, colorLight: `${me.color}40` }
   let x = 0
   for (const ch of String(seed)) x = (x * 31 + ch.charCodeAt(0)) >>> 0
   const hue = x % 360

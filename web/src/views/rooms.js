@@ -1,5 +1,5 @@
 // Room list, create room, accept an invite.
-import { Auth, Rooms, session } from '../api.js'
+import { Account, Auth, Rooms, session } from '../api.js'
 import { LANGUAGES } from '../doc.js'
 import { h, navigate, notice } from '../ui.js'
 import { PENDING_INVITE } from './auth.js'
@@ -10,8 +10,41 @@ export function header (extra = null) {
     h('a.brand', { href: '#/rooms' }, 'CodeSync'),
     extra,
     h('span.spacer'),
-    user ? h('span.who', { testid: 'me' }, user.name || user.email) : null,
+    user && user.is_admin ? h('a.small', { href: '#/admin', testid: 'to-admin' }, 'Admin') : null,
+    user ? h('a.who', { href: '#/account', testid: 'me', title: 'Your account' }, user.name || user.email) : null,
     h('button.link', { testid: 'logout', on: { click: async () => { await Auth.logout(); navigate('#/login') } } }, 'Sign out'))
+}
+
+/** A one-time message left by the page before (e.g. "your password is changed"). */
+export function flash () {
+  const text = sessionStorage.getItem('codesync.flash')
+  if (!text) return null
+  sessionStorage.removeItem('codesync.flash')
+  return h('div.notice.ok', { testid: 'flash' }, text)
+}
+
+/** "Confirm your address" with a button to send the link again; null when confirmed. */
+export function verifyBanner (user) {
+  if (!user || user.email_verified !== false) return null
+  const msg = notice('verify-banner-message')
+  const again = h('button.link', {
+    testid: 'resend-verification',
+    on: {
+      click: async () => {
+        again.disabled = true
+        try {
+          await Auth.resendVerification()
+          msg.show(`A new link is on its way to ${user.email}.`, 'ok')
+        } catch (err) {
+          msg.show(err.message, 'error')
+          again.disabled = false
+        }
+      }
+    }
+  }, 'Send the link again')
+  return h('div.notice.warn', { testid: 'verify-banner' },
+    `Confirm your email address: open the link we mailed to ${user.email}. Until then you can edit, but not invite people. `,
+    again, msg.el)
 }
 
 export function roomsView (root) {
@@ -37,7 +70,9 @@ export function roomsView (root) {
       }
     }
   }, name, language, create)
-  root.appendChild(h('div.page', header(), h('main.rooms-page', h('h1', 'Your rooms'), msg.el, form, list)))
+  const banner = h('div', { testid: 'banner-slot' }, verifyBanner(session.user))
+  root.appendChild(h('div.page', header(), h('main.rooms-page', flash(), banner, h('h1', 'Your rooms'), msg.el, form, list)))
+  Account.me().then((me) => banner.replaceChildren(verifyBanner(me) || '')).catch(() => {})
 
   Rooms.list().then((rooms) => {
     const items = Array.isArray(rooms) ? rooms : (rooms && rooms.rooms) || []

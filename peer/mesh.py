@@ -1,0 +1,396 @@
+"""The signalling conversation of one room: which links exist (y-webrtc's ``SignalingConn``
+message handler and ``Room.webrtcConns``).
+
+What arrives on the room's signaling topic decides everything here; what travels on the
+links is not this module's business (the Room hands their bytes to the document and
+awareness parts):
+
+- on (re)subscribing we publish ``announce``; whoever receives an ``announce`` initiates a
+  link to its sender while below ``max_conns``;
+- every ``signal`` carries a glare token; an offer arriving while our own offer to the same
+  peer is pending wins only with the larger token;
+- every ``publish`` stamps its ``from`` peer id in the :class:`~peer.roster.Roster`, every
+  ``presence`` frame replaces the listed roles: users gone from presence lose every link and
+  are ignored until listed again; users who come back make us re-announce;
+- the server's ``error`` frames: a refused subscribe fails ``Room.start()``; ``forbidden``
+  after joining means we were removed (every link closes); ``peer_id_taken`` makes us take a
+  fresh peer id and announce again;
+- a link that closes for any other reason than a newer offer makes us re-announce (at most
+  once a second, never dropped), so a peer still in the room connects to us again.
+
+CodeSync's additions on the wire: ``caps`` in every announce and signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .link import Limits, Link, TransportFactory
+from .metrics import Counters
+from .roster import Roster
+
+log = logging.getLogger(__name__)
+
+MAX_KNOWN_PEERS = 1000  # PeerInfo records kept; the oldest disconnected ones go first
+MAX_FRESH_PEER_IDS = 5  # peer_id_taken answered with a fresh id at most this often in a row
+REANNOUNCE_INTERVAL = 1.0  # seconds between two announces made because a link closed or users returned
+
+
+def new_glare_token() -> float:
+    """y-webrtc's token: ``Date.now() + Math.random()`` — the larger one wins a glare."""
+    return time.time() * 1000 + random.random()
+
+
+@dataclass
+class PeerInfo:
+    """What we know about one remote peer id in the room."""
+
+    peer_id: str
+    sender: dict[str, Any] | None = None  # the server's stamp: {user_id, name, role} or {service}
+    caps: frozenset[str] = frozenset()
+    connected: bool = False
+    synced: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def user_id(self) -> str | None:
+        return (self.sender or {}).get("user_id")
+
+    @property
+    def service(self) -> str | None:
+        return (self.sender or {}).get("service")
+
+    @property
+    def name(self) -> str | None:
+        return (self.sender or {}).get("name")
+
+
+class Signaling(Protocol):
+    """What the mesh needs of a signaling connection (:class:`peer.signaling_client.SignalingClient`)."""
+
+    async def publish(self, topic: str, data: Any) -> bool: ...
+
+
+class Mesh:
+    """Links of one room, made and closed as signaling says. The Room gets told when a link
+    opens, carries a message, or closes (``on_open``, ``on_message``, ``on_closed``), and
+    when presence lets us write again (``on_writable``)."""
+
+    def __init__(
+        self,
+        room_id: str,
+        signaling: Signaling,
+        *,
+        peer_id: str,
+        caps: tuple[str, ...],
+        max_conns: int,
+        limits: Limits,
+        roster: Roster,
+        counters: Counters,
+        spawn: Callable[[Awaitable[Any]], Any],
+        on_open: Callable[[Link, PeerInfo], None],
+        on_message: Callable[[Link, bytes], None],
+        on_closed: Callable[[Link, PeerInfo, bool], None],
+        on_writable: Callable[[], None],
+    ) -> None:
+        self.room_id = room_id
+        self.signaling = signaling
+        self.peer_id = peer_id
+        self.caps = caps
+        self.max_conns = max_conns
+        self.limits = limits
+        self.roster = roster
+        self.counters = counters
+        self.transport: TransportFactory | None = None  # set by Room.start()
+        self.links: dict[str, Link] = {}
+        self.peers: dict[str, PeerInfo] = {}
+        self.removed = False  # the server took us out of the room (membership removed)
+        self.running = False
+        self.joined = asyncio.Event()  # our own announce came back (or the subscribe was refused)
+        self.refused: str | None = None  # error code of a refused subscribe
+        self._spawn = spawn
+        self._on_open = on_open
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._on_writable = on_writable
+        self._fresh_ids = 0
+        self._last_fresh_id = 0.0
+        self._last_reannounce = 0.0
+        self._reannounce_later: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ questions
+    def info(self, peer_id: str) -> PeerInfo:
+        info = self.peers.get(peer_id)
+        if info is None:
+            if len(self.peers) >= MAX_KNOWN_PEERS:  # every browser reload is a new peer id
+                gone = sorted((i for i in self.peers.values() if not i.connected), key=lambda i: i.last_seen)
+                for old in gone[: len(self.peers) - MAX_KNOWN_PEERS + 1]:
+                    del self.peers[old.peer_id]
+                    self.roster.forget(old.peer_id)
+            info = self.peers[peer_id] = PeerInfo(peer_id)
+        return info
+
+    def own_refusal(self, doc: str | None = None) -> str | None:
+        """Why we may not write ``doc`` now; None when we may (or do not know who we are yet)."""
+        if self.removed:
+            return "removed"
+        if self.roster.principal(self.peer_id) is None:
+            return None
+        return self.roster.write_refusal(self.peer_id, doc)
+
+    def current(self, link: Link) -> bool:
+        """True while ``link`` is the room's link to its peer (not replaced, not closed away)."""
+        return self.links.get(link.peer_id) is link
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.running = True
+        self.joined.clear()
+        self.refused = None
+
+    def stop(self) -> None:
+        self.running = False
+        if self._reannounce_later is not None:
+            self._reannounce_later.cancel()
+            self._reannounce_later = None
+
+    # ------------------------------------------------------------------ signaling in
+    def signaling_connected(self) -> None:
+        if self.running:
+            self._spawn(self.announce())
+
+    def signaling_disconnected(self) -> None:
+        pass  # links are peer to peer and survive a signaling outage
+
+    def signal_received(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "error":
+            self._error(message)
+        elif kind == "presence":
+            self._presence(message.get("peers"))
+        elif kind == "publish" and self.running:
+            self._publish(message)
+
+    def _error(self, message: dict[str, Any]) -> None:
+        code = str(message.get("code") or "error")
+        if code == "peer_id_taken" and self._take_fresh_peer_id():
+            return
+        if code == "forbidden" and self.joined.is_set() and not self.refused:
+            self.removed_from_room()
+        elif code == "forbidden" or not self.joined.is_set():
+            # before our announce came back, an error about our topic is a refused subscribe
+            # (forbidden, too_many_topics, ...): fail start() at once instead of timing out
+            self.refused = code
+            self.joined.set()
+        else:
+            log.info("room %s: signaling error %s: %s", self.room_id, code, message.get("message"))
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if not isinstance(data, dict):
+            return  # an encrypted room (base64 string) or junk: not ours to read
+        sender_from = data.get("from")
+        if not isinstance(sender_from, str) or not sender_from:
+            return
+        if sender_from == self.peer_id:
+            self.roster.stamp(self.peer_id, message.get("sender"))  # who the server says we are
+            if data.get("type") == "announce":
+                self._fresh_ids = 0
+                self.joined.set()
+            return
+        to = data.get("to")
+        if to is not None and to != self.peer_id:
+            return
+        info = self.info(sender_from)
+        info.last_seen = time.monotonic()
+        sender = message.get("sender")
+        if isinstance(sender, dict):
+            info.sender = sender
+        self.roster.stamp(sender_from, sender)
+        if self.roster.blocked(sender_from) or self.removed:
+            # its user is gone from presence (removed, or left): no links until listed again
+            self.counters.drop("signal", "removed", sender_from)
+            return
+        caps = data.get("caps")
+        if isinstance(caps, list):
+            info.caps = frozenset(c for c in caps if isinstance(c, str))
+        if data.get("type") == "announce":
+            self.on_announce(sender_from)
+        elif data.get("type") == "signal" and to == self.peer_id:
+            signal = data.get("signal")
+            if isinstance(signal, dict):
+                self._spawn(self.on_signal(sender_from, signal, data.get("token")))
+
+    def _presence(self, peers: Any) -> None:
+        """Live roles: a demotion makes links read-only at once (the roster answers every
+        writer check from the latest presence); a user gone from presence loses every link."""
+        if not isinstance(peers, list):
+            return
+        was_refused = self.own_refusal() is not None
+        change = self.roster.presence(peers)
+        for peer_id in change.close:
+            link = self.links.get(peer_id)
+            if link is not None:
+                why = "its user is gone from the room" if self.roster.blocked(peer_id) else "it left"
+                log.info("room %s: closing the link to %s: %s (presence)", self.room_id, peer_id, why)
+                link.conn.close()
+        if change.changed:
+            log.info("room %s: roles changed for %d user(s) (presence)", self.room_id, len(change.changed))
+        if change.returned and self.running:
+            # they may have announced while we ignored them: make them connect to us again
+            self.reannounce_soon()
+        if was_refused and self.own_refusal() is None:
+            self._on_writable()
+
+    def removed_from_room(self) -> None:
+        """The server says we are no longer a member: stop writing, close every link."""
+        if self.removed:
+            return
+        self.removed = True
+        log.warning("room %s: we were removed from the room; closing %d links", self.room_id, len(self.links))
+        for link in list(self.links.values()):
+            link.conn.close()
+
+    def _take_fresh_peer_id(self) -> bool:
+        """``peer_id_taken``: another principal holds our peer id; announce under a new one.
+
+        Bounded: one new id per second (every refused publish of the old id answers with the
+        same error) and at most MAX_FRESH_PEER_IDS before an announce of ours comes back."""
+        now = time.monotonic()
+        if now - self._last_fresh_id < 1.0:
+            return True  # the same refusal again, for an older publish
+        if self._fresh_ids >= MAX_FRESH_PEER_IDS:
+            return False
+        self._fresh_ids += 1
+        self._last_fresh_id = now
+        old, self.peer_id = self.peer_id, str(uuid.uuid4())
+        log.info("room %s: peer id %s is taken; announcing as %s", self.room_id, old, self.peer_id)
+        if self.running:
+            self._spawn(self.announce())
+        return True
+
+    # ------------------------------------------------------------------ signaling out
+    async def announce(self) -> None:
+        await self.signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(self.caps)})
+
+    async def publish_signal(self, to: str, signal: dict[str, Any], token: float | None) -> None:
+        await self.signaling.publish(
+            self.room_id,
+            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(self.caps)},
+        )
+
+    async def _signal_out(self, link: Link, signal: dict[str, Any]) -> None:
+        if link.glare_token is None:
+            link.glare_token = new_glare_token()
+        await self.publish_signal(link.peer_id, signal, link.glare_token)
+
+    def reannounce_soon(self) -> None:
+        wait = self._last_reannounce + REANNOUNCE_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._reannounce()
+        elif self._reannounce_later is None:
+            self._reannounce_later = asyncio.get_running_loop().call_later(wait, self._reannounce)
+
+    def _reannounce(self) -> None:
+        self._reannounce_later = None
+        if self.running:
+            self._last_reannounce = time.monotonic()
+            self._spawn(self.announce())
+
+    # ------------------------------------------------------------------ links
+    def on_announce(self, remote: str) -> None:
+        if self.removed or self.roster.blocked(remote):
+            return
+        existing = self.links.get(remote)
+        if existing is not None and not existing.closed:
+            return
+        if len(self.links) >= self.max_conns:
+            return
+        link = self._new_link(remote, initiator=True)
+        self._spawn(self._start_link(link))
+
+    async def _start_link(self, link: Link) -> None:
+        try:
+            await link.conn.start()
+        except Exception:
+            log.exception("room %s: offer to %s failed", self.room_id, link.peer_id)
+            link.conn.close()
+
+    async def on_signal(self, remote: str, signal: dict[str, Any], token: Any) -> None:
+        kind = signal.get("type")
+        link = self.links.get(remote)
+        if kind == "offer":
+            if link is not None and not link.closed:
+                local = link.glare_token
+                if link.initiator and not link.open:  # glare: both of us are offering
+                    if local is not None and isinstance(token, (int, float)) and local > token:
+                        log.debug("room %s: glare with %s, our offer wins", self.room_id, remote)
+                        return
+                # we lost the glare, or the peer restarted its side: its offer replaces our link
+                link.replaced = True
+                await link.conn.aclose()
+            link = self.links.get(remote)
+            if link is None or link.closed:
+                if len(self.links) >= self.max_conns:
+                    return
+                link = self._new_link(remote, initiator=False)
+        elif link is None or link.closed:
+            return  # an answer or candidate for a link we no longer have
+        if kind == "answer":
+            link.glare_token = None
+        try:
+            await link.conn.handle_signal(signal)
+        except Exception as exc:
+            log.info("room %s: bad %s signal from %s: %s", self.room_id, kind, remote, exc)
+            if kind in ("offer", "answer"):
+                link.conn.close()
+
+    def _new_link(self, remote: str, initiator: bool) -> Link:
+        assert self.transport is not None, "Room.start() sets the transport"
+        link = Link(remote, initiator, self.info(remote).caps & frozenset(self.caps), self.limits, self.counters.stats)
+        link.conn = self.transport(
+            remote,
+            initiator,
+            lambda signal: self._signal_out(link, signal),
+            lambda: self._opened(link),
+            lambda data: self._on_message(link, data),
+            lambda: self._closed(link),
+        )
+        self.links[remote] = link
+        return link
+
+    def _opened(self, link: Link) -> None:
+        if not self.current(link):
+            return
+        info = self.info(link.peer_id)
+        link.caps = info.caps & frozenset(self.caps)
+        info.connected = True
+        self._on_open(link, info)
+
+    def _closed(self, link: Link) -> None:
+        if not self.current(link):
+            return
+        del self.links[link.peer_id]
+        link.forget()
+        info = self.info(link.peer_id)
+        was_connected = info.connected
+        info.connected = False
+        info.synced = False
+        self._on_closed(link, info, was_connected)
+        if self.running and not self.removed and not link.replaced and link.peer_id not in self.links:
+            # y-webrtc re-announces so that a peer still in the room reconnects to us; at most
+            # once a second, and a throttled one is deferred, never dropped (a link closed twice
+            # within a second used to stay down for good — found by fuzzing)
+            self.reannounce_soon()
+
+    async def close_all(self) -> None:
+        links = list(self.links.values())
+        await asyncio.gather(*(link.conn.aclose() for link in links), return_exceptions=True)
+        self.links.clear()

@@ -1,0 +1,275 @@
+"""The documents of one room on its links: y-protocols sync (type 0) for the main document,
+CodeSync's named-document sync (type 102), the SyncStep1 hold, coalescing and relaying.
+
+y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
+
+- on a link's open we send SyncStep1 for the main document (and for every named document to
+  peers with ``docs``); a SyncStep1 is answered with SyncStep2 — unless answers are *held*
+  (a service peer loading its stored document first): then they queue until
+  :meth:`release_sync`;
+- a received Update or SyncStep2 passes the writer check (the roster's live principal of the
+  link, :mod:`peer.rights`) before pycrdt sees it; refused ones are dropped and counted, and
+  a refused SyncStep2 still completes the handshake;
+- what pycrdt integrated is reported (``update`` / ``doc_update`` events) and, for the main
+  document only, relayed to the other links: a peer forwards only what it applied. Named
+  documents are never relayed;
+- outgoing updates are queued and sent on :meth:`flush` (the Room's coalescing timer), merged
+  with ``merge_updates`` into one message per link (aiortc pays per message, not per byte);
+- our own edits while we may not write are kept (``withheld_updates``) and sent once we may
+  again (:meth:`resume_writing`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pycrdt
+from pycrdt import Doc, merge_updates
+
+from . import protocol as p
+from .events import Emitter
+from .link import Link
+from .metrics import Counters
+from .roster import Roster
+
+log = logging.getLogger(__name__)
+
+_LOAD = object()  # transaction origin marker for load()
+
+
+class DocumentSync:
+    def __init__(
+        self,
+        doc: Doc,
+        docs: dict[str, Doc],
+        links: Mapping[str, Link],
+        *,
+        roster: Roster,
+        own_refusal: Callable[[str | None], str | None],
+        counters: Counters,
+        events: Emitter,
+        schedule_flush: Callable[[], None],
+        bad: Callable[[Link, str], None],
+        synced: Callable[[Link], None],
+        relay: bool = True,
+        released: bool = True,
+    ) -> None:
+        self.doc = doc
+        self.docs = docs
+        self.relay = relay
+        self.released = released
+        self.running = False
+        self._links = links
+        self._roster = roster
+        self._own_refusal = own_refusal
+        self._counters = counters
+        self._stats = counters.stats
+        self._events = events
+        self._schedule_flush = schedule_flush
+        self._bad = bad
+        self._synced = synced
+        self._applying: Any = None  # origin of the transaction being applied: a peer id, _LOAD or None (local)
+        self._remote_changes: list[tuple[str | None, bytes, str]] = []  # (doc name or None, update, origin)
+        self._held_step1: list[tuple[str, str | None, bytes]] = []  # (peer id, doc name or None, state vector)
+        self._pending: list[tuple[bytes, str | None]] = []  # (update, origin peer or None=local)
+        self._pending_docs: dict[str, list[bytes]] = {}  # named doc -> our own updates to send
+        self._withheld_since: bytes | None = None  # state vector before our first unsent edit
+        self._doc_sub = doc.observe(self._doc_changed)
+        self._named_subs = {
+            name: named.observe(lambda event, name=name: self._named_changed(name, event))
+            for name, named in docs.items()
+        }
+
+    # ------------------------------------------------------------------ loading and the hold
+    def load(self, update: bytes, doc: str | None = None) -> None:
+        """Apply a stored update without firing callbacks; it is broadcast only if SyncStep1
+        answers were already released (before that, peers get it in their SyncStep2)."""
+        target = self.doc if doc is None else self.docs[doc]
+        self._applying = _LOAD
+        try:
+            target.apply_update(update)
+        finally:
+            self._applying = None
+
+    def release_sync(self) -> None:
+        """Answer every held and future SyncStep1 (the stored document is loaded)."""
+        if self.released:
+            return
+        self.released = True
+        held, self._held_step1 = self._held_step1, []
+        for peer_id, name, state_vector in held:
+            link = self._links.get(peer_id)
+            if link is not None and link.open:
+                try:
+                    self._answer_step1(link, state_vector, name)
+                except p.ProtocolError as exc:
+                    self._bad(link, str(exc))
+
+    # ------------------------------------------------------------------ links
+    def link_opened(self, link: Link) -> None:
+        link.send(p.encode_sync_step1(self.doc.get_state()))
+        if "docs" in link.caps:
+            for name, named in self.docs.items():
+                link.send(p.encode_doc(name, p.SYNC_STEP1, named.get_state()))
+
+    def link_closed(self, link: Link) -> None:
+        self._held_step1 = [held for held in self._held_step1 if held[0] != link.peer_id]
+
+    # ------------------------------------------------------------------ received
+    def step1(self, link: Link, state_vector: bytes, name: str | None) -> None:
+        if self.released:
+            self._answer_step1(link, state_vector, name)
+        else:
+            remote = link.peer_id
+            self._held_step1 = [h for h in self._held_step1 if h[0] != remote or h[1] != name]
+            self._held_step1.append((remote, name, state_vector))
+
+    def _answer_step1(self, link: Link, state_vector: bytes, name: str | None = None) -> None:
+        """SyncStep2 for the main (or a named) document: every member may read. A peer that
+        may not write the document answers with an empty update: its copy holds only what
+        writers wrote, which the asker gets from them, and the asker would drop it anyway."""
+        doc = self.doc if name is None else self.docs[name]
+        try:
+            update = doc.get_update(state_vector) if self._own_refusal(name) is None else p.EMPTY_UPDATE
+        except Exception as exc:
+            raise p.ProtocolError(f"bad state vector: {exc}") from exc
+        link.send(p.encode_sync_step2(update) if name is None else p.encode_doc(name, p.SYNC_STEP2, update))
+
+    def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None) -> None:
+        """Hot path (once per received keystroke): the writer check, then pycrdt."""
+        remote = link.peer_id
+        if update != p.EMPTY_UPDATE:
+            refusal = self._roster.write_refusal(remote, name)
+            if refusal is not None:
+                # dropped, never applied, so never forwarded; a SyncStep2 still completes the
+                # handshake below (every member may read, only writers may write)
+                self._counters.drop("update" if name is None else "doc_update", refusal, remote)
+                update = p.EMPTY_UPDATE
+        if update != p.EMPTY_UPDATE:
+            self._applying = remote
+            try:
+                (self.doc if name is None else self.docs[name]).apply_update(update)
+            except BaseException as exc:
+                if p.is_fatal(exc):
+                    raise
+                self._stats["rejected_updates"] += 1
+                raise p.ProtocolError(f"update rejected by pycrdt: {exc}") from exc
+            finally:
+                self._applying = None
+        if step == p.SYNC_STEP2 and name is None:
+            self._synced(link)
+
+    def deliver_remote_changes(self) -> None:
+        """Report what pycrdt integrated from a frame (after the frame, never inside a transaction)."""
+        while self._remote_changes:
+            changes, self._remote_changes = self._remote_changes, []
+            for name, update, origin in changes:
+                if name is None:
+                    self._events.emit("update", update, origin)
+                else:
+                    self._events.emit("doc_update", name, update, origin)
+
+    # ------------------------------------------------------------------ document changes
+    def _doc_changed(self, event: pycrdt.TransactionEvent) -> None:
+        update = event.update
+        if update == p.EMPTY_UPDATE:
+            return
+        origin = self._applying
+        if origin is _LOAD:
+            if self.released:
+                self._queue_update(update, None)
+            return
+        if origin is None:  # a local edit
+            if self._own_refusal(None) is None:
+                self._queue_update(update, None)
+            else:  # we may not write (demoted, removed): keep it, send it if we may again
+                self._stats["withheld_updates"] += 1
+                if self._withheld_since is None:
+                    self._withheld_since = event.before_state
+        else:  # a remote update that pycrdt integrated (observers run at commit time)
+            self._remote_changes.append((None, update, origin))
+            if self.relay:  # only what we applied is forwarded: it passed our writer check
+                self._queue_update(update, origin)
+
+    def _named_changed(self, name: str, event: pycrdt.TransactionEvent) -> None:
+        """A named document changed. Never relayed: only our own changes are sent."""
+        update = event.update
+        if update == p.EMPTY_UPDATE:
+            return
+        origin = self._applying
+        if origin is _LOAD:
+            if self.released:
+                self._queue_named(name, update)
+        elif origin is None:
+            if self._own_refusal(name) is None:
+                self._queue_named(name, update)
+            else:
+                self._stats["withheld_updates"] += 1  # nobody would accept it from us
+        else:
+            self._remote_changes.append((name, update, origin))
+
+    def resume_writing(self) -> None:
+        """We may write again (promoted): send the edits we kept while we might not."""
+        since, self._withheld_since = self._withheld_since, None
+        if since is None:
+            return
+        try:
+            update = self.doc.get_update(since)
+        except Exception:  # noqa: BLE001 - never seen; peers get it in a later SyncStep2
+            log.exception("could not encode the withheld edits")
+            return
+        self._queue_update(update, None)
+
+    # ------------------------------------------------------------------ sending
+    def _queue_update(self, update: bytes, origin: str | None) -> None:
+        """Hot path (once per keystroke): an append; the per-link work happens at flush."""
+        if self.running and self._links:
+            self._pending.append((update, origin))
+            self._schedule_flush()
+
+    def _queue_named(self, name: str, update: bytes) -> None:
+        if self.running and self._links:
+            self._pending_docs.setdefault(name, []).append(update)
+            self._schedule_flush()
+
+    def flush(self) -> None:
+        """Send what was queued: one merged Update per link (without the link's own updates),
+        one merged type-102 Update per named document to peers with ``docs``."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            frames: dict[str | None, bytes | None] = {}  # excluded origin -> merged frame
+            origins = {origin for _, origin in pending}
+            for peer_id, link in list(self._links.items()):
+                if not link.open:
+                    continue
+                key = peer_id if peer_id in origins else None
+                if key not in frames:
+                    frames[key] = _merged_frame([u for u, o in pending if o is None or o != key])
+                frame = frames[key]
+                if frame is not None:
+                    link.send(frame)
+        if self._pending_docs:
+            pending_docs, self._pending_docs = self._pending_docs, {}
+            for name, updates in pending_docs.items():
+                try:
+                    merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                except Exception:
+                    log.exception("merge_updates failed on %d updates of %s", len(updates), name)
+                    continue
+                frame = p.encode_doc(name, p.SYNC_UPDATE, merged)
+                for link in list(self._links.values()):
+                    if link.open and "docs" in link.caps:
+                        link.send(frame)
+
+
+def _merged_frame(updates: list[bytes]) -> bytes | None:
+    if not updates:
+        return None
+    try:
+        merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+    except Exception:
+        log.exception("merge_updates failed on %d updates", len(updates))
+        return None
+    return p.encode_sync_update(merged)
