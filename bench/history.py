@@ -224,7 +224,7 @@ async def over_the_wire(tmp: Path, database_url: str, seqs: list[int], n: int, r
     room = None
     try:
         await wait_http_ok(f"http://127.0.0.1:{ops}/healthz", persist)
-        room = Room(signaling.url, seeded.token("alice"), seeded.id, Settings(ice_hosts="127.0.0.1"))
+        room = Room(signaling.url, seeded.token("alice"), seeded.id, ice_hosts="127.0.0.1")
         await room.start()
         client = HistoryClient(room)
         deadline = time.monotonic() + 120
