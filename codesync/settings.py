@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     persist_lease_ttl: float = Field(default=10.0, description="seconds")
     persist_idle_grace: float = Field(default=30.0, description="seconds")
     persist_compact_rows: int = 200
+    # History (docs/history.md): days of full detail kept (0 = every update forever; N = older
+    # updates become one snapshot per day), and whether viewers may read a room's history
+    # when its owner has not decided (per-room policy).
+    persist_history_days: int = Field(default=0, ge=0)
+    persist_history_viewers: bool = False
     # Runner (runner/): a JSON file extending the languages table, the Docker engine URL
     # (default: DOCKER_HOST / the local socket) and run image, per-run limits, idle grace.
     runner_languages: Path | None = None

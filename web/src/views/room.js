@@ -12,6 +12,7 @@ import { CodeSyncProvider } from '../provider.js'
 import { mayWriteLocal } from '../rights.js'
 import { colorFor, copyText, h, notice } from '../ui.js'
 import { header } from './rooms.js'
+import { createHistoryPanel } from './history.js'
 import { createRunPanel } from './runpanel.js'
 import { createStatusBar } from './statusbar.js'
 
@@ -84,15 +85,16 @@ export async function roomView (root, roomId, alive = () => true) {
   const sharePanel = h('section.panel')
   const runPanel = createRunPanel({ provider, doc, runsDoc, language, canRun: mayWriteLocal(role) })
   const statusBar = createStatusBar({ provider, doc, awareness, offline })
+  const historyPanel = createHistoryPanel({ provider, doc, getRole: () => role })
   const side = h('aside.side',
     h('section.panel', h('h2', 'People'), people),
     sharePanel,
     runPanel.panel)
   const page = h('div.page.room',
     header([title, roleTag]),
-    h('div.toolbar', langSelect, runPanel.controls),
+    h('div.toolbar', langSelect, runPanel.controls, historyPanel.button),
     statusBar.message,
-    h('div.room-body', h('section.editor-pane', editorHost), side),
+    h('div.room-body', h('section.editor-pane', editorHost, historyPanel.overlay), side),
     statusBar.footer)
   root.replaceChildren(page)
 
@@ -108,7 +110,7 @@ export async function roomView (root, roomId, alive = () => true) {
     runPanel.setCanRun(canEdit)
   }
   applyRole()
-  provider.on('role', (r) => { role = r; applyRole() })
+  provider.on('role', (r) => { role = r; applyRole(); historyPanel.setRole(r) })
 
   langSelect.value = language()
   langSelect.addEventListener('change', () => {
@@ -176,12 +178,13 @@ export async function roomView (root, roomId, alive = () => true) {
   else sharePanel.remove()
 
   // Exposed for tests and debugging: the documents and the provider of the open room.
-  window.codesync = { doc, runsDoc, provider, awareness, editor, room, idb, FINAL_STATUSES }
+  window.codesync = { doc, runsDoc, provider, awareness, editor, room, idb, FINAL_STATUSES, history: historyPanel }
 
   return () => {
     window.removeEventListener('keydown', onKey)
     meta.unobserve(onMeta)
     runPanel.destroy()
+    historyPanel.destroy()
     statusBar.destroy()
     provider.destroy()
     editor.destroy()
