@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     service_token_ttl: int = Field(default=24 * 3600, description="seconds")
     # A service peer writes each renewed token here (compose: the file its token came from).
     service_token_file: Path | None = None
+
+    @field_validator("service_token_file", mode="before")
+    @classmethod
+    def _no_file_when_empty(cls, value: object) -> object:
+        """An empty value means "no file" (``codesync up`` masks it that way), not ``Path(".")``."""
+        return None if value == "" else value
     # How often each signaling node re-checks the sessions / service tokens of its open /signal
     # sockets against the database (the safety net behind the revocation events).
     session_recheck: float = Field(default=15.0, description="seconds")
