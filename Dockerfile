@@ -3,21 +3,26 @@
 #   target "app"        signaling, persistence peer, runner, migrations  (compose: codesync:latest)
 #   target "proxy"      nginx from Debian in front of the signaling nodes (codesync-proxy:latest)
 #   target "turn"       coturn from Debian, the version tests/test_turn.py runs (codesync-turn:latest)
-#   target "run-image"  what the runner's Docker sandbox executes user code in (codesync-runner:bookworm)
+#   target "run-image"  what the runner's Docker sandbox executes user code in (codesync-runner:bookworm):
+#                       the packages of runner/run-image.packages (runner/image.py's debootstrap
+#                       image installs the same list) and the vendored TypeScript toolchain
 #
 # The web client is built in its own stage ("web", Node + esbuild) and only its dist/ is copied
-# into the app image. DEBIAN_IMAGE may name a locally imported base (no registry needed):
+# into the app image; the sandbox's TypeScript toolchain likewise ("run-toolchains"). DEBIAN_IMAGE may name a locally imported base (no registry needed):
 #   python -m runner.image --rootfs-only   # debootstrap tarball, see runner/image.py
 #   docker import <tarball> codesync-base:bookworm
 #   docker compose build --build-arg DEBIAN_IMAGE=codesync-base:bookworm   (or set it in .env)
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 
-# ---------------------------------------------------------------- web client bundle
-FROM ${DEBIAN_IMAGE} AS web
+# ---------------------------------------------------------------- Node + npm, for the build stages
+FROM ${DEBIAN_IMAGE} AS node-tools
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -q \
  && apt-get install -y -q --no-install-recommends nodejs npm ca-certificates \
  && rm -rf /var/lib/apt/lists/*
+
+# ---------------------------------------------------------------- web client bundle
+FROM node-tools AS web
 WORKDIR /src/web
 COPY web/package.json web/package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -38,12 +43,14 @@ RUN apt-get update -q \
  && python3 -m venv /opt/venv
 WORKDIR /app
 # Dependencies first (cached while only the sources change): install against stub packages,
-# editable, so the real sources copied below are what runs.
+# editable, so the real sources copied below are what runs. One stub and one COPY per package
+# of pyproject.toml's [tool.setuptools.packages.find] (tests/test_deploy_compose.py checks).
 COPY pyproject.toml README.md ./
-RUN mkdir -p signaling peer runner \
- && touch signaling/__init__.py peer/__init__.py runner/__init__.py \
+RUN mkdir -p codesync signaling peer runner \
+ && touch codesync/__init__.py signaling/__init__.py peer/__init__.py runner/__init__.py \
  && pip install -e . \
- && rm -rf signaling peer runner
+ && rm -rf codesync signaling peer runner
+COPY codesync/ codesync/
 COPY signaling/ signaling/
 COPY peer/ peer/
 COPY runner/ runner/
@@ -52,7 +59,7 @@ COPY --from=web /src/web/dist/ web/dist/
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin codesync \
  && mkdir -p /data /run/codesync-tokens \
  && chown codesync /data /run/codesync-tokens \
- && chmod 0700 /run/codesync-tokens
+ && chmod 0700 /data /run/codesync-tokens
 USER codesync
 ENV CODESYNC_HOST=0.0.0.0 \
     CODESYNC_PORT=8000 \
@@ -93,9 +100,25 @@ EXPOSE 3478/udp 3478/tcp
 ENTRYPOINT ["tini", "-e", "143", "--", "turnserver", "-c", "/etc/coturn/turnserver.conf", "--userdb=/var/lib/turn/turndb", "--pidfile=/var/lib/turn/turnserver.pid"]
 
 # ---------------------------------------------------------------- sandbox image for the runner
-# The same packages as runner/image.py's debootstrap image, for hosts that can pull a base image.
+# The vendored npm toolchains (runner/toolchains/*: TypeScript and Node's types, pinned by their
+# lockfiles), installed as runner/image.py installs them; copied into the run image below.
+FROM node-tools AS run-toolchains
+COPY runner/toolchains/ /src/toolchains/
+RUN set -e; for lock in /src/toolchains/*/package-lock.json; do \
+      (cd "$(dirname "$lock")" && npm ci --no-audit --no-fund --ignore-scripts --omit=dev); \
+    done \
+ && find /src/toolchains \( -name .gitignore -o -name .package-lock.json \) -delete
+
+# Exactly runner/image.py's debootstrap image, for hosts that can pull a base image: the
+# packages of runner/run-image.packages, the same paths pruned (runner/run-image.prune), the
+# toolchains at /opt/codesync (runner.image.SANDBOX_TOOLCHAINS, where bubblewrap binds them).
 FROM ${DEBIAN_IMAGE} AS run-image
 ENV DEBIAN_FRONTEND=noninteractive
+COPY runner/run-image.packages runner/run-image.prune /tmp/
 RUN apt-get update -q \
- && apt-get install -y -q --no-install-recommends python3 nodejs gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man
+ && sed 's/#.*//' /tmp/run-image.packages | xargs apt-get install -y -q --no-install-recommends \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* \
+ && cd / && for path in $(sed 's/#.*//' /tmp/run-image.prune); do rm -rf $path; done \
+ && rm /tmp/run-image.packages /tmp/run-image.prune
+COPY --from=run-toolchains /src/toolchains/ /opt/codesync/

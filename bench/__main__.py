@@ -16,6 +16,7 @@ BENCHMARKS = {
     "peer_bench": "peer join, edit latency, trace replay, memory per connection",
     "persistence_write": "persistence store write throughput (SQLite)",
     "persistence_trace": "trace replay until the persistence peer stored it",
+    "history": "versions and playback seeks in a 250k-update room, memory while serving, storage per day",
     "runner_latency": "run request to first output / finished, per language and sandbox",
     "runner_capacity": "sandboxes in use, queue wait and refusals when many users burst runs across rooms",
     "browser_latency": "keystroke in one Chromium page to text in another",

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from .logs import setup_logging
 from .settings import Settings, get_settings
@@ -31,14 +32,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token",
         help="service tokens: print a new one (--scope), list them, revoke one or a scope",
         description="codesync token --scope persistence|runner [--name N] [--ttl S]  |  codesync token list  |  "
-        "codesync token revoke ID_OR_TOKEN  |  codesync token revoke --scope persistence|runner",
+        "codesync token revoke ID_OR_TOKEN [--scope S: only if of that scope]  |  codesync token revoke --scope persistence|runner  |  "
+        "codesync token --check FILE_OR_TOKEN [--scope S]",
     )
     tok.add_argument("action", nargs="?", choices=["create", "list", "revoke"], default="create")
-    tok.add_argument("target", nargs="?", help="revoke: the token's id (see `codesync token list`) or the token")
+    tok.add_argument("target", nargs="?",
+                     help="revoke: the token's id (see `codesync token list`), the token, or a file holding it (a path with a /)")
     tok.add_argument("--scope", choices=["persistence", "runner"])
     tok.add_argument("--name", default="", help="a label for the token")
     tok.add_argument("--ttl", type=int, default=None,
                      help="seconds the printed token is valid (default 30 days; the service renews it while running)")
+    tok.add_argument("--check", metavar="FILE_OR_TOKEN",
+                     help="exit 0 if this service token (or the token in this file: a path with a /) is accepted now "
+                     "(of --scope, if given); 1 if it is missing, expired, revoked, unknown or forged")
     user = sub.add_parser("user", help="manage accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     create = user_sub.add_parser("create", help="create an email + password account")
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "user" and args.user_command == "create":
             from signaling import admin
 
-            password = args.password or os.environ.get("CODESYNC_PASSWORD") or getpass.getpass("Password: ")
+            password = args.password or os.environ.get("CODESYNC_PASSWORD") or _read_password()
             user_id = asyncio.run(admin.create_user(settings, args.email, args.name, password, is_admin=args.admin))
             print(user_id)
             return 0
@@ -83,13 +89,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except admin_errors() as exc:  # clear message, no traceback
         print(f"codesync: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return 1
+
+
+def _read_password() -> str:
+    """The new account's password: prompted on a terminal, else one line of standard input
+    (``printf '%s\\n' "$PW" | codesync user create ...``); nothing there is a clear error."""
+    from signaling.admin import AdminError
+
+    missing = ("no password: pass --password, set CODESYNC_PASSWORD, pipe it on standard input, "
+               "or run this in a terminal")
+    stdin = sys.stdin
+    try:
+        if stdin is not None and stdin.isatty():
+            return getpass.getpass("Password: ")
+        line = stdin.readline() if stdin is not None else ""
+    except EOFError:
+        raise AdminError(missing) from None
+    except (OSError, ValueError):  # stdin closed
+        raise AdminError(missing) from None
+    if not line:
+        raise AdminError(missing)
+    return line.rstrip("\r\n")
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from signaling import admin
 
+    if args.check is not None:
+        if args.target is not None or args.action != "create" or args.name or args.ttl is not None:
+            raise admin.AdminError("usage: codesync token --check FILE_OR_TOKEN [--scope persistence|runner]")
+        token = admin.read_token_argument(args.check)
+        found = asyncio.run(admin.check_service_token(settings, token, args.scope))
+        left = found.expires_at - datetime.now(timezone.utc)
+        print(f"valid {found.scope} service token {found.id}, expires {found.expires_at:%Y-%m-%d %H:%M} UTC "
+              f"(in {_duration(left.total_seconds())})")
+        return 0
     if args.action == "create":
         if args.scope is None or args.target is not None:
             raise admin.AdminError("usage: codesync token --scope persistence|runner [--name N] [--ttl SECONDS]")
@@ -103,10 +139,19 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
             state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
             print(f"{info.id}  {info.scope:<11}  {info.created_at:%Y-%m-%d %H:%M}  {state:<24}  {info.name}")
         return 0
-    revoked = asyncio.run(admin.revoke_service_tokens(settings, token=args.target, scope=args.scope))
-    what = f"scope {args.scope}" if args.scope else "that token"
+    target = None if args.target is None else admin.read_token_argument(args.target)
+    revoked = asyncio.run(admin.revoke_service_tokens(settings, token=target, scope=args.scope))
+    what = "that token" if target else f"scope {args.scope}"
     print(f"revoked {len(revoked)} service token(s) of {what}" + (f": {', '.join(revoked)}" if revoked else ""))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{max(seconds, 0) / 60:.0f} minutes"
 
 
 def admin_errors() -> tuple[type[BaseException], ...]:

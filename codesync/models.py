@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from enum import Enum
 
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -215,7 +215,8 @@ class DocumentUpdate(SQLModel, table=True):
 
     __tablename__ = "document_updates"
     # AUTOINCREMENT on SQLite: never reuse a seq after compaction deleted the newest rows.
-    __table_args__ = {"sqlite_autoincrement": True}
+    # (room_id, seq): loading reads a room's rows above a snapshot, history reads seq ranges.
+    __table_args__ = (Index("ix_document_updates_room_seq", "room_id", "seq"), {"sqlite_autoincrement": True})
 
     # BIGINT on PostgreSQL (one sequence shared by every room's log); INTEGER PRIMARY KEY
     # AUTOINCREMENT on SQLite (the rowid alias).
@@ -223,23 +224,109 @@ class DocumentUpdate(SQLModel, table=True):
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     )
-    room_id: str = Field(index=True, max_length=32)
+    room_id: str = Field(max_length=32)
     # Which document of the room: "" the main document, else a named document ("runs").
     doc: str = Field(default=MAIN_DOC, max_length=32, sa_column_kwargs={"server_default": MAIN_DOC})
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # When the persistence peer received the update (history: playback times, bursts).
     created_at: datetime = Field(default_factory=utcnow)
+    # History (docs/history.md): who delivered the update (``history_authors.num`` of the link's
+    # server-stamped principal) and the Yjs clock ranges it added (varUint triplets
+    # client, start, length; peer/persistence/yupdate.py). NULL on rows older than 0004.
+    via: int | None = Field(default=None)
+    clients: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class DocumentSnapshot(SQLModel, table=True):
-    """A room document's compacted state: all its updates up to and including ``upto_seq`` merged."""
+    """A room document's state after all its updates up to and including ``upto_seq``.
+
+    Several per document since 0004: the newest is where loading starts, older ones are seek
+    points for history (docs/history.md, "Storage")."""
 
     __tablename__ = "document_snapshots"
 
     room_id: str = Field(primary_key=True, max_length=32)
     doc: str = Field(default=MAIN_DOC, primary_key=True, max_length=32, sa_column_kwargs={"server_default": MAIN_DOC})
+    upto_seq: int = Field(default=0, sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    upto_seq: int = 0
+    # epoch ms of the newest update it covers (0: unknown, e.g. written before 0004)
+    at: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# ----------------------------------------------------------------------------- history
+# Owned by the persistence peer (peer/persistence/history*.py, docs/history.md). Times are
+# epoch milliseconds; ``author`` / ``via`` columns are room-local ``history_authors.num``.
+
+
+class HistoryAuthor(SQLModel, table=True):
+    """A principal that delivered updates to a room: a user (``user_id``) or a service."""
+
+    __tablename__ = "history_authors"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    num: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    user_id: str | None = Field(default=None, max_length=32)
+    service: str | None = Field(default=None, max_length=32)
+    name: str = Field(default="", max_length=200)
+
+
+class HistoryClient(SQLModel, table=True):
+    """Which author a Yjs client id belongs to (first writer wins; ``direct``: seen on the
+    author's own link, not only through a relay — only such a binding is final)."""
+
+    __tablename__ = "history_clients"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    client: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    author: int
+    direct: bool = False
+
+
+class HistoryBurst(SQLModel, table=True):
+    """A run of main-document updates mostly by one client with short pauses (the timeline)."""
+
+    __tablename__ = "history_bursts"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    start_seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    end_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    start_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    client: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    via: int | None = None
+    updates: int = 0
+    inserted: int = 0
+
+
+class HistoryCheckpoint(SQLModel, table=True):
+    """A named version an editor created."""
+
+    __tablename__ = "history_checkpoints"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    room_id: str = Field(index=True, max_length=32)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    name: str = Field(max_length=100)
+    author: int | None = None
+
+
+class HistorySettings(SQLModel, table=True):
+    """Per-room history policy and bookkeeping."""
+
+    __tablename__ = "history_settings"
+
+    room_id: str = Field(primary_key=True, max_length=32)
+    # may viewers read the history? None: the deployment's default (CODESYNC_PERSIST_HISTORY_VIEWERS)
+    viewers_read: bool | None = None
+    # updates with a seq below this may be gone (retention, "delete history", pre-0004 compaction)
+    detail_from: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+HISTORY_TABLES = (HistoryAuthor, HistoryClient, HistoryBurst, HistoryCheckpoint, HistorySettings)
+"""Everything a room's history keeps besides document_updates / document_snapshots."""
 
 
 class RoomLease(SQLModel, table=True):

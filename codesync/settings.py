@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     # Service tokens (persistence, runner): lifetime of the tokens `codesync up` mints and of
     # those a service gets in exchange for its current one (POST /api/service/token).
     service_token_ttl: int = Field(default=24 * 3600, description="seconds")
+    # A service peer writes each renewed token here (compose: the file its token came from).
+    service_token_file: Path | None = None
+
+    @field_validator("service_token_file", mode="before")
+    @classmethod
+    def _no_file_when_empty(cls, value: object) -> object:
+        """An empty value means "no file" (``codesync up`` masks it that way), not ``Path(".")``."""
+        return None if value == "" else value
     # How often each signaling node re-checks the sessions / service tokens of its open /signal
     # sockets against the database (the safety net behind the revocation events).
     session_recheck: float = Field(default=15.0, description="seconds")
@@ -122,6 +130,11 @@ class Settings(BaseSettings):
     persist_lease_ttl: float = Field(default=10.0, description="seconds")
     persist_idle_grace: float = Field(default=30.0, description="seconds")
     persist_compact_rows: int = 200
+    # History (docs/history.md): days of full detail kept (0 = every update forever; N = older
+    # updates become one snapshot per day), and whether viewers may read a room's history
+    # when its owner has not decided (per-room policy).
+    persist_history_days: int = Field(default=0, ge=0)
+    persist_history_viewers: bool = False
     # Runner (runner/): a JSON file extending the languages table, the Docker engine URL
     # (default: DOCKER_HOST / the local socket) and run image, per-run limits, idle grace.
     runner_languages: Path | None = None

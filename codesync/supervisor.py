@@ -37,7 +37,8 @@ UP_TOKEN_NAME = "codesync up"
 
 # What the service peers must not inherit: the signing key and every other secret. Empty
 # values (not just absent ones) so that a .env file in the working directory cannot supply them.
-_MASKED = ("CODESYNC_SECRET_KEY", "CODESYNC_TURN_SECRET")
+# CODESYNC_SERVICE_TOKEN_FILE too: both peers would write their renewed tokens into one file.
+_MASKED = ("CODESYNC_SECRET_KEY", "CODESYNC_TURN_SECRET", "CODESYNC_SERVICE_TOKEN_FILE")
 _DROPPED_PREFIXES = ("CODESYNC_OAUTH_",)
 LEGACY_TOKEN_FILE = "service-tokens.json"
 

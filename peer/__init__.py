@@ -79,6 +79,8 @@ timeout=...)`` waits until one (or the given) peer's SyncStep2 has been applied.
 
 App messages: ``await room.send_app(peer_id, obj)`` and ``await room.broadcast_app(obj)`` —
 only to peers whose caps include "app" (stock y-webrtc peers never get type >= 100).
+``room.buffered_amount(peer_id)``: bytes queued towards that peer not yet taken by SCTP (a
+service answering large requests, e.g. history, looks before queuing more).
 
 More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's limit on links),
 ``coalesce_delay=0.002`` (seconds; outgoing updates merged per flush), ``relay=True`` (forward

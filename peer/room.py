@@ -284,6 +284,12 @@ class Room:
             return False
         return link.send(p.encode_app(obj))
 
+    def buffered_amount(self, peer_id: str) -> int:
+        """Bytes queued towards ``peer_id`` and not yet taken by SCTP (0 without a link): a
+        service answering large requests looks before queuing more (bounded memory)."""
+        link = self._mesh.links.get(peer_id)
+        return int(getattr(link.conn, "buffered_amount", 0) or 0) if link is not None else 0
+
     async def broadcast_app(self, obj: dict[str, Any]) -> int:
         """A type-101 message to every connected peer advertising "app"; returns how many."""
         frame = p.encode_app(obj)

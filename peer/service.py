@@ -124,7 +124,8 @@ class RoomService(Generic[P]):
         from .signaling_client import SignalingClient
 
         # Service tokens expire: trade ours in early; each reconnect uses the newest one.
-        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token)
+        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token,
+                                               token_file=self.settings.service_token_file)
         self.token_keeper.start()
         self.client = SignalingClient(
             self.settings.signaling_url, self.settings.service_token,

@@ -8,7 +8,8 @@ the caller talks to. Deployment and the tests share this module:
 
     python -m runner.image --docker-host unix:///path/docker.sock [--tag codesync-runner:bookworm]
 
-The toolchains are Debian's (``PACKAGES``: the same ones ``scripts/system-deps.sh run`` puts
+The toolchains are Debian's (``PACKAGES``, from ``runner/run-image.packages``, which the
+Dockerfile's ``run-image`` stage installs too: the same ones ``scripts/system-deps.sh run`` puts
 on the host for the bubblewrap sandbox) plus TypeScript, which Debian ships without Node's
 type declarations: the project pins ``typescript`` and ``@types/node`` in
 ``runner/toolchains/typescript`` (npm lockfile), and the image gets the same installed tree at
@@ -33,30 +34,22 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("CODESYNC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# Keep in step with scripts/system-deps.sh (the host's toolchains for bubblewrap) and
-# runner/languages.py (what each language runs). ``coreutils`` (stdbuf) is in minbase.
-PACKAGES = (
-    "python3",
-    "nodejs",
-    "gcc",
-    "libc6-dev",
-    "g++",
-    "golang-go",
-    "rustc",
-    "default-jdk-headless",
-    "ruby",
-)
+
+
+def _listed(name: str) -> tuple[str, ...]:
+    """The words of a list file next to this module, ``#`` comments dropped. The Dockerfile's
+    ``run-image`` stage reads the same files, so both builds of the image stay one image."""
+    text = (Path(__file__).resolve().parent / name).read_text()
+    return tuple(word for line in text.splitlines() for word in line.split("#", 1)[0].split())
+
+
+# The Debian packages (runner/run-image.packages: the toolchains of runner/languages.py, the
+# same ones ``scripts/system-deps.sh run`` puts on the host for bubblewrap).
+PACKAGES = _listed("run-image.packages")
 DEFAULT_TAG = "codesync-runner:bookworm"
 CACHE_DIR = Path(os.environ.get("CODESYNC_IMAGE_CACHE", "/var/cache/codesync"))
-# Parts of the toolchains no run uses (globs under the rootfs): the go tool's own compiled
-# packages, the JDK's jmods (jlink) and sources, gcc's LTO dumper. ~260 MB of ~1.7 GB.
-PRUNE = (
-    "usr/lib/go-*/pkg/linux_amd64/cmd",
-    "usr/lib/jvm/*/jmods",
-    "usr/lib/jvm/*/lib/src.zip",
-    "usr/bin/*lto-dump*",
-    "usr/lib/gcc/*/*/lto-dump*",
-)
+# Parts of the toolchains no run uses (globs under the rootfs; runner/run-image.prune).
+PRUNE = _listed("run-image.prune")
 # The vendored npm toolchains (TypeScript) and where the sandboxes see them.
 TOOLCHAINS_DIR = Path(__file__).resolve().parent / "toolchains"
 SANDBOX_TOOLCHAINS = "/opt/codesync"

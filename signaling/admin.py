@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import jwt
 from sqlalchemy import update
@@ -24,7 +24,15 @@ CLI_TOKEN_TTL = 30 * 24 * 3600
 
 
 class AdminError(Exception):
-    pass
+    """A clear message for the operator; ``codesync`` prints it and exits ``exit_code``."""
+
+    exit_code = 2
+
+
+class TokenInvalid(AdminError):
+    """``codesync token --check``: the token is not one a service could use (exit 1, not 2)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,65 @@ def token_id_of(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ServiceTokenCheck:
+    id: str
+    scope: str
+    expires_at: datetime
+
+
+def read_token_argument(value: str) -> str:
+    """``FILE|TOKEN``: a value with a ``/`` is a file (``./persistence``) and stands for its
+    first line; anything else is the token (or id) itself — tokens and ids never hold a ``/``.
+
+    A missing or empty file is an invalid token (exit 1), not a usage error: deploy/bootstrap.sh
+    checks a token file that may not be there yet.
+    """
+    value = value.strip()
+    if "/" not in value:
+        return value
+    try:
+        with open(value, encoding="utf-8", errors="replace") as handle:
+            token = handle.readline(8192).strip()
+    except FileNotFoundError:
+        raise TokenInvalid(f"no token file {value}") from None
+    except OSError as exc:
+        raise AdminError(f"cannot read {value}: {exc.strerror or exc}") from None
+    if not token:
+        raise TokenInvalid(f"{value} is empty")
+    return token
+
+
+async def check_service_token(settings: Settings, token: str, scope: str | None = None) -> ServiceTokenCheck:
+    """Whether ``token`` would be accepted now: our signature, a service token (of ``scope``),
+    not expired, and its ``service_tokens`` row present and not revoked — the checks signaling
+    makes (``signaling.principal``). Raises :class:`TokenInvalid` saying which one failed."""
+    from .tokens import TokenError
+
+    if scope is not None:
+        _check_scope(scope)
+    try:
+        claims = TokenService(settings.effective_secret_key).decode_service(token)
+    except TokenError as exc:
+        if exc.code == "token_expired":
+            raise TokenInvalid("the service token has expired") from None
+        raise TokenInvalid(f"not a valid service token: {exc.message}") from None
+    if scope is not None and claims.scope != scope:
+        raise TokenInvalid(f"a {claims.scope} token, not a {scope} one")
+    engine = db.create_engine(settings)
+    try:
+        await db.migrate(engine)
+        async with db.session_factory(engine)() as session:
+            row = await session.get(ServiceToken, claims.token_id)
+    finally:
+        await engine.dispose()
+    if row is None or row.scope != claims.scope:
+        raise TokenInvalid(f"service token {claims.token_id} is unknown to this database")
+    if row.revoked_at is not None:
+        raise TokenInvalid(f"service token {claims.token_id} was revoked {row.revoked_at:%Y-%m-%d %H:%M} UTC")
+    return ServiceTokenCheck(claims.token_id, claims.scope, datetime.fromtimestamp(claims.expires_at, timezone.utc))
+
+
 async def list_service_tokens(settings: Settings) -> list[ServiceTokenInfo]:
     engine = db.create_engine(settings)
     try:
@@ -112,12 +179,14 @@ async def list_service_tokens(settings: Settings) -> list[ServiceTokenInfo]:
 
 async def revoke_service_tokens(settings: Settings, token: str | None = None, scope: str | None = None) -> list[str]:
     """Revoke one credential (id or token) or every live one of ``scope``; the ids revoked.
+    Both: that one credential, only if it is of ``scope`` (deploy/bootstrap.sh replacing the
+    runner's token file must never end the persistence peer's credential).
 
     Their tokens are refused from now on and their ``/signal`` sockets closed: at once when
     the nodes share Redis (a notice on the bus), else at the nodes' next session re-check.
     """
-    if (token is None) == (scope is None):
-        raise AdminError("name a token (id or token) or --scope, not both")
+    if token is None and scope is None:
+        raise AdminError("name a token (id or token) or --scope")
     if scope is not None:
         _check_scope(scope)
     engine = db.create_engine(settings)
@@ -130,6 +199,8 @@ async def revoke_service_tokens(settings: Settings, token: str | None = None, sc
                 row = await session.get(ServiceToken, token_id)
                 if row is None:
                     raise AdminError(f"no service token {token_id}")
+                if scope is not None and row.scope != scope:
+                    raise AdminError(f"service token {token_id} is a {row.scope} token, not a {scope} one; not revoked")
                 query = query.where(col(ServiceToken.id) == token_id)
             else:
                 query = query.where(col(ServiceToken.scope) == scope)

@@ -31,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .errors import ApiError
 from codesync.models import (
+    HISTORY_TABLES,
     DocumentSnapshot,
     DocumentUpdate,
     Invite,
@@ -174,7 +175,7 @@ async def purge_room(session: AsyncSession, room: Room) -> None:
 
     The document tables carry no foreign key to rooms (the persistence peer owns them);
     a deleted room must not leave its content behind."""
-    for table in (DocumentUpdate, DocumentSnapshot, RoomLease):
+    for table in (DocumentUpdate, DocumentSnapshot, RoomLease, *HISTORY_TABLES):
         await session.exec(delete(table).where(col(table.room_id) == room.id))
     await session.delete(room)
 

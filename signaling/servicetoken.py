@@ -6,13 +6,20 @@ expire, so :class:`ServiceTokenKeeper` exchanges the current token for a fresh o
 while signaling is unreachable. The signaling client asks :meth:`current` before each
 reconnect; when the server closes the socket at the old token's expiry (4001), the reconnect
 already uses the new one. No signing key is needed for any of this — a service never holds it.
+
+With ``token_file`` (``CODESYNC_SERVICE_TOKEN_FILE``) each renewed token is also written there
+(atomically, mode 0600), so a service restarted later starts from its newest token rather
+than from the one it was first given, which may have expired by then (compose: the
+``service-tokens`` volume, read by deploy/with-service-token.sh).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from pathlib import Path
 
 import httpx
 import jwt
@@ -35,9 +42,11 @@ def token_times(token: str) -> tuple[int, int] | None:
 class ServiceTokenKeeper:
     """Holds the service's current token and renews it in the background."""
 
-    def __init__(self, http_base: str, token: str, *, refresh_fraction: float = 0.5, timeout: float = 10.0):
+    def __init__(self, http_base: str, token: str, *, refresh_fraction: float = 0.5, timeout: float = 10.0,
+                 token_file: Path | None = None):
         self.http_base = http_base.rstrip("/")
         self.token = token
+        self.token_file = token_file
         self.refresh_fraction = refresh_fraction
         self.timeout = timeout
         self.exchanges = 0  # successful exchanges (tests, logs)
@@ -80,6 +89,8 @@ class ServiceTokenKeeper:
             raise RuntimeError(f"service token exchange refused ({why})")
         self.token = r.json()["token"]
         self.exchanges += 1
+        if self.token_file is not None:
+            save_token(self.token_file, self.token)
         return self.token
 
     async def _run(self) -> None:
@@ -102,3 +113,21 @@ class ServiceTokenKeeper:
                 log.warning("renewing the service token failed (%s); retrying in %.0f s", exc, retry)
                 await asyncio.sleep(retry)
                 retry = min(MAX_RETRY, retry * 2)
+
+
+def save_token(path: Path, token: str) -> None:
+    """Replace ``path`` with ``token`` atomically (a reader sees the old or the new one, never
+    half of one), readable by its owner only. A failure is logged, not raised: the service
+    keeps working with the token in memory; only a later restart would start from the old one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write the renewed service token to %s (%s); a restart would use the old one",
+                    path, exc.strerror or exc)
+        tmp.unlink(missing_ok=True)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.smtp import smtp_server
 from tests.support import ROOT, free_port
 
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -209,6 +210,7 @@ class ComposeProject:
     http_port: int
     workdir: Path
     timings: dict[str, float] = field(default_factory=dict)
+    mail: Any = None  # tests.smtp.MailSink: the SMTP server CODESYNC_SMTP_URL points the nodes at
 
     # ---- the CLI
     @property
@@ -420,11 +422,15 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
         client.api.timeout = 1200
         project: ComposeProject | None = None
         network: TestNetwork | None = None
+        stack_exit = contextlib.ExitStack()
         try:
             started = time.monotonic()
             base = import_base_image(client, "codesync-test-base:bookworm")
             timings["import the debootstrap base"] = time.monotonic() - started
             network = create_network(client, f"codesync-compose-{secrets.token_hex(3)}")
+            # A real SMTP server on the host's bridge address: the nodes send account mails
+            # (verification links) there, as to the operator's mail server.
+            mail = stack_exit.enter_context(smtp_server(host=network.gateway))
             port = free_port()
             env_path = env_file(
                 workdir / "test.env",
@@ -435,11 +441,15 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
                 CODESYNC_PUBLIC_URL=f"http://127.0.0.1:{port}",
                 CODESYNC_HTTP_BIND="127.0.0.1",
                 CODESYNC_HTTP_PORT=str(port),
+                CODESYNC_SMTP_URL=mail.url,
                 TURN_HOST=network.gateway,
                 TURN_EXTERNAL_IP=network.gateway,
                 DOCKER_GID=str(daemon.socket.stat().st_gid),
                 DOCKER_SOCKET=str(daemon.socket),
                 DEBIAN_IMAGE=base,
+                # The test's bridge stands in for compose.yaml's default network: the signaling
+                # nodes trust its X-Forwarded-For (CODESYNC_TRUSTED_PROXIES) as in production.
+                NETWORK_SUBNET=str(network.subnet),
                 CODESYNC_TEST_NETWORK=network.name,
                 CODESYNC_TEST_PERSISTENCE_IP=network.host(PERSISTENCE_HOST),
                 CODESYNC_TEST_RUNNER_IP=network.host(RUNNER_HOST),
@@ -454,6 +464,7 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
                 http_port=port,
                 workdir=workdir,
                 timings=timings,
+                mail=mail,
             )
             project.run("config", "-q", timeout=120)
             project.run("build", timeout=1800, what="compose build (every image)")
@@ -463,6 +474,7 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
             if project is not None:
                 with contextlib.suppress(Exception):
                     project.run("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
+            stack_exit.close()  # the SMTP server
             if network is not None:
                 remove_network(client, network)
             client.close()

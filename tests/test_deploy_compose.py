@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,10 @@ def test_two_signaling_nodes_behind_a_websocket_proxy(config: dict):
         assert svc["environment"]["CODESYNC_REDIS_URL"] == "redis://:redis-pass-456@redis:6379/0"
         assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert "8000/healthz" in " ".join(svc["healthcheck"]["test"])
+        # /metrics moved off the public port: scrapers use the ops port, the proxy never serves it.
+        assert svc["environment"]["CODESYNC_OPS_PORT"] == "9100"
+        assert svc["environment"]["CODESYNC_OPS_HOST"] == "0.0.0.0"
+        assert "CODESYNC_PUBLIC_METRICS" not in svc["environment"]
     proxy = services["proxy"]
     assert {proxy["depends_on"][n]["condition"] for n in nodes} == {"service_healthy"}
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
@@ -184,13 +189,77 @@ def test_dockerfile_stages_and_copied_paths_exist():
         assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
 
 
+def _stage_text(name: str) -> str:
+    """One stage of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages = re.split(r"^(?=FROM )", text, flags=re.M)
+    found = [stage for stage in stages if re.match(rf"FROM \S+ AS {re.escape(name)}\s*$", stage.splitlines()[0])]
+    assert len(found) == 1, f"no single stage {name}"
+    return found[0]
+
+
+def test_the_dockerfile_run_image_is_runner_image_py_s():
+    """Two builds of the runner's sandbox image — runner/image.py (debootstrap, no registry) and
+    the Dockerfile's run-image stage (compose) — read one package list and one prune list, and
+    both carry the vendored npm toolchains where the sandboxes look (/opt/codesync)."""
+    from runner import image
+    from runner.languages import TSC
+
+    listed = lambda name: [w for line in (ROOT / "runner" / name).read_text().splitlines()  # noqa: E731
+                           for w in line.split("#", 1)[0].split()]
+    packages, prune = listed("run-image.packages"), listed("run-image.prune")
+    assert list(image.PACKAGES) == packages and list(image.PRUNE) == prune
+    printed = subprocess.run([sys.executable, "-m", "runner.image", "--print-packages"], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+    assert printed.stdout.split() == packages
+    # python3: the Docker sandbox loads its seccomp filter with it (runner/sandbox/docker.py).
+    assert {"python3", "nodejs", "gcc", "g++", "golang-go", "rustc", "default-jdk-headless", "ruby"} <= set(packages)
+
+    stage = _stage_text("run-image")
+    assert re.search(r"^COPY runner/run-image\.packages runner/run-image\.prune /tmp/$", stage, re.M), stage
+    installs = re.findall(r"apt-get install ([^&|;]*)", stage)
+    assert installs and all(not [w for w in words.split() if not w.startswith("-")] for words in installs), (
+        "the run-image stage installs only the listed packages (no literal package names)")
+    assert "sed 's/#.*//' /tmp/run-image.packages | xargs apt-get install" in stage
+    assert "$(sed 's/#.*//' /tmp/run-image.prune)" in stage and "rm -rf $path" in stage
+    copied = re.findall(r"^COPY --from=(\S+) (\S+) (\S+)$", stage, re.M)
+    assert copied == [("run-toolchains", "/src/toolchains/", image.SANDBOX_TOOLCHAINS + "/")], copied
+
+    tools = _stage_text("run-toolchains")
+    assert "COPY runner/toolchains/ /src/toolchains/" in tools
+    assert "npm ci --no-audit --no-fund --ignore-scripts --omit=dev" in tools  # as runner/image.py installs them
+    for project in image.npm_toolchains():
+        assert (project / "package-lock.json").exists()
+    # The TypeScript compiler the languages table runs is inside one of those toolchains.
+    relative = TSC.removeprefix(image.SANDBOX_TOOLCHAINS + "/").split("/")[0]
+    assert relative in {p.name for p in image.npm_toolchains()}, TSC
+
+
+def test_the_app_image_installs_and_copies_every_python_package():
+    """Every package pyproject.toml installs gets a stub for the dependency layer and its
+    sources copied (the app image lacked codesync/ after the platform package moved there)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages >= {"codesync", "signaling", "peer", "runner"}
+    stage = _stage_text("app")
+    stubs = re.search(r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install -e \.", stage)
+    assert stubs, stage
+    assert set(stubs.group(1).split()) == packages
+    assert set(stubs.group(2).split()) == {f"{p}/__init__.py" for p in packages}
+    for package in packages:
+        assert re.search(rf"^COPY {package}/ {package}/$", stage, re.M), f"the app image does not copy {package}/"
+        assert (ROOT / package / "__init__.py").exists()
+
+
 def test_service_token_entrypoint(tmp_path: Path):
     """The peers' entry point takes the token from the environment, else from the token volume."""
     script = ROOT / "deploy" / "with-service-token.sh"
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "codesync"  # stands in for the real CLI: prints what it would run with
-    fake.write_text('#!/bin/sh\necho "token=$CODESYNC_SERVICE_TOKEN args=$*"\n')
+    fake.write_text('#!/bin/sh\necho "token=$CODESYNC_SERVICE_TOKEN file=${CODESYNC_SERVICE_TOKEN_FILE:-} args=$*"\n')
     fake.chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "CODESYNC_TOKEN_DIR": str(tmp_path)}
     run = lambda **extra: subprocess.run(  # noqa: E731
@@ -199,14 +268,22 @@ def test_service_token_entrypoint(tmp_path: Path):
     missing = run()
     assert missing.returncode == 2 and "no service token" in missing.stderr
     (tmp_path / "runner").write_text("from-volume\n")
-    assert run().stdout.strip() == "token=from-volume args=runner"
-    assert run(CODESYNC_SERVICE_TOKEN="from-env").stdout.strip() == "token=from-env args=runner"
+    # From the volume: the service is told the file, and writes its renewed tokens there.
+    assert run().stdout.strip() == f"token=from-volume file={tmp_path / 'runner'} args=runner"
+    # From the environment (.env): nothing to write back to.
+    assert run(CODESYNC_SERVICE_TOKEN="from-env").stdout.strip() == "token=from-env file= args=runner"
 
 
-def test_bootstrap_migrates_and_makes_each_service_token_once(tmp_path: Path):
-    """deploy/bootstrap.sh (the migrate service) with the real CLI on SQLite."""
+def test_bootstrap_keeps_accepted_tokens_and_replaces_refused_ones(tmp_path: Path):
+    """deploy/bootstrap.sh (the migrate service, on every `up`) with the real CLI on SQLite:
+    makes both tokens once; then keeps a token signaling accepts (the peers renew theirs in the
+    file) and replaces — revoking its credential — one that was revoked, expired, is unknown
+    to the database or was signed with another key."""
     import secrets as _secrets
     import sys
+    import time
+
+    import jwt
 
     from signaling.tokens import TokenService
 
@@ -219,20 +296,173 @@ def test_bootstrap_migrates_and_makes_each_service_token_once(tmp_path: Path):
         "CODESYNC_SECRET_KEY": secret,
         "CODESYNC_DATA_DIR": str(tmp_path / "data"),
         "CODESYNC_TOKEN_DIR": str(tokens),
+        "CODESYNC_LOG_LEVEL": "WARNING",
     }
-    run = lambda: subprocess.run(  # noqa: E731
-        ["sh", str(ROOT / "deploy" / "bootstrap.sh")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+
+    def run() -> subprocess.CompletedProcess:
+        done = subprocess.run(["sh", str(ROOT / "deploy" / "bootstrap.sh")], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    def files() -> dict[str, str]:
+        return {scope: (tokens / scope).read_text().strip() for scope in ("persistence", "runner")}
+
+    def token_list() -> str:
+        listed = subprocess.run([sys.executable, "-m", "codesync.cli", "token", "list"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        return listed.stdout
+
     first = run()
-    assert first.returncode == 0, first.stderr
-    made = {scope: (tokens / scope).read_text().strip() for scope in ("persistence", "runner")}
+    made = files()
+    assert "created the persistence service token" in first.stdout and "created the runner service token" in first.stdout
     for scope, token in made.items():
         assert (tokens / scope).stat().st_mode & 0o077 == 0, "service tokens must not be readable by others"
         assert TokenService(secret).decode_service(token).scope == scope
     second = run()
-    assert second.returncode == 0, second.stderr
-    assert {scope: (tokens / scope).read_text().strip() for scope in made} == made
-    assert "created" not in second.stdout
+    assert files() == made and "created" not in second.stdout
+
+    # A renewed token (what a running peer writes back): same credential, kept as it is.
+    renewed = TokenService(secret).issue_service(jwt.decode(made["runner"], options={"verify_signature": False})["jti"],
+                                                 "runner", 600)
+    (tokens / "runner").write_text(renewed + "\n")
+    assert "created" not in run().stdout and files()["runner"] == renewed
+
+    def jti(token: str) -> str:
+        return jwt.decode(token, options={"verify_signature": False})["jti"]
+
+    now = int(time.time())
+
+    def expired(token_id: str) -> str:
+        return jwt.encode({"typ": "service", "sub": "service:runner", "scope": "runner", "aud": "codesync",
+                           "iat": now - 120, "exp": now - 60, "jti": token_id}, secret, algorithm="HS256")
+
+    # what -> (the bad token made from the runner's current one, whether that credential is revoked)
+    refused = {
+        "revoked": (None, True),  # revoked through the CLI below
+        "expired": (expired, True),
+        "signed with another key": (lambda i: TokenService(_secrets.token_urlsafe(48)).issue_service(i, "runner", 600), True),
+        "unknown to the database": (lambda i: TokenService(secret).issue_service("f" * 32, "runner", 600), False),
+        "of another scope": (lambda i: made["persistence"], False),
+    }
+    ended = set()
+    for what, (make_bad, revokes) in refused.items():
+        before = files()
+        current = jti(before["runner"])
+        if make_bad is None:
+            subprocess.run([sys.executable, "-m", "codesync.cli", "token", "revoke", before["runner"]], env=env,
+                           cwd=tmp_path, capture_output=True, timeout=120, check=True)
+        else:
+            (tokens / "runner").write_text(make_bad(current) + "\n")
+        out = run().stdout
+        assert "created the runner service token" in out and "created the persistence" not in out, (what, out)
+        after = files()
+        assert after["persistence"] == before["persistence"], what
+        assert TokenService(secret).decode_service(after["runner"]).scope == "runner"
+        assert jti(after["runner"]) != current, what
+        if revokes:
+            ended.add(current)
+    listed = {line.split()[0]: line for line in token_list().splitlines()}
+    # The credentials of the expired / forged tokens replaced were revoked (the renewal chain of
+    # whoever still holds one ends); the persistence peer's, found in the runner's file, was not.
+    assert all(" revoked " in listed[i] for i in ended), token_list()
+    assert " active " in listed[jti(files()["persistence"])] and " active " in listed[jti(files()["runner"])]
+
+
+# ------------------------------------------------------------------ least privilege, trusted proxies
+# What each app service may be given: the runner runs other people's code, the persistence peer
+# stores documents; neither ever needs the token-signing key (a service token is renewed over
+# HTTP) or another service's secret (DESIGN.md, trust model; codesync/supervisor.py does the same).
+SECRET_SETTINGS = {"CODESYNC_SECRET_KEY", "CODESYNC_TURN_SECRET", "CODESYNC_SMTP_URL"}  # (an SMTP URL may hold a password)
+
+
+def test_the_peers_get_no_secret_they_do_not_use(config: dict):
+    services = config["services"]
+    for name in ("persistence", "runner"):
+        env = services[name]["environment"]
+        leaked = {k for k in env if k in SECRET_SETTINGS or k.startswith("CODESYNC_OAUTH_")}
+        assert not leaked, f"{name} gets {sorted(leaked)}"
+        assert all(v not in " ".join(map(str, env.values())) for v in ("k-" + "a" * 40, "turn-secret-789"))
+    runner = services["runner"]["environment"]
+    assert not {"CODESYNC_DATABASE_URL", "CODESYNC_REDIS_URL"} & set(runner), "the runner uses no database"
+    assert "pg-pass-123" not in str(runner) and "redis-pass-456" not in str(runner)
+    # Only the migrate one-shot (it mints the peers' tokens) and the signaling nodes sign tokens.
+    signers = {n for n, s in services.items() if "CODESYNC_SECRET_KEY" in (s.get("environment") or {})}
+    assert signers == {"migrate", "signaling-1", "signaling-2"}, signers
+    # The token volume: only where tokens are made or used.
+    holders = {n for n, s in services.items()
+               if any(str(v).startswith("service-tokens:") or (isinstance(v, dict) and v.get("source") == "service-tokens")
+                      for v in s.get("volumes") or [])}
+    assert holders == {"migrate", "persistence", "runner"}, holders
+
+
+def test_trusted_proxies_are_the_compose_network(config: dict, tmp_path: Path, compose: list[str]):
+    """Behind nginx every request comes from the proxy: without CODESYNC_TRUSTED_PROXIES every
+    user shares one login-throttling bucket. The nodes trust the compose network (a fixed subnet:
+    the proxy, and the host's address on it where a TLS terminator on this host connects from)."""
+    from signaling.clientaddr import parse_networks, resolve
+
+    subnet = config["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    example = dict(l.split("=", 1) for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l))
+    assert subnet == example["NETWORK_SUBNET"]
+    for node in ("signaling-1", "signaling-2"):
+        assert config["services"][node]["environment"]["CODESYNC_TRUSTED_PROXIES"].split(",")[0] == subnet
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+
+    # What the nodes make of it (signaling.clientaddr, with the committed value): nginx appends
+    # the address it got the connection from.
+    import ipaddress
+    from codesync.settings import Settings
+
+    settings = Settings(trusted_proxies=config["services"]["signaling-1"]["environment"]["CODESYNC_TRUSTED_PROXIES"],
+                        _env_file=None)
+    trusted = parse_networks(tuple(settings.trusted_proxy_list))
+    net = ipaddress.ip_network(subnet)
+    proxy, gateway = str(net.network_address + 130), str(net.network_address + 1)
+    assert resolve(proxy, ["198.51.100.7"], trusted) == "198.51.100.7"  # a client straight to nginx
+    assert resolve(proxy, ["10.6.6.6, 198.51.100.7"], trusted) == "198.51.100.7"  # its spoof is ignored
+    # A TLS terminator on this host (reaching nginx from the bridge's address) that appends too.
+    assert resolve(proxy, ["10.6.6.6, 198.51.100.7, " + gateway], trusted) == "198.51.100.7"
+    assert resolve("198.51.100.9", ["10.6.6.6"], trusted) == "198.51.100.9"  # not from the network: no header
+
+    # Another subnet and an extra proxy (a load balancer on another host) go along.
+    other = _load_config(tmp_path, compose, (COMPOSE,), NETWORK_SUBNET="10.77.0.0/24", EXTRA_TRUSTED_PROXIES="192.0.2.10")
+    assert other["networks"]["default"]["ipam"]["config"][0]["subnet"] == "10.77.0.0/24"
+    env = other["services"]["signaling-2"]["environment"]
+    assert Settings(trusted_proxies=env["CODESYNC_TRUSTED_PROXIES"], _env_file=None).trusted_proxy_list == [
+        "10.77.0.0/24", "192.0.2.10"]
+
+
+# Variables of .env.example / compose.yaml that are compose's own (interpolated into other
+# names, or into no container at all), though they look like settings.
+COMPOSE_VARIABLES = {"CODESYNC_HTTP_BIND", "CODESYNC_HTTP_PORT", "CODESYNC_PERSISTENCE_TOKEN", "CODESYNC_RUNNER_TOKEN"}
+
+
+def test_every_codesync_variable_is_a_setting_that_reaches_a_container(config: dict):
+    """A CODESYNC_* name in .env.example or compose.yaml is either a real setting
+    (codesync/settings.py) that compose passes to a container under that name, or one of
+    compose's own variables; and every variable .env.example lists is used by compose.yaml.
+    (.env is read by compose only: a setting added there but not passed on does nothing.)"""
+    from codesync.settings import Settings
+
+    fields = {f"CODESYNC_{name.upper()}" for name in Settings.model_fields}
+    text = COMPOSE.read_text()
+    example = {l.split("=", 1)[0] for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l)}
+    # (A name ending in "_" is a pattern in a comment: CODESYNC_OAUTH_<NAME>_...)
+    named = {n for n in re.findall(r"\b(CODESYNC_[A-Z0-9_]+)", text) if not n.endswith("_")}
+    named |= {n for n in example if n.startswith("CODESYNC_")}
+    passed = {k for s in config["services"].values() for k in (s.get("environment") or {})}
+    for name in sorted(named):
+        if name in COMPOSE_VARIABLES:
+            assert name not in fields, f"{name} is a setting now: pass it on, or rename the compose variable"
+            continue
+        is_setting = name in fields or re.fullmatch(r"CODESYNC_OAUTH_[A-Z0-9]+_[A-Z_]+", name)
+        assert is_setting, f"{name} is not a setting (codesync/settings.py) — a typo is ignored silently"
+        assert name in passed, f"{name} is in .env.example or compose.yaml but no container gets it"
+    unused = {n for n in example if not re.search(r"\$\{" + n + r"\b", text)}
+    assert not unused, f".env.example lists variables compose.yaml never reads: {sorted(unused)}"
 
 
 def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, tmp_path: Path):
@@ -256,15 +486,21 @@ def test_compose_environment_is_what_settings_reads(config: dict, monkeypatch, t
         for key, value in env.items():
             monkeypatch.setenv(key, str(value))
         settings = Settings(_env_file=None)
-        assert settings.effective_database_url.startswith("postgresql+asyncpg://codesync:")
-        assert settings.redis_url == "redis://:redis-pass-456@redis:6379/0"
-        assert settings.turn_url_list and settings.turn_secret == "turn-secret-789"
-        assert settings.oauth_providers() == {}  # empty client ids in .env.example disable providers
+        if name != "runner":
+            assert settings.effective_database_url.startswith("postgresql+asyncpg://codesync:")
+        if name in ("signaling-1", "signaling-2", "persistence"):
+            assert settings.redis_url == "redis://:redis-pass-456@redis:6379/0"
+        if name.startswith("signaling-"):
+            assert settings.turn_url_list and settings.turn_secret == "turn-secret-789"
+            assert settings.oauth_providers() == {}  # empty client ids in .env.example disable providers
+            assert settings.trusted_proxy_list and settings.ops_port == 9100 and not settings.public_metrics
         if name in ("persistence", "runner"):
             assert settings.ops_port == 9100 and settings.ops_host == "0.0.0.0"
             assert settings.http_signaling_url == "http://proxy:80"
+            assert settings.secret_key is None and settings.turn_secret is None
         if name == "runner":
             assert settings.sandbox == "docker"
+            assert settings.database_url is None and settings.redis_url is None
 
 
 # ------------------------------------------------------------------ found by the first real start

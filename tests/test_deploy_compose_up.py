@@ -1,7 +1,7 @@
 """``docker compose up``: the production stack of compose.yaml started for real — opt-in.
 
 Run with ``make test-compose`` (or ``CODESYNC_TEST_COMPOSE=1 pytest tests/test_deploy_compose_up.py``);
-it takes about ten minutes (most of it the image builds), so the normal suite deselects it
+it takes about eleven minutes (a third of it the image builds), so the normal suite deselects it
 (tests/conftest.py). What runs:
 
 - a private dockerd (tests/dockerd.py), every image built by ``compose build`` from the
@@ -13,8 +13,11 @@ it takes about ten minutes (most of it the image builds), so the normal suite de
   accounts (the API and the admin CLI of the README), a room, an invite; aiortc peers
   (``peer.Room``) and the persistence peer sync a document; a run in the runner's Docker
   sandbox reaches the room; ``compose stop`` of a signaling node while peers type loses no
-  edit; ``compose down`` + ``up`` keeps the document; the backup and restore commands of
-  docs/deployment.md work, in place and onto an empty deployment.
+  edit; ``compose down`` + ``up`` keeps the document; login throttling tells clients behind
+  the proxy apart (CODESYNC_TRUSTED_PROXIES = the compose network); the run image runs every
+  language (TypeScript from the vendored toolchain); a renewed service token survives a
+  restart; the backup and restore commands of docs/deployment.md work, in place and onto an
+  empty deployment, and ``compose run migrate`` replaces tokens a restored dump no longer knows.
 
 The helpers (dockerd, base image, network, cleanup) are in tests/compose_stack.py.
 """
@@ -51,6 +54,7 @@ SERVICES = {"postgres", "redis", "migrate", "signaling-1", "signaling-2", "proxy
 NODES = ("signaling-1", "signaling-2")
 APP_SERVICES = ("signaling-1", "signaling-2", "persistence", "runner")  # what the restore stops
 PASSWORD = "correct horse battery staple"
+OPS_PORT = 9100  # every CodeSync service's /healthz and /metrics (CODESYNC_OPS_PORT in compose.yaml)
 
 
 # --------------------------------------------------------------------------------- fixtures
@@ -148,7 +152,7 @@ def service_peers(room, service: str) -> list[str]:
 
 
 async def user_sockets(url: str) -> int:
-    """Open user (not service) /signal sockets on one node, from its own metrics."""
+    """Open user (not service) /signal sockets on one node, from its own metrics (ops port)."""
     async with httpx.AsyncClient(timeout=5) as client:
         text = (await client.get(f"{url}/metrics")).text
     return int(sum(float(v) for v in re.findall(r'^codesync_signal_connections\{kind="user"\} (\S+)$', text, re.M)))
@@ -180,6 +184,14 @@ async def test_every_service_becomes_healthy(stack: ComposeProject):
         index = await client.http.get("/")
         assert index.status_code == 200 and "<title>CodeSync</title>" in index.text
         assert re.fullmatch(r"[0-9a-f]{32}", health.headers.get("x-request-id", "")), health.headers
+        # Metrics: never through the proxy, nor on a node's public port; on its ops port.
+        assert (await client.http.get("/metrics")).status_code == 404
+    async with httpx.AsyncClient(timeout=5) as http:
+        for node in NODES:
+            address = stack.address(node)
+            assert (await http.get(f"http://{address}:8000/metrics")).status_code == 404, node
+            metrics = await http.get(f"http://{address}:{OPS_PORT}/metrics")
+            assert metrics.status_code == 200 and "codesync_http_requests_total" in metrics.text, node
 
 
 async def test_containers_stay_on_this_machine(stack: ComposeProject):
@@ -196,6 +208,10 @@ async def test_containers_stay_on_this_machine(stack: ComposeProject):
         assert stack.address(service) == address
         env = dict(e.split("=", 1) for e in stack.container(service).attrs["Config"]["Env"])
         assert env["CODESYNC_ICE_HOSTS"] == address
+        # Least privilege: the peers' containers hold no signing key and no other secret.
+        held = {name for name, value in stack.secrets().items() if value in " ".join(env.values())}
+        assert held <= ({"POSTGRES_PASSWORD", "REDIS_PASSWORD"} if service == "persistence" else set()), (service, held)
+        assert "CODESYNC_SECRET_KEY" not in env, service
 
 
 async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(stack: ComposeProject, tmp_path: Path):
@@ -204,6 +220,12 @@ async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(
         # ---------------------------------------------------------------- accounts, room, invite
         with step(stack, "register, the admin CLI, a room and an invite through the proxy"):
             ann = await client.register("Ann")
+            # Accounts with an unconfirmed address may not invite (CODESYNC_UNVERIFIED_ACCOUNTS,
+            # "limited"): Ann confirms hers with the link the node mailed (CODESYNC_SMTP_URL).
+            mail = await stack.mail.wait_for(ann["email"], kind="verify_email", timeout=60)
+            assert any(link.startswith(f"{stack.url}/#/verify-email/") for link in mail.links()), mail.text
+            verified = await client.http.post("/api/auth/verify-email", json={"token": stack.mail.token_in(mail, "verify-email")})
+            assert verified.status_code == 200, verified.text
             room = (await client.http.post("/api/rooms", json={"name": "compose", "language": "python"},
                                            headers=client.auth(ann)))
             assert room.status_code == 201, room.text
@@ -216,6 +238,17 @@ async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(
             made = stack.run("exec", "-T", "-e", f"CODESYNC_PASSWORD={PASSWORD}", "signaling-1",
                              "codesync", "user", "create", bob_email, "--name", "Bob", timeout=120)
             assert re.search(rb"^[0-9a-f]{32}$", made.stdout, re.M), made.stdout
+            # ... without a terminal and without a password: a clear line (an EOFError traceback
+            # before), and nothing made; the password piped on stdin instead.
+            carl_email = f"carl-{secrets.token_hex(3)}@example.com"
+            refused = stack.run("exec", "-T", "signaling-1", "codesync", "user", "create", carl_email,
+                                stdin=b"", timeout=120, check=False)
+            assert refused.returncode == 2 and b"no password" in refused.stderr, refused
+            assert b"Traceback" not in refused.stderr, refused.stderr
+            piped = stack.run("exec", "-T", "signaling-1", "codesync", "user", "create", carl_email,
+                              stdin=f"{PASSWORD}\n".encode(), timeout=120)
+            assert re.search(rb"^[0-9a-f]{32}$", piped.stdout, re.M), piped.stdout
+            await client.login(carl_email)
             bob = await client.login(bob_email)
             accepted = await client.http.post(f"/api/invites/{invite.json()['token']}/accept", headers=client.auth(bob))
             assert accepted.status_code == 200 and accepted.json()["role"] == "editor", accepted.text
@@ -348,7 +381,7 @@ def _ice_stayed_on(stack: ComposeProject, service: str, address: str) -> None:
 
 async def _stop_a_node_while_typing(stack: ComposeProject, a, b, tmp: Path, room_id: str, token: str) -> None:
     """`compose stop` the node holding more of the users' sockets while both type; then start it."""
-    urls = {node: f"http://{stack.address(node)}:8000" for node in NODES}
+    urls = {node: f"http://{stack.address(node)}:{OPS_PORT}" for node in NODES}
     counts = {node: await user_sockets(url) for node, url in urls.items()}
     assert sum(counts.values()) == 2, counts
     victim = max(NODES, key=lambda n: counts[n])
@@ -390,6 +423,106 @@ async def _stop_a_node_while_typing(stack: ComposeProject, a, b, tmp: Path, room
 
 async def _eq(awaitable, value) -> bool:
     return (await awaitable) == value
+
+
+async def test_login_throttling_tells_the_clients_behind_the_proxy_apart(stack: ComposeProject):
+    """CODESYNC_TRUSTED_PROXIES is the compose network: behind nginx (and a TLS terminator on the
+    host that appends X-Forwarded-For, as the test acts here) each client is its own source, so
+    an attacker failing logins for an account slows down only itself, never the owner."""
+    await running(stack)
+    env = dict(e.split("=", 1) for e in stack.container("signaling-1").attrs["Config"]["Env"])
+    assert str(stack.network.subnet) in env["CODESYNC_TRUSTED_PROXIES"].split(","), env["CODESYNC_TRUSTED_PROXIES"]
+    attacker, owner_address = {"X-Forwarded-For": "203.0.113.66"}, {"X-Forwarded-For": "203.0.113.7"}
+    async with api(stack) as client:
+        with step(stack, "login throttling per client behind the proxy"):
+            owner = await client.register("Owen")
+            wrong = {"email": owner["email"], "password": "not the password"}
+            held_back = None
+            for _ in range(12):  # the free failures (5), then delays: the first early retry gets 429
+                r = await client.http.post("/api/auth/login", json=wrong, headers=attacker)
+                if r.status_code == 429:
+                    held_back = r
+                    break
+                assert r.status_code == 401, r.text
+            assert held_back is not None and held_back.json()["error"]["code"] == "rate_limited", "no throttling"
+            right = {"email": owner["email"], "password": PASSWORD}
+            # The attacker's source is held back even with the right password ...
+            assert (await client.http.post("/api/auth/login", json=right, headers=attacker)).status_code == 429
+            # ... the owner, another client behind the same proxy, is not.
+            r = await client.http.post("/api/auth/login", json=right, headers=owner_address)
+            assert r.status_code == 200, f"the owner was throttled with the attacker: {r.status_code} {r.text}"
+
+
+async def test_the_run_image_runs_every_language(stack: ComposeProject, tmp_path: Path):
+    """The run image compose builds has every toolchain of runner/run-image.packages and the
+    vendored TypeScript compiler: the runner advertises all its languages, and a TypeScript
+    program (compiled by /opt/codesync/typescript's tsc) runs in the Docker sandbox."""
+    from runner.languages import LanguageTable
+
+    await running(stack)
+    everything = set(LanguageTable.load(None).names)
+    assert len(everything) >= 10, everything
+    async with api(stack) as client:
+        with step(stack, "every language advertised, TypeScript runs in the Docker sandbox"):
+            tess = await client.register("Tess")
+            made = await client.http.post("/api/rooms", json={"name": "ts", "language": "typescript"},
+                                          headers=client.auth(tess))
+            assert made.status_code == 201, made.text
+            async with rooms(stack, tmp_path, made.json()["id"], tess["access_token"]) as (r,):
+                from tests.test_runner_service import Client
+
+                def advertised() -> set[str]:
+                    for state in r.awareness.states.values():
+                        if isinstance(state, dict) and state.get("service") == "runner":
+                            return set(state.get("languages") or [])
+                    return set()
+
+                await wait_for(lambda: advertised() == everything, timeout=60,
+                               what=f"the runner to advertise every language (has {sorted(advertised())})")
+                source(r).insert(0, "const answer: number = 6 * 7;\nconsole.log(`typescript ${answer}`);\n")
+                runner = Client(r)
+                assert await runner.run("ts1", language="typescript") == {"op": "run-accepted", "run_id": "ts1"}
+                await wait_for(lambda: runner.field("ts1", "status") in ("finished", "failed", "timeout"), timeout=120,
+                               what="the TypeScript run to finish")
+                assert runner.field("ts1", "status") == "finished", (runner.field("ts1", "reason"), runner.output("ts1"))
+                assert runner.output("ts1") == "typescript 42\n"
+
+
+async def test_a_renewed_service_token_survives_a_restart(stack: ComposeProject):
+    """The persistence peer is given a 40 s token; it trades it in at half its life and writes
+    the fresh one back into the service-tokens volume; restarted after the 40 s token expired, it
+    starts from the renewed one and is healthy (connected) again."""
+    import jwt
+
+    await running(stack)
+    token_file = "/run/codesync-tokens/persistence"
+
+    def read_token() -> str:
+        code, out = stack.container("persistence").exec_run(["cat", token_file])
+        assert code == 0, out
+        return out.decode().strip()
+
+    with step(stack, "a renewed service token written back and used after a restart"):
+        # A short-lived token, made where migrate makes them (the key is only there).
+        stack.run("run", "--rm", "-T", "--entrypoint", "sh", "migrate", "-c",
+                  f"codesync token --scope persistence --ttl 40 --name short > {token_file}.tmp && mv {token_file}.tmp {token_file}",
+                  timeout=180)
+        stack.run("restart", "persistence", timeout=180)
+        await _wait_service_healthy(stack, "persistence")
+        short = read_token()
+        short_claims = jwt.decode(short, options={"verify_signature": False})
+        assert short_claims["exp"] - short_claims["iat"] == 40
+        await wait_for(lambda: read_token() != short, timeout=60, interval=1, what="the renewed token in the volume")
+        renewed = jwt.decode(read_token(), options={"verify_signature": False})
+        assert renewed["jti"] == short_claims["jti"] and renewed["exp"] > short_claims["exp"] + 3600
+        code, out = stack.container("persistence").exec_run(["stat", "-c", "%a %U", token_file])
+        assert out.decode().split() == ["600", "codesync"], out
+        # Past the short token's expiry (and signaling's 5 s leeway), restart from the volume.
+        await wait_for(lambda: time.time() > short_claims["exp"] + 6, timeout=60, interval=1,
+                       what="the short token to expire")
+        stack.run("restart", "persistence", timeout=180)
+        await _wait_service_healthy(stack, "persistence")
+        assert "service token expired" not in stack.logs("persistence", tail=200)
 
 
 async def test_backups_restore_in_place_and_onto_an_empty_deployment(stack: ComposeProject, tmp_path: Path):
@@ -442,9 +575,10 @@ async def test_backups_restore_in_place_and_onto_an_empty_deployment(stack: Comp
             stack.run("start", *APP_SERVICES, timeout=180)
             await wait_for(lambda: "service token revoked or unknown" in stack.logs("persistence", tail=300), timeout=120,
                            interval=0.5, what="the persistence peer to be refused with its (now unknown) token")
-            # docs/deployment.md, "Service tokens": replace them, restart the two peers.
-            stack.run("run", "--rm", "-T", "--entrypoint", "sh", "migrate", "-c",
-                      "rm -f /run/codesync-tokens/* && exec /app/deploy/bootstrap.sh", timeout=300)
+            # docs/deployment.md, "Service tokens": migrate replaces the refused tokens, then the
+            # two peers restart with them.
+            replaced = stack.run("run", "--rm", "-T", "migrate", timeout=300).stdout
+            assert b"created the persistence service token" in replaced and b"created the runner" in replaced, replaced
             stack.run("restart", "persistence", "runner", timeout=180)
             await stack.wait_healthy(timeout=240, what="healthy after replacing the service tokens")
             await _document_is(stack, client, tmp_path, owner["email"], room_id, "backed up\n")

@@ -66,13 +66,14 @@ def build(client, base: str, target: str, tag: str) -> None:
 
 def test_app_image_serves_signaling_and_stops_gracefully(client, base_image):
     build(client, base_image, "app", "codesync:test")
-    port = free_port()
+    port, ops = free_port(), free_port()
     container = client.containers.run(
         "codesync:test",
         ["signaling"],
         detach=True,
         network_mode="host",
-        environment={"CODESYNC_HOST": "127.0.0.1", "CODESYNC_PORT": str(port), "CODESYNC_SECRET_KEY": "k" * 48},
+        environment={"CODESYNC_HOST": "127.0.0.1", "CODESYNC_PORT": str(port), "CODESYNC_SECRET_KEY": "k" * 48,
+                     "CODESYNC_OPS_PORT": str(ops)},  # as compose.yaml runs the nodes
     )
     try:
         deadline = time.monotonic() + 60
@@ -87,7 +88,9 @@ def test_app_image_serves_signaling_and_stops_gracefully(client, base_image):
                     assert time.monotonic() < deadline, container.logs().decode()[-3000:]
                     time.sleep(0.2)  # polling a port inside a container; no event to wait on
             assert health.status_code == 200 and health.json()["checks"]["database"] == "ok"
-            assert "codesync_http_requests_total" in http.get("/metrics").text
+            # /metrics is on the ops port only (not the public one, which the proxy serves).
+            assert http.get("/metrics").status_code == 404
+            assert "codesync_http_requests_total" in httpx.get(f"http://127.0.0.1:{ops}/metrics", timeout=3).text
             assert "<title>CodeSync</title>" in http.get("/").text  # the web bundle from the node stage
         # The compose healthcheck command, run inside the container.
         code, _ = container.exec_run(

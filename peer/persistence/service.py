@@ -14,7 +14,10 @@ for the room's lease and, holding it, joins the room as an ordinary peer:
    runner), so nothing a viewer or a forger sent is ever stored — through one group-commit
    writer per document;
 4. publish ``saved`` (status + stored state vector of the main document) in its awareness state;
-5. ``persist_idle_grace`` seconds after ``room-idle``: flush, compact, leave, release the lease.
+5. serve the room's history to its members (app messages ``history``; peer/persistence/
+   history_server.py), attributing every stored update to the server-stamped principal of
+   the link it came on (peer/persistence/attribution.py, docs/history.md);
+6. ``persist_idle_grace`` seconds after ``room-idle``: flush, compact, leave, release the lease.
 
 Losing the lease (renewal failed: another process may own the room now) stops writing at
 once; the room is left and competed for again. SIGTERM/SIGINT flush every room first.
@@ -33,13 +36,19 @@ from sqlalchemy import text
 
 from codesync.settings import Settings
 
+from ..rights import Principal
 from ..service import RoomPresence, RoomService, run_service
 
+from . import history
+from .attribution import Attribution
+from .history_server import HistoryLimits, HistoryServer
 from .lease import HeldLease, LeaseBackend, lease_backend
 from .migrate_v2 import migrate_on_load
 from .store import DocumentStore
 from .v1 import drop_v1_runs, watch_v1_runs
 from .writer import RoomWriter, SaveState, WriterConfig
+
+PERSISTENCE = Principal(service="persistence")
 
 log = logging.getLogger("codesync.persistence")
 
@@ -63,6 +72,8 @@ class RoomKeeper(RoomPresence):
         self.room = None  # peer.Room while persisting
         self.writer: RoomWriter | None = None  # the main document's
         self.named_writers: dict[str, RoomWriter] = {}  # named documents' (``runs``)
+        self.attribution: Attribution | None = None
+        self.history: HistoryServer | None = None
         self.owning = False
         self._commits_seen = self._updates_seen = 0
         self._publish_timer: asyncio.TimerHandle | None = None
@@ -91,6 +102,7 @@ class RoomKeeper(RoomPresence):
         service = self.service
         doc = Doc()
         room = service.room(self.room_id, hold_sync=True, doc=doc)
+        attribution = await history.load_attribution(service.store.engine, self.room_id)
         writer = RoomWriter(
             service.store,
             self.room_id,
@@ -98,16 +110,28 @@ class RoomKeeper(RoomPresence):
             config=service.writer_config,
             on_saved=lambda state: self._publish(room, state),
             may_write=held.may_write,
+            attribution=attribution,
         )
         named = {
             name: RoomWriter(service.store, self.room_id, named_doc, config=service.writer_config,
-                             may_write=held.may_write, name=name)
+                             may_write=held.may_write, name=name, attribution=attribution)
             for name, named_doc in room.docs.items()
         }
-        # Only what the peer library accepted arrives here (pycrdt applied it, the writer check passed).
-        room.on_update(lambda update, _origin: writer.submit(update))
-        room.on_doc_update(lambda name, update, _origin: named[name].submit(update))
+
+        def via(origin: str) -> int | None:
+            return attribution.author_of(room.principal(origin))
+
+        # Only what the peer library accepted arrives here (pycrdt applied it, the writer check
+        # passed), each with the server-stamped principal of the link it came on.
+        room.on_update(lambda update, origin: writer.submit(update, via(origin)))
+        room.on_doc_update(lambda name, update, origin: named[name].submit(update, via(origin)))
+        room.on_awareness(lambda changes, origin: self._claim_clients(room, attribution, changes, origin))
+        # our own edits (the v1 clean-up) are the persistence service's
+        own = attribution.author_of(PERSISTENCE)
+        attribution.claim(doc.client_id, own)
+        self._own_author = own
         self.room, self.writer, self.named_writers, self.owning = room, writer, named, True
+        self.attribution = attribution
         writers = [writer, *named.values()]
         self._commits_seen = self._updates_seen = 0
         ROOMS_OWNED.inc()
@@ -131,6 +155,12 @@ class RoomKeeper(RoomPresence):
             unwatch = watch_v1_runs(doc, lambda: asyncio.get_running_loop().call_soon(
                 self._drop_v1_runs, doc, writer, "written again"))
             room.release_sync()
+            self.history = HistoryServer(
+                room, service.store, attribution, {"": writer, **named}, limits=service.history_limits,
+                viewers_default=service.settings.persist_history_viewers,
+                viewers_read=await history.viewers_read(service.store.engine, self.room_id),
+            )
+            self.history.start()
             log.info("room %s: loaded %d bytes (snapshot upto %d, %d log rows)%s", self.room_id, len(stored.update),
                      stored.snapshot_seq, stored.log_rows,
                      "".join(f"; {n}: {len(s.update)} bytes" for n, s in zip(named, stored_named)))
@@ -144,6 +174,9 @@ class RoomKeeper(RoomPresence):
                 gone.cancel()
         finally:
             # Stop taking updates, then make what we have durable (only while still the owner).
+            if self.history is not None:
+                await self.history.stop()
+                self.history = None
             if started:
                 await room.stop()
             if unwatch is not None:
@@ -157,6 +190,7 @@ class RoomKeeper(RoomPresence):
                      sum(w.state.stored_updates for w in writers))
             self.room = self.writer = None
             self.named_writers = {}
+            self.attribution = None
             if self._publish_timer is not None:
                 self._publish_timer.cancel()
                 self._publish_timer = None
@@ -171,10 +205,26 @@ class RoomKeeper(RoomPresence):
         if not count:
             return
         for update in updates:
-            writer.submit(update)
+            writer.submit(update, self._own_author)
         V1_RUNS_DROPPED.inc(count)
         log.info("room %s: deleted %d v1 run record(s) from the main document (%s); run records now live "
                  "in the runs document only the runner writes", self.room_id, count, when)
+
+    @staticmethod
+    def _claim_clients(room, attribution: Attribution, changes: dict, origin) -> None:
+        """Awareness that arrived on a person's (or service's) own link names that link's
+        document client id: bind it to them for good (attribution's *direct* bindings).
+        The peer library's awareness gate already checked that the state names the stamped
+        user and that no other link announced the client id first."""
+        if not isinstance(origin, str):
+            return  # our own state, or a timeout
+        principal = room.principal(origin)
+        if principal is None:
+            return
+        author = attribution.author_of(principal)
+        for client in (*changes.get("added", ()), *changes.get("updated", ())):
+            if isinstance(client, int) and client != room.awareness.client_id:
+                attribution.claim(client, author)
 
     def _publish(self, room, state: SaveState) -> None:
         """Save state into awareness — at most every PUBLISH_INTERVAL, the latest always last.
@@ -215,7 +265,9 @@ class PersistenceService(RoomService[RoomKeeper]):
         super().__init__(settings)
         self.store = store
         self.leases: LeaseBackend | None = None
-        self.writer_config = WriterConfig(compact_rows=settings.persist_compact_rows)
+        self.writer_config = WriterConfig(compact_rows=settings.persist_compact_rows,
+                                          history_days=settings.persist_history_days)
+        self.history_limits = HistoryLimits()
 
     @property
     def idle_grace(self) -> float:

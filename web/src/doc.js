@@ -12,6 +12,11 @@ export const SCHEMA = TREE_SCHEMA
 export const LANGUAGES = ALL_LANGUAGES
 export const FINAL_STATUSES = new Set(['finished', 'failed', 'timeout', 'killed', 'refused'])
 
+/** The v1 parts: `source` (now the first file's text; docs/workspace.md) and `meta`. */
+export function roomParts (doc) {
+  return { source: doc.getText('source'), meta: doc.getMap('meta') }
+}
+
 /** The run records: the `runs` map of the named document `runs` (never the main document's). */
 export function runsMap (runsDoc) {
   return runsDoc.getMap('runs')

@@ -132,10 +132,13 @@ export function sanitizeAwareness (state, rights, size = 0, maxBytes = AWARENESS
   return { state: { ...state, user: { ...user, name: rights.name } } }
 }
 
-/** App messages (type 101) a browser accepts: the runner's replies (run, stop, console input), from the runner's link only. */
+/** App messages (type 101) a browser accepts: the runner's replies (run, stop, console input), from
+ * the runner's link only; history answers and notices (docs/protocol.md "History"), from the
+ * persistence peer's only. */
 export function mayReceiveApp (msg, rights) {
   if (!msg || typeof msg.op !== 'string') return false
   if (/^(run|stop|input)-/.test(msg.op)) return !!(rights && rights.service === 'runner')
+  if (msg.op === 'history-reply' || msg.op === 'history-changed') return !!(rights && rights.service === 'persistence')
   return false
 }
 

@@ -1,7 +1,7 @@
 """accounts: email links, signup invites, administrators, disabled accounts, profile colour
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 
 Another branch adds '0004' at the same time; on merge this one is re-chained after it
 (down_revision = '0004'). It touches only its own tables and new ``users`` columns.
@@ -16,7 +16,7 @@ import sqlmodel
 
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

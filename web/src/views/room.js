@@ -13,6 +13,7 @@ import { CodeSyncProvider } from '../provider.js'
 import { mayWriteLocal } from '../rights.js'
 import { colorFor, copyText, h, notice } from '../ui.js'
 import { header } from './rooms.js'
+import { createHistoryPanel } from './history.js'
 import { createRunPanel } from './runpanel.js'
 import { createStatusBar } from './statusbar.js'
 import { createWorkspace } from './workspacepane.js'
@@ -85,15 +86,16 @@ export async function roomView (root, roomId, alive = () => true) {
   })
   const runPanel = createRunPanel({ provider, doc, runsDoc, target: workspace.target, canRun: mayWriteLocal(role) })
   const statusBar = createStatusBar({ provider, doc, awareness, offline })
+  const historyPanel = createHistoryPanel({ provider, doc, getRole: () => role })
   const side = h('aside.side',
     h('section.panel', h('h2', 'People'), people),
     sharePanel,
     runPanel.panel)
   const page = h('div.page.room',
     header([title, roleTag]),
-    h('div.toolbar', workspace.langSelect, runPanel.controls, workspace.runTarget),
+    h('div.toolbar', workspace.langSelect, runPanel.controls, workspace.runTarget, historyPanel.button),
     statusBar.message,
-    h('div.room-body', h('aside.files-side', workspace.filesEl), h('section.editor-pane', workspace.editorEl), side),
+    h('div.room-body', h('aside.files-side', workspace.filesEl), h('section.editor-pane', workspace.editorEl, historyPanel.overlay), side),
     statusBar.footer)
   root.replaceChildren(page)
 
@@ -106,7 +108,7 @@ export async function roomView (root, roomId, alive = () => true) {
     runPanel.setCanRun(canEdit)
   }
   applyRole()
-  provider.on('role', (r) => { role = r; applyRole() })
+  provider.on('role', (r) => { role = r; applyRole(); historyPanel.setRole(r) })
   const onMeta = () => { title.textContent = meta.get('title') || room.name }
   meta.observe(onMeta)
 
@@ -162,7 +164,7 @@ export async function roomView (root, roomId, alive = () => true) {
 
   // Exposed for tests and debugging: the documents and the provider of the open room.
   window.codesync = {
-    doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, ws, tabs: workspace.tabs, fileTree: workspace.fileTree,
+    doc, runsDoc, provider, awareness, room, idb, FINAL_STATUSES, ws, history: historyPanel, tabs: workspace.tabs, fileTree: workspace.fileTree,
     get editor () { return workspace.tabs.editor() },
     tree: () => Array.from(workspace.tree().entries.values()).map(e => ({ id: e.id, path: e.path, kind: e.kind, language: e.language }))
   }
@@ -172,6 +174,7 @@ export async function roomView (root, roomId, alive = () => true) {
     meta.unobserve(onMeta)
     workspace.destroy()
     runPanel.destroy()
+    historyPanel.destroy()
     statusBar.destroy()
     provider.destroy()
     idb.destroy()
