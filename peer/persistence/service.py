@@ -151,7 +151,7 @@ class RoomKeeper(RoomPresence):
                 room.load(named_stored.update, doc=name)
                 named_writer.mark_loaded(named_stored)
             self._drop_v1_runs(doc, writer, "on load")
-            migrate_on_load(doc, writer.submit, self.room_id)  # schema v1 -> v2 (migrate_v2.py)
+            migrate_on_load(doc, lambda u: writer.submit(u, self._own_author), self.room_id)  # schema v1 -> v2 (migrate_v2.py)
             unwatch = watch_v1_runs(doc, lambda: asyncio.get_running_loop().call_soon(
                 self._drop_v1_runs, doc, writer, "written again"))
             room.release_sync()
