@@ -78,7 +78,7 @@ async def test_multi_file_projects_run_from_the_tree(tmp_path):
 
 
 async def test_runs_the_tree_refuses_what_it_cannot_run(tmp_path):
-    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ed", "vic") as (ed, vic):
+    async with runner_stack(tmp_path) as (stack, seeded, runner), clients(stack, seeded, "ed", "vic", "ann") as (ed, vic, ann):
         await wait_for(ed.runner, timeout=30, what="runner joined")
         doc = ed.room.doc
         ws.ensure_first_file(doc, "python")
@@ -103,7 +103,11 @@ async def test_runs_the_tree_refuses_what_it_cannot_run(tmp_path):
                 ws.create(doc, "file", f"f{i}.py", entry_id=f"bulk{i}")
         reply = await ed.run("many", entry=ws.SOURCE_ID)
         assert reply["op"] == "run-refused" and "at most 500 can run" in reply["reason"], reply
-        # The single-file v1 path (what a client without the tree sends) still runs `source`.
-        assert (await ed.run("v1"))["op"] == "run-accepted"
+        # The single-file v1 path (what a client without the tree sends) still runs `source`
+        # (asked by Ann: Ed has used up his burst of runs with the refusals above).
+        await wait_for(ann.runner, timeout=30, what="runner linked to Ann")
+        await wait_for(lambda: str(ann.source) == "print('ok')\n", timeout=20, what="Ann has the code")
+        reply = await ann.run("v1")
+        assert reply["op"] == "run-accepted", reply
         await wait_for(lambda: vic.field("v1", "status") == "finished", timeout=30, what="v1 finished")
         assert vic.output("v1") == "ok\n"
