@@ -96,7 +96,7 @@ export function createFileTree ({ doc, canEdit, onOpen, activeId, zipName, peopl
     if (allowed) {
       const rename = h('button.link', { testid: 'tree-rename', title: 'Rename' }, 'rename')
       rename.addEventListener('click', () => { editing = { mode: 'rename', id: e.id }; render() })
-      const del = h('button.link.danger', { testid: 'tree-delete', title: 'Delete' }, armed === e.id ? 'confirm delete' : 'delete')
+      const del = h('button.link.tree-del', { testid: 'tree-delete', title: 'Delete' }, armed === e.id ? 'confirm delete' : 'delete')
       del.addEventListener('click', () => {
         if (armed !== e.id) { armed = e.id; render(); return }
         armed = null
