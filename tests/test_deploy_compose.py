@@ -755,7 +755,10 @@ async def test_debian_postgres_entrypoint_initialises_like_the_official_image():
     work = Path(tempfile.mkdtemp(prefix="cs-pgentry-"))
     os.chown(work, user.pw_uid, user.pw_gid)
     port = free_port()
-    script = ROOT / "deploy" / "debian-images" / "postgres-entrypoint.sh"
+    # A copy the postgres user can read wherever the checkout is (CI's clone sits in a 0700 dir).
+    script = work / "postgres-entrypoint.sh"
+    shutil.copyfile(ROOT / "deploy" / "debian-images" / "postgres-entrypoint.sh", script)
+    os.chmod(script, 0o644)
     # setpriv execs (runuser would stay the parent and keep signals from reaching postgres).
     as_postgres = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
 

@@ -95,13 +95,28 @@ class RunSpec:
         The compiler reads no input (``</dev/null``: what the user types is the program's) and
         its stdout goes to stderr (tsc prints its diagnostics on stdout): a compile error is a
         ``failed`` run whose stderr holds the compiler's message, with its exit status.
+
+        A compiler driver hides how its passes died: gcc turns a ``cc1plus`` stopped by the CPU
+        limit into "internal compiler error", exit 4. So when the compile step fails, the
+        script asks the shell (``times``: CPU of every process it reaped, with theirs) whether
+        the step used up the CPU limit, and then exits as a process killed by SIGXCPU would
+        (128 + 24): the run is a ``timeout`` ("cpu time limit exceeded"), not a compile error.
         """
         steps = [f"export {key}={shlex.quote(value)}" for key, value in self.env.items()]
         if self.compile:
             steps.append(f"mkdir -p {BUILD_DIR}")
-            steps.append(f"{shlex.join(self.compile)} </dev/null >&2")
+            steps.append(f"{{ {shlex.join(self.compile)} </dev/null >&2 || {{ s=$?; {self._cpu_limit_check()}; exit $s; }}; }}")
         steps.append("exec " + shlex.join(self.run))
         return " && ".join(steps)
+
+    def _cpu_limit_check(self) -> str:
+        """sh that exits 152 when the shell's reaped children used the CPU limit (in 1/100 s;
+        dash's ``times`` prints ``0m2.990000s``, bash's ``0m2.990s``; 2/100 s slack for clock
+        ticks). ``times`` runs in this shell, not in a ``$(...)`` subshell, which has no children."""
+        centis = 'c() { v=${1%s}; m=${v%%m*}; r=${v#*m}; f=$(printf %.2s "${r#*.}00"); n=$(( (m * 60 + ${r%%.*}) * 100 + 1$f - 100 )); }'
+        limit = self.limits.cpu_seconds * 100 - 2
+        used = f"times >{BUILD_DIR}/times; {{ read x; read u t; }} <{BUILD_DIR}/times; c $u; a=$n; c $t"
+        return f"{centis}; {used}; [ $((a + n)) -lt {limit} ] || exit 152"
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,12 @@ def _system_binds() -> list[str]:
             args += ["--ro-bind", str(path), str(path)]
     if _visible_to_nobody(TOOLCHAINS_DIR):
         args += ["--ro-bind", str(TOOLCHAINS_DIR), SANDBOX_TOOLCHAINS]
+    elif TOOLCHAINS_DIR.exists():
+        # bwrap resolves every bind source as uid 65534 (even --ro-bind-fd goes back to the
+        # path), so a checkout under a private folder (/root, a `mktemp -d`) hides them.
+        log.warning("%s is not reachable by uid 65534 (a parent folder is private): the vendored "
+                    "toolchains (TypeScript) are left out; put the checkout where others may traverse",
+                    TOOLCHAINS_DIR)
     return args
 
 
