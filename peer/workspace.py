@@ -133,6 +133,11 @@ def language_of(name: str, override: object = None) -> str:
     return EXTENSIONS.get(name[dot:].lower(), PLAINTEXT) if dot > 0 else PLAINTEXT
 
 
+def valid_entry_id(entry_id: str) -> bool:
+    """The shape every entry id of ``files`` has (what the tree accepts)."""
+    return bool(_ID.fullmatch(entry_id))
+
+
 def text_name(entry_id: str) -> str:
     """The root Y.Text holding a file's content (derived from the id; see the module doc)."""
     return "source" if entry_id == SOURCE_ID else f"file:{entry_id}"

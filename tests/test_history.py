@@ -324,6 +324,54 @@ async def test_restoring_a_version_converges_on_every_peer_and_in_storage(tmp_pa
         assert bob_history.changes and bob_history.changes[0]["what"] == "checkpoint"
 
 
+async def test_every_file_of_a_workspace_has_its_history(tmp_path):
+    """Schema v2: a version's text, blame's authors and a restore work on any file of the tree,
+    not only on the first (``source``); a file that did not exist yet says so; a malformed file
+    id is a clear ``bad_request``."""
+    from peer import workspace as wsp
+
+    async with history_stack(tmp_path, {"alice": "owner", "bob": "editor"}) as hs, \
+            peers(hs, "alice", "bob") as (alice, bob):
+        await linked([alice, bob])
+        wsp.ensure_first_file(alice.doc)
+        await type_text(alice, "import lib\n")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+        before = await HistoryClient(alice).ask("timeline")
+        assert before["bounds"]["last_seq"] > 0
+        lib = wsp.create(alice.doc, "file", "lib.py", content="def helper():\n    return 1\n")
+        text = alice.doc.get(wsp.text_name(lib), type=pycrdt.Text)
+        await wait_for(lambda: str(bob.doc.get(wsp.text_name(lib), type=pycrdt.Text)) == str(text), 20,
+                       what="bob has lib.py")
+        await wait_for(lambda: saved_covers(alice), 20, what="saved")
+        bob_history = HistoryClient(bob)
+        named = (await bob_history.ask("checkpoint", name="helper returns 1"))["checkpoint"]
+        bob_text = bob.doc.get(wsp.text_name(lib), type=pycrdt.Text)
+        with bob.doc.transaction():
+            del bob_text[0:len(bob_text)]
+            bob_text.insert(0, "def helper():\n    return 2\n")
+        await wait_for(lambda: str(text) == "def helper():\n    return 2\n", 20, what="alice sees bob's edit")
+        await wait_for(lambda: saved_covers(bob), 20, what="saved")
+
+        old = await bob_history.ask("version", seq=named["seq"], format="text", file=lib)
+        assert (old["file"], old["exists"], old["text"]) == (lib, True, "def helper():\n    return 1\n")
+        first = await bob_history.ask("version", seq=named["seq"], format="text")
+        assert first["file"] == wsp.SOURCE_ID and first["exists"] and first["text"] == str(source(alice))
+        absent = await bob_history.ask("version", seq=before["bounds"]["last_seq"], format="text", file=lib)
+        assert (absent["exists"], absent["text"]) == (False, "")
+        for bad in ("../x", "", "a" * 65, 7, "id\n"):
+            with pytest.raises(HistoryError) as refused:
+                await bob_history.ask("version", seq=named["seq"], format="text", file=bad)
+            assert refused.value.code == "bad_request"
+
+        assert bob_history.restore(await bob_history.ask("version", seq=named["seq"]), lib) > 0
+        await wait_for(lambda: str(text) == "def helper():\n    return 1\n", 20, what="the restore of lib.py reaches alice")
+        # blame's question for this file: the clients that wrote lib.py are alice's and bob's peers
+        clients = sorted(p.decode_state_vector(text.doc.get_state()))
+        owners = await bob_history.ask("authors", clients=clients)
+        users = {owners["authors"][str(num)]["user_id"] for num in owners["clients"].values()}
+        assert {hs.seeded.user("alice").id, hs.seeded.user("bob").id} <= users
+
+
 async def test_playback_reproduces_every_state_of_a_replayed_trace(tmp_path):
     trace = load_trace("sveltecomponent")
     count = 1500

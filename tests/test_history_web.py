@@ -61,6 +61,10 @@ def test_a_viewer_reads_the_history_only_once_the_owner_allows_it(web):
     step(web, "viewer_reads_only_when_allowed")
 
 
+def test_a_second_file_has_its_own_versions_blame_and_restore(web):
+    step(web, "second_file_history")
+
+
 def test_history_rules_in_node():
     require("node + web/node_modules", shutil.which("node") is not None and (ROOT / "web" / "node_modules" / "yjs").is_dir(), "make web")
     proc = subprocess.run(["node", "--test", "test/history.test.mjs"], cwd=ROOT / "web", capture_output=True, text=True,

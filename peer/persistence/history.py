@@ -37,6 +37,7 @@ from codesync.models import (
     HistorySettings,
 )
 
+from ..workspace import FILES, SOURCE_ID, text_name
 from .attribution import Attribution, Author, Binding
 from .store import SNAPSHOTS, UPDATES, Replayer, detail_from, from_ms, now_ms, snapshot_at, to_ms
 from .timeline import Burst
@@ -248,13 +249,16 @@ async def version(engine: AsyncEngine, room_id: str, seq: int, *, max_bytes: int
     return Version(seq, at, exact, docs)
 
 
-def source_text(update: bytes) -> str:
-    """The code (``source``) of a main-document update."""
-    from pycrdt import Doc, Text
+def file_text(update: bytes, file_id: str = SOURCE_ID) -> tuple[str, bool]:
+    """One file's code in a main-document update, and whether the file existed in it (schema
+    v2: an entry of ``files``; a v1 document has only ``source``, the first file's text)."""
+    from pycrdt import Doc, Map, Text
 
     doc = Doc()
     doc.apply_update(update)
-    return str(doc.get("source", type=Text))
+    files = doc.get(FILES, type=Map)
+    exists = file_id in files if len(files) else file_id == SOURCE_ID
+    return (str(doc.get(text_name(file_id), type=Text)) if exists else ""), exists
 
 
 MERGE_ROWS = 32  # rows merged into one apply while replaying (halves the cost; 256 would double it)

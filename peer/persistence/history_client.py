@@ -23,6 +23,7 @@ from typing import Any
 import pycrdt
 
 from peer import text as ptext
+from peer.workspace import SOURCE_ID, text_name
 
 
 class HistoryError(Exception):
@@ -105,11 +106,13 @@ class HistoryClient:
             if not cursor:
                 return "".join(out)
 
-    def restore(self, version: dict[str, Any]) -> int:
-        """Make the room's ``source`` equal the version's, as one new edit on top (peers merge
-        it like any change; nothing is rewritten). Returns the number of patches."""
-        target = str(self.version_doc(version).get("source", type=pycrdt.Text))
-        return apply_text(self.room.doc.get("source", type=pycrdt.Text), target)
+    def restore(self, version: dict[str, Any], file_id: str = SOURCE_ID) -> int:
+        """Make one file (default: the first, v1's ``source``) equal the version's, as one new
+        edit on top (peers merge it like any change; nothing is rewritten). Returns the number
+        of patches."""
+        key = text_name(file_id)
+        target = str(self.version_doc(version).get(key, type=pycrdt.Text))
+        return apply_text(self.room.doc.get(key, type=pycrdt.Text), target)
 
 
 def text_patches(current: str, target: str) -> list[tuple[int, int, str]]:

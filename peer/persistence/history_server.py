@@ -39,6 +39,7 @@ from prometheus_client import Counter
 
 from codesync.models import MAIN_DOC, new_id
 
+from ..workspace import SOURCE_ID, valid_entry_id
 from . import history
 from .attribution import Attribution
 from .history_rights import OWNER, QUERIES, history_refusal
@@ -283,6 +284,9 @@ class HistoryServer:
             fmt = req.get("format", "ydoc")
             if fmt not in ("ydoc", "text"):
                 raise Refused("bad_request", "format is ydoc (Yjs updates, to play on from) or text")
+            file_id = req.get("file", SOURCE_ID)
+            if fmt == "text" and not (isinstance(file_id, str) and valid_entry_id(file_id)):
+                raise Refused("bad_request", "file is a file id of the room's tree")
             encoding = req.get("encoding", "none")
             if encoding not in ("none", "deflate"):
                 raise Refused("bad_request", "encoding is none or deflate")
@@ -293,9 +297,10 @@ class HistoryServer:
             except ValueError as exc:
                 raise Refused("too_large", str(exc)) from None
             head = {"seq": version.seq, "at": version.at, "exact": version.exact}
-            if fmt == "text":  # what a version view needs: the code, not the CRDT's structure
-                return {**head, "text": await asyncio.get_running_loop().run_in_executor(
-                    history.EXECUTOR, history.source_text, version.docs[MAIN_DOC])}
+            if fmt == "text":  # what a version view needs: one file's code, not the CRDT's structure
+                text, exists = await asyncio.get_running_loop().run_in_executor(
+                    history.EXECUTOR, history.file_text, version.docs[MAIN_DOC], file_id)
+                return {**head, "file": file_id, "exists": exists, "text": text}
             if encoding == "deflate":  # a Yjs update deflates ~4x: a quarter of the bytes to send
                 loop = asyncio.get_running_loop()
                 packed = {name: await loop.run_in_executor(history.EXECUTOR, zlib.compress, data, 1)

@@ -21,6 +21,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 
 from tests.browser.trust_web import open_as, stored_text, wait_js  # noqa: E402
 from tests.browser.web_e2e import Steps, doc_text, type_into_editor  # noqa: E402
+from tests.browser.workspace_web import new_entry  # noqa: E402
 from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -210,6 +211,52 @@ async def main() -> None:
                 return {}
 
             await steps.run("viewer_reads_only_when_allowed", viewer_policy, ("setup",))
+
+            lib_text = """(name) => { const d = window.codesync.doc
+                for (const [, e] of d.getMap('files')) if (e.get('name') === name) return d.getText(e.get('text')).toString()
+                return null }"""
+
+            async def second_file():
+                a = pages["alice"]
+                if await a.locator("[data-testid=history-panel]:not([hidden])").count():
+                    await a.click("[data-testid=history-close]")
+                source_before = await doc_text(a)
+                await new_entry(a, "tree-new-file", "lib.py")
+                await wait_js(a, "(n) => window.codesync.doc && (" + lib_text + ")(n) === ''", "lib.py")
+                await type_into_editor(a, "LIMIT = 1\nprint(LIMIT)\n", delay=10)
+                await wait_js(a, "(n) => (" + lib_text + ")(n) === 'LIMIT = 1\\nprint(LIMIT)\\n'", "lib.py")
+                await wait_js(a, SAVED)
+                await a.click("[data-testid=history-open]")
+                await a.click("[data-testid=history-tab-timeline]")
+                await a.fill("[data-testid=history-name-input]", "lib limit 1")
+                await a.click("[data-testid=history-name-save]")
+                await a.wait_for_selector("[data-testid=history-checkpoint] >> text=lib limit 1")
+                await a.click("[data-testid=history-close]")
+                await a.click(".cm-content")
+                await a.keyboard.press("Control+a")
+                await a.keyboard.type("LIMIT = 2\nprint(LIMIT)\n", delay=10)
+                await wait_js(a, "(n) => (" + lib_text + ")(n) === 'LIMIT = 2\\nprint(LIMIT)\\n'", "lib.py")
+                await wait_js(a, SAVED)
+                # the version view, blame and restore are about the file in view: lib.py
+                await a.click("[data-testid=history-open]")
+                await a.click("[data-testid=history-checkpoint] >> text=lib limit 1")
+                await wait_js(a, "() => (document.querySelector('[data-testid=history-version-text]') || {}).textContent === 'LIMIT = 1\\nprint(LIMIT)\\n'")
+                await a.click("[data-testid=history-tab-blame]")
+                await wait_js(a, "() => Array.from(document.querySelectorAll('[data-testid=blame-line]')).some(l => l.lastChild.textContent === 'LIMIT = 2')")
+                lines = await a.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=blame-line]')).map(l =>
+                    [l.querySelector('[data-testid=blame-author]').textContent, l.lastChild.textContent])""")
+                assert ["Alice", "LIMIT = 2"] in lines and not any("greeting" in t for _, t in lines), lines
+                await a.click("[data-testid=history-tab-timeline]")
+                await a.click("[data-testid=history-checkpoint] >> text=lib limit 1")
+                await a.wait_for_selector("[data-testid=history-version-text]")
+                await a.click("[data-testid=history-restore]")
+                await a.wait_for_selector("[data-testid=history-message] >> text=Restored")
+                await wait_js(pages["bob"], "(n) => (" + lib_text + ")(n) === 'LIMIT = 1\\nprint(LIMIT)\\n'", "lib.py")
+                assert await doc_text(a) == source_before  # the first file is untouched
+                await a.click("[data-testid=history-close]")
+                return {"blame": lines}
+
+            await steps.run("second_file_history", second_file, ("setup",))
             await browser.close()
     except Exception as exc:  # noqa: BLE001
         steps.results["driver"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}

@@ -6,9 +6,10 @@
 // peer's to decide (owner / editor / viewer per the room's policy); the panel only hides buttons
 // the user could not use.
 import * as Y from 'yjs'
-import { listRuns, roomParts } from '../doc.js'
+import { listRuns } from '../doc.js'
 import { HistoryClient, HistoryError, SPEEDS, blameRuns, decodeUpdate, diffLines, dueUpdates, lineClients, restoreInto, versionDocs } from '../history.js'
 import { mayWriteLocal } from '../rights.js'
+import { SOURCE_ID, textName } from '../workspace.js'
 import { colorFor, h, notice } from '../ui.js'
 
 const PAGE = 500 // updates per page while playing
@@ -61,15 +62,20 @@ function authorColor (authors, num) {
   return colorFor(a ? (a.user_id || a.service || num) : 'unknown').color
 }
 
+const FIRST_FILE = { id: SOURCE_ID, text: textName(SOURCE_ID), path: null }
+
 /**
- * @param {{provider: any, doc: Y.Doc, getRole: () => string|null}} opts
+ * @param {{provider: any, doc: Y.Doc, getRole: () => string|null, currentFile?: () => any}} opts
+ *   `currentFile()`: the workspace's file in view (a tree entry: `id`, `text`, `path`), whose
+ *   history the panel shows; the room's first file when there is none.
  * @returns {{button: HTMLElement, overlay: HTMLElement, setRole: (role: string|null) => void, destroy: () => void}}
  *   `button` goes in the toolbar; `overlay` into the editor pane (it covers the editor while open).
  */
-export function createHistoryPanel ({ provider, doc, getRole }) {
+export function createHistoryPanel ({ provider, doc, getRole, currentFile = () => null }) {
   addCss()
   const client = new HistoryClient(provider)
-  const { source } = roomParts(doc)
+  const fileInView = () => currentFile() || FIRST_FILE
+  const fileLabel = (file) => file.path ? ` of ${file.path}` : ''
   const button = h('button.link', { testid: 'history-open', title: 'Who wrote what, earlier versions, playback' }, 'History')
   const msg = notice('history-message')
   const tabs = {}
@@ -235,16 +241,18 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
     list.querySelectorAll('.item.on').forEach(el => el.classList.remove('on'))
     if (row) row.classList.add('on')
     versionPane.replaceChildren(h('p.muted', { style: 'padding:10px' }, 'Opening…'))
+    const file = fileInView()
     try {
-      const answer = await client.ask('version', { seq, format: 'text' }) // the code only: small
-      drawVersion(answer, answer.text, label)
+      const answer = await client.ask('version', { seq, format: 'text', file: file.id }) // one file's code: small
+      drawVersion(answer, answer.text, label, file)
     } catch (err) {
       versionPane.replaceChildren()
       fail(err)
     }
   }
 
-  function drawVersion (answer, text, label) {
+  function drawVersion (answer, text, label, file) {
+    const now = doc.getText(file.text)
     const pre = h('pre', { testid: 'history-version-text' })
     let diffing = false
     const diffBtn = h('button.link', { testid: 'history-diff' }, 'Diff against now')
@@ -256,19 +264,20 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
         return
       }
       pre.className = 'diff'
-      pre.replaceChildren(...diffLines(text, source.toString()).map(d => d.op === ' '
+      pre.replaceChildren(...diffLines(text, now.toString()).map(d => d.op === ' '
         ? document.createTextNode(`  ${d.line}\n`)
         : h(`span.${d.op === '+' ? 'add' : 'del'}`, { 'data-op': d.op }, `${d.op} ${d.line}`)))
       diffBtn.textContent = 'Show the version'
     }
     diffBtn.addEventListener('click', () => { diffing = !diffing; draw() })
-    const bar = h('div.bar', h('strong', label || `#${answer.seq}`), h('span.muted', fmtTime(answer.at)),
-      answer.exact ? null : h('span.tag', 'daily snapshot'), diffBtn)
-    if (mayWriteLocal(getRole())) {
+    const bar = h('div.bar', h('strong', label || `#${answer.seq}`), h('span.muted', `${fmtTime(answer.at)}${fileLabel(file)}`),
+      answer.exact ? null : h('span.tag', 'daily snapshot'),
+      answer.exists === false ? h('span.tag', { testid: 'history-file-absent' }, 'the file did not exist then') : null, diffBtn)
+    if (mayWriteLocal(getRole()) && answer.exists !== false) {
       const restore = h('button', { testid: 'history-restore' }, 'Restore this version')
       restore.addEventListener('click', () => {
         if (!mayWriteLocal(getRole())) return fail(new HistoryError('forbidden', 'only editors and the owner may restore'))
-        const n = restoreInto(source, text)
+        const n = restoreInto(now, text)
         msg.show(n ? `Restored ${label || 'the version'} as a new edit (everyone gets it; the history keeps what it replaced).` : 'The document already is this version.', 'ok')
         if (diffing) draw()
       })
@@ -283,10 +292,12 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
     const pane = h('div.history-main')
     const rows = h('div.blame', { testid: 'blame' })
     const refresh = h('button.link', { testid: 'blame-refresh', on: { click: () => renderBlame() } }, 'refresh')
-    pane.replaceChildren(h('div.bar', h('strong', 'Who wrote each line'), refresh), rows)
+    const file = fileInView()
+    const ytext = doc.getText(file.text)
+    pane.replaceChildren(h('div.bar', h('strong', `Who wrote each line${fileLabel(file)}`), refresh), rows)
     body.replaceChildren(pane)
-    const text = source.toString()
-    const runs = blameRuns(source)
+    const text = ytext.toString()
+    const runs = blameRuns(ytext)
     const lines = lineClients(text, runs)
     const clients = [...new Set(runs.map(r => r.client))].slice(0, 5000)
     let owners = {}
@@ -429,7 +440,9 @@ export function createHistoryPanel ({ provider, doc, getRole }) {
 
     function draw () {
       if (!state) return
-      text.textContent = state.docs.main.getText('source').toString()
+      const file = fileInView() // follows the file opened in the tree while it plays
+      text.textContent = state.docs.main.getText(file.text).toString()
+      text.title = file.path || ''
       scrub.value = String(state.seq)
       drawClock()
       const runs = listRuns(state.docs.runs)

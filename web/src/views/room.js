@@ -86,7 +86,7 @@ export async function roomView (root, roomId, alive = () => true) {
   })
   const runPanel = createRunPanel({ provider, doc, runsDoc, target: workspace.target, canRun: mayWriteLocal(role) })
   const statusBar = createStatusBar({ provider, doc, awareness, offline })
-  const historyPanel = createHistoryPanel({ provider, doc, getRole: () => role })
+  const historyPanel = createHistoryPanel({ provider, doc, getRole: () => role, currentFile: () => workspace.active() })
   const side = h('aside.side',
     h('section.panel', h('h2', 'People'), people),
     sharePanel,

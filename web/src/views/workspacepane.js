@@ -139,6 +139,8 @@ export function createWorkspace ({ doc, awareness, provider, idb, room, roomId, 
     target,
     whereIs,
     tree: currentTree,
+    /** The resolved tree entry of the file in view (`id`, `text`, `path`, ...), or null. */
+    active: () => active,
     /** The live role changed: editable, file changes, language picker. */
     setCanEdit (value) {
       tabs.setReadOnly(!value)
