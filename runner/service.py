@@ -119,9 +119,11 @@ class RoomRunner(RoomPresence):
             # Heartbeat our runs; fail runs left queued/running by an earlier process of this
             # instance (at once) or by a runner that stopped updating them (runner.runs).
             runs.start()
-            # Lets clients show which languages can run here (and that a runner is present).
+            # Lets clients show which languages can run here (and that a runner is present), and
+            # send Stop and console input to the runner whose instance/session a run names.
             room.awareness.set_local_state(
-                {"service": "runner", "languages": service.languages.names, "backend": service.sandbox.name}
+                {"service": "runner", "languages": service.languages.names, "backend": service.sandbox.name,
+                 "instance": service.identity.instance, "session": service.identity.session}
             )
             log.info("room %s: joined as runner", self.room_id)
             await self._leave.wait()

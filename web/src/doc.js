@@ -46,6 +46,8 @@ export function runSnapshot (id, run) {
     exitCode: get('exit_code'),
     reason: get('reason'),
     truncated: get('truncated') === true,
+    runnerInstance: get('runner_instance') || null, // which runner runs it (runner/identity.py)
+    runnerSession: get('runner_session') || null,
     segments
   }
 }

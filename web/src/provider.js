@@ -407,9 +407,22 @@ export class CodeSyncProvider extends ObservableV2 {
     if (!this.destroyed && !this.stopped) setTimeout(() => this.announce(), 200)
   }
 
-  /** The connected peer whose server stamp says it is the runner service, if any. */
-  runnerPeer () {
-    return this.connectedPeers().find(c => c.principal && c.principal.service === 'runner' && c.caps.includes('app')) || null
+  /**
+   * The connected peer whose server stamp says it is the runner service, if any. With a run
+   * (`runSnapshot`), the runner that runs it — its awareness names the `instance` and `session`
+   * the run's entry carries — so Stop and console input reach the program's runner when a room
+   * has several; any runner when none matches (it refuses a run it does not know).
+   */
+  runnerPeer (run = null) {
+    const runners = this.connectedPeers().filter(c => c.principal && c.principal.service === 'runner' && c.caps.includes('app'))
+    if (run && run.runnerInstance) {
+      const states = this.awareness.getStates()
+      for (const [id, conn] of this.awarenessOwner) {
+        const state = states.get(id)
+        if (runners.includes(conn) && state && state.instance === run.runnerInstance && state.session === run.runnerSession) return conn
+      }
+    }
+    return runners[0] || null
   }
 
   /** Awareness states that arrived on connected links stamped with `service` (nobody else can set them). */

@@ -64,7 +64,7 @@ export function createConsole ({ provider, canType }) {
 
   function send (obj) {
     if (!allowed || !run || run.status !== 'running') return false
-    const runner = provider.runnerPeer()
+    const runner = provider.runnerPeer(run)
     if (!runner) { msg.show('The runner is not connected, so the input cannot be sent.', 'warn'); return false }
     provider.sendApp(runner.remotePeerId, { op: 'input', run_id: run.id, ...obj })
     return true

@@ -132,8 +132,8 @@ export function createRunPanel ({ provider, doc, runsDoc, target, canRun }) {
   }
 
   function requestStop () {
-    const runner = provider.runnerPeer()
     const active = listRuns(runsDoc).find(r => r.status === 'running' || r.status === 'queued')
+    const runner = active && provider.runnerPeer(active)
     if (!allowed || !runner || !active) return
     provider.sendApp(runner.remotePeerId, { op: 'stop', run_id: active.id })
   }
