@@ -68,3 +68,11 @@ def test_room_beyond_the_link_limit_converges(mesh):
     step(mesh, "small_limit_setup")
     res = step(mesh, "small_limit_room_converges")
     assert res["unlinked_pairs"] >= 1
+
+
+def test_viewer_junk_links_messages_are_dropped(mesh):
+    """A viewer sends malformed, oversized and a flood of well-formed links messages to everyone:
+    they are dropped and counted, no link closes, no page error, and the viewer still receives
+    every edit exactly once."""
+    res = step(mesh, "viewer_junk_links_dropped")
+    assert all(v >= 68 for v in res["dropped"].values()), res

@@ -3,9 +3,10 @@ big rooms (docs/protocol.md "Mesh", web/src/topology.js) between real browsers â
 signaling, four users in four headless Chromium contexts running the real web client, later the
 real persistence peer and one raw /signal client.
 
-Part 1, a full mesh of four browsers (no service peers): each keystroke reaches every other
-browser exactly once and nobody forwards; one update dropped on its way to one browser is
-repaired by anti-entropy alone. Part 2, four fresh browsers limited to two links each
+Part 1, a full mesh of four browsers (no service peers; Carol is a viewer): each keystroke
+reaches every other browser exactly once and nobody forwards; one update dropped on its way to
+one browser is repaired by anti-entropy alone; the viewer's malformed, oversized and flooding
+links messages (type 103) are dropped without harm. Part 2, four fresh browsers limited to two links each
 (localStorage ``codesync.maxConns``) with the persistence peer (service links do not count):
 the limit holds, a full browser refuses a mesh peer's offer explicitly and the refused browser
 frees its slot at once and backs off, a pending link to a peer that never answers is closed after
@@ -38,6 +39,7 @@ PASSWORD = "correct horse battery"
 T = 30_000  # ms, Playwright waits
 USERS = ("alice", "bob", "carol", "dave", "erin")
 BROWSERS = ("alice", "bob", "carol", "dave")
+WRITERS = ("alice", "bob", "dave")  # Carol is a viewer in the full-mesh room
 CAPS = ["chunk", "app", "docs", "roles", "mesh"]
 # Anti-entropy runs every 5 s Â± 20 %: a repair is due within 6 s, plus the page's own latency.
 REPAIR_BOUND_S = 8.0
@@ -78,6 +80,17 @@ async def wait_js(page, expr: str, arg=None, timeout: int = T):
     return await page.wait_for_function(expr, arg=arg, timeout=timeout)
 
 
+def links_frame(text: str) -> list[int]:
+    """A type-103 frame: varUint 103, varString ``text``."""
+    body = text.encode()
+    n, length = len(body), []
+    while n > 127:
+        length.append(0x80 | (n & 0x7F))
+        n >>= 7
+    length.append(n)
+    return [103, *length, *body]
+
+
 def delta(after: dict, before: dict) -> dict:
     return {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], (int, float))}
 
@@ -104,7 +117,8 @@ async def main() -> None:
             for key in ("mesh", "small"):
                 rooms[key] = (await http.post("/api/rooms", json={"name": key, "language": "python"}, headers=owner)).json()
                 for name in USERS[1:]:
-                    inv = (await http.post(f"/api/rooms/{rooms[key]['id']}/invites", json={"role": "editor"}, headers=owner)).json()
+                    role = "viewer" if (key, name) == ("mesh", "carol") else "editor"
+                    inv = (await http.post(f"/api/rooms/{rooms[key]['id']}/invites", json={"role": role}, headers=owner)).json()
                     r = await http.post(f"/api/invites/{inv['token']}/accept", headers={"Authorization": f"Bearer {users[name]['access_token']}"})
                     r.raise_for_status()
         ids = {n: users[n]["user"]["id"] for n in USERS}
@@ -126,8 +140,8 @@ async def main() -> None:
                     watch(name, pages[name])
                 for page in pages.values():
                     await wait_js(page, MESHED, len(BROWSERS) - 1)
-                # Every browser has written (the first file, a line): the documents agree.
-                for name in BROWSERS:
+                # Every writer has written (the first file, a line): the documents agree.
+                for name in WRITERS:
                     await type_into_editor(pages[name], f"# {name} is here\n", delay=5)
                     for other in BROWSERS:
                         await wait_js(pages[other], HAS_TEXT, f"# {name} is here")
@@ -144,9 +158,9 @@ async def main() -> None:
                 await type_into_editor(a, text + "\n", delay=40)
                 for n in others:
                     await wait_js(pages[n], HAS_TEXT, text)
-                # A barrier through every link: Bob, Carol and Dave each type a marker everyone
-                # receives, so any forwarded copy of Alice's keystrokes has arrived by then.
-                for n in others:
+                # A barrier through every link (data channels are ordered): Bob and Dave each type a
+                # marker everyone receives, so any forwarded copy of Alice's keystrokes has arrived.
+                for n in ("bob", "dave"):
                     await type_into_editor(pages[n], f"# {n} done\n", delay=5)
                     for m in BROWSERS:
                         await wait_js(pages[m], HAS_TEXT, f"# {n} done")
@@ -155,7 +169,7 @@ async def main() -> None:
                 texts = {n: await doc_text(pages[n]) for n in BROWSERS}
                 per_link = {n: await pages[n].evaluate(PER_LINK) for n in others}
                 sent_by_alice = d["alice"]["localUpdates"]
-                markers = {n: d[n]["localUpdates"] for n in others}
+                markers = {n: d[n]["localUpdates"] for n in ("bob", "dave")}
                 assert sent_by_alice >= len(text), f"Alice sent {sent_by_alice} update messages for {len(text) + 1} keystrokes"
                 for n in others:
                     expected = sent_by_alice + sum(v for m, v in markers.items() if m != n)
@@ -215,6 +229,49 @@ async def main() -> None:
                 return {"repaired_after_ms": round(repaired_after_ms), "waited_s": round(waited, 2), "dave_had_it_with_bob": dave_had_it, "dave": dd["dave"]}
 
             await steps.run("dropped_update_repaired_by_anti_entropy", dropped_update_repaired, ("full_mesh_setup",))
+
+            async def viewer_junk_links():
+                a, c = pages["alice"], pages["carol"]
+                peer_ids = [await pages[n].evaluate(PEER_ID) for n in BROWSERS if n != "carol"]  # her true links
+                junk = [
+                    links_frame("not json"), links_frame('{"links": [1, 2]}'), links_frame('{"links": "all"}'),
+                    links_frame(json.dumps({"links": [f"p{i}" for i in range(1001)]})),
+                    links_frame(json.dumps({"links": ["x" * 129]})),
+                    [103, 0xFF, 0xFF, 0xFF, 0x0F], [103, 3, 0xFF, 0xFE, 0xFD], [103],
+                ]
+                # ...and a flood of well-formed ones (the link takes a burst of 40, then 20/s).
+                flood = [links_frame(json.dumps({"links": [p for p in peer_ids if p]}))] * 120
+                before = {n: await pages[n].evaluate(STATS) for n in BROWSERS}
+                errors_before = sum(1 for line in state["logs"] if "pageerror" in line)
+                sent = await c.evaluate("""(frames) => { let sent = 0
+                    for (const conn of window.codesync.provider.conns.values()) {
+                      if (!conn.connected || conn.service) continue
+                      for (const f of frames) { conn.send(new Uint8Array(f)); sent++ } }
+                    return sent }""", junk + flood)
+                # Barrier: Carol's awareness arrives after her junk (ordered channels).
+                await c.evaluate("() => window.codesync.awareness.setLocalStateField('probe', 'after-junk')")
+                for n in WRITERS:
+                    await wait_js(pages[n], """() => Array.from(window.codesync.awareness.getStates().values()).some(s => s && s.probe === 'after-junk')""")
+                text = "print('after the junk')"
+                await type_into_editor(a, text + "\n", delay=20)
+                for n in BROWSERS:
+                    await wait_js(pages[n], HAS_TEXT, text)
+                await type_into_editor(pages["bob"], "# barrier after the junk\n", delay=5)
+                for n in BROWSERS:
+                    await wait_js(pages[n], HAS_TEXT, "# barrier after the junk")
+                after = {n: await pages[n].evaluate(STATS) for n in BROWSERS}
+                d = {n: delta(after[n], before[n]) for n in BROWSERS}
+                linked = {n: await pages[n].evaluate(MESHED, len(BROWSERS) - 1) for n in BROWSERS}
+                errors = sum(1 for line in state["logs"] if "pageerror" in line) - errors_before
+                for n in WRITERS:
+                    assert d[n]["droppedLinks"] >= len(junk) + 60, f"{n} dropped only {d[n]['droppedLinks']} bad or excess links messages"
+                assert all(linked.values()), f"links lost over junk: {linked}"
+                assert errors == 0, state["logs"][-10:]
+                expected = d["alice"]["localUpdates"] + d["bob"]["localUpdates"]
+                assert d["carol"]["updatesReceived"] == expected and d["carol"]["duplicateUpdates"] == 0, (d["carol"], expected)
+                return {"frames_sent": sent, "dropped": {n: d[n]["droppedLinks"] for n in WRITERS}}
+
+            await steps.run("viewer_junk_links_dropped", viewer_junk_links, ("full_mesh_setup",))
 
             for name in list(ctxs):
                 await ctxs.pop(name).close()

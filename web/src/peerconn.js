@@ -31,6 +31,7 @@ export class PeerConn {
     this.principal = principalOf(stamp)
     this.caps = caps || []
     this.awarenessBucket = new RateBucket(AWARENESS_LIMITS.perSecond, AWARENESS_LIMITS.burst)
+    this.linksBucket = new RateBucket(MESH_TIMING.linksPerSecond, MESH_TIMING.linksBurst) // type 103 is debounced: a few a second at most
     this.glareToken = undefined
     this.connected = false
     this.closed = false

@@ -680,6 +680,7 @@ export class CodeSyncProvider extends ObservableV2 {
       case MSG_BC_PEER_ID:
         break
       case MSG_LINKS: {
+        if (!conn.linksBucket.take()) return this.count('droppedLinks', 'too many links messages', conn)
         const got = decodeLinks(decoder)
         if (got.drop) {
           this.count('droppedLinks', got.drop, conn)

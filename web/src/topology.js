@@ -30,7 +30,9 @@ export const MESH_TIMING = Object.freeze({
   pendingTimeout: 10_000, // a link not open by then is closed and frees its slot
   refusedBackoff: 30_000, // no new offer to a peer that refused us for this long
   reannounce: 10_000, // announce again while members are unlinked and slots are free (±jitter)
-  reannounceLimit: 30 // re-announces in a row without any change in presence or links
+  reannounceLimit: 30, // re-announces in a row without any change in presence or links
+  linksPerSecond: 20, // type-103 messages taken from one link (more are dropped)
+  linksBurst: 40
 })
 
 /** `base` ± `jitter` (a fraction), so that peers that joined together do not act in step. */
