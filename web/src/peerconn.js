@@ -4,8 +4,8 @@
 // provider's business (provider.js, rights.js).
 import { Reassembler, encodeChunks } from './wire.js'
 import { AWARENESS_LIMITS, RateBucket, linkRights, principalOf } from './rights.js'
+import { MESH_TIMING } from './topology.js'
 
-const CONNECT_TIMEOUT_MS = 20_000
 const MAX_SEND_LIMIT = 256 * 1024 // Chromium never sends more than this in one message
 const HIGH_WATER = 4 * 1024 * 1024
 
@@ -31,10 +31,17 @@ export class PeerConn {
     this.principal = principalOf(stamp)
     this.caps = caps || []
     this.awarenessBucket = new RateBucket(AWARENESS_LIMITS.perSecond, AWARENESS_LIMITS.burst)
+    this.linksBucket = new RateBucket(MESH_TIMING.linksPerSecond, MESH_TIMING.linksBurst) // type 103 is debounced: a few a second at most
     this.glareToken = undefined
     this.connected = false
     this.closed = false
     this.synced = false
+    this.opened = false // the data channel was open at some point (a link, not just an attempt)
+    this.timedOut = false // closed because it did not open within MESH_TIMING.pendingTimeout
+    this.refused = false // closed because the remote said it is full (signal `refuse`)
+    this.links = null // the remote's open links as its last type-103 message said (null: never said)
+    this.sentLinks = null // what we last told it about ours (a key, to send only changes)
+    this.received = { updates: 0, duplicates: 0 } // type-0 Update messages on this link (metrics, tests)
     this.awarenessIds = new Set()
     this.reassembler = new Reassembler()
     this.nextMessageId = 1
@@ -52,7 +59,12 @@ export class PeerConn {
       const s = this.pc.connectionState
       if (s === 'failed' || s === 'closed') this.destroy()
     }
-    this.timer = setTimeout(() => { if (!this.connected) this.destroy() }, CONNECT_TIMEOUT_MS)
+    // A link that does not open in time is closed: it would hold one of our maxConns slots forever.
+    this.timer = setTimeout(() => {
+      if (this.connected || this.closed) return
+      this.timedOut = true
+      this.destroy()
+    }, MESH_TIMING.pendingTimeout)
     if (initiator) {
       this.setupChannel(this.pc.createDataChannel(randomLabel()))
       this.enqueue(async () => {
@@ -70,6 +82,12 @@ export class PeerConn {
 
   /** What this link may do right now (stamp + latest presence, rights.js). */
   get rights () { return linkRights(this.principal, this.provider.presenceIndex, this.provider.gone) }
+
+  /** Does the remote follow the mesh rules (it tells its links, type 103)? */
+  get mesh () { return this.caps.includes('mesh') }
+
+  /** Is this a link to a service peer (persistence, runner)? Those never count against maxConns. */
+  get service () { return !!(this.principal && this.principal.service) }
 
   /** A newer frame of the same principal: its stamp (role, name) and caps are the current ones. */
   restamp (stamp, caps) {
@@ -134,6 +152,7 @@ export class PeerConn {
   onOpen () {
     if (this.connected || this.closed) return
     this.connected = true
+    this.opened = true
     clearTimeout(this.timer)
     this.provider.onLinkOpen(this)
   }

@@ -10,6 +10,13 @@
 // documents only from the services that own them, awareness only as the binding rules allow;
 // presence closes the links of users who left the room and demotes links live.
 //
+// Big rooms (topology.js, docs/protocol.md "Mesh"): with peers that share the capability `mesh`
+// it exchanges the list of open links (type 103) and forwards an applied update only where the
+// mesh rules say nobody else delivers it; every few seconds it exchanges state vectors with its
+// writer links (anti-entropy) so that anything missed is repaired; links that do not open in time
+// are closed; at maxConns it refuses mesh peers' offers explicitly; while members are unlinked
+// and it has free slots, it announces again now and then.
+//
 // Events: 'status' ({state}), 'peers' ({connected: [peerId]}), 'presence' (peers list),
 // 'role' (the local user's live role, null once removed), 'app' (msg, peerId, sender),
 // 'error' ({code, message}), 'synced'.
@@ -26,8 +33,9 @@ import {
 } from './wire.js'
 import {
   AWARENESS_LIMITS, indexPresence, mayReceiveApp, mayWriteLocal, mayWriteMain, mayWriteNamed,
-  presenceChanges, principalOf, samePrincipal, sanitizeAwareness
+  presenceChanges, principalOf, samePrincipal, sanitizeAwareness, WRITER_ROLES
 } from './rights.js'
+import { MESH_TIMING, MSG_LINKS, decodeLinks, encodeLinks, jittered, shouldForward } from './topology.js'
 
 const COALESCE_MS = 3
 const PING_MS = 15_000
@@ -35,6 +43,8 @@ const PONG_TIMEOUT_MS = 8_000
 const LOG_EVERY_MS = 5_000 // dropped input is logged at most this often per kind
 const MAX_DEFERRED = 64 // announces of users absent from presence, kept until listed again
 const MAX_FRESH_IDS = 2 // fresh peer ids taken on one socket before reconnecting instead
+const MAX_KNOWN_SERVICES = 64 // peer ids of service peers seen in frames (relay candidates)
+const MAX_REFUSALS = 1024 // peers that refused us, remembered for MESH_TIMING.refusedBackoff
 
 function isEmptyUpdate (u) {
   return u.length === 2 && u[0] === 0 && u[1] === 0
@@ -50,11 +60,13 @@ export class CodeSyncProvider extends ObservableV2 {
    * @param {awarenessProtocol.Awareness} awareness
    * @param {{roomId: string, getToken: (opts: {force: boolean}) => Promise<string>, signalingUrl?: string,
    *   iceServers?: any[], maxConns?: number, role?: string|null, userId?: string|null,
-   *   namedDocs?: Record<string, Y.Doc>}} opts `role` / `userId`: the local user as the REST API
-   *   knows them when the room opens (presence and our own stamps update the role live);
-   *   `namedDocs`: the room's named documents (type 102), which this browser only receives.
+   *   namedDocs?: Record<string, Y.Doc>, timing?: Partial<typeof MESH_TIMING>}} opts `role` / `userId`:
+   *   the local user as the REST API knows them when the room opens (presence and our own stamps
+   *   update the role live); `namedDocs`: the room's named documents (type 102), which this browser
+   *   only receives; `maxConns`: links to people (service links do not count); `timing`: the mesh
+   *   rules' periods (topology.js MESH_TIMING).
    */
-  constructor (doc, awareness, { roomId, getToken, signalingUrl, iceServers = [], maxConns = 30, role = null, userId = null, namedDocs = {} }) {
+  constructor (doc, awareness, { roomId, getToken, signalingUrl, iceServers = [], maxConns = 30, role = null, userId = null, namedDocs = {}, timing = {} }) {
     super()
     this.doc = doc
     this.awareness = awareness
@@ -73,10 +85,24 @@ export class CodeSyncProvider extends ObservableV2 {
     this.gone = new Set() // users who left presence: their links are closed, their frames ignored
     this.deferred = new Map() // peer id -> announce of a gone user, replayed once listed again
     this.awarenessOwner = new Map() // awareness client id -> the link that first announced it
+    this.timing = { ...MESH_TIMING, ...timing }
     this.stats = {
       droppedUpdates: 0, droppedDocUpdates: 0, droppedAwareness: 0, refusedApp: 0,
-      foreignSignals: 0, ignoredSignals: 0, closedLinks: 0, peerIdChanges: 0
+      foreignSignals: 0, ignoredSignals: 0, closedLinks: 0, peerIdChanges: 0,
+      // mesh (docs/protocol.md "Mesh"): copies received, forwarded and not forwarded, repairs
+      updatesReceived: 0, duplicateUpdates: 0, localUpdates: 0, updatesForwarded: 0, forwardsSkipped: 0,
+      linksReceived: 0, linksSent: 0, droppedLinks: 0, antiEntropyRounds: 0, repairs: 0,
+      pendingTimeouts: 0, refusedOffers: 0, refusedBy: 0, reannounces: 0
     }
+    this.peerRoles = new Map() // peer id -> role, from presence (who can relay)
+    this.serviceIds = new Map() // peer id -> service, from stamped frames (who can relay)
+    this.refusedUntil = new Map() // peer id -> time before which we do not offer to it again
+    this.reannounces = 0 // re-announces since presence or our links last changed
+    this.docVersion = 0 // bumped on every change of the main document (answer cache)
+    this.answerCache = null
+    this.linksTimer = null
+    this.antiEntropyTimer = null
+    this.reannounceTimer = null
     this.lastLog = {}
     this.state = 'connecting'
     this.ws = null
@@ -92,6 +118,7 @@ export class CodeSyncProvider extends ObservableV2 {
     this.microFlush = false
 
     this._onUpdate = (update, origin) => {
+      this.docVersion++
       // Only writers send: a read-only client's changes would be dropped by every receiver.
       if (!mayWriteLocal(this.role)) return
       const key = origin instanceof PeerConn ? origin : null
@@ -133,6 +160,8 @@ export class CodeSyncProvider extends ObservableV2 {
     doc.on('update', this._onUpdate)
     awareness.on('update', this._onAwareness)
     window.addEventListener('beforeunload', this._onUnload)
+    this.scheduleAntiEntropy()
+    this.scheduleReannounce()
     this.connectSignaling()
   }
 
@@ -238,7 +267,14 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   announce () {
-    if (!this.stopped && this.conns.size < this.maxConns) this.publish({ type: 'announce', from: this.peerId })
+    if (!this.stopped && this.slotsUsed() < this.maxConns) this.publish({ type: 'announce', from: this.peerId })
+  }
+
+  /** Links (open or pending) that count against maxConns: every link but those to service peers. */
+  slotsUsed () {
+    let n = 0
+    this.conns.forEach(c => { if (!c.service) n++ })
+    return n
   }
 
   handleSignal (m) {
@@ -279,9 +315,21 @@ export class CodeSyncProvider extends ObservableV2 {
       return
     }
     if (conn) conn.restamp(stamp, caps)
+    const service = !!(principal && principal.service)
+    if (service) this.rememberService(data.from, principal.service)
     if (data.type === 'announce') {
-      if (!conn && this.conns.size < this.maxConns) this.conns.set(data.from, new PeerConn(this, data.from, true, stamp, caps))
+      if (!conn && (service || this.slotsUsed() < this.maxConns) && !this.refusedRecently(data.from)) {
+        this.conns.set(data.from, new PeerConn(this, data.from, true, stamp, caps))
+      }
     } else if (data.type === 'signal' && data.signal && typeof data.signal === 'object') {
+      if (data.signal.type === 'refuse') return this.onRefused(conn, data.from)
+      if (data.signal.type === 'offer' && !conn && !service && caps.includes('mesh') && this.slotsUsed() >= this.maxConns) {
+        // Full: say so (a stock peer would never understand; it gets the link as before), so the
+        // offerer frees its slot at once and looks elsewhere instead of waiting for a timeout.
+        this.stats.refusedOffers++
+        this.publish({ type: 'signal', from: this.peerId, to: data.from, signal: { type: 'refuse', reason: 'full' } })
+        return
+      }
       if (data.signal.type === 'offer') {
         if (conn && conn.glareToken !== undefined && conn.glareToken > data.token && !conn.connected) return
         if (conn) { this.conns.delete(data.from); conn.destroy() }
@@ -292,6 +340,32 @@ export class CodeSyncProvider extends ObservableV2 {
       }
       if (conn) conn.signal(data.signal)
     }
+  }
+
+  /** A peer we offered to is full: close the attempt now and offer to it again only after a while. */
+  onRefused (conn, peerId) {
+    if (!conn || conn.connected || !conn.initiator) return
+    this.stats.refusedBy++
+    const now = Date.now()
+    for (const [id, until] of this.refusedUntil) if (until <= now || this.refusedUntil.size >= MAX_REFUSALS) this.refusedUntil.delete(id)
+    this.refusedUntil.set(peerId, now + this.timing.refusedBackoff)
+    conn.refused = true
+    conn.destroy()
+  }
+
+  refusedRecently (peerId) {
+    const until = this.refusedUntil.get(peerId)
+    if (until === undefined) return false
+    if (until > Date.now()) return true
+    this.refusedUntil.delete(peerId)
+    return false
+  }
+
+  rememberService (peerId, service) {
+    if (this.serviceIds.get(peerId) === service) return
+    this.serviceIds.delete(peerId)
+    if (this.serviceIds.size >= MAX_KNOWN_SERVICES) this.serviceIds.delete(this.serviceIds.keys().next().value)
+    this.serviceIds.set(peerId, service)
   }
 
   /** Our own publish came back stamped: the role the server gives us, unless presence says more. */
@@ -310,6 +384,9 @@ export class CodeSyncProvider extends ObservableV2 {
     this.presenceIndex = next
     this.gone = gone
     this.presence = peers
+    this.peerRoles = new Map()
+    next.forEach(entry => entry.peerIds.forEach(id => this.peerRoles.set(id, entry.role)))
+    this.reannounces = 0
     // A user gone from presence (removed, room deleted, or simply gone): close every link to them.
     for (const conn of Array.from(this.conns.values())) {
       if (conn.principal && conn.principal.userId && gone.has(conn.principal.userId)) {
@@ -347,6 +424,7 @@ export class CodeSyncProvider extends ObservableV2 {
     this.setRole(null)
     clearTimeout(this.reconnectTimer)
     this.reconnectTimer = null
+    this.stopTimers()
     this.conns.forEach(c => c.destroy())
     this.conns.clear()
     if (this.ws) { try { this.ws.close() } catch (e) {} }
@@ -384,6 +462,9 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     const own = this.ownAwareness()
     if (own) conn.send(own)
+    this.reannounces = 0
+    this.sendLinks(conn)
+    this.scheduleLinks()
     this.emitPeers()
   }
 
@@ -403,8 +484,127 @@ export class CodeSyncProvider extends ObservableV2 {
       conn.awarenessIds.clear()
       awarenessProtocol.removeAwarenessStates(this.awareness, ids.filter(id => id !== this.doc.clientID), conn)
     }
+    if (conn.timedOut) this.stats.pendingTimeouts++
+    if (conn.opened) this.scheduleLinks()
     this.emitPeers()
-    if (!this.destroyed && !this.stopped) setTimeout(() => this.announce(), 200)
+    // A link that was open closed: tell the room we have a free slot. Attempts that never opened
+    // (timed out, refused, failed) wait for the periodic re-announce instead, so that a full room
+    // does not answer every refusal with a fresh round of offers.
+    if (conn.opened && !this.destroyed && !this.stopped) setTimeout(() => this.announce(), 200)
+  }
+
+  // ------------------------------------------------------------------ mesh
+  /** Tell one mesh link our open links now, unless it already has exactly this list. */
+  sendLinks (conn, ids = this.openLinkIds()) {
+    if (!conn.connected || !conn.mesh) return
+    const key = ids.join('\n')
+    if (conn.sentLinks === key) return
+    conn.sentLinks = key
+    conn.send(encodeLinks(ids))
+    this.stats.linksSent++
+  }
+
+  openLinkIds () {
+    return this.connectedPeers().map(c => c.remotePeerId).sort()
+  }
+
+  /** Our link set changed: tell every mesh link once things settle (debounced). */
+  scheduleLinks () {
+    if (this.linksTimer || this.destroyed || this.stopped) return
+    this.linksTimer = setTimeout(() => {
+      this.linksTimer = null
+      const ids = this.openLinkIds()
+      this.conns.forEach(c => this.sendLinks(c, ids))
+    }, this.timing.linksDebounce)
+  }
+
+  /** Could `peerId` relay the main document to others (may it write it, as far as we know)? */
+  mayRelay (peerId) {
+    const conn = this.conns.get(peerId)
+    if (conn && conn.principal) return mayWriteMain(conn.rights)
+    const role = this.peerRoles.get(peerId)
+    if (role !== undefined) return WRITER_ROLES.has(role)
+    const service = this.serviceIds.get(peerId)
+    return service !== undefined && mayWriteMain({ service })
+  }
+
+  /** An update applied from `from`: send it on to the links that would not get it otherwise. */
+  forward (message, from) {
+    const self = this.peerId
+    const fromLinks = from.links
+    const mayRelay = (id) => this.mayRelay(id)
+    this.conns.forEach(to => {
+      if (to === from || !to.connected) return
+      const toLinks = to.mesh ? to.links : null
+      if (shouldForward({ self, from: from.remotePeerId, fromLinks, to: to.remotePeerId, toLinks, mayRelay })) {
+        to.send(message)
+        this.stats.updatesForwarded++
+      } else {
+        this.stats.forwardsSkipped++
+      }
+    })
+  }
+
+  scheduleAntiEntropy () {
+    if (this.destroyed || this.stopped) return
+    this.antiEntropyTimer = setTimeout(() => {
+      this.antiEntropyTimer = null
+      this.antiEntropy()
+      this.scheduleAntiEntropy()
+    }, jittered(this.timing.antiEntropy, this.timing.jitter))
+  }
+
+  /**
+   * Anti-entropy: our state vectors to every link whose answer we would apply (the main document
+   * to writers, named documents to the services that write them); their SyncStep2 answers bring
+   * whatever we missed (a dropped update, a relay that did not happen, an island joined again).
+   */
+  antiEntropy () {
+    const links = this.connectedPeers()
+    if (!links.length) return
+    this.stats.antiEntropyRounds++
+    let step1 = null
+    for (const conn of links) {
+      const rights = conn.rights
+      if (mayWriteMain(rights)) conn.send(step1 || (step1 = encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc))))
+      if (conn.caps.includes('docs')) {
+        this.named.forEach((doc, name) => { if (mayWriteNamed(name, rights)) conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(doc))) })
+      }
+    }
+  }
+
+  scheduleReannounce () {
+    if (this.destroyed || this.stopped) return
+    this.reannounceTimer = setTimeout(() => {
+      this.reannounceTimer = null
+      this.maybeReannounce()
+      this.scheduleReannounce()
+    }, jittered(this.timing.reannounce, this.timing.jitter))
+  }
+
+  /** Free slots and members (per presence) we have no link with: announce again, a bounded number of times. */
+  maybeReannounce () {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this.reannounces >= this.timing.reannounceLimit) return
+    if (this.slotsUsed() >= this.maxConns || !this.unlinkedMembers().length) return
+    this.reannounces++
+    this.stats.reannounces++
+    this.announce()
+  }
+
+  /** Peer ids presence lists that we have no link (or attempt) with and may offer to. */
+  unlinkedMembers () {
+    const out = []
+    this.peerRoles.forEach((role, id) => {
+      if (id !== this.peerId && !this.conns.has(id) && !this.refusedRecently(id)) out.push(id)
+    })
+    return out
+  }
+
+  stopTimers () {
+    clearTimeout(this.linksTimer)
+    clearTimeout(this.antiEntropyTimer)
+    clearTimeout(this.reannounceTimer)
+    this.linksTimer = this.antiEntropyTimer = this.reannounceTimer = null
   }
 
   /**
@@ -452,7 +652,13 @@ export class CodeSyncProvider extends ObservableV2 {
     if (!mayWriteLocal(this.role)) return
     pending.forEach((updates, origin) => {
       const update = updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
-      this.broadcast(encodeSync(SYNC_UPDATE, update), origin)
+      const message = encodeSync(SYNC_UPDATE, update)
+      if (origin) {
+        this.forward(message, origin)
+      } else {
+        this.stats.localUpdates++
+        this.broadcast(message)
+      }
     })
   }
 
@@ -486,6 +692,17 @@ export class CodeSyncProvider extends ObservableV2 {
       }
       case MSG_BC_PEER_ID:
         break
+      case MSG_LINKS: {
+        if (!conn.linksBucket.take()) return this.count('droppedLinks', 'too many links messages', conn)
+        const got = decodeLinks(decoder)
+        if (got.drop) {
+          this.count('droppedLinks', got.drop, conn)
+        } else {
+          conn.links = got.links
+          this.stats.linksReceived++
+        }
+        break
+      }
       case MSG_CHUNK: {
         if (!allowChunk) throw new Error('nested chunk')
         const whole = conn.reassembler.feed(decoder)
@@ -510,13 +727,24 @@ export class CodeSyncProvider extends ObservableV2 {
    */
   onSync (conn, syncType, payload) {
     if (syncType === SYNC_STEP1) {
-      const answer = mayWriteLocal(this.role) ? Y.encodeStateAsUpdate(this.doc, payload) : EMPTY_UPDATE
+      const answer = mayWriteLocal(this.role) ? this.answerFor(payload) : EMPTY_UPDATE
       conn.send(encodeSync(SYNC_STEP2, answer))
       return
     }
     if (syncType !== SYNC_STEP2 && syncType !== SYNC_UPDATE) throw new Error('unknown sync type ' + syncType)
+    if (syncType === SYNC_UPDATE) {
+      this.stats.updatesReceived++
+      conn.received.updates++
+    }
     if (mayWriteMain(conn.rights)) {
+      const before = this.docVersion
       Y.applyUpdate(this.doc, payload, conn)
+      if (this.docVersion !== before) {
+        if (syncType === SYNC_STEP2 && conn.synced) this.stats.repairs++ // anti-entropy brought something we missed
+      } else if (syncType === SYNC_UPDATE && !this.doc.store.pendingStructs) {
+        this.stats.duplicateUpdates++ // nothing new, and nothing waiting for a missing update either
+        conn.received.duplicates++
+      }
     } else if (!isEmptyUpdate(payload)) {
       this.count('droppedUpdates', `document update from a link that may not write${conn.rights && !conn.rights.service ? ` (role ${conn.rights.role})` : ''}`, conn)
     }
@@ -524,6 +752,18 @@ export class CodeSyncProvider extends ObservableV2 {
       conn.synced = true
       this.emit('synced', [{ peerId: conn.remotePeerId }])
     }
+  }
+
+  /**
+   * Our answer to a SyncStep1. In a quiet room every link asks with the same state vector every few
+   * seconds (anti-entropy), so the last answer is kept until the document changes.
+   */
+  answerFor (stateVector) {
+    const c = this.answerCache
+    if (c && c.version === this.docVersion && sameBytes(c.stateVector, stateVector)) return c.answer
+    const answer = Y.encodeStateAsUpdate(this.doc, stateVector)
+    this.answerCache = { version: this.docVersion, stateVector, answer }
+    return answer
   }
 
   /**
@@ -602,6 +842,7 @@ export class CodeSyncProvider extends ObservableV2 {
     this.destroyed = true
     clearTimeout(this.reconnectTimer)
     clearTimeout(this.flushTimer)
+    this.stopTimers()
     awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'destroy')
     this.flush()
     this.doc.off('update', this._onUpdate)
@@ -615,6 +856,12 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     super.destroy()
   }
+}
+
+function sameBytes (a, b) {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
 }
 
 function describe (principal) {

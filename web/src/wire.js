@@ -1,5 +1,6 @@
 // Data-channel message framing (docs/protocol.md, "Data channels"): y-protocols types 0/1/3/4
-// plus CodeSync's extensions 100 (chunk), 101 (app message, JSON) and 102 (named-document sync).
+// plus CodeSync's extensions 100 (chunk), 101 (app message, JSON) and 102 (named-document sync);
+// 103 (links) is in topology.js.
 // Pure functions and a bounded reassembler; no transport here.
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
@@ -21,9 +22,10 @@ export const EMPTY_UPDATE = new Uint8Array([0, 0])
 
 /**
  * What CodeSync peers put in every announce/signal payload: `roles` says this peer enforces the
- * trust model on what it receives (the server relays a viewer's signalling only to such peers).
+ * trust model on what it receives (the server relays a viewer's signalling only to such peers);
+ * `mesh` that it tells its links (type 103) and forwards by the mesh rules (topology.js).
  */
-export const CAPS = ['chunk', 'app', 'docs', 'roles']
+export const CAPS = ['chunk', 'app', 'docs', 'roles', 'mesh']
 
 /** Split `message` into type-100 frames of at most `partSize` payload bytes each. */
 export function encodeChunks (message, messageId, partSize) {

@@ -18,6 +18,15 @@ import { createRunPanel } from './runpanel.js'
 import { createStatusBar } from './statusbar.js'
 import { createWorkspace } from './workspacepane.js'
 
+/**
+ * Links to people this browser keeps at most (service links do not count): 30, or what
+ * localStorage `codesync.maxConns` says (1-100) — a knob for tests and for weak devices.
+ */
+function linkLimit () {
+  const n = Number(localStorage.getItem('codesync.maxConns'))
+  return Number.isInteger(n) && n >= 1 && n <= 100 ? n : 30
+}
+
 /** `alive()` is false once the user has navigated away (or been signed out) during an await. */
 export async function roomView (root, roomId, alive = () => true) {
   const msg = notice('room-error')
@@ -70,6 +79,7 @@ export async function roomView (root, roomId, alive = () => true) {
   const provider = new CodeSyncProvider(doc, awareness, {
     roomId,
     iceServers,
+    maxConns: linkLimit(),
     role,
     userId: me.id,
     namedDocs: { runs: runsDoc },
