@@ -58,15 +58,15 @@ os.environ.setdefault("CODESYNC_ICE_HOSTS", "127.0.0.1")
 import httpx  # noqa: E402
 import pycrdt  # noqa: E402
 
-from bench import TRACES  # noqa: E402
-from bench.traces import apply_txn  # noqa: E402
+from tests.helpers.traces import TRACES  # noqa: E402
+from tests.helpers.traces import apply_txn  # noqa: E402
 from bench.faults import Managed, ports, redis_starter, rss_kib, service_starter, signaling_starter  # noqa: E402
 from peer import Room  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from codesync.settings import Settings  # noqa: E402
-from tests.stack import seed_room, service_token  # noqa: E402
-from tests.support import child_env  # noqa: E402
-from tests.test_persistence_peer import persistence_peers, persistence_states, saved_covers  # noqa: E402
+from tests.helpers.stack import seed_room, service_token  # noqa: E402
+from tests.helpers.processes import child_env  # noqa: E402
+from tests.helpers.persistence import persistence_peers, persistence_states, saved_covers  # noqa: E402
 
 ICE_HOSTS = "127.0.0.1"  # loopback-only ICE (CODESYNC_ICE_HOSTS of the peers)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.compose_stack import DEBIAN_IMAGES_FILE, TEST_FILE, compose_cli, env_file
-from tests.support import ROOT, require
+from tests.helpers.compose import DEBIAN_IMAGES_FILE, TEST_FILE, compose_cli, env_file
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +62,7 @@ TEST_VALUES = dict(
     CODESYNC_TURN_SECRET="turn-secret-789",
     TURN_HOST="turn.test.example",
 )
-# What tests/compose_stack.py adds for the opt-in test (tests/compose/compose.test.yaml).
+# What tests/helpers/compose.py adds for the opt-in test (tests/compose/compose.test.yaml).
 STACK_TEST_VALUES = dict(
     CODESYNC_TEST_NETWORK="codesync-compose-x",
     CODESYNC_TEST_PERSISTENCE_IP="10.231.9.10",
@@ -538,8 +538,8 @@ async def test_proxy_logs_carry_no_token(tmp_path: Path):
     (the token in the path) leave no token in its access log or its own error log."""
     import httpx
 
-    from tests.support import free_port
-    from tests.test_deploy_proxy import nginx_proxy
+    from tests.helpers.components import free_port
+    from tests.helpers.proxy import nginx_proxy
 
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: nginx logs an upstream error
@@ -744,7 +744,8 @@ async def test_debian_postgres_entrypoint_initialises_like_the_official_image():
 
     import asyncpg
 
-    from tests.support import free_port, wait_for
+    from tests.helpers.components import free_port
+    from tests.helpers.wait import wait_for
 
     bindir = _postgres_bin()
     require("PostgreSQL server binaries", bindir is not None, "apt-get install postgresql")

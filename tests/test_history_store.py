@@ -13,7 +13,7 @@ from alembic import command
 from pycrdt import Array, Doc, Map, Text
 from sqlalchemy import func, insert, select
 
-from bench.traces import load_trace, replay
+from tests.helpers.traces import load_trace, replay
 from peer.persistence import history as h
 from peer.persistence.attribution import Attribution, Binding
 from peer.persistence.store import SNAPSHOTS, UPDATES, DocumentStore, Row

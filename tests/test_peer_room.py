@@ -20,8 +20,9 @@ import pytest_asyncio
 from peer import PeerInfo, Room, SignalingClient
 from peer import protocol as p
 from peer import text as ptext
-from tests.stack import Stack, signaling_stack
-from tests.support import ROOT, wait_for
+from tests.helpers.stack import Stack, signaling_stack
+from tests.helpers.components import ROOT
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -404,7 +405,8 @@ async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, 
 
 
 async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
-    from tests.support import start_service, wait_http_ok
+    from tests.helpers.processes import start_service
+    from tests.helpers.wait import wait_http_ok
 
     async with signaling_stack(tmp_path) as st:
         seeded = await st.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})

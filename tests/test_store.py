@@ -20,7 +20,9 @@ from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHO
 from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.protocol import decode_state_vector
 from codesync.models import utcnow
-from tests.support import ROOT, child_env, wait_for
+from tests.helpers.components import ROOT
+from tests.helpers.processes import child_env
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
