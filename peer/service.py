@@ -23,6 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, Union
 
+from codesync.models import ROOM_ID_MAX
 from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
@@ -98,11 +99,11 @@ P = TypeVar("P", bound=RoomPresence)
 class RoomService(Generic[P]):
     """The service-wide half: one SignalingClient, the rooms table, stop-all.
 
-    Subclasses set ``max_room_id``, implement ``idle_grace`` and ``make_presence`` and may
+    Subclasses implement ``idle_grace`` and ``make_presence`` and may
     extend ``start``/``stop`` (open/close their own resources around ``connect``/``super().stop``).
     """
 
-    max_room_id = 64
+    max_room_id = ROOM_ID_MAX  # a longer topic is no room of ours (tests may lower it)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

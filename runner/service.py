@@ -44,7 +44,6 @@ from .sandbox.base import Limits, Sandbox
 
 log = logging.getLogger("codesync.runner")
 
-MAX_ROOM_ID = 64
 REQUESTS = Counter("codesync_runner_requests_total", "run/stop requests by op and outcome", ["op", "outcome"])
 ROOMS = Gauge("codesync_runner_rooms", "rooms the runner is in")
 
@@ -205,8 +204,6 @@ def _state_vector(value: Any) -> bytes | None:
 
 class RunnerService(RoomService[RoomRunner]):
     """Keeps a RoomRunner per active room; owns the sandbox and the language table."""
-
-    max_room_id = MAX_ROOM_ID
 
     def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
         super().__init__(settings)

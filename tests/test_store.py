@@ -16,7 +16,8 @@ import pytest
 from pycrdt import Array, Doc, Map, Text, merge_updates
 from sqlalchemy import insert, select
 
-from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
+from peer.persistence.store import DocumentStore, UPDATES, SNAPSHOTS
+from peer.protocol import EMPTY_UPDATE
 from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.protocol import decode_state_vector
 from codesync.models import utcnow
