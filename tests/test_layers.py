@@ -22,7 +22,9 @@ REMOVED = {
 NOT_IMPORTED = REMOVED | {"tests.conftest"}
 
 PACKAGES = ("codesync", "signaling", "peer", "runner")
-PLATFORM = {"codesync.settings", "codesync.db", "codesync.models", "codesync.logs", "codesync.opsserver"}
+PLATFORM = {
+    "codesync.settings", "codesync.db", "codesync.models", "codesync.logs", "codesync.opsserver", "codesync.backends",
+}
 TOP = {"codesync.cli", "codesync.supervisor", "codesync.__main__"}
 
 

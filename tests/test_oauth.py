@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from signaling.api.oauth import SERVICE_KEY
 from codesync.models import OAuthIdentity, User
-from signaling.oauth import OAuthService, _digest
+from signaling.oauth import OAuthService, RedisFlowStore, _digest
 from codesync.settings import Settings
 from signaling.state import STATE
 from tests.helpers.api import Api, in_process_api
@@ -240,7 +240,7 @@ async def test_pkce_mismatch_refused_by_the_provider(app: Api) -> None:
 async def test_wrong_nonce_in_id_token_refused(app: Api) -> None:
     async with Browser(app) as browser:
         callback = await browser.authorize(await browser.start(), "leo")
-        record = oauth_service(app)._memory_store._records[_digest(query_of(callback)["state"])][1]
+        record = oauth_service(app).flows._records[_digest(query_of(callback)["state"])][1]
         record["nonce"] = "not-the-nonce-sent"
         result = await browser.finish(callback)
     assert result["error"] == "invalid_id_token", result
@@ -314,7 +314,7 @@ async def test_flow_started_on_one_node_finishes_on_another(
             callback = await browser.authorize(await browser.start(), "olga")
             redis = node_a.server.app[STATE].redis
             assert await redis.exists(f"{redis_prefix}:oauth:flow:{_digest(query_of(callback)['state'])}")
-            assert oauth_service(node_a)._memory_store._records == {}
+            assert isinstance(oauth_service(node_a).flows, RedisFlowStore)  # nothing kept in the node
             on_b = callback.replace(f":{oauth_env.signaling_port}/", f":{node_b_port}/")
             tokens = await browser.finish(on_b)
             assert "access_token" in tokens, tokens
@@ -329,7 +329,6 @@ async def test_flow_started_on_one_node_finishes_on_another(
 async def test_redis_flow_store_is_one_shot_and_expires(redis_url, redis_prefix) -> None:
     from redis.asyncio import Redis
 
-    from signaling.oauth import RedisFlowStore
     from tests.helpers.wait import wait_for
 
     redis = Redis.from_url(redis_url)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from codesync.models import RoomLease, utcnow
+from codesync.backends import Backends, shared_or
 from codesync.settings import Settings
 
 log = logging.getLogger("codesync.persistence.lease")
@@ -163,10 +164,22 @@ class DatabaseLeases:
         pass
 
 
-def lease_backend(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
-    if settings.redis_url:
-        return RedisLeases(settings.redis_url, settings.redis_prefix, owner)
+# Leases live in Redis when it is configured, else in the database (codesync/backends.py).
+LEASES: Backends[LeaseBackend] = Backends("lease", shared_or("database"))
+
+
+@LEASES.register("redis")
+def _redis_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
+    return RedisLeases(settings.redis_url or "", settings.redis_prefix, owner)
+
+
+@LEASES.register("database")
+def _database_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
     return DatabaseLeases(engine, owner)
+
+
+def lease_backend(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
+    return LEASES.create(settings, engine, owner)
 
 
 class HeldLease:
