@@ -43,7 +43,6 @@ import os
 import random
 import secrets
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -584,7 +583,7 @@ class Soak:
 
     # --------------------------------------------------------------- run + verify
     async def run(self) -> dict[str, Any]:
-        cfg, m = self.cfg, self.metrics
+        m = self.metrics
         await self.start()
         stop, done = asyncio.Event(), asyncio.Event()
         sampler = asyncio.create_task(self.sample_memory(done))
@@ -616,7 +615,7 @@ class Soak:
         return result
 
     async def verify(self) -> dict[str, Any]:
-        m, cfg = self.metrics, self.cfg
+        cfg = self.cfg
 
         def converged(room: SoakRoom) -> bool:
             docs = [(str(p.source()), sorted(p.notes().to_py())) for p in room.peers if p.room is not None]

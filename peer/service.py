@@ -125,11 +125,13 @@ class RoomService(Generic[P]):
         from .signaling_client import SignalingClient
 
         # Service tokens expire: trade ours in early; each reconnect uses the newest one.
-        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token,
+        # run_service refused to start without a signaling URL and a service token.
+        url, token = self.settings.signaling_url or "", self.settings.service_token or ""
+        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, token,
                                                token_file=self.settings.service_token_file)
         self.token_keeper.start()
         self.client = SignalingClient(
-            self.settings.signaling_url, self.settings.service_token,
+            url, token,
             token_provider=self.token_keeper.current,
         )
         self.client.on_room_active(self._on_active)

@@ -205,10 +205,10 @@ def resolve(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Entry]:
         children.setdefault(parent[entry_id], []).append(entry_id)
     shown: dict[str, str] = {}
     for siblings in children.values():
-        wanted = {}
+        wanted: dict[str, str] = {}
         for entry_id in siblings:
             stored = valid[entry_id].get("name")
-            wanted[entry_id] = stored if name_problem(stored) is None else UNNAMED
+            wanted[entry_id] = stored if isinstance(stored, str) and name_problem(stored) is None else UNNAMED
         taken = set(wanted.values())
         first: dict[str, str] = {}
         for entry_id in siblings:

@@ -48,7 +48,7 @@ def test_an_unknown_backend_is_a_clear_error(tmp_path) -> None:
 
 
 def test_every_concern_has_its_registry_and_rule(tmp_path) -> None:
-    from peer.persistence.lease import LEASES
+    from peer.persistence.lease import LEASE_BACKENDS as LEASES
     from runner.service import SANDBOXES
     from signaling.oauth import FLOW_STORES
     from signaling.ratelimit import LIMITERS

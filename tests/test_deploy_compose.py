@@ -244,7 +244,10 @@ def test_the_app_image_installs_and_copies_every_python_package():
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages >= {"codesync", "signaling", "peer", "runner"}
     stage = _stage_text("app")
-    stubs = re.search(r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install -e \.", stage)
+    # The locked, hashed dependency set first (Makefile `lock`), then CodeSync without resolving.
+    stubs = re.search(
+        r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install --require-hashes -r requirements-run\.lock"
+        r" && pip install --no-deps -e \.", stage)
     assert stubs, stage
     assert set(stubs.group(1).split()) == packages
     assert set(stubs.group(2).split()) == {f"{p}/__init__.py" for p in packages}
@@ -404,7 +407,7 @@ def test_trusted_proxies_are_the_compose_network(config: dict, tmp_path: Path, c
     from signaling.clientaddr import parse_networks, resolve
 
     subnet = config["networks"]["default"]["ipam"]["config"][0]["subnet"]
-    example = dict(l.split("=", 1) for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l))
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", line))
     assert subnet == example["NETWORK_SUBNET"]
     for node in ("signaling-1", "signaling-2"):
         assert config["services"][node]["environment"]["CODESYNC_TRUSTED_PROXIES"].split(",")[0] == subnet
@@ -449,7 +452,7 @@ def test_every_codesync_variable_is_a_setting_that_reaches_a_container(config: d
 
     fields = {f"CODESYNC_{name.upper()}" for name in Settings.model_fields}
     text = COMPOSE.read_text()
-    example = {l.split("=", 1)[0] for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l)}
+    example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", line)}
     # (A name ending in "_" is a pattern in a comment: CODESYNC_OAUTH_<NAME>_...)
     named = {n for n in re.findall(r"\b(CODESYNC_[A-Z0-9_]+)", text) if not n.endswith("_")}
     named |= {n for n in example if n.startswith("CODESYNC_")}
@@ -610,7 +613,7 @@ def dockerfile_stages(path: Path) -> dict[str, Stage]:
         elif word == "RUN":
             for install in re.findall(r"apt-get install ([^&;]+)", rest):
                 stage.packages |= {w for w in install.split() if not w.startswith("-")}
-            if "pip install -e ." in rest:
+            if re.search(r"pip install (--no-deps )?-e \.", rest):
                 stage.packages.add("pip install -e .")
         elif word == "WORKDIR":
             stage.workdir = posixpath.join(stage.workdir, rest.strip())

@@ -25,7 +25,6 @@ The helpers (dockerd, base image, network, cleanup) are in tests/helpers/compose
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import re
 import secrets

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 from alembic import command
 from pycrdt import Array, Doc, Map, Text
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from tests.helpers.traces import load_trace, replay
 from peer.persistence import history as h

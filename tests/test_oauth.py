@@ -309,7 +309,7 @@ async def test_flow_started_on_one_node_finishes_on_another(
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url, redis_url=redis_url,
                             redis_prefix=redis_prefix)
     node_b_port = free_port()
-    async with in_process_api(settings, oauth_env.signaling_port) as node_a, in_process_api(settings, node_b_port) as node_b:
+    async with in_process_api(settings, oauth_env.signaling_port) as node_a, in_process_api(settings, node_b_port):
         async with Browser(node_a) as browser:
             callback = await browser.authorize(await browser.start(), "olga")
             redis = node_a.server.app[STATE].redis

@@ -380,7 +380,7 @@ async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, 
             lines = signal["sdp"].split("\r\n")
             cands = [line[2:] for line in lines if line.startswith("a=candidate:")]
             mid = next(line[6:] for line in lines if line.startswith("a=mid:"))
-            sdp = "\r\n".join(l for l in lines if not l.startswith("a=candidate:") and l != "a=end-of-candidates")
+            sdp = "\r\n".join(line for line in lines if not line.startswith("a=candidate:") and line != "a=end-of-candidates")
             await original(to, {"type": signal["type"], "sdp": sdp}, token)
             foreign = [
                 "candidate:9 1 udp 2122260223 192.0.2.7 50000 typ host",  # outside the allowed networks

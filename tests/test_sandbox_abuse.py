@@ -175,7 +175,7 @@ print("workdir", open("inside.txt").read(), os.getuid())
     result, out, err = await run(sandbox, code)
     assert result.status == "finished", (result, err)
     assert "WROTE" not in out, out
-    assert f"workdir ok 65534" in out
+    assert "workdir ok 65534" in out
     for path in targets:
         assert not os.path.exists(path), f"{path} appeared on the host"
     await assert_still_serving(sandbox)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection
-from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_sync_message, create_update_message, handle_sync_message
+from pycrdt import Doc, Text, YMessageType, create_sync_message, create_update_message, handle_sync_message
 
 from peer.ice import apply_ice_policy, ice_servers_from_json
 from signaling.api.ops import ice_servers

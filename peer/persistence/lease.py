@@ -107,7 +107,7 @@ class RedisLeases:
 
     async def holder(self, room_id: str) -> str | None:
         value = await self.redis.get(self.key(room_id))
-        return value.decode() if value is not None else None
+        return value.decode() if isinstance(value, bytes) else value
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -165,21 +165,21 @@ class DatabaseLeases:
 
 
 # Leases live in Redis when it is configured, else in the database (codesync/backends.py).
-LEASES: Backends[LeaseBackend] = Backends("lease", shared_or("database"))
+LEASE_BACKENDS: Backends[LeaseBackend] = Backends("lease", shared_or("database"))
 
 
-@LEASES.register("redis")
+@LEASE_BACKENDS.register("redis")
 def _redis_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
     return RedisLeases(settings.redis_url or "", settings.redis_prefix, owner)
 
 
-@LEASES.register("database")
+@LEASE_BACKENDS.register("database")
 def _database_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
     return DatabaseLeases(engine, owner)
 
 
 def lease_backend(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
-    return LEASES.create(settings, engine, owner)
+    return LEASE_BACKENDS.create(settings, engine, owner)
 
 
 class HeldLease:
