@@ -247,7 +247,7 @@ def test_the_app_image_installs_and_copies_every_python_package():
     # The locked, hashed dependency set first (Makefile `lock`), then CodeSync without resolving.
     stubs = re.search(
         r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install --require-hashes -r requirements-run\.lock"
-        r" && pip install --no-deps -e \.", stage)
+        r"\s+&&\s+pip install --no-deps -e \.", stage)
     assert stubs, stage
     assert set(stubs.group(1).split()) == packages
     assert set(stubs.group(2).split()) == {f"{p}/__init__.py" for p in packages}
