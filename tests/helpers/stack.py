@@ -274,7 +274,10 @@ class Stack:
         return svc
 
     def stop(self) -> None:
-        for svc in reversed(list(self.procs.values())):
+        """Stop every process of the stack, newest first — a node a test put into ``nodes``
+        itself (a restarted one) included."""
+        every = {id(svc): svc for svc in [*self.nodes, *self.procs.values()]}
+        for svc in reversed(list(every.values())):
             svc.stop()
 
     async def seed_room(self, roles: dict[str, str | None], **kw: Any) -> SeededRoom:
