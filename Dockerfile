@@ -45,10 +45,13 @@ WORKDIR /app
 # Dependencies first (cached while only the sources change): install against stub packages,
 # editable, so the real sources copied below are what runs. One stub and one COPY per package
 # of pyproject.toml's [tool.setuptools.packages.find] (tests/test_deploy_compose.py checks).
-COPY pyproject.toml README.md ./
+# The dependency set is the hashed lock (requirements-run.lock, `make lock`); CodeSync itself
+# resolves nothing more (--no-deps).
+COPY pyproject.toml README.md requirements-run.lock ./
 RUN mkdir -p codesync signaling peer runner \
  && touch codesync/__init__.py signaling/__init__.py peer/__init__.py runner/__init__.py \
- && pip install -e . \
+ && pip install --require-hashes -r requirements-run.lock \
+ && pip install --no-deps -e . \
  && rm -rf codesync signaling peer runner
 COPY codesync/ codesync/
 COPY signaling/ signaling/

@@ -7,14 +7,20 @@ WEB_SRC := $(shell find web/src web/index.html web/package.json web/package-lock
 # npm projects the tests drive (stock y-webrtc client, the local OpenID provider).
 TEST_JS := tests/js tests/oidc
 
-.PHONY: up test test-compose deps-run deps-test install web test-js bench clean
+.PHONY: up test lint lock test-compose deps-run deps-test install web test-js bench clean
 
 # Prerequisites run left to right: system packages (node, npm, ...) come first.
 up: deps-run install web
 	$(BIN)/codesync up
 
-test: deps-test install web test-js
+test: deps-test install web test-js lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Before any test: ruff on everything, mypy on the platform and the peer library ([tool.ruff],
+# [tool.mypy] in pyproject.toml; docs/testing.md).
+lint: install
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy
 
 # Opt-in: compose.yaml built and started for real in a private dockerd, then used through the
 # proxy (tests/test_deploy_compose_up.py, docs/deployment.md). Prints how long each step took.
@@ -29,11 +35,24 @@ deps-test:
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked, hashed dependency set (requirements.lock: pyproject's dependencies and
+# its test extra), then CodeSync itself without resolving anything again.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Refresh the lock files after a change to pyproject.toml's dependencies (or to take upgrades):
+# requirements.lock (with the test extra: make install, CI) and requirements-run.lock (the
+# production image, Dockerfile). tests/test_locks.py checks they agree with each other.
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links --upgrade
+lock:
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q pip-tools
+	$(PIP_COMPILE) --extra test --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --output-file requirements-run.lock pyproject.toml
 
 web: web/dist/index.html
 

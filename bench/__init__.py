@@ -1,8 +1,4 @@
-"""Benchmarks (run as ``python -m bench.<name>``)."""
+"""Benchmarks (run as ``python -m bench.<name>``; ``make bench`` runs them all).
 
-import os
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# The editing traces live in the repository (tests/data/traces, CC BY 4.0); CODESYNC_TRACES overrides.
-TRACES = Path(os.environ.get("CODESYNC_TRACES") or ROOT / "tests" / "data" / "traces")
+They build on the test helpers (tests/helpers/), never on a test module.
+"""

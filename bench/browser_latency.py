@@ -1,7 +1,7 @@
 """Browser-to-browser edit latency (p50/p99): a keystroke in one page to the text in the other.
 
 Runs the real stack and headless Chromium inside a private network namespace
-(tests/netns.py, driver tests/browser/latency_driver.py). Usage::
+(tests/helpers/netns.py, driver tests/browser/latency_driver.py). Usage::
 
     .venv/bin/python -m bench.browser_latency [--keystrokes 300] [--delay-ms 25] [--json out.json]
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.netns import browser_stack_available, run_driver  # noqa: E402
+from tests.helpers.netns import browser_stack_available, run_driver  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tests.support import Service, free_port, start_service, stop_process, wait_http_ok
+from tests.helpers.components import free_port
+from tests.helpers.processes import Service, start_service, stop_process
+from tests.helpers.wait import wait_http_ok
 
 
 def rss_kib(pid: int) -> int | None:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pycrdt  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
-from bench.traces import apply_txn, load_trace  # noqa: E402
+from tests.helpers.traces import apply_txn, load_trace  # noqa: E402
 from codesync.settings import Settings  # noqa: E402
 from peer.persistence import history as h  # noqa: E402
 from peer.persistence.attribution import Attribution  # noqa: E402
@@ -196,8 +196,10 @@ def rss_kib(pid: int) -> int:
 async def over_the_wire(tmp: Path, database_url: str, seqs: list[int], n: int, rng: random.Random) -> dict:
     from peer import Room
     from peer.persistence.history_client import HistoryClient
-    from tests.stack import seed_room, service_token
-    from tests.support import child_env, free_port, start_service, start_signaling, wait_http_ok
+    from tests.helpers.stack import seed_room, service_token
+    from tests.helpers.components import free_port
+    from tests.helpers.processes import child_env, start_service, start_signaling
+    from tests.helpers.wait import wait_http_ok
 
     import secrets
 
@@ -300,7 +302,7 @@ async def storage_per_day(tmp: Path, name: str, postgres: bool) -> dict:
     hours = active_hours(times)
     days = len({datetime.utcfromtimestamp(t / 1000).date() for t in times})
     if postgres:
-        from tests.support import postgres_database
+        from tests.helpers.components import postgres_database
 
         async with postgres_database() as url:
             store = await DocumentStore.open(Settings(database_url=url, data_dir=tmp / "data"))
@@ -364,7 +366,7 @@ async def run(args) -> dict:
             print(f"data channel: {out['data_channel']}", file=sys.stderr, flush=True)
 
         if args.postgres:
-            from tests.support import postgres_database
+            from tests.helpers.components import postgres_database
 
             async with postgres_database() as url:
                 await big(url.replace("postgresql://", "postgresql+asyncpg://"))

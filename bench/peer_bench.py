@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
-from bench.traces import load_trace, trace_updates  # noqa: E402
+from tests.helpers.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
 from peer.connection import PeerConnection  # noqa: E402
 from peer.ice import apply_ice_policy, rtc_configuration  # noqa: E402
-from tests.stack import joined, signaling_stack  # noqa: E402
+from tests.helpers.stack import joined, signaling_stack  # noqa: E402
 
 TRACE = "rustcode"
 ICE_HOSTS = "127.0.0.1"  # loopback-only ICE

@@ -32,15 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
-from bench.traces import load_trace, trace_updates  # noqa: E402
+from tests.helpers.traces import load_trace, trace_updates  # noqa: E402
 from peer import Room  # noqa: E402
-from tests.support import postgres_database  # noqa: E402
-from tests.test_persistence_peer import (  # noqa: E402
-    persist_stack,
-    persistence_peers,
-    saved_covers,
-    stored_text,
-)
+from tests.helpers.components import postgres_database  # noqa: E402
+from tests.helpers.persistence import persist_stack, persistence_peers, saved_covers, stored_text
 
 ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pycrdt  # noqa: E402
 
-from bench.traces import load_trace, trace_updates  # noqa: E402
+from tests.helpers.traces import load_trace, trace_updates  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from peer.persistence.writer import RoomWriter, WriterConfig  # noqa: E402
 from codesync.settings import Settings  # noqa: E402

@@ -6,7 +6,7 @@ Two levels, both with the real sandboxes:
 - ``doc``: ``RoomRuns.request()`` → first byte of output in the room document → final status
   (what a peer sees, minus the data channel's sub-millisecond hop).
 
-The Docker half starts a private dockerd (tests/dockerd.py) and imports the run image
+The Docker half starts a private dockerd (tests/helpers/dockerd.py) and imports the run image
 (cached rootfs under /var/cache/codesync).
 
 ``stdin round trip``: a running program that answers every line; ``RoomRuns.input()`` →
@@ -284,7 +284,7 @@ async def main(backends: list[str], repeat: int, seccomp: bool = False, language
     if "docker" in backends:
         from runner.image import ensure_image
         from runner.sandbox.docker import DockerSandbox
-        from tests.dockerd import running_dockerd
+        from tests.helpers.dockerd import running_dockerd
 
         with running_dockerd() as daemon:
             client = daemon.client()

@@ -45,8 +45,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.stack import signaling_stack  # noqa: E402
-from tests.support import REDIS_URL, ROOT, free_port, port_open  # noqa: E402
+from tests.helpers.stack import signaling_stack  # noqa: E402
+from tests.helpers.components import REDIS_URL, ROOT, free_port, port_open  # noqa: E402
 
 JS = ROOT / "tests" / "js"
 

@@ -43,7 +43,6 @@ import os
 import random
 import secrets
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -58,15 +57,15 @@ os.environ.setdefault("CODESYNC_ICE_HOSTS", "127.0.0.1")
 import httpx  # noqa: E402
 import pycrdt  # noqa: E402
 
-from bench import TRACES  # noqa: E402
-from bench.traces import apply_txn  # noqa: E402
+from tests.helpers.traces import TRACES  # noqa: E402
+from tests.helpers.traces import apply_txn  # noqa: E402
 from bench.faults import Managed, ports, redis_starter, rss_kib, service_starter, signaling_starter  # noqa: E402
 from peer import Room  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from codesync.settings import Settings  # noqa: E402
-from tests.stack import seed_room, service_token  # noqa: E402
-from tests.support import child_env  # noqa: E402
-from tests.test_persistence_peer import persistence_peers, persistence_states, saved_covers  # noqa: E402
+from tests.helpers.stack import seed_room, service_token  # noqa: E402
+from tests.helpers.processes import child_env  # noqa: E402
+from tests.helpers.persistence import persistence_peers, persistence_states, saved_covers  # noqa: E402
 
 ICE_HOSTS = "127.0.0.1"  # loopback-only ICE (CODESYNC_ICE_HOSTS of the peers)
 
@@ -584,7 +583,7 @@ class Soak:
 
     # --------------------------------------------------------------- run + verify
     async def run(self) -> dict[str, Any]:
-        cfg, m = self.cfg, self.metrics
+        m = self.metrics
         await self.start()
         stop, done = asyncio.Event(), asyncio.Event()
         sampler = asyncio.create_task(self.sample_memory(done))
@@ -616,7 +615,7 @@ class Soak:
         return result
 
     async def verify(self) -> dict[str, Any]:
-        m, cfg = self.metrics, self.cfg
+        cfg = self.cfg
 
         def converged(room: SoakRoom) -> bool:
             docs = [(str(p.source()), sorted(p.notes().to_py())) for p in room.peers if p.room is not None]

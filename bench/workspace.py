@@ -35,8 +35,8 @@ from peer import Room  # noqa: E402
 from peer import workspace as ws  # noqa: E402
 from peer.persistence.store import DocumentStore  # noqa: E402
 from codesync.settings import Settings  # noqa: E402
-from tests.support import postgres_database, port_open  # noqa: E402
-from tests.test_persistence_peer import persist_stack, saved_covers  # noqa: E402
+from tests.helpers.components import postgres_database, port_open  # noqa: E402
+from tests.helpers.persistence import persist_stack, saved_covers  # noqa: E402
 
 
 def make_project(files: int = 200, total_bytes: int = 5 * 1024 * 1024) -> dict[str, str]:
@@ -166,7 +166,7 @@ async def store_times(project: dict[str, str], database_url: str, tmp: Path, rep
 
 
 def browser(files: int, mb: float, rounds: int) -> dict:
-    from tests.netns import browser_stack_available, run_driver
+    from tests.helpers.netns import browser_stack_available, run_driver
 
     ok, why = browser_stack_available()
     if not ok:

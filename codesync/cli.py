@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone

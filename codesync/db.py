@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,11 +11,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .settings import Settings, ensure_private_dir, make_private
+
+log = logging.getLogger("codesync.db")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -78,14 +82,18 @@ _migrate_lock = asyncio.Lock()
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every pending Alembic migration (idempotent; safe to call on each start)."""
 
-    def _upgrade(connection) -> None:
+    def _upgrade(connection) -> tuple[str | None, str | None]:
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
+        before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(cfg, "head")
+        return before, MigrationContext.configure(connection).get_current_revision()
 
     async with _migrate_lock:
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+            before, after = await conn.run_sync(_upgrade)
+    if before != after:  # alembic's own INFO lines are quiet (codesync.logs)
+        log.info("database schema migrated from %s to %s", before or "empty", after)
 
 
 @asynccontextmanager

@@ -49,6 +49,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+QUIET_LIBRARIES = ("httpx", "httpx2", "alembic")
+
+
 def setup_logging(level: str = "INFO", as_json: bool = False, service: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
@@ -60,4 +63,11 @@ def setup_logging(level: str = "INFO", as_json: bool = False, service: str | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries whose INFO lines are not news to an operator: every request (aiohttp's access
+    # log, httpx's "HTTP Request: ..."), alembic's plugin set-up and "Context impl" lines on each
+    # start. Their warnings still show; at DEBUG everything does. Applied migrations are logged
+    # by codesync.db itself.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if root.level > logging.DEBUG:
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)

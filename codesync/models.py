@@ -20,6 +20,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# The longest id any table holds (``new_id``: 32 hex digits; ``new_room_id``: 12 characters).
+# Services refuse longer room ids and user ids before a query (signaling's REST API, the
+# persistence peer and the runner on ``room-active``) — one number for all of them.
+ID_MAX = 32
+ROOM_ID_MAX = ID_MAX
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -174,7 +181,7 @@ class DeletedAccount(SQLModel, table=True):
 class Room(SQLModel, table=True):
     __tablename__ = "rooms"
 
-    id: str = Field(default_factory=new_room_id, primary_key=True, max_length=32)
+    id: str = Field(default_factory=new_room_id, primary_key=True, max_length=ROOM_ID_MAX)
     name: str = Field(max_length=200)
     language: str = Field(max_length=32)
     owner_id: str = Field(foreign_key="users.id", index=True, max_length=32, ondelete="CASCADE")

@@ -89,7 +89,7 @@ remote main-document updates it applied to the other links, like y-webrtc),
 y-webrtc peer — it still enforces the trust model), ``limits=peer.room.Limits(...)``
 (awareness/app rate limits and bounds, error budget per link), ``join_timeout=10``,
 ``transport=`` (how links are made: a ``peer.link.TransportFactory``; default aiortc — the tests
-wire rooms through an in-memory one, tests/memory_peers.py), ``signaling=`` (see below).
+wire rooms through an in-memory one, tests/helpers/memory_peers.py), ``signaling=`` (see below).
 ``room.flush()`` sends coalesced updates now (call it before ``stop()`` if you need them out
 immediately; ``stop()`` flushes too). ``room.stats`` counts frames in/out, bad frames,
 rejected updates, dropped updates and awareness. ``room.connected_peers`` lists peer ids with

@@ -155,15 +155,15 @@ class PeerConnection:
                     if not self.closed:
                         await self._send_signal({"type": "answer", "sdp": self._pc.localDescription.sdp})
             elif kind == "candidate":
-                cand = signal.get("candidate")
-                if not isinstance(cand, dict):
+                candidate = signal.get("candidate")
+                if not isinstance(candidate, dict):
                     raise ValueError("candidate without candidate")
                 if not self._remote_set:
                     if len(self._pending_candidates) >= MAX_PENDING_CANDIDATES:
                         raise ValueError("too many candidates before the description")
-                    self._pending_candidates.append(cand)
+                    self._pending_candidates.append(candidate)
                 else:
-                    await self._add_candidate(cand)
+                    await self._add_candidate(candidate)
             # "renegotiate" / "transceiverRequest" (simple-peer media) do not concern a data peer
 
     async def _add_candidate(self, cand: dict[str, Any]) -> None:

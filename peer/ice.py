@@ -122,19 +122,19 @@ def apply_ice_policy(ice_hosts: Sequence[str] | str | None) -> bool:
                 out.append(host)
         return out
 
-    def add_remote_candidate(self, remote_candidate, network_host: str) -> None:  # type: ignore[no-untyped-def]
+    def add_remote_candidate(self, remote_candidate, network_host: str) -> None:
         if not address_allowed(network_host):
             log.info("dropping remote ICE candidate outside the allowed networks: %s", network_host)
             return
         orig_add_remote(self, remote_candidate, network_host)
 
-    def datagram_received(self, data, addr) -> None:  # type: ignore[no-untyped-def]
+    def datagram_received(self, data, addr) -> None:
         if not address_allowed(str(addr[0])):
             return
         orig_datagram(self, data, addr)
 
     aioice.ice.get_host_addresses = get_host_addresses
-    aioice.mdns.create_mdns_protocol = _create_silent_mdns_protocol
+    aioice.mdns.create_mdns_protocol = _create_silent_mdns_protocol  # type: ignore[assignment]  # duck-typed stand-in
     aioice.ice.Connection._add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
     aioice.ice.StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
     _state["applied"] = hosts

@@ -7,7 +7,7 @@ reassembly of its chunked messages and the chunking of ours (type 100).
 
 The transport underneath only moves bytes and simple-peer signals: :class:`Transport` is the
 interface; :class:`peer.connection.PeerConnection` is the aiortc one, and the tests wire two
-rooms through an in-memory one (``tests/memory_peers.py``).
+rooms through an in-memory one (``tests/helpers/memory_peers.py``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up.
 
-Standalone on purpose (the standard library only): the peer library bounds what one remote
-link may make it do with it (awareness and app messages per second), and the same class can
-serve the signaling server and the runner as is. The clock is injectable so a caller with a
-clock of its own (a test, the runner's) decides what "now" is; by default it is
-``time.monotonic`` — never wall time, which can jump.
+CodeSync's one token bucket. It lives in the lowest layer every user may import (the peer
+library; tests/test_layers.py) and uses the standard library only, so importing it pulls in
+nothing else (``peer/__init__`` is lazy). Its users: the peer library (awareness and app
+messages per link), the persistence peer's history server (requests per link), the runner
+(runs, refusals and console input per user) and the signaling server (frames per connection).
+tests/test_ratelimit.py checks no second one appears.
+
+The clock is injectable so a caller with a clock of its own (a test, the runner's) decides
+what "now" is; by default it is ``time.monotonic`` — never wall time, which can jump.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class TokenBucket:
     def take(self, n: float = 1.0) -> bool:
         """Spend ``n`` tokens if the bucket holds them now; True when spent."""
         now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= n:
             self.tokens -= n

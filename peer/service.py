@@ -23,6 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, Union
 
+from codesync.models import ROOM_ID_MAX
 from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
@@ -98,11 +99,11 @@ P = TypeVar("P", bound=RoomPresence)
 class RoomService(Generic[P]):
     """The service-wide half: one SignalingClient, the rooms table, stop-all.
 
-    Subclasses set ``max_room_id``, implement ``idle_grace`` and ``make_presence`` and may
+    Subclasses implement ``idle_grace`` and ``make_presence`` and may
     extend ``start``/``stop`` (open/close their own resources around ``connect``/``super().stop``).
     """
 
-    max_room_id = 64
+    max_room_id = ROOM_ID_MAX  # a longer topic is no room of ours (tests may lower it)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -124,11 +125,13 @@ class RoomService(Generic[P]):
         from .signaling_client import SignalingClient
 
         # Service tokens expire: trade ours in early; each reconnect uses the newest one.
-        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, self.settings.service_token,
+        # run_service refused to start without a signaling URL and a service token.
+        url, token = self.settings.signaling_url or "", self.settings.service_token or ""
+        self.token_keeper = ServiceTokenKeeper(self.settings.http_signaling_url, token,
                                                token_file=self.settings.service_token_file)
         self.token_keeper.start()
         self.client = SignalingClient(
-            self.settings.signaling_url, self.settings.service_token,
+            url, token,
             token_provider=self.token_keeper.current,
         )
         self.client.on_room_active(self._on_active)

@@ -57,8 +57,9 @@ INIT_UPDATE = base64.b64decode(
 
 @dataclass(frozen=True)
 class Limits:
-    """What a room's tree may hold. The web client refuses edits beyond them with a message;
-    the runner refuses a run beyond them (runner/sandbox/project.py has the same numbers)."""
+    """What a room's tree may hold. The web client refuses edits beyond them with a message
+    (web/src/workspace.js repeats them: tests/test_web_workspace_units.py compares); the runner
+    refuses a run beyond them (runner/sandbox/project.py reads these, and the name rules below)."""
 
     files: int = 500
     folders: int = 500
@@ -86,8 +87,9 @@ PLAINTEXT = "plaintext"
 KNOWN_LANGUAGES = frozenset([*LANGUAGE_EXTENSION, PLAINTEXT])
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(\..*)?$", re.IGNORECASE)
+# Names no file may have, in a room or in a run (runner/sandbox/project.py uses them too).
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+DEVICE_NAME = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(\..*)?$", re.IGNORECASE)
 KINDS = ("file", "folder")
 UNNAMED = "unnamed"
 
@@ -106,11 +108,11 @@ def name_problem(name: object, limits: Limits = LIMITS) -> str | None:
         return "'.' and '..' are not names"
     if "/" in name or "\\" in name:
         return "a name cannot contain / or \\ (make folders instead)"
-    if _CONTROL.search(name):
+    if CONTROL_CHARS.search(name):
         return "a name cannot contain control characters"
     if len(name.encode("utf-8", errors="replace")) > limits.name_bytes:
         return f"a name is at most {limits.name_bytes} bytes"
-    if _DEVICE.match(name) or name.endswith((" ", ".")):
+    if DEVICE_NAME.match(name) or name.endswith((" ", ".")):
         return "reserved name (a Windows device name, or ending in a space or dot)"
     if name == ".codesync":
         return ".codesync is reserved for the runner's build output"
@@ -208,10 +210,10 @@ def resolve(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Entry]:
         children.setdefault(parent[entry_id], []).append(entry_id)
     shown: dict[str, str] = {}
     for siblings in children.values():
-        wanted = {}
+        wanted: dict[str, str] = {}
         for entry_id in siblings:
             stored = valid[entry_id].get("name")
-            wanted[entry_id] = stored if name_problem(stored) is None else UNNAMED
+            wanted[entry_id] = stored if isinstance(stored, str) and name_problem(stored) is None else UNNAMED
         taken = set(wanted.values())
         first: dict[str, str] = {}
         for entry_id in siblings:

@@ -53,6 +53,7 @@ from prometheus_client import Counter, Histogram
 
 from peer import workspace
 from peer.protocol import decode_state_vector
+from peer.ratelimit import TokenBucket
 
 from .capacity import Capacity, Ticket
 from .identity import RunnerIdentity, session_alive
@@ -142,19 +143,6 @@ def covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:
     return all(ours.get(client, 0) >= clock for client, clock in theirs.items())
 
 
-class _Bucket:
-    def __init__(self, rate_per_second: float, burst: float, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.at = rate_per_second, burst, burst, now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -183,8 +171,8 @@ class RoomRuns:
         self._current: _Pending | None = None
         self._worker: asyncio.Task | None = None
         self.identity = identity or RunnerIdentity.current()
-        self._buckets: dict[str, _Bucket] = {}
-        self._refusal_buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._refusal_buckets: dict[str, TokenBucket] = {}
         self._reserved: set[str] = set()  # run ids accepted-in-progress (waiting for sync)
         self._seen: dict[str, tuple[tuple, float]] = {}  # run id -> (what it looked like, since)
         self._doc_changed = asyncio.Event()
@@ -216,12 +204,12 @@ class RoomRuns:
         if self._waiting() >= self.config.queue_size:
             return self._refuse_visibly(req, language.name, "too many runs queued in this room; try again shortly")
         bucket = self._buckets.setdefault(
-            req.user_id, _Bucket(self.config.rate_per_minute / 60.0, self.config.rate_burst, self._monotonic())
+            req.user_id, TokenBucket(self.config.rate_per_minute / 60.0, self.config.rate_burst, clock=self._monotonic)
         )
         ticket = self.capacity.admit(req.user_id, group=self)
         if isinstance(ticket, str):
             return self._refuse_visibly(req, language.name, ticket)
-        if not bucket.take(self._monotonic()):
+        if not bucket.take():
             ticket.release()
             return self._refuse_visibly(req, language.name, "rate limit: too many runs, wait a moment")
         self._reserved.add(req.run_id)
@@ -272,9 +260,9 @@ class RoomRuns:
         if self._closed or req.run_id in self.runs or req.run_id in self._reserved:
             return Decision(False, req.run_id, reason)
         bucket = self._refusal_buckets.setdefault(
-            req.user_id, _Bucket(self.config.refusal_per_minute / 60.0, self.config.refusal_burst, self._monotonic())
+            req.user_id, TokenBucket(self.config.refusal_per_minute / 60.0, self.config.refusal_burst, clock=self._monotonic)
         )
-        if bucket.take(self._monotonic()):
+        if bucket.take():
             self._write_new(req, language[:40], status="refused", reason=reason, finished_at=_now_ms())
             self._prune()
         return Decision(False, req.run_id, reason)
@@ -328,8 +316,8 @@ class RoomRuns:
         if len(payload) > self.config.max_input_bytes:
             return refuse(f"input larger than {self.config.max_input_bytes // 1024} KiB at once")
         bucket = self._input_buckets().setdefault(
-            user_id, _Bucket(self.config.input_per_second, self.config.input_burst, self._monotonic()))
-        if not bucket.take(self._monotonic()):
+            user_id, TokenBucket(self.config.input_per_second, self.config.input_burst, clock=self._monotonic))
+        if not bucket.take():
             return refuse("input rate limit: too many inputs, slow down")
         current = self._current
         if current is None or current.request.run_id != run_id:
@@ -353,9 +341,9 @@ class RoomRuns:
         return Decision(True, run_id)
 
     # Per-user input buckets, made on the first input (so __init__ stays as it is).
-    _input_rate: dict[str, _Bucket] | None = None
+    _input_rate: dict[str, TokenBucket] | None = None
 
-    def _input_buckets(self) -> dict[str, _Bucket]:
+    def _input_buckets(self) -> dict[str, TokenBucket]:
         if self._input_rate is None:
             self._input_rate = {}
         return self._input_rate

@@ -34,6 +34,7 @@ from prometheus_client import Counter, Gauge
 from pycrdt import Doc
 
 from peer.service import RoomPresence, RoomService, run_service
+from codesync.backends import Backends
 from codesync.settings import Settings
 
 from .capacity import Capacity
@@ -44,24 +45,36 @@ from .sandbox.base import Limits, Sandbox
 
 log = logging.getLogger("codesync.runner")
 
-MAX_ROOM_ID = 64
 REQUESTS = Counter("codesync_runner_requests_total", "run/stop requests by op and outcome", ["op", "outcome"])
 ROOMS = Gauge("codesync_runner_rooms", "rooms the runner is in")
 
 
-def make_sandbox(settings: Settings, identity: RunnerIdentity | None = None) -> Sandbox:
-    if settings.sandbox == "docker":
-        from .sandbox.docker import DockerSandbox
+# CODESYNC_SANDBOX names the backend (codesync/backends.py); the rest of the runner only
+# speaks the Sandbox interface (prepare, health, start, close).
+SANDBOXES: Backends[Sandbox] = Backends("sandbox", lambda settings: settings.sandbox)
 
-        return DockerSandbox(
-            settings.runner_docker_url,
-            image=settings.runner_image,
-            identity=identity,
-            cgroup_parent=settings.runner_cgroup_parent,
-        )
+
+@SANDBOXES.register("docker")
+def _docker(settings: Settings, identity: RunnerIdentity | None = None) -> Sandbox:
+    from .sandbox.docker import DockerSandbox
+
+    return DockerSandbox(
+        settings.runner_docker_url,
+        image=settings.runner_image,
+        identity=identity,
+        cgroup_parent=settings.runner_cgroup_parent,
+    )
+
+
+@SANDBOXES.register("bubblewrap")
+def _bubblewrap(settings: Settings, identity: RunnerIdentity | None = None) -> Sandbox:
     from .sandbox.bubblewrap import BubblewrapSandbox
 
     return BubblewrapSandbox(cgroup_root=settings.runner_cgroup_root, require_cgroups=settings.runner_require_cgroups)
+
+
+def make_sandbox(settings: Settings, identity: RunnerIdentity | None = None) -> Sandbox:
+    return SANDBOXES.create(settings, identity)
 
 
 def runner_config(settings: Settings) -> RunnerConfig:
@@ -207,8 +220,6 @@ def _state_vector(value: Any) -> bytes | None:
 
 class RunnerService(RoomService[RoomRunner]):
     """Keeps a RoomRunner per active room; owns the sandbox and the language table."""
-
-    max_room_id = MAX_ROOM_ID
 
     def __init__(self, settings: Settings, sandbox: Sandbox | None = None) -> None:
         super().__init__(settings)

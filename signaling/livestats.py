@@ -159,7 +159,7 @@ async def _context(app: web.Application):
     hub = app[HUB]
     task = None
     if state.redis is not None:
-        node = getattr(hub, "node", None) or uuid.uuid4().hex[:12]
+        node = hub.node or uuid.uuid4().hex[:12]
         state.extras["livestats_node"] = node
         task = asyncio.create_task(_publish_loop(state, hub, node), name="livestats")
     try:

@@ -48,6 +48,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from . import sessions
 from .accounts import AccountError, check_may_sign_in, issue_tokens
 from codesync.models import AccountToken, AuthSession, OAuthIdentity, RefreshToken, User, utcnow
+from codesync.backends import Backends, shared_or
 from codesync.settings import OAuthProvider, Settings
 
 try:  # authlib's httpx integration runs on httpx2 when that is installed, else on httpx
@@ -250,13 +251,29 @@ class FinishedFlow:
     linked: bool = False  # a provider was linked to a signed-in account (no sign-in happened)
 
 
+# Flows started on one node may finish on another: shared through Redis when it is configured.
+FLOW_STORES: Backends[FlowStore] = Backends("OAuth flow store", shared_or("memory"))
+
+
+@FLOW_STORES.register("memory")
+def _memory_flows(settings: Settings, state: "AppState") -> FlowStore:
+    return MemoryFlowStore()
+
+
+@FLOW_STORES.register("redis")
+def _redis_flows(settings: Settings, state: "AppState") -> FlowStore:
+    if state.redis is None:
+        raise RuntimeError("Redis is configured but not connected yet (the app's startup connects it)")
+    return RedisFlowStore(state.redis, settings.redis_prefix)
+
+
 class OAuthService:
     """The sign-in flow for every configured provider; one per signaling app."""
 
     def __init__(self, state: "AppState"):
         self.state = state
         self.flow_ttl = FLOW_TTL
-        self._memory_store = MemoryFlowStore()
+        self._flows: FlowStore | None = None
         self._metadata: dict[str, tuple[float, dict[str, Any]]] = {}
         self._jwks: dict[str, KeySet] = {}
 
@@ -273,9 +290,10 @@ class OAuthService:
 
     @property
     def flows(self) -> FlowStore:
-        if self.state.redis is not None:
-            return RedisFlowStore(self.state.redis, self.settings.redis_prefix)
-        return self._memory_store
+        """Made on first use (Redis is connected by then when configured)."""
+        if self._flows is None:
+            self._flows = FLOW_STORES.create(self.settings, self.state)
+        return self._flows
 
     # -- linking a provider to a signed-in account
     async def link_ticket(self, user_id: str) -> str:

@@ -34,6 +34,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from codesync.backends import Backends, shared_or
 from codesync.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -250,12 +251,27 @@ class LoginThrottle:
         await self.limiter.reset(self.pair_key(email, source))
 
 
+# Counters shared by the nodes through Redis when it is configured (codesync/backends.py).
+LIMITERS: Backends[Limiter] = Backends("rate limiter", shared_or("memory"))
+
+
+@LIMITERS.register("memory")
+def _memory_limiter(settings: Settings, state: "AppState") -> Limiter:
+    return MemoryLimiter()
+
+
+@LIMITERS.register("redis")
+def _redis_limiter(settings: Settings, state: "AppState") -> Limiter:
+    if state.redis is None:
+        raise RuntimeError("Redis is configured but not connected yet (the app's startup connects it)")
+    return RedisLimiter(state.redis)
+
+
 def login_throttle(state: "AppState") -> LoginThrottle:
     """The app's throttle, made on first use (Redis is connected by then when configured)."""
     throttle = state.extras.get("login_throttle")
     if throttle is None:
-        limiter: Limiter = RedisLimiter(state.redis) if state.redis is not None else MemoryLimiter()
-        throttle = LoginThrottle(limiter, state.settings)
+        throttle = LoginThrottle(LIMITERS.create(state.settings, state), state.settings)
         state.extras["login_throttle"] = throttle
     return throttle
 
@@ -294,7 +310,6 @@ class MailThrottle:
 def mail_throttle(state: "AppState") -> MailThrottle:
     throttle = state.extras.get("mail_throttle")
     if throttle is None:
-        limiter: Limiter = RedisLimiter(state.redis) if state.redis is not None else MemoryLimiter()
-        throttle = MailThrottle(limiter, state.settings)
+        throttle = MailThrottle(LIMITERS.create(state.settings, state), state.settings)
         state.extras["mail_throttle"] = throttle
     return throttle

@@ -32,6 +32,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from .errors import ApiError
 from codesync.models import (
     HISTORY_TABLES,
+    ID_MAX,
+    ROOM_ID_MAX,
     DocumentSnapshot,
     DocumentUpdate,
     Invite,
@@ -133,7 +135,7 @@ async def member_room(
     (``SELECT … FOR UPDATE`` does not exist there, and a read-then-write transaction would
     act on a stale snapshot).
     """
-    if not room_id or len(room_id) > 32:
+    if not room_id or len(room_id) > ROOM_ID_MAX:
         raise not_found()
     if lock:
         await session.exec(update(Room).where(col(Room.id) == room_id).values(name=Room.name))
@@ -333,7 +335,7 @@ async def _owners(session: AsyncSession, room_id: str) -> list[str]:
 
 async def _target(session: AsyncSession, room_id: str, target_id: str) -> Membership:
     membership = (
-        await session.get(Membership, (room_id, target_id), populate_existing=True) if len(target_id) <= 32 else None
+        await session.get(Membership, (room_id, target_id), populate_existing=True) if len(target_id) <= ID_MAX else None
     )
     if membership is None:
         raise ApiError(404, "member_not_found", "that user is not a member of this room")

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
-from aiohttp.test_utils import TestServer
 
-from signaling.app import create_app
 from codesync.settings import Settings
-from tests.support import REDIS_URL, port_open, postgres_database, require
-from tests.dockerd import docker_daemon, docker_image  # noqa: F401  (session fixtures: ONE private dockerd per session)
+from tests.helpers.components import REDIS_URL, port_open, postgres_database, require
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.dockerd import docker_daemon, docker_image  # noqa: F401  (session fixtures: ONE private dockerd per session)
+from tests.helpers.oauth import oauth_env, oidc_provider  # noqa: F401  (fixtures: the local OpenID provider)
+from tests.helpers.sandbox import sandbox  # noqa: F401  (fixture: each sandbox backend)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -57,55 +56,16 @@ def make_settings(tmp_path: Path):
     return make
 
 
-class Api:
-    """An in-process signaling app on a real loopback port, with an httpx client."""
-
-    def __init__(self, server: TestServer, client: httpx.AsyncClient, settings: Settings):
-        self.server = server
-        self.client = client
-        self.settings = settings
-        self.base_url = str(server.make_url("")).rstrip("/")
-
-    async def register(self, email: str | None = None, password: str = "correct horse battery", name: str = "Test"):
-        email = email or f"user-{secrets.token_hex(4)}@example.com"
-        r = await self.client.post("/api/auth/register", json={"email": email, "password": password, "name": name})
-        assert r.status_code == 201, r.text
-        body = r.json()
-        body["password"] = password
-        return body
-
-    @staticmethod
-    def auth(body_or_token) -> dict[str, str]:
-        token = body_or_token if isinstance(body_or_token, str) else body_or_token["access_token"]
-        return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 async def api(make_settings, database_url) -> AsyncIterator[Api]:
-    async with _api(make_settings(database_url=database_url)) as a:
+    async with in_process_api(make_settings(database_url=database_url)) as a:
         yield a
 
 
 @pytest.fixture
 async def api_sqlite(make_settings, sqlite_url) -> AsyncIterator[Api]:
-    async with _api(make_settings(database_url=sqlite_url)) as a:
+    async with in_process_api(make_settings(database_url=sqlite_url)) as a:
         yield a
-
-
-from contextlib import asynccontextmanager  # noqa: E402
-
-
-@asynccontextmanager
-async def _api(settings: Settings, port: int | None = None) -> AsyncIterator[Api]:
-    """The signaling app in this process on 127.0.0.1 (``port``: a fixed one, e.g. a registered redirect URI)."""
-    app = create_app(settings)
-    server = TestServer(app, host="127.0.0.1", port=port)
-    await server.start_server()
-    try:
-        async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as client:
-            yield Api(server, client, settings)
-    finally:
-        await server.close()
 
 
 # Opt-in test groups: marker -> the variable that selects them (README, "Tests").

@@ -16,9 +16,10 @@ from signaling import admin
 from codesync.models import DocumentUpdate
 from codesync.opsserver import OpsServer
 from codesync.settings import Settings
-from tests.conftest import Api, _api
-from tests.stack import SignalClient, signaling_stack
-from tests.support import free_port, wait_for
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.stack import SignalClient, signaling_stack
+from tests.helpers.components import free_port
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,7 +80,7 @@ async def test_the_admin_api_refuses_everyone_else(api: Api):
 async def test_admin_emails_count_only_once_verified(make_settings, sqlite_url):
     """CODESYNC_ADMIN_EMAILS makes an account an administrator only once its address is
     verified — registering the admin's address first gives a squatter nothing."""
-    async with _api(make_settings(database_url=sqlite_url, admin_emails="boss@example.com", unverified_accounts="limited")) as api:
+    async with in_process_api(make_settings(database_url=sqlite_url, admin_emails="boss@example.com", unverified_accounts="limited")) as api:
         squatter = await register(api.client, "boss")
         assert squatter["user"]["is_admin"] is False
         assert_error(await api.client.get("/api/admin/users", headers=bearer(squatter)), 403, "forbidden")
@@ -222,7 +223,8 @@ def test_codesync_user_create_admin(tmp_path):
     import subprocess
     import sys
 
-    from tests.support import ROOT, child_env
+    from tests.helpers.components import ROOT
+    from tests.helpers.processes import child_env
 
     env = child_env(CODESYNC_DATA_DIR=str(tmp_path / "d"), CODESYNC_PASSWORD="a long password",
                     CODESYNC_SECRET_KEY=secrets.token_urlsafe(48))

@@ -18,10 +18,10 @@ from sqlalchemy import update
 from signaling import mail, selfservice
 from codesync.models import AccountToken, utcnow
 from signaling.state import STATE
-from tests.conftest import Api, _api
-from tests.smtp import MailSink, smtp_server
-from tests.stack import SignalClient
-from tests.support import free_port
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.smtp import MailSink, smtp_server
+from tests.helpers.stack import SignalClient
+from tests.helpers.components import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +55,7 @@ def _settings(make_settings, database_url: str, smtp: MailSink | None, **kw):
 
 @pytest.fixture
 async def api(make_settings, database_url, smtp):
-    async with _api(_settings(make_settings, database_url, smtp)) as a:
+    async with in_process_api(_settings(make_settings, database_url, smtp)) as a:
         yield a
 
 
@@ -191,7 +191,7 @@ async def test_a_reset_spends_the_other_reset_links(api: Api, smtp: MailSink):
 
 async def test_reset_requests_are_limited_per_source_and_per_address(make_settings, sqlite_url, smtp: MailSink):
     settings = _settings(make_settings, sqlite_url, smtp, mail_per_ip=3, mail_per_account=2, trusted_proxies="127.0.0.1")
-    async with _api(settings) as api:
+    async with in_process_api(settings) as api:
         await register(api, "frank@example.com")
         await settle(api)
         # Per address: three requests from three sources all get the usual answer; two mails go out.
@@ -281,7 +281,7 @@ async def test_change_email_reverifies_the_new_address(api: Api, smtp: MailSink)
 
 # ----------------------------------------------------------------------------- blocked mode
 async def test_blocked_unverified_accounts_register_without_revealing_addresses(make_settings, database_url, smtp: MailSink):
-    async with _api(_settings(make_settings, database_url, smtp, unverified_accounts="blocked")) as api:
+    async with in_process_api(_settings(make_settings, database_url, smtp, unverified_accounts="blocked")) as api:
         first = await api.client.post("/api/auth/register", json={"email": "ivan@example.com", "password": PASSWORD, "name": "I"})
         await settle(api)  # (two at once: whichever is made first owns the address)
         again = await api.client.post("/api/auth/register", json={"email": "ivan@example.com", "password": "other password", "name": "X"})
@@ -308,7 +308,7 @@ async def test_blocked_unverified_accounts_register_without_revealing_addresses(
 # ----------------------------------------------------------------------------- without SMTP
 async def test_without_smtp_the_link_goes_to_the_log_clearly_marked(make_settings, sqlite_url, caplog):
     caplog.set_level(logging.WARNING, logger="codesync.mail")
-    async with _api(_settings(make_settings, sqlite_url, None)) as api:
+    async with in_process_api(_settings(make_settings, sqlite_url, None)) as api:
         await register(api, "judy@example.com")
         await settle(api)
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "codesync.mail")
@@ -320,7 +320,7 @@ async def test_without_smtp_the_link_goes_to_the_log_clearly_marked(make_setting
 async def test_an_unreachable_smtp_server_changes_no_answer(make_settings, sqlite_url, caplog):
     caplog.set_level(logging.ERROR, logger="codesync.mail")
     settings = _settings(make_settings, sqlite_url, None, smtp_url=f"smtp://127.0.0.1:{free_port()}", smtp_timeout=3)
-    async with _api(settings) as api:
+    async with in_process_api(settings) as api:
         await register(api, "kim@example.com")
         r = await api.client.post("/api/auth/password-reset", json={"email": "kim@example.com"})
         assert r.status_code == 202

@@ -20,9 +20,9 @@ from sqlmodel import col, select
 
 from codesync.models import AuthSession, DeletedAccount, DocumentUpdate, Membership, Room, User
 from signaling.state import STATE
-from tests.conftest import Api, _api
-from tests.stack import SignalClient
-from tests.test_oauth import Browser, oauth_env, oidc_provider, settings_for  # noqa: F401 (fixtures)
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.stack import SignalClient
+from tests.helpers.oauth import Browser, settings_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +55,7 @@ async def verify_in_db(api: Api, user_id: str) -> None:
 
 @pytest.fixture
 async def oauth_api(make_settings, database_url, oauth_env) -> AsyncIterator[Api]:  # noqa: F811
-    async with _api(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
+    async with in_process_api(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
         yield a
 
 
@@ -178,7 +178,7 @@ async def test_a_disabled_account_cannot_sign_in_with_a_provider(oauth_api: Api)
 
 async def test_oauth_registration_follows_the_registration_mode(make_settings, sqlite_url, oauth_env):  # noqa: F811
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url, registration="closed")
-    async with _api(settings, oauth_env.signaling_port) as api:
+    async with in_process_api(settings, oauth_env.signaling_port) as api:
         async with Browser(api) as browser:
             result = await browser.sign_in("yuri")
         assert result["error"] == "registration_closed", result

@@ -8,8 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import Api, _api
-from tests.smtp import MailSink, smtp_server
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.smtp import MailSink, smtp_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +58,7 @@ async def seeded_owner_invite(api: Api, owner: dict, role: str = "editor") -> tu
 
 
 async def test_closed_registration_refuses_everyone_but_admin_invites(make_settings, database_url, smtp: MailSink):
-    async with _api(make_settings(database_url=database_url, registration="closed", smtp_url=smtp.url)) as api:
+    async with in_process_api(make_settings(database_url=database_url, registration="closed", smtp_url=smtp.url)) as api:
         policy = (await api.client.get("/api/auth/registration")).json()
         assert policy["mode"] == "closed"
         root = await make_admin(api)
@@ -90,7 +90,7 @@ async def test_closed_registration_refuses_everyone_but_admin_invites(make_setti
 
 
 async def test_invite_only_registration_needs_a_live_room_invite(make_settings, database_url):
-    async with _api(make_settings(database_url=database_url, registration="invite")) as api:
+    async with in_process_api(make_settings(database_url=database_url, registration="invite")) as api:
         root = await make_admin(api)
         assert_error(await api.client.post("/api/auth/register", json=reg("a@example.com")), 403, "invite_required")
         room, token = await seeded_owner_invite(api, root)
@@ -110,7 +110,7 @@ async def test_invite_only_registration_needs_a_live_room_invite(make_settings, 
 
 async def test_domain_allow_list(make_settings, database_url):
     settings = make_settings(database_url=database_url, registration="domain", registration_domains="Example.org, @corp.example")
-    async with _api(settings) as api:
+    async with in_process_api(settings) as api:
         policy = (await api.client.get("/api/auth/registration")).json()
         assert policy == {"mode": "domain", "domains": ["example.org", "corp.example"],
                           "unverified_accounts": "full", "mail": "log"}

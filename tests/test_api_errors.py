@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Api
+from tests.helpers.api import Api
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> None:

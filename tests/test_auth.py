@@ -20,8 +20,8 @@ from sqlmodel import select
 from codesync.models import RefreshToken, User, utcnow
 from signaling.state import STATE
 from signaling.tokens import hash_token
-from tests.conftest import Api, _api
-from tests.support import wait_for
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.wait import wait_for
 
 PASSWORD = "correct horse battery"
 
@@ -231,17 +231,6 @@ async def test_logout_with_a_stale_bearer_still_revokes(api):
     )
 
 
-async def test_registrations_are_limited_per_address(make_settings, sqlite_url):
-    async with _api(make_settings(database_url=sqlite_url, login_attempts_per_ip=2)) as a:
-        await a.register()
-        await a.register()
-        r = await a.client.post("/api/auth/register", json={"email": "third@example.com", "password": PASSWORD, "name": "T"})
-        assert "address" in assert_error(r, 429, "rate_limited")["message"]
-        assert int(r.headers["Retry-After"]) >= 1
-        # Logins have their own bucket.
-        assert (await _login(a.client, "third@example.com", PASSWORD)).status_code == 401
-
-
 async def test_me_needs_a_token(api_sqlite):
     r = await api_sqlite.client.get("/api/me")
     assert_error(r, 401, "unauthorized")
@@ -357,7 +346,7 @@ async def _status(request, status: int) -> bool:
 
 
 async def test_login_throttle_in_memory_never_locks_out_the_owner(throttled):
-    async with _api(throttled()) as a:
+    async with in_process_api(throttled()) as a:
         await _attacker_cannot_lock_out_the_owner([a])
 
 
@@ -369,7 +358,7 @@ async def test_login_throttle_in_redis_is_shared_and_never_locks_out_the_owner(t
     settings = throttled(redis_url=redis_url, redis_prefix=redis_prefix)
     redis = Redis.from_url(redis_url)
     try:
-        async with _api(settings) as a, _api(settings) as b:
+        async with in_process_api(settings) as a, in_process_api(settings) as b:
             await _attacker_cannot_lock_out_the_owner([a, b])
             keys = [k.decode() async for k in redis.scan_iter(f"{redis_prefix}:ratelimit:login:*")]
             assert any(":pair:" in k for k in keys) and any(":ip:" in k for k in keys), keys
@@ -384,7 +373,7 @@ async def test_login_throttle_in_redis_is_shared_and_never_locks_out_the_owner(t
 
 async def test_per_source_cap_holds_a_sprayer_but_not_others(throttled):
     """One address trying many accounts hits the per-address cap; other addresses do not."""
-    async with _api(throttled(login_attempts_per_ip=6)) as a:
+    async with in_process_api(throttled(login_attempts_per_ip=6)) as a:
         async with from_address(a.base_url, "127.0.0.4") as sprayer, from_address(a.base_url, "127.0.0.5") as other:
             victim = await a.register()
             for i in range(6):
@@ -397,7 +386,7 @@ async def test_per_source_cap_holds_a_sprayer_but_not_others(throttled):
 async def test_many_sources_on_one_account_lose_their_free_failures(throttled):
     """Past CODESYNC_LOGIN_ATTEMPTS_PER_ACCOUNT attempts on an account, a failing address is
     delayed from its first failure — an address that has not failed still gets in."""
-    async with _api(throttled(login_attempts_per_account=4, login_delay_base=60, login_delay_max=60)) as a:
+    async with in_process_api(throttled(login_attempts_per_account=4, login_delay_base=60, login_delay_max=60)) as a:
         owner = await a.register()
         email = owner["user"]["email"]
         for n in range(4):  # four addresses, one miss each: within everyone's free failures
@@ -411,7 +400,7 @@ async def test_many_sources_on_one_account_lose_their_free_failures(throttled):
 
 
 async def test_registrations_are_limited_per_address(make_settings, sqlite_url):
-    async with _api(make_settings(database_url=sqlite_url, login_attempts_per_ip=2)) as a:
+    async with in_process_api(make_settings(database_url=sqlite_url, login_attempts_per_ip=2)) as a:
         await a.register()
         await a.register()
         r = await a.client.post("/api/auth/register", json={"email": "third@example.com", "password": PASSWORD, "name": "T"})
@@ -425,7 +414,7 @@ async def test_registrations_are_limited_per_address(make_settings, sqlite_url):
 async def test_forwarded_for_counts_only_from_a_trusted_proxy(throttled):
     """127.0.0.1 is the "proxy": its X-Forwarded-For names the client. 127.0.0.7 is a client
     talking to the server directly: whatever X-Forwarded-For it sends is ignored."""
-    async with _api(throttled(trusted_proxies="127.0.0.1, 10.9.0.0/16", login_delay_base=60, login_delay_max=60)) as a:
+    async with in_process_api(throttled(trusted_proxies="127.0.0.1, 10.9.0.0/16", login_delay_base=60, login_delay_max=60)) as a:
         owner = await a.register()
         email = owner["user"]["email"]
         async with from_address(a.base_url, "127.0.0.1") as proxy, from_address(a.base_url, "127.0.0.7") as direct:
@@ -524,7 +513,7 @@ async def test_login_throttle_survives_redis_outage(make_settings, redis_prefix)
     from redis.asyncio import Redis
 
     from signaling.ratelimit import LoginThrottle, RateLimited, RedisLimiter
-    from tests.support import free_port
+    from tests.helpers.components import free_port
 
     settings = make_settings(redis_prefix=redis_prefix, login_free_failures=2, login_delay_base=30)
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.compose_stack import DEBIAN_IMAGES_FILE, TEST_FILE, compose_cli, env_file
-from tests.support import ROOT, require
+from tests.helpers.compose import DEBIAN_IMAGES_FILE, TEST_FILE, compose_cli, env_file
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +62,7 @@ TEST_VALUES = dict(
     CODESYNC_TURN_SECRET="turn-secret-789",
     TURN_HOST="turn.test.example",
 )
-# What tests/compose_stack.py adds for the opt-in test (tests/compose/compose.test.yaml).
+# What tests/helpers/compose.py adds for the opt-in test (tests/compose/compose.test.yaml).
 STACK_TEST_VALUES = dict(
     CODESYNC_TEST_NETWORK="codesync-compose-x",
     CODESYNC_TEST_PERSISTENCE_IP="10.231.9.10",
@@ -244,7 +244,10 @@ def test_the_app_image_installs_and_copies_every_python_package():
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages >= {"codesync", "signaling", "peer", "runner"}
     stage = _stage_text("app")
-    stubs = re.search(r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install -e \.", stage)
+    # The locked, hashed dependency set first (Makefile `lock`), then CodeSync without resolving.
+    stubs = re.search(
+        r"mkdir -p ([\w ]+?) && touch ([\w/. ]+?) && pip install --require-hashes -r requirements-run\.lock"
+        r"\s+&&\s+pip install --no-deps -e \.", stage)
     assert stubs, stage
     assert set(stubs.group(1).split()) == packages
     assert set(stubs.group(2).split()) == {f"{p}/__init__.py" for p in packages}
@@ -404,7 +407,7 @@ def test_trusted_proxies_are_the_compose_network(config: dict, tmp_path: Path, c
     from signaling.clientaddr import parse_networks, resolve
 
     subnet = config["networks"]["default"]["ipam"]["config"][0]["subnet"]
-    example = dict(l.split("=", 1) for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l))
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", line))
     assert subnet == example["NETWORK_SUBNET"]
     for node in ("signaling-1", "signaling-2"):
         assert config["services"][node]["environment"]["CODESYNC_TRUSTED_PROXIES"].split(",")[0] == subnet
@@ -449,7 +452,7 @@ def test_every_codesync_variable_is_a_setting_that_reaches_a_container(config: d
 
     fields = {f"CODESYNC_{name.upper()}" for name in Settings.model_fields}
     text = COMPOSE.read_text()
-    example = {l.split("=", 1)[0] for l in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", l)}
+    example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z0-9_]+=", line)}
     # (A name ending in "_" is a pattern in a comment: CODESYNC_OAUTH_<NAME>_...)
     named = {n for n in re.findall(r"\b(CODESYNC_[A-Z0-9_]+)", text) if not n.endswith("_")}
     named |= {n for n in example if n.startswith("CODESYNC_")}
@@ -538,8 +541,8 @@ async def test_proxy_logs_carry_no_token(tmp_path: Path):
     (the token in the path) leave no token in its access log or its own error log."""
     import httpx
 
-    from tests.support import free_port
-    from tests.test_deploy_proxy import nginx_proxy
+    from tests.helpers.components import free_port
+    from tests.helpers.proxy import nginx_proxy
 
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: nginx logs an upstream error
@@ -610,7 +613,7 @@ def dockerfile_stages(path: Path) -> dict[str, Stage]:
         elif word == "RUN":
             for install in re.findall(r"apt-get install ([^&;]+)", rest):
                 stage.packages |= {w for w in install.split() if not w.startswith("-")}
-            if "pip install -e ." in rest:
+            if re.search(r"pip install (--no-deps )?-e \.", rest):
                 stage.packages.add("pip install -e .")
         elif word == "WORKDIR":
             stage.workdir = posixpath.join(stage.workdir, rest.strip())
@@ -744,7 +747,8 @@ async def test_debian_postgres_entrypoint_initialises_like_the_official_image():
 
     import asyncpg
 
-    from tests.support import free_port, wait_for
+    from tests.helpers.components import free_port
+    from tests.helpers.wait import wait_for
 
     bindir = _postgres_bin()
     require("PostgreSQL server binaries", bindir is not None, "apt-get install postgresql")

@@ -4,7 +4,7 @@ Run with ``make test-compose`` (or ``CODESYNC_TEST_COMPOSE=1 pytest tests/test_d
 it takes about eleven minutes (a third of it the image builds), so the normal suite deselects it
 (tests/conftest.py). What runs:
 
-- a private dockerd (tests/dockerd.py), every image built by ``compose build`` from the
+- a private dockerd (tests/helpers/dockerd.py), every image built by ``compose build`` from the
   debootstrap base (runner/image.py), PostgreSQL and Redis from Debian packages through
   deploy/compose.debian-images.yaml (no registry here; production keeps the official images);
 - compose.yaml unchanged apart from tests/compose/compose.test.yaml (the test network, fixed
@@ -19,13 +19,12 @@ it takes about eleven minutes (a third of it the image builds), so the normal su
   restart; the backup and restore commands of docs/deployment.md work, in place and onto an
   empty deployment, and ``compose run migrate`` replaces tokens a restored dump no longer knows.
 
-The helpers (dockerd, base image, network, cleanup) are in tests/compose_stack.py.
+The helpers (dockerd, base image, network, cleanup) are in tests/helpers/compose.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import re
 import secrets
@@ -37,16 +36,9 @@ import httpx
 import pycrdt
 import pytest
 
-from tests.compose_stack import (
-    ONE_SHOTS,
-    PERSISTENCE_HOST,
-    RUNNER_HOST,
-    ComposeProject,
-    compose_cli,
-    compose_stack,
-    compose_version,
-)
-from tests.support import require, wait_for
+from tests.helpers.compose import ONE_SHOTS, PERSISTENCE_HOST, RUNNER_HOST, ComposeProject, compose_cli, compose_stack, compose_version
+from tests.helpers.components import require
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.compose, pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -60,7 +52,7 @@ OPS_PORT = 9100  # every CodeSync service's /healthz and /metrics (CODESYNC_OPS_
 # --------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ComposeProject]:
-    from tests.dockerd import dockerd_available
+    from tests.helpers.dockerd import dockerd_available
 
     require("dockerd (as root)", dockerd_available(), "apt-get install docker.io; run as root")
     cli = compose_cli()
@@ -159,7 +151,7 @@ async def user_sockets(url: str) -> int:
 
 
 async def saved(room, timeout: float = 60) -> None:
-    from tests.test_persistence_peer import saved_covers
+    from tests.helpers.persistence import saved_covers
 
     await wait_for(lambda: saved_covers(room), timeout=timeout, what="the persistence peer to store every edit")
 
@@ -256,7 +248,7 @@ async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(
             assert any(f"turn:{stack.network.gateway}:3478" in u for s in ice for u in s["urls"]), ice
 
         async with rooms(stack, tmp_path, room_id, ann["access_token"], bob["access_token"]) as (a, b):
-            from tests.test_runner_service import Client
+            from tests.helpers.runner import Client
 
             # ------------------------------------------------------------ sync with persistence
             with step(stack, "aiortc peers and the persistence peer sync a document"):
@@ -323,7 +315,7 @@ async def test_the_stack_serves_through_the_proxy_and_survives_stop_down_and_up(
         with step(stack, "the document is still there after down and up"):
             bob = await client.login(bob_email)  # sessions live in PostgreSQL too
             async with rooms(stack, tmp_path, room_id, bob["access_token"]) as (b2,):
-                from tests.test_runner_service import Client
+                from tests.helpers.runner import Client
 
                 await wait_for(lambda: str(source(b2)) == expected, timeout=60,
                                what="bob, alone with the persistence peer, to get the stored document")
@@ -469,7 +461,7 @@ async def test_the_run_image_runs_every_language(stack: ComposeProject, tmp_path
                                           headers=client.auth(tess))
             assert made.status_code == 201, made.text
             async with rooms(stack, tmp_path, made.json()["id"], tess["access_token"]) as (r,):
-                from tests.test_runner_service import Client
+                from tests.helpers.runner import Client
 
                 def advertised() -> set[str]:
                     for state in r.awareness.states.values():

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, require
+from tests.helpers.components import ROOT, free_port, require
 
 pytestmark = [
     pytest.mark.docker,
@@ -32,7 +32,7 @@ BASE = "codesync-test-base:bookworm"
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator:
-    from tests.dockerd import dockerd_available, running_dockerd
+    from tests.helpers.dockerd import dockerd_available, running_dockerd
 
     require("dockerd (as root)", dockerd_available(), "apt-get install docker.io; run as root")
     with running_dockerd() as d:
@@ -49,7 +49,7 @@ def client(daemon):
 
 @pytest.fixture(scope="module")
 def base_image(client) -> str:
-    from tests.compose_stack import import_base_image
+    from tests.helpers.compose import import_base_image
 
     return import_base_image(client, BASE)
 

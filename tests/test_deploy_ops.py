@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from codesync.opsserver import OpsServer, ops_server, run_checks
-from tests.support import free_port
+from tests.helpers.components import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,9 +74,9 @@ async def test_ops_server_is_off_without_setting(make_settings):
 
 
 async def test_signaling_healthz_reports_database_and_redis(make_settings, sqlite_url, redis_url, redis_prefix):
-    from tests.conftest import _api
+    from tests.helpers.api import in_process_api
 
-    async with _api(make_settings(database_url=sqlite_url, redis_url=redis_url, redis_prefix=redis_prefix)) as api:
+    async with in_process_api(make_settings(database_url=sqlite_url, redis_url=redis_url, redis_prefix=redis_prefix)) as api:
         r = await api.client.get("/healthz")
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
@@ -87,8 +87,9 @@ async def test_signaling_healthz_is_503_when_redis_goes_down(make_settings, sqli
     import shutil
     import subprocess
 
-    from tests.conftest import _api
-    from tests.support import port_open, require, wait_for
+    from tests.helpers.api import in_process_api
+    from tests.helpers.components import port_open, require
+    from tests.helpers.wait import wait_for
 
     binary = shutil.which("redis-server")
     require("redis-server", binary is not None, "apt-get install redis-server")
@@ -101,7 +102,7 @@ async def test_signaling_healthz_is_503_when_redis_goes_down(make_settings, sqli
     try:
         await wait_for(lambda: port_open("127.0.0.1", port), timeout=10, what="redis-server to listen")
         settings = make_settings(database_url=sqlite_url, redis_url=f"redis://127.0.0.1:{port}/0")
-        async with _api(settings) as api:
+        async with in_process_api(settings) as api:
             assert (await api.client.get("/healthz")).status_code == 200
             proc.terminate()
             proc.wait(10)
@@ -119,10 +120,10 @@ async def test_signaling_healthz_is_503_when_redis_goes_down(make_settings, sqli
 
 async def test_request_ids_and_http_metrics(make_settings, sqlite_url):
     """Request ids on every answer; HTTP metrics on the ops port (and not on the public one)."""
-    from tests.conftest import _api
+    from tests.helpers.api import in_process_api
 
     ops = free_port()
-    async with _api(make_settings(database_url=sqlite_url, ops_port=ops)) as api_sqlite:
+    async with in_process_api(make_settings(database_url=sqlite_url, ops_port=ops)) as api_sqlite:
         await _request_ids_and_http_metrics(api_sqlite, f"http://127.0.0.1:{ops}")
 
 
@@ -186,8 +187,9 @@ async def test_every_service_answers_healthz_and_metrics_and_stops_cleanly(tmp_p
     import signal as _signal
     import subprocess
 
-    from tests.stack import signaling_stack
-    from tests.support import child_env, start_service, wait_http_ok
+    from tests.helpers.stack import signaling_stack
+    from tests.helpers.processes import child_env, start_service
+    from tests.helpers.wait import wait_http_ok
 
     async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix) as stack:
         peers = {}

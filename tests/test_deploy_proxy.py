@@ -11,101 +11,18 @@ peers keep editing throughout and no edit is lost.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, require, stop_process, wait_for
+from tests.helpers.proxy import read_text, nginx_proxy
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-
-
-@dataclass
-class Proxy:
-    url: str
-    access_log: Path
-    proc: subprocess.Popen
-
-    @property
-    def ws_base(self) -> str:
-        return self.url.replace("http://", "ws://")
-
-    def upstreams_used(self) -> list[str]:
-        return re.findall(r'"upstream":"([^"]*)"', self.access_log.read_text() if self.access_log.exists() else "")
-
-
-def render_nginx_conf(text: str, workdir: Path, port: int, upstreams: list[str]) -> str:
-    """deploy/nginx.conf with loopback addresses and private paths; fails if the file drifted."""
-
-    def replace(pattern: str, repl: str, count: int = 1) -> None:
-        nonlocal text
-        text, n = re.subn(pattern, repl, text, flags=re.M)
-        assert n == count, f"deploy/nginx.conf: expected {count} match(es) of {pattern!r}, found {n}"
-
-    servers = re.findall(r"^\s*server signaling-\d+:8000[^;]*;\n", text, flags=re.M)
-    assert len(servers) >= 2, "deploy/nginx.conf should balance over at least two signaling nodes"
-    options = re.search(r"server signaling-\d+:8000([^;]*);", servers[0]).group(1)  # type: ignore[union-attr]
-    lines = "".join(f"        server {u}{options};\n" for u in upstreams)
-    text = text.replace(servers[0], lines, 1)
-    for extra in servers[1:]:
-        text = text.replace(extra, "", 1)
-    replace(r"^worker_processes auto;", "worker_processes 1;")
-    replace(r"^\s*listen 80;", f"        listen 127.0.0.1:{port};")
-    replace(r"access_log /dev/stdout codesync_json;", f"access_log {workdir / 'access.log'} codesync_json;")
-    temp = "".join(
-        f"    {kind}_temp_path {workdir / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    replace(r"^http \{\n", "http {\n" + temp)
-    return text
-
-
-@asynccontextmanager
-async def nginx_proxy(workdir: Path, upstreams: list[str]) -> AsyncIterator[Proxy]:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    require("nginx", binary is not None, "apt-get install nginx")
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(render_nginx_conf(NGINX_CONF.read_text(), workdir, port, upstreams))
-    globals_ = f"daemon off; pid {workdir / 'nginx.pid'}; error_log {workdir / 'error.log'} notice;"
-    if os.geteuid() == 0:
-        globals_ += " user root;"  # workers must write the test's private temp dirs
-    proc = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(conf), "-g", globals_],  # type: ignore[list-item]
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "stderr.log", "wb"),
-    )
-    proxy = Proxy(f"http://127.0.0.1:{port}", workdir / "access.log", proc)
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-
-            async def up() -> bool:
-                assert proc.poll() is None, (workdir / "stderr.log").read_text() + _read(workdir / "error.log")
-                try:
-                    return (await client.get(f"{proxy.url}/proxy-healthz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await wait_for(up, timeout=15, what="nginx to listen")
-        yield proxy
-    finally:
-        stop_process(proc)
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
-
 
 def _hostport(url: str) -> str:
     return url.removeprefix("http://")
@@ -132,7 +49,7 @@ async def signal_connections(node_url: str) -> int:
 
 
 async def test_proxy_balances_http_tags_request_ids_and_skips_a_dead_node(tmp_path: Path):
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(tmp_path, nodes=2) as stack:
         nodes = [_hostport(n.url or "") for n in stack.nodes]
@@ -158,7 +75,7 @@ async def test_proxy_balances_http_tags_request_ids_and_skips_a_dead_node(tmp_pa
 
 
 async def test_websockets_pass_through_and_a_graceful_shutdown_moves_clients(tmp_path: Path, redis_url, redis_prefix):
-    from tests.stack import SignalClient, signaling_stack
+    from tests.helpers.stack import SignalClient, signaling_stack
 
     async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2) as stack:
         room = await stack.seed_room({"a": "owner", "b": "editor", "c": "editor", "d": "editor"})
@@ -231,7 +148,7 @@ async def _closed_soon(client, timeout: float = 5.0) -> bool:
 
 async def test_graceful_shutdown_of_a_node_loses_no_edit(tmp_path: Path, redis_url, redis_prefix):
     from peer import Room
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2) as stack:
         seeded = await stack.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})
@@ -302,7 +219,7 @@ async def test_proxy_passes_the_client_address_and_a_spoofed_header_is_ignored(t
     X-Forwarded-For and the nodes trust that header from 127.0.0.1 only. An attacker at
     127.0.0.2 who hammers the owner's account — and claims in its own X-Forwarded-For to be
     the owner's 127.0.0.3 — is slowed down; the owner at 127.0.0.3 signs in."""
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(
         tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2,
@@ -334,7 +251,7 @@ async def test_proxy_passes_the_client_address_and_a_spoofed_header_is_ignored(t
 
 
 async def test_proxy_hides_metrics_and_keeps_invite_tokens_out_of_its_log(tmp_path: Path):
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(tmp_path, nodes=1) as stack:
         async with nginx_proxy(tmp_path / "nginx", [_hostport(stack.url)]) as proxy:
@@ -361,7 +278,7 @@ async def test_proxy_hides_metrics_and_keeps_invite_tokens_out_of_its_log(tmp_pa
                 assert (await http.post(f"/api/invites/{tokens[1]}/accept", headers=users[2])).status_code == 200
 
             def logged() -> str:
-                return _read(proxy.access_log)
+                return read_text(proxy.access_log)
 
             await wait_for(lambda: "/api/invites/-/accept" in logged() and '"uri":"/api/invites/accept"' in logged(),
                            timeout=10, what="both accepts in the access log")

@@ -26,7 +26,9 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import ROOT, Service, child_env, free_port, wait_for, wait_http_ok
+from tests.helpers.components import ROOT, free_port
+from tests.helpers.processes import Service, child_env
+from tests.helpers.wait import wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -148,7 +150,7 @@ async def test_a_renewed_token_is_written_back_and_survives_a_restart(tmp_path: 
     signaling hands out 60 s ones in exchange. The renewed token lands in the token file (same
     credential, mode 0600); after the first token has expired the peer restarts from the file
     and is connected again."""
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(tmp_path, CODESYNC_SERVICE_TOKEN_TTL="60") as stack:
         cli = Cli(tmp_path, stack.secret, stack.database_url)

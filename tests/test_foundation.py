@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support import ROOT, child_env
+from tests.helpers.components import ROOT
+from tests.helpers.processes import child_env
 
 
 async def test_healthz_reports_database(api):
@@ -35,7 +36,7 @@ def test_cli_token_and_user_create(tmp_path):
 
 def test_the_repository_stands_on_its_own():
     """Nothing tracked points outside the checkout (issue: a fresh clone needs nothing beside it)."""
-    from bench import TRACES
+    from tests.helpers.traces import TRACES
 
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     outside = []

@@ -6,7 +6,7 @@ credentials, to every accounts/rooms/invites/members endpoint. The contract (DES
 "HTTP API"): never a 5xx, every error is ``{"error": {"code", "message"}}`` as JSON, no
 traceback text; and the server keeps serving a well-formed request afterwards.
 
-Budget: ``FUZZ_EXAMPLES`` (see tests/fuzzing.py).
+Budget: ``FUZZ_EXAMPLES`` (see tests/helpers/fuzzing.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import LiveLoop, fuzz_settings
-from tests.stack import Stack, signaling_stack
+from tests.helpers.fuzzing import LiveLoop, fuzz_settings
+from tests.helpers.stack import Stack, signaling_stack
 
 pytestmark = pytest.mark.timeout(150)
 

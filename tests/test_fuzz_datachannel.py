@@ -14,7 +14,7 @@ as the peers' does. After every batch:
 - the stored document (read from the database) equals alice's document.
 
 At the end a fresh peer loads the document from the persistence peer alone.
-Budget: ``FUZZ_EXAMPLES`` (see tests/fuzzing.py).
+Budget: ``FUZZ_EXAMPLES`` (see tests/helpers/fuzzing.py).
 """
 
 from __future__ import annotations
@@ -34,15 +34,10 @@ from hypothesis import strategies as st
 from peer import Room
 from peer import protocol as p
 from peer.chunking import split_message
-from tests.fuzzing import LiveLoop, fuzz_settings
-from tests.support import Service, wait_for
-from tests.test_persistence_peer import (
-    persist_stack,
-    persistence_peers,
-    saved_covers,
-    source,
-    stored_text,
-)
+from tests.helpers.fuzzing import LiveLoop, fuzz_settings
+from tests.helpers.processes import Service
+from tests.helpers.wait import wait_for
+from tests.helpers.persistence import persist_stack, persistence_peers, saved_covers, source, stored_text
 
 pytestmark = pytest.mark.timeout(170)
 

@@ -13,7 +13,7 @@ addressed frames take the relay rule's full path). After every batch:
 - every frame the witness in room A received is strict JSON (no NaN/Infinity), and every
   relayed ``publish`` carries a server-made ``sender`` of a real member.
 
-Budget: ``FUZZ_EXAMPLES`` (see tests/fuzzing.py).
+Budget: ``FUZZ_EXAMPLES`` (see tests/helpers/fuzzing.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import LiveLoop, fuzz_settings
-from tests.stack import SeededRoom, SignalClient, Stack, signaling_stack
-from tests.support import REDIS_URL, port_open, require, wait_for
+from tests.helpers.fuzzing import LiveLoop, fuzz_settings
+from tests.helpers.stack import SeededRoom, SignalClient, Stack, signaling_stack
+from tests.helpers.components import REDIS_URL, port_open, require
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -23,7 +23,7 @@ import pycrdt
 import pytest
 from sqlalchemy import select
 
-from bench.traces import apply_patches, apply_txn, load_trace, replay_to_text
+from tests.helpers.traces import apply_patches, apply_txn, load_trace, replay_to_text
 from peer import Room
 from peer import protocol as p
 from peer.persistence import history as h
@@ -31,8 +31,10 @@ from peer.persistence.history_client import HistoryClient, HistoryError
 from peer.persistence.store import UPDATES, DocumentStore
 from peer.persistence.yupdate import decode_ranges
 from codesync.settings import Settings
-from tests.stack import SeededRoom, Stack, signaling_stack
-from tests.support import Service, child_env, free_port, require, start_service, wait_for, wait_http_ok
+from tests.helpers.stack import SeededRoom, Stack, signaling_stack
+from tests.helpers.components import free_port, require
+from tests.helpers.processes import Service, child_env, start_service
+from tests.helpers.wait import wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(300)
 

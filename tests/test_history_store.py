@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 import pytest
 from alembic import command
 from pycrdt import Array, Doc, Map, Text
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
-from bench.traces import load_trace, replay
+from tests.helpers.traces import load_trace, replay
 from peer.persistence import history as h
 from peer.persistence.attribution import Attribution, Binding
 from peer.persistence.store import SNAPSHOTS, UPDATES, DocumentStore, Row

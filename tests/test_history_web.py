@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from tests.netns import browser_stack_available, run_driver
-from tests.support import ROOT, require
+from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(480)
 

@@ -15,9 +15,9 @@ import pytest
 
 from codesync import db
 from codesync.settings import Settings
-from tests.conftest import _api
-from tests.stack import SignalClient
-from tests.support import ROOT, free_port, require
+from tests.helpers.api import in_process_api
+from tests.helpers.stack import SignalClient
+from tests.helpers.components import ROOT, free_port, require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,7 +62,7 @@ def _dist(tmp_path: Path) -> Path:
 
 
 async def test_security_headers_on_documents_and_nosniff_everywhere(make_settings, tmp_path: Path):
-    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db'}", web_dist=_dist(tmp_path))) as api:
+    async with in_process_api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db'}", web_dist=_dist(tmp_path))) as api:
         for path, status, document in (("/", 200, True), ("/room/x", 200, True), ("/assets/app.js", 200, False),
                                        ("/api/me", 401, False), ("/healthz", 200, False), ("/assets/missing.js", 404, False)):
             r = await api.client.get(path)
@@ -84,7 +84,7 @@ async def test_security_headers_on_documents_and_nosniff_everywhere(make_setting
             await c.send({"type": "ping"})
             await c.expect("pong")
     # The "not built yet" page is a document too.
-    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db2'}", web_dist=tmp_path / "none")) as api:
+    async with in_process_api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db2'}", web_dist=tmp_path / "none")) as api:
         r = await api.client.get("/")
         assert r.status_code == 503 and "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
@@ -92,16 +92,16 @@ async def test_security_headers_on_documents_and_nosniff_everywhere(make_setting
 async def test_metrics_only_on_the_ops_port_unless_asked(make_settings, tmp_path: Path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'db'}"
     ops = free_port()
-    async with _api(make_settings(database_url=url, ops_port=ops)) as api:
+    async with in_process_api(make_settings(database_url=url, ops_port=ops)) as api:
         r = await api.client.get("/metrics")
         assert r.status_code == 404 and "codesync_" not in r.text
         async with httpx.AsyncClient(timeout=5) as client:
             r = await client.get(f"http://127.0.0.1:{ops}/metrics")
             assert r.status_code == 200 and "codesync_http_requests_total" in r.text
             assert (await client.get(f"http://127.0.0.1:{ops}/healthz")).json()["status"] == "ok"
-    async with _api(make_settings(database_url=url)) as api:  # no ops port: no metrics at all
+    async with in_process_api(make_settings(database_url=url)) as api:  # no ops port: no metrics at all
         assert (await api.client.get("/metrics")).status_code == 404
-    async with _api(make_settings(database_url=url, public_metrics=True)) as api:  # explicitly public
+    async with in_process_api(make_settings(database_url=url, public_metrics=True)) as api:  # explicitly public
         r = await api.client.get("/metrics")
         assert r.status_code == 200 and "codesync_http_requests_total" in r.text
 

@@ -12,10 +12,9 @@ from sqlalchemy import update
 
 from codesync.models import Membership
 from signaling.state import STATE
-from tests.conftest import Api
-from tests.test_rooms import account
-from tests.stack import signaling_stack
-from tests.support import wait_for
+from tests.helpers.api import Api, account
+from tests.helpers.stack import signaling_stack
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,10 +11,20 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-from tests.support import ROOT
+from tests.helpers.components import ROOT
+
+# Test helper modules that moved into tests/helpers/ (docs/testing.md); importing one is an error.
+REMOVED = {
+    "tests.support", "tests.stack", "tests.netns", "tests.memory_peers", "tests.dockerd", "tests.smtp",
+    "tests.compose_stack", "tests.fuzzing", "tests.csp_driver", "bench.traces",
+}
+# pytest loads conftest.py itself; importing it as a module runs it twice (its helpers are in tests/helpers/).
+NOT_IMPORTED = REMOVED | {"tests.conftest"}
 
 PACKAGES = ("codesync", "signaling", "peer", "runner")
-PLATFORM = {"codesync.settings", "codesync.db", "codesync.models", "codesync.logs", "codesync.opsserver"}
+PLATFORM = {
+    "codesync.settings", "codesync.db", "codesync.models", "codesync.logs", "codesync.opsserver", "codesync.backends",
+}
 TOP = {"codesync.cli", "codesync.supervisor", "codesync.__main__"}
 
 
@@ -154,3 +164,62 @@ def test_no_two_files_import_each_other():
         if node not in state:
             visit(node)
     assert cycles == [], "\n".join(cycles)
+
+
+# ----------------------------------------------------------------------------- tests and bench
+def _imported_names(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports (``from a.b import c`` counts as a.b and a.b.c)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _test_side_files() -> dict[str, set[str]]:
+    files = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]
+    return {str(f.relative_to(ROOT)): _imported_names(f) for f in files if "node_modules" not in f.parts}
+
+
+def _is_test_module(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[0] == "tests" and parts[1].startswith("test_")
+
+
+def test_bench_and_helpers_never_import_a_test_module():
+    """Benchmarks and helpers build on tests/helpers/, never on a test_*.py file (nor the other way
+    round: a helper importing bench would tie every test to the benchmarks)."""
+    wrong = []
+    for path, names in _test_side_files().items():
+        if path.startswith(("bench/", "tests/helpers/")):
+            wrong += [f"{path} imports {n}" for n in sorted(names) if _is_test_module(n)]
+        if path.startswith("tests/helpers/"):
+            wrong += [f"{path} imports {n}" for n in sorted(names) if n == "bench" or n.startswith("bench.")]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_test_modules_share_code_through_helpers_only():
+    """A test module imports no other test module: what two of them share lives in tests/helpers/."""
+    wrong = [
+        f"{path} imports {n}"
+        for path, names in _test_side_files().items()
+        if path.startswith("tests/")
+        for n in sorted(names)
+        if _is_test_module(n) and not n.startswith(_module_of(path))
+    ]
+    assert wrong == [], "\n".join(wrong)
+
+
+def _module_of(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def test_nothing_imports_the_removed_helper_modules():
+    every = {**_test_side_files(), **{str(p.relative_to(ROOT)): _imported_names(p) for p in _modules().values()}}
+    wrong = [f"{path} imports {n}" for path, names in every.items() for n in sorted(names) if n in NOT_IMPORTED]
+    for old in REMOVED:
+        assert not (ROOT / (old.replace(".", "/") + ".py")).exists(), f"{old} is back: its code lives in tests/helpers/"
+    assert wrong == [], "\n".join(wrong)

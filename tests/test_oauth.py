@@ -8,14 +8,9 @@ plays the browser with httpx: start â†’ the provider's login and consent forms â
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import shutil
-import subprocess
-import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -23,187 +18,32 @@ from sqlmodel import select
 
 from signaling.api.oauth import SERVICE_KEY
 from codesync.models import OAuthIdentity, User
-from signaling.oauth import OAuthService, _digest
+from signaling.oauth import OAuthService, RedisFlowStore, _digest
 from codesync.settings import Settings
 from signaling.state import STATE
-from tests.conftest import Api, _api
-from tests.support import ROOT, free_port, require, stop_process
+from tests.helpers.api import Api, in_process_api
+from tests.helpers.components import free_port
+from tests.helpers.oauth import LOCAL, Browser, client_fragment, settings_for
 
 pytestmark = pytest.mark.timeout(90)
-
-OIDC_DIR = ROOT / "tests" / "oidc"
-LOCAL = {"client_id": "codesync-local", "client_secret": secrets.token_urlsafe(24)}
-GITHUB = {"client_id": "codesync-github", "client_secret": secrets.token_urlsafe(24)}
-
-
-# ----------------------------------------------------------------------------- the provider
-
-
-@dataclass
-class Provider:
-    issuer: str
-    signaling_port: int  # the port every test's signaling app listens on (the registered redirect URIs)
-    proc: subprocess.Popen
-
-
-def _ensure_installed() -> None:
-    require("node", shutil.which("node") is not None, "install nodejs (scripts/system-deps.sh)")
-    require("npm", shutil.which("npm") is not None, "install npm (scripts/system-deps.sh)")
-    installed = OIDC_DIR / "node_modules" / ".package-lock.json"  # npm's record of what it installed
-    if installed.exists() and installed.stat().st_mtime >= (OIDC_DIR / "package-lock.json").stat().st_mtime:
-        return
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, capture_output=True, text=True, timeout=300
-    )
-    require("oidc-provider (npm)", done.returncode == 0, f"`npm ci` in tests/oidc failed:\n{done.stderr[-2000:]}")
-
-
-@pytest.fixture(scope="module")
-def oidc_provider(tmp_path_factory) -> Iterator[Provider]:
-    _ensure_installed()
-    port, signaling_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{signaling_port}/api/auth/oauth"
-    config = {
-        "port": port,
-        "clients": [
-            {**LOCAL, "redirect_uris": [f"{base}/local/callback"]},
-            {
-                **GITHUB,
-                "redirect_uris": [f"{base}/github/callback"],
-                "token_endpoint_auth_method": "client_secret_post",
-            },
-        ],
-    }
-    log_path = tmp_path_factory.mktemp("oidc") / "provider.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        ["node", "provider.mjs", json.dumps(config)],
-        cwd=OIDC_DIR,
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
-    log.close()
-    # The provider prints "ready <issuer>" once it listens; a watchdog bounds the wait.
-    watchdog = threading.Timer(30, proc.kill)
-    watchdog.start()
-    try:
-        line = proc.stdout.readline().decode().strip() if proc.stdout else ""
-    finally:
-        watchdog.cancel()
-    if not line.startswith("ready "):
-        proc.kill()
-        raise AssertionError(f"oidc-provider did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-    try:
-        yield Provider(issuer=line.split(" ", 1)[1], signaling_port=signaling_port, proc=proc)
-    finally:
-        stop_process(proc)
-
-
-@pytest.fixture
-def oauth_env(oidc_provider: Provider, monkeypatch) -> Provider:
-    """Configure the providers "local" (generic OIDC) and "github" (GitHub code path, local endpoints)."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("CODESYNC_OAUTH_"):
-            monkeypatch.delenv(key)
-    issuer = oidc_provider.issuer
-    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_CLIENT_ID", LOCAL["client_id"])
-    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_CLIENT_SECRET", LOCAL["client_secret"])
-    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_ISSUER", issuer)
-    monkeypatch.setenv("CODESYNC_OAUTH_LOCAL_LABEL", "Local IdP")
-    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_CLIENT_ID", GITHUB["client_id"])
-    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_CLIENT_SECRET", GITHUB["client_secret"])
-    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_AUTHORIZE_URL", f"{issuer}/auth")
-    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_TOKEN_URL", f"{issuer}/token")
-    monkeypatch.setenv("CODESYNC_OAUTH_GITHUB_API_URL", issuer)
-    return oidc_provider
-
 
 # ----------------------------------------------------------------------------- the signaling app
 
 
-def settings_for(make_settings, provider: Provider, **overrides) -> Settings:
-    return make_settings(public_url=f"http://127.0.0.1:{provider.signaling_port}", **overrides)
-
-
 @pytest.fixture
 async def app(make_settings, sqlite_url, oauth_env) -> AsyncIterator[Api]:
-    async with _api(settings_for(make_settings, oauth_env, database_url=sqlite_url), oauth_env.signaling_port) as a:
+    async with in_process_api(settings_for(make_settings, oauth_env, database_url=sqlite_url), oauth_env.signaling_port) as a:
         yield a
 
 
 @pytest.fixture
 async def app_any_db(make_settings, database_url, oauth_env) -> AsyncIterator[Api]:
-    async with _api(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
+    async with in_process_api(settings_for(make_settings, oauth_env, database_url=database_url), oauth_env.signaling_port) as a:
         yield a
 
 
 def oauth_service(api: Api) -> OAuthService:
     return api.server.app[STATE].extras[SERVICE_KEY]
-
-
-# ----------------------------------------------------------------------------- the browser
-
-
-class Browser:
-    """One browser (one cookie jar) walking the redirects and the provider's HTML forms."""
-
-    def __init__(self, api: Api):
-        self.api = api
-        self.http = httpx.AsyncClient(timeout=15, follow_redirects=False)
-
-    async def __aenter__(self) -> "Browser":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.http.aclose()
-
-    async def start(self, provider: str = "local", **query: str) -> str:
-        """Open the start URL; return the provider URL it redirects to."""
-        r = await self.http.get(f"{self.api.settings.base_url}/api/auth/oauth/{provider}/start", params=query)
-        assert r.status_code == 302, r.text
-        return r.headers["location"]
-
-    async def authorize(self, url: str, login: str, abort: bool = False) -> str:
-        """Walk the provider's pages (login, consent) until it redirects back to CodeSync."""
-        callback_prefix = f"{self.api.settings.base_url}/api/auth/oauth/"
-        for _ in range(12):
-            if url.startswith(callback_prefix):
-                return url
-            r = await self.http.get(url)
-            if r.status_code in (302, 303):
-                url = urljoin(url, r.headers["location"])
-                continue
-            assert r.status_code == 200, f"{url}: {r.status_code} {r.text[:500]}"
-            prompt = re.search(r'name="prompt" value="(\w+)"', r.text)
-            action = re.search(r'<form[^>]*action="([^"]+)"', r.text)
-            assert prompt and action, f"no interaction form at {url}: {r.text[:500]}"
-            if abort:
-                url = urljoin(url, action.group(1).rstrip("/") + "/abort")
-                continue
-            data = {"prompt": prompt.group(1)}
-            if prompt.group(1) == "login":
-                data.update(login=login, password="any password")
-            r = await self.http.post(urljoin(url, action.group(1)), data=data)
-            assert r.status_code in (302, 303), f"{r.status_code} {r.text[:500]}"
-            url = urljoin(url, r.headers["location"])
-        raise AssertionError("the provider never redirected back")
-
-    async def finish(self, callback_url: str) -> dict[str, str]:
-        """Open the callback URL; return the parameters CodeSync put in the web client's fragment."""
-        r = await self.http.get(callback_url)
-        assert r.status_code == 302, r.text
-        return client_fragment(self.api, r.headers["location"])
-
-    async def sign_in(self, login: str, provider: str = "local") -> dict[str, str]:
-        return await self.finish(await self.authorize(await self.start(provider), login))
-
-
-def client_fragment(api: Api, location: str) -> dict[str, str]:
-    prefix = f"{api.settings.base_url}/#/oauth?"
-    assert location.startswith(prefix), location
-    return {k: v[0] for k, v in parse_qs(location[len(prefix):]).items()}
 
 
 def with_query(url: str, **changes: str) -> str:
@@ -400,7 +240,7 @@ async def test_pkce_mismatch_refused_by_the_provider(app: Api) -> None:
 async def test_wrong_nonce_in_id_token_refused(app: Api) -> None:
     async with Browser(app) as browser:
         callback = await browser.authorize(await browser.start(), "leo")
-        record = oauth_service(app)._memory_store._records[_digest(query_of(callback)["state"])][1]
+        record = oauth_service(app).flows._records[_digest(query_of(callback)["state"])][1]
         record["nonce"] = "not-the-nonce-sent"
         result = await browser.finish(callback)
     assert result["error"] == "invalid_id_token", result
@@ -434,7 +274,7 @@ async def test_unreachable_provider_is_a_clear_error(make_settings, sqlite_url, 
     monkeypatch.setenv("CODESYNC_OAUTH_DOWN_CLIENT_ID", "x")
     monkeypatch.setenv("CODESYNC_OAUTH_DOWN_ISSUER", f"http://127.0.0.1:{free_port()}")
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url)
-    async with _api(settings, oauth_env.signaling_port) as api:
+    async with in_process_api(settings, oauth_env.signaling_port) as api:
         r = await api.client.get("/api/auth/oauth/down/start")
         assert r.status_code == 302
         result = client_fragment(api, r.headers["location"])
@@ -469,12 +309,12 @@ async def test_flow_started_on_one_node_finishes_on_another(
     settings = settings_for(make_settings, oauth_env, database_url=sqlite_url, redis_url=redis_url,
                             redis_prefix=redis_prefix)
     node_b_port = free_port()
-    async with _api(settings, oauth_env.signaling_port) as node_a, _api(settings, node_b_port) as node_b:
+    async with in_process_api(settings, oauth_env.signaling_port) as node_a, in_process_api(settings, node_b_port):
         async with Browser(node_a) as browser:
             callback = await browser.authorize(await browser.start(), "olga")
             redis = node_a.server.app[STATE].redis
             assert await redis.exists(f"{redis_prefix}:oauth:flow:{_digest(query_of(callback)['state'])}")
-            assert oauth_service(node_a)._memory_store._records == {}
+            assert isinstance(oauth_service(node_a).flows, RedisFlowStore)  # nothing kept in the node
             on_b = callback.replace(f":{oauth_env.signaling_port}/", f":{node_b_port}/")
             tokens = await browser.finish(on_b)
             assert "access_token" in tokens, tokens
@@ -489,8 +329,7 @@ async def test_flow_started_on_one_node_finishes_on_another(
 async def test_redis_flow_store_is_one_shot_and_expires(redis_url, redis_prefix) -> None:
     from redis.asyncio import Redis
 
-    from signaling.oauth import RedisFlowStore
-    from tests.support import wait_for
+    from tests.helpers.wait import wait_for
 
     redis = Redis.from_url(redis_url)
     try:

@@ -1,4 +1,4 @@
-"""Room logic over in-memory links (tests/memory_peers.py): no signaling process, no aiortc.
+"""Room logic over in-memory links (tests/helpers/memory_peers.py): no signaling process, no aiortc.
 
 Whole ``peer.Room``s talk through an in-memory hub that behaves as docs/protocol.md says the
 server does (fan-out with the ``sender`` stamp, presence on every change, ``forbidden`` on
@@ -27,8 +27,9 @@ from peer import Room
 from peer import protocol as p
 from peer.events import Emitter
 from peer.ratelimit import TokenBucket
-from tests.memory_peers import MemoryHub
-from tests.support import ROOT, wait_for
+from tests.helpers.memory_peers import MemoryHub
+from tests.helpers.components import ROOT
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -20,8 +20,9 @@ import pytest_asyncio
 from peer import PeerInfo, Room, SignalingClient
 from peer import protocol as p
 from peer import text as ptext
-from tests.stack import Stack, signaling_stack
-from tests.support import ROOT, wait_for
+from tests.helpers.stack import Stack, signaling_stack
+from tests.helpers.components import ROOT
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -379,7 +380,7 @@ async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, 
             lines = signal["sdp"].split("\r\n")
             cands = [line[2:] for line in lines if line.startswith("a=candidate:")]
             mid = next(line[6:] for line in lines if line.startswith("a=mid:"))
-            sdp = "\r\n".join(l for l in lines if not l.startswith("a=candidate:") and l != "a=end-of-candidates")
+            sdp = "\r\n".join(line for line in lines if not line.startswith("a=candidate:") and line != "a=end-of-candidates")
             await original(to, {"type": signal["type"], "sdp": sdp}, token)
             foreign = [
                 "candidate:9 1 udp 2122260223 192.0.2.7 50000 typ host",  # outside the allowed networks
@@ -404,7 +405,8 @@ async def test_trickled_candidates_are_accepted_and_foreign_ones_dropped(stack, 
 
 
 async def test_peers_survive_a_signaling_restart_and_rejoin(tmp_path) -> None:
-    from tests.support import start_service, wait_http_ok
+    from tests.helpers.processes import start_service
+    from tests.helpers.wait import wait_http_ok
 
     async with signaling_stack(tmp_path) as st:
         seeded = await st.seed_room({"alice": "owner", "bob": "editor", "carol": "editor"})

@@ -13,7 +13,7 @@ import pytest
 
 from peer.service import RoomPresence, RoomService, run_service
 from codesync.settings import Settings
-from tests.support import wait_for
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

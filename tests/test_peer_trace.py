@@ -14,9 +14,10 @@ import time
 import pycrdt
 import pytest
 
-from bench.traces import load_trace, replay, trace_path
-from tests.stack import joined, signaling_stack
-from tests.support import require, wait_for
+from tests.helpers.traces import load_trace, replay, trace_path
+from tests.helpers.stack import joined, signaling_stack
+from tests.helpers.components import require
+from tests.helpers.wait import wait_for
 
 TRACE = "rustcode"
 BATCH = 50

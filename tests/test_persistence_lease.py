@@ -11,7 +11,8 @@ import pytest
 
 from peer.persistence.lease import DatabaseLeases, HeldLease, RedisLeases
 from peer.persistence.store import DocumentStore
-from tests.support import postgres_database, wait_for
+from tests.helpers.components import postgres_database
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

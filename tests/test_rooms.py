@@ -6,18 +6,16 @@ Roles: owner, editor, viewer, non-member ("outsider") and anonymous. Non-members
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
 
-from signaling.accounts import issue_tokens
-from codesync.models import DocumentSnapshot, DocumentUpdate, Invite, Membership, Room, User, utcnow
+from codesync.models import DocumentSnapshot, DocumentUpdate, Invite, Membership, Room, utcnow
 from signaling.rooms import LANGUAGES, add_membership_listener
 from signaling.state import STATE
-from tests.conftest import Api
+from tests.helpers.api import Api, account
 
 
 @dataclass
@@ -49,16 +47,6 @@ def uid(account: dict) -> str:
 def assert_error(r: httpx.Response, status: int, code: str) -> None:
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code, r.text
-
-
-async def account(api: Api, name: str = "Someone") -> dict:
-    """A signed-in user without the Argon2 cost of /register (tested in test_auth.py)."""
-    state = api.server.app[STATE]
-    async with state.sessions() as session:
-        user = User(email=f"{secrets.token_hex(6)}@example.com", name=name)
-        session.add(user)
-        await session.commit()
-        return await issue_tokens(state, session, user)
 
 
 async def make_world(api: Api) -> World:

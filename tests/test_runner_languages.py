@@ -20,8 +20,8 @@ import pytest
 from runner.languages import BUILTIN, TOOLCHAIN_LIMITS, Language, LanguageError, LanguageTable
 from runner.sandbox.base import Execution, Limits, Sandbox, run_collect
 from runner.sandbox.bubblewrap import BubblewrapSandbox
-from tests.support import require, wait_for
-from tests.test_sandbox_abuse import sandbox  # noqa: F401  (fixture: bubblewrap and docker)
+from tests.helpers.components import require
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,8 @@ from runner.languages import LanguageTable
 from runner.runs import Decision, RoomRuns, RunnerConfig, RunRequest, decode_state_vector
 from runner.sandbox.base import Limits
 from runner.sandbox.bubblewrap import BubblewrapSandbox
-from tests.support import require, wait_for
+from tests.helpers.components import require
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import pytest
 
 from runner.languages import LanguageError, LanguageTable
 from runner.sandbox.base import Limits
-from tests.test_sandbox_abuse import run, sandbox  # noqa: F401  (fixture + helper)
+from tests.helpers.sandbox import run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,7 +1,7 @@
 """Hostile programs against both sandbox backends: each is contained, reported with a status,
 and the very next run on the same backend still works.
 
-The Docker half runs against a real private dockerd started by the session (tests/dockerd.py).
+The Docker half runs against a real private dockerd started by the session (tests/helpers/dockerd.py).
 
 Hardening (second half): the seccomp deny-list refuses the kernel entry points of an escape
 (nested user namespaces, keyrings, bpf, ptrace, mounts, perf events...), ordinary toolchains
@@ -32,34 +32,11 @@ from runner.runs import RoomRuns, RunnerConfig, RunRequest
 from runner.sandbox.base import Limits, Sandbox, SandboxUnavailable, run_collect
 from runner.sandbox.bubblewrap import NOBODY, BubblewrapSandbox
 from runner.sandbox.seccomp import SPECIAL, SYSCALLS, arch_for, build_filter
-from tests.support import free_port, require, wait_for
+from tests.helpers.components import free_port, require
+from tests.helpers.wait import wait_for
+from tests.helpers.sandbox import LANGS, LIMITS, run
 
 pytestmark = pytest.mark.timeout(180)
-
-LANGS = LanguageTable()
-LIMITS = Limits(wall_seconds=6, cpu_seconds=3, memory_bytes=256 * 1024 * 1024, processes=48, output_bytes=32 * 1024)
-
-
-@pytest.fixture(params=["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)])
-async def sandbox(request):
-    if request.param == "bubblewrap":
-        require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
-        box: Sandbox = BubblewrapSandbox()
-    else:
-        from runner.sandbox.docker import DockerSandbox
-
-        daemon = request.getfixturevalue("docker_daemon")
-        box = DockerSandbox(daemon.url, image=request.getfixturevalue("docker_image"))
-    yield box
-    await box.close()
-
-
-async def run(box: Sandbox, code: str, language: str = "python", limits: Limits = LIMITS):
-    result, chunks = await run_collect(box, LANGS.get(language).spec(code, limits))
-    out = b"".join(c.data for c in chunks if c.stream == "stdout").decode(errors="replace")
-    err = b"".join(c.data for c in chunks if c.stream == "stderr").decode(errors="replace")
-    return result, out, err
-
 
 async def assert_still_serving(box: Sandbox) -> None:
     result, out, err = await run(box, "print('still here')")
@@ -198,7 +175,7 @@ print("workdir", open("inside.txt").read(), os.getuid())
     result, out, err = await run(sandbox, code)
     assert result.status == "finished", (result, err)
     assert "WROTE" not in out, out
-    assert f"workdir ok 65534" in out
+    assert "workdir ok 65534" in out
     for path in targets:
         assert not os.path.exists(path), f"{path} appeared on the host"
     await assert_still_serving(sandbox)

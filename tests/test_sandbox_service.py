@@ -7,9 +7,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.stack import SeededRoom, add_member
-from tests.support import free_port, wait_for
-from tests.test_runner_service import clients, runner_stack
+from tests.helpers.stack import SeededRoom, add_member
+from tests.helpers.components import free_port
+from tests.helpers.wait import wait_for
+from tests.helpers.runner import clients, runner_stack
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,8 +16,10 @@ import pytest
 from codesync.models import ServiceToken
 from signaling.state import STATE
 from signaling.tokens import AUDIENCE
-from tests.stack import SignalClient, Stack, signaling_stack
-from tests.support import ROOT, child_env, free_port, start_service, wait_for, wait_http_ok
+from tests.helpers.stack import SignalClient, Stack, signaling_stack
+from tests.helpers.components import ROOT, free_port
+from tests.helpers.processes import child_env, start_service
+from tests.helpers.wait import wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(150)
 

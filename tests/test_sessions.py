@@ -17,7 +17,7 @@ from sqlalchemy import update
 from signaling import accounts
 from codesync.models import AuthSession, utcnow
 from signaling.state import STATE
-from tests.stack import SignalClient, signaling_stack
+from tests.helpers.stack import SignalClient, signaling_stack
 
 pytestmark = pytest.mark.timeout(120)
 

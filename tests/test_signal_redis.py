@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.stack import SignalClient, signaling_stack
+from tests.helpers.stack import SignalClient, signaling_stack
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.stack import SignalClient, Stack, add_member, signaling_stack
-from tests.support import REDIS_URL, port_open, require
+from tests.helpers.stack import SignalClient, Stack, add_member, signaling_stack
+from tests.helpers.components import REDIS_URL, port_open, require
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from tests.stack import SignalClient, signaling_stack
-from tests.support import ROOT, require
+from tests.helpers.stack import SignalClient, signaling_stack
+from tests.helpers.components import ROOT, require
 
 pytestmark = [pytest.mark.timeout(60)]
 

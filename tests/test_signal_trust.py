@@ -32,8 +32,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.stack import SeededRoom, SignalClient, Stack, signaling_stack
-from tests.support import REDIS_URL, port_open, require, wait_for
+from tests.helpers.stack import SeededRoom, SignalClient, Stack, signaling_stack
+from tests.helpers.components import REDIS_URL, port_open, require
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 

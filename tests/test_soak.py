@@ -16,7 +16,8 @@ import shutil
 import pytest
 
 from bench.soak import Config, soak
-from tests.support import TRACES, require
+from tests.helpers.components import require
+from tests.helpers.traces import TRACES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,8 +51,8 @@ async def test_regression_room_stop_delivers_the_last_edits(tmp_path) -> None:
     import pycrdt
 
     from peer import Room
-    from tests.stack import signaling_stack
-    from tests.support import wait_for
+    from tests.helpers.stack import signaling_stack
+    from tests.helpers.wait import wait_for
 
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"a": "owner", "b": "editor"})
@@ -85,8 +86,8 @@ async def test_regression_a_link_dropped_twice_within_a_second_comes_back(tmp_pa
     DROPPED, not deferred — a link dropped twice within a second (e.g. for bad frames) never
     came back. Now the throttled re-announce is sent once the second is over."""
     from peer import Room
-    from tests.stack import signaling_stack
-    from tests.support import wait_for
+    from tests.helpers.stack import signaling_stack
+    from tests.helpers.wait import wait_for
 
     async with signaling_stack(tmp_path) as stack:
         seeded = await stack.seed_room({"a": "owner", "b": "editor"})

@@ -16,11 +16,14 @@ import pytest
 from pycrdt import Array, Doc, Map, Text, merge_updates
 from sqlalchemy import insert, select
 
-from peer.persistence.store import EMPTY_UPDATE, DocumentStore, UPDATES, SNAPSHOTS
+from peer.persistence.store import DocumentStore, UPDATES, SNAPSHOTS
+from peer.protocol import EMPTY_UPDATE
 from peer.persistence.writer import RoomWriter, WriterConfig
 from peer.protocol import decode_state_vector
 from codesync.models import utcnow
-from tests.support import ROOT, child_env, wait_for
+from tests.helpers.components import ROOT
+from tests.helpers.processes import child_env
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -27,8 +27,10 @@ from peer import Room
 from peer import protocol as p
 from peer.persistence.store import DocumentStore
 from codesync.settings import Settings
-from tests.stack import SeededRoom, Stack, signaling_stack
-from tests.support import Service, child_env, free_port, require, start_service, wait_for, wait_http_ok
+from tests.helpers.stack import SeededRoom, Stack, signaling_stack
+from tests.helpers.components import free_port, require
+from tests.helpers.processes import Service, child_env, start_service
+from tests.helpers.wait import wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(240)
 

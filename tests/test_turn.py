@@ -25,12 +25,14 @@ from pathlib import Path
 
 import pytest
 from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection
-from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_sync_message, create_update_message, handle_sync_message
+from pycrdt import Doc, Text, YMessageType, create_sync_message, create_update_message, handle_sync_message
 
 from peer.ice import apply_ice_policy, ice_servers_from_json
 from signaling.api.ops import ice_servers
-from tests.conftest import _api
-from tests.support import ROOT, free_port, port_open, require, stop_process, wait_for
+from tests.helpers.api import in_process_api
+from tests.helpers.components import ROOT, free_port, port_open, require
+from tests.helpers.processes import stop_process
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,7 +111,7 @@ async def turn_api(make_settings, sqlite_url, coturn: Coturn) -> AsyncIterator:
         stun_urls=f"stun:127.0.0.1:{coturn.port}",
         ice_hosts="127.0.0.1",
     )
-    async with _api(settings) as api:
+    async with in_process_api(settings) as api:
         yield api
 
 
@@ -270,7 +272,7 @@ async def test_two_peers_exchange_document_updates_through_coturn(turn_api, cotu
 async def test_peer_library_rooms_allocate_on_coturn_with_signaling_credentials(tmp_path: Path, coturn: Coturn):
     """Room peers fetch /api/ice-servers themselves and allocate relays on coturn with those credentials."""
     from peer import Room
-    from tests.stack import signaling_stack
+    from tests.helpers.stack import signaling_stack
 
     async with signaling_stack(
         tmp_path,

@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import SignalClient, seed_room
-from tests.support import ROOT, child_env, free_port, wait_for, wait_http_ok
+from tests.helpers.stack import SignalClient, seed_room
+from tests.helpers.components import ROOT, free_port
+from tests.helpers.processes import child_env
+from tests.helpers.wait import wait_for, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 

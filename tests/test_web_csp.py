@@ -1,5 +1,5 @@
 """The built web client works under the server's Content-Security-Policy (real headless
-Chromium in a private network namespace, tests/csp_driver.py): two people in one room — one of
+Chromium in a private network namespace, tests/browser/csp_driver.py): two people in one room — one of
 them joined through an invite link, accepted with the token in the request body — edit
 together over WebRTC, with no CSP violation, while an inline script is refused."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns import browser_stack_available, run_driver
-from tests.support import require
+from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.components import require
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(240)
 def test_web_client_runs_under_the_content_security_policy(tmp_path):
     ok, why = browser_stack_available()
     require("browser testbed", ok, why)
-    res = run_driver("../csp_driver.py", {"workdir": str(tmp_path)}, tmp_path / "driver.log", timeout=200)
+    res = run_driver("csp_driver.py", {"workdir": str(tmp_path)}, tmp_path / "driver.log", timeout=200)
     assert "error" not in res, f"{res['error']}\n{res.get('trace')}\n{res.get('logs')}"
     assert "frame-ancestors 'none'" in res["csp_header"] and "script-src 'self'" in res["csp_header"]
     assert res["bob_joined"] and res["synced"]

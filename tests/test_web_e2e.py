@@ -1,5 +1,5 @@
 """End-to-end tests of the web client in real headless Chromium, inside a private network
-namespace (tests/netns.py): the whole stack — signaling, persistence peer, runner — and two
+namespace (tests/helpers/netns.py): the whole stack — signaling, persistence peer, runner — and two
 (sometimes more) browser contexts. One driver run (tests/browser/web_e2e.py) walks the whole
 story once; each test below checks one part of it, so a failure names what broke.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns import browser_stack_available, run_driver
-from tests.support import require
+from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.components import require
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.browser_latency import measure
-from tests.netns import browser_stack_available
-from tests.support import require
+from tests.helpers.netns import browser_stack_available
+from tests.helpers.components import require
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.support import ROOT, require
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(120)
 

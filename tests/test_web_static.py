@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _api
-from tests.support import ROOT, require
+from tests.helpers.api import in_process_api
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +23,7 @@ def _fake_dist(tmp_path: Path) -> Path:
 
 async def test_serves_index_assets_and_fallback(make_settings, tmp_path):
     dist = _fake_dist(tmp_path)
-    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", web_dist=dist)) as api:
+    async with in_process_api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", web_dist=dist)) as api:
         r = await api.client.get("/")
         assert r.status_code == 200 and "CodeSync test" in r.text
         assert r.headers["content-type"].startswith("text/html")
@@ -46,7 +46,7 @@ async def test_serves_index_assets_and_fallback(make_settings, tmp_path):
 
 
 async def test_missing_dist_says_how_to_build(make_settings, tmp_path):
-    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", web_dist=tmp_path / "nothing")) as api:
+    async with in_process_api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", web_dist=tmp_path / "nothing")) as api:
         r = await api.client.get("/")
         assert r.status_code == 503
         assert "make web" in r.text
@@ -55,7 +55,7 @@ async def test_missing_dist_says_how_to_build(make_settings, tmp_path):
 async def test_real_build_is_served(make_settings, tmp_path):
     dist = ROOT / "web" / "dist"
     require("built web client", (dist / "index.html").is_file(), "run `make web`")
-    async with _api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")) as api:
+    async with in_process_api(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")) as api:
         r = await api.client.get("/")
         assert r.status_code == 200
         import re

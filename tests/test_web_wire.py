@@ -13,7 +13,7 @@ import pytest
 
 from peer.chunking import Reassembler, split_message
 from peer.protocol import AppMessage, ChunkMessage, encode_app, encode_sync_update, parse_message
-from tests.support import ROOT, require
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,12 +11,12 @@ import subprocess
 
 import pytest
 
-from tests.support import ROOT, require
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.parametrize("name, count", [("workspace", 2), ("zip", 3), ("ansi", 3), ("runner_choice", 2)])
+@pytest.mark.parametrize("name, count", [("workspace", 3), ("zip", 3), ("ansi", 3), ("runner_choice", 2)])
 def test_web_workspace_module_in_node(name, count):
     require("node + web/node_modules", shutil.which("node") is not None and (ROOT / "web" / "node_modules" / "fflate").is_dir(), "make web")
     proc = subprocess.run(["node", "--test", f"test/{name}.test.mjs"], cwd=ROOT / "web", capture_output=True, text=True, timeout=100)

@@ -13,9 +13,9 @@ from peer import workspace as ws
 from peer.persistence import migrate_v2
 from peer.persistence.store import DocumentStore
 from codesync.settings import Settings
-from tests.stack import joined
-from tests.support import wait_for
-from tests.test_persistence_peer import persist_stack, saved_covers
+from tests.helpers.stack import joined
+from tests.helpers.wait import wait_for
+from tests.helpers.persistence import persist_stack, saved_covers
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,8 +10,8 @@ import pytest
 
 from peer import workspace as ws
 from peer.protocol import decode_state_vector
-from tests.stack import joined, signaling_stack
-from tests.support import wait_for
+from tests.helpers.stack import joined, signaling_stack
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

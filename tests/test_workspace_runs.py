@@ -9,8 +9,8 @@ import pycrdt
 import pytest
 
 from peer import workspace as ws
-from tests.support import wait_for
-from tests.test_runner_service import clients, runner_stack
+from tests.helpers.wait import wait_for
+from tests.helpers.runner import clients, runner_stack
 
 pytestmark = pytest.mark.timeout(240)
 

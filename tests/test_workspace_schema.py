@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peer import workspace as ws
-from tests.support import ROOT, require
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(180)
 

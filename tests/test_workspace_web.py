@@ -15,8 +15,8 @@ import zipfile
 
 import pytest
 
-from tests.netns import browser_stack_available, run_driver
-from tests.support import ROOT, require
+from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(480)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 import unicodedata
 import zlib
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from codesync.models import MAIN_DOC, new_id
+from peer.ratelimit import TokenBucket
 
 from ..workspace import SOURCE_ID, valid_entry_id
 from . import history
@@ -92,20 +92,6 @@ class Refused(Exception):
         self.message = message
 
 
-class _Bucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class HistoryServer:
     """Answers history requests in one room (the persistence peer owns the room)."""
 
@@ -128,7 +114,7 @@ class HistoryServer:
         self.limits = limits
         self.viewers_default = viewers_default
         self.viewers_read = viewers_read  # the room's own policy (None: the default)
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._inflight: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -162,7 +148,7 @@ class HistoryServer:
         if bucket is None:
             if len(self._buckets) > 1000:
                 self._buckets.clear()
-            bucket = self._buckets[peer_id] = _Bucket(self.limits.per_link_rate, self.limits.per_link_burst)
+            bucket = self._buckets[peer_id] = TokenBucket(self.limits.per_link_rate, self.limits.per_link_burst)
         if not bucket.take():
             self._reply_soon(peer_id, req_id, q, error=("busy", "too many history requests; slow down"))
             return

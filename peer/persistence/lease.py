@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from codesync.models import RoomLease, utcnow
+from codesync.backends import Backends, shared_or
 from codesync.settings import Settings
 
 log = logging.getLogger("codesync.persistence.lease")
@@ -106,7 +107,7 @@ class RedisLeases:
 
     async def holder(self, room_id: str) -> str | None:
         value = await self.redis.get(self.key(room_id))
-        return value.decode() if value is not None else None
+        return value.decode() if isinstance(value, bytes) else value
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -163,10 +164,22 @@ class DatabaseLeases:
         pass
 
 
-def lease_backend(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
-    if settings.redis_url:
-        return RedisLeases(settings.redis_url, settings.redis_prefix, owner)
+# Leases live in Redis when it is configured, else in the database (codesync/backends.py).
+LEASE_BACKENDS: Backends[LeaseBackend] = Backends("lease", shared_or("database"))
+
+
+@LEASE_BACKENDS.register("redis")
+def _redis_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
+    return RedisLeases(settings.redis_url or "", settings.redis_prefix, owner)
+
+
+@LEASE_BACKENDS.register("database")
+def _database_leases(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
     return DatabaseLeases(engine, owner)
+
+
+def lease_backend(settings: Settings, engine: AsyncEngine, owner: str | None = None) -> LeaseBackend:
+    return LEASE_BACKENDS.create(settings, engine, owner)
 
 
 class HeldLease:

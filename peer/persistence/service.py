@@ -52,8 +52,6 @@ PERSISTENCE = Principal(service="persistence")
 
 log = logging.getLogger("codesync.persistence")
 
-MAX_ROOM_ID = 32  # document_updates.room_id / rooms.id length
-
 ROOMS_OWNED = Gauge("codesync_persist_rooms_owned", "rooms this persistence peer owns (holds the lease of)")
 UPDATES_STORED = Counter("codesync_persist_updates_stored_total", "updates made durable")
 PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the save state
@@ -258,8 +256,6 @@ class RoomKeeper(RoomPresence):
 
 class PersistenceService(RoomService[RoomKeeper]):
     """Keeps a RoomKeeper per active room; owns the store and the lease backend."""
-
-    max_room_id = MAX_ROOM_ID
 
     def __init__(self, settings: Settings, store: DocumentStore | None = None) -> None:
         super().__init__(settings)

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from codesync import db
 from codesync.models import HISTORY_TABLES, MAIN_DOC, DocumentSnapshot, DocumentUpdate, HistorySettings
 from codesync.settings import Settings
+from peer.protocol import EMPTY_UPDATE
 
 log = logging.getLogger("codesync.persistence.store")
 
@@ -55,8 +56,6 @@ UPDATES = DocumentUpdate.__table__
 SNAPSHOTS = DocumentSnapshot.__table__
 SETTINGS = HistorySettings.__table__
 
-# An empty Yjs update (no structs, empty delete set): what an empty document encodes to.
-EMPTY_UPDATE = b"\x00\x00"
 SEEK_RATIO = 1.0  # keep a snapshot when the log since the previous kept one is >= this x its size ...
 SEEK_ROWS = 8000  # ... or has this many rows (a seek replays at most about this many)
 _FETCH_ROWS = 2000  # rows per fetch when streaming a range

@@ -27,16 +27,16 @@ import tarfile
 import zipfile
 from collections.abc import Mapping
 
-MAX_FILES = 500
-MAX_FILE_BYTES = 2 * 1024 * 1024
-MAX_TOTAL_BYTES = 8 * 1024 * 1024
-MAX_PATH = 240
-MAX_PART = 100
-MAX_DEPTH = 16
-BUILD_DIR = ".codesync"
+from peer.workspace import CONTROL_CHARS, DEVICE_NAME, LIMITS
 
-_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(\..*)?$", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A run holds what a room's tree may hold (peer.workspace.Limits: one set of numbers).
+MAX_FILES = LIMITS.files
+MAX_FILE_BYTES = LIMITS.file_bytes
+MAX_TOTAL_BYTES = LIMITS.total_bytes
+MAX_PATH = LIMITS.path_bytes
+MAX_PART = LIMITS.name_bytes
+MAX_DEPTH = LIMITS.depth
+BUILD_DIR = ".codesync"
 
 
 class ProjectError(ValueError):
@@ -48,7 +48,7 @@ def check_path(path: object) -> str:
     if not isinstance(path, str) or not path:
         raise ProjectError("a file path must be a non-empty string")
     shown = repr(path[:80])
-    if _CONTROL.search(path):
+    if CONTROL_CHARS.search(path):
         raise ProjectError(f"file path {shown} contains a control character")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise ProjectError(f"file path {shown} is absolute; paths are relative to the project folder")
@@ -64,7 +64,7 @@ def check_path(path: object) -> str:
             raise ProjectError(f"file path {shown} has an empty, '.' or '..' part")
         if len(part.encode()) > MAX_PART:
             raise ProjectError(f"file path {shown} has a name longer than {MAX_PART} bytes")
-        if _DEVICE.match(part) or part.endswith((" ", ".")):
+        if DEVICE_NAME.match(part) or part.endswith((" ", ".")):
             raise ProjectError(f"file path {shown} uses a reserved device name")
     if parts[0] == BUILD_DIR:
         raise ProjectError(f"file path {shown}: {BUILD_DIR}/ is reserved for the runner's build output")

@@ -18,9 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
+from peer.ratelimit import TokenBucket
+
 from ..principal import Principal
 from . import metrics
-from .limits import Limits, TokenBucket
+from .limits import Limits
 from .protocol import CLOSE_SLOW_CONSUMER, dumpb
 
 log = logging.getLogger("codesync.signal")

@@ -71,6 +71,8 @@ class Hub(ABC):
     (its oldest go first), so reconnecting in a loop cannot grow them without bound.
     """
 
+    node: str = ""  # this node's id among several (a backend shared by nodes sets it)
+
     def __init__(self, peer_id_grace: float = 60.0, reserve_cap: tuple[int, int] = (80, 20000)) -> None:
         self.peer_id_grace = max(0.0, float(peer_id_grace))
         self.reserve_cap = reserve_cap

@@ -6,7 +6,6 @@ a client that stops reading. These keep one client from hurting the others.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 from codesync.settings import Settings
@@ -56,24 +55,3 @@ class Limits:
             # one peer id per room (peer.Room), and a room may be left and joined again
             max_peer_ids=2 * settings.signal_service_max_topics,
         )
-
-
-class TokenBucket:
-    """Classic token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False

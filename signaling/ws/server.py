@@ -16,7 +16,9 @@ from aiohttp import WSMsgType, web
 
 from ..access import room_role
 from ..errors import ApiError
+from codesync.backends import Backends, shared_or
 from codesync.logs import CONN_ID
+from codesync.settings import Settings
 from ..principal import Principal, principal_from_token, require_user
 from ..rooms import LISTENERS_KEY, add_membership_listener
 from ..state import STATE, AppState, get_state
@@ -42,18 +44,29 @@ def setup(app: web.Application) -> None:
     app.on_shutdown.append(_going_away)
 
 
+# The hub: in this process, or shared by every node through Redis (codesync/backends.py).
+HUBS: Backends[Hub] = Backends("hub", shared_or("memory"))
+
+
+@HUBS.register("memory")
+def _memory_hub(settings: Settings, grace: float, cap: tuple[int, int]) -> Hub:
+    return MemoryHub(grace, cap)
+
+
+@HUBS.register("redis")
+def _redis_hub(settings: Settings, grace: float, cap: tuple[int, int]) -> Hub:
+    from .redis_backend import RedisHub
+
+    return RedisHub(settings.redis_url or "", settings.redis_prefix, settings.presence_ttl, grace, cap)
+
+
 def make_hub(state: AppState) -> Hub:
     settings = state.settings
     user, service = Limits.from_settings(settings), Limits.for_services(settings)
     # Reservations one principal may hold: every peer id of all its connections, twice over
     # (a reconnect loop only evicts its own oldest).
     cap = (2 * user.max_peer_ids * user.max_conns_per_user, service.max_peer_ids)
-    grace = settings.signal_peer_id_grace
-    if settings.redis_url:
-        from .redis_backend import RedisHub
-
-        return RedisHub(settings.redis_url, settings.redis_prefix, settings.presence_ttl, grace, cap)
-    return MemoryHub(grace, cap)
+    return HUBS.create(settings, settings.signal_peer_id_grace, cap)
 
 
 async def _hub_context(app: web.Application):

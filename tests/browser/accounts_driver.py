@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): the account screens in a real
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): the account screens in a real
 browser, with a real SMTP server (aiosmtpd on the namespace's loopback) the server mails to.
 
 Story: register (the "confirm your address" banner), open the mailed verification link; a
@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
-from tests.smtp import smtp_server  # noqa: E402
+from tests.helpers.stack import Stack  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.smtp import smtp_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "screenshots"
@@ -52,11 +53,11 @@ async def main() -> None:
     logs: list[str] = []
     stacks: list[Stack] = []
     with smtp_server("127.0.0.1") as smtp:
-        stack = Stack(Path(cfg["workdir"]) / "open", extra_env={
+        stack = namespace_stack(Path(cfg["workdir"]) / "open", extra_env={
             "CODESYNC_SMTP_URL": smtp.url, "CODESYNC_UNVERIFIED_ACCOUNTS": "limited",
             "CODESYNC_MAIL_FROM": "CodeSync <noreply@codesync.test>", "CODESYNC_SESSION_RECHECK": "3600",
         })
-        closed = Stack(Path(cfg["workdir"]) / "closed", extra_env={"CODESYNC_REGISTRATION": "closed"})
+        closed = namespace_stack(Path(cfg["workdir"]) / "closed", extra_env={"CODESYNC_REGISTRATION": "closed"})
         stacks += [stack, closed]
         for s in stacks:
             s.base_env()  # makes the work dir (and picks the port) before anything is spawned
@@ -64,10 +65,8 @@ async def main() -> None:
             await stack.start_signaling()
             await closed.start_signaling()
             from signaling import admin
-            from codesync.settings import Settings
 
-            env = stack.base_env()
-            await admin.create_user(Settings(data_dir=Path(env["CODESYNC_DATA_DIR"])), "root@example.com", "Root", PASSWORD, is_admin=True)
+            await admin.create_user(stack.settings(), "root@example.com", "Root", PASSWORD, is_admin=True)
             SHOTS.mkdir(parents=True, exist_ok=True)
             async with async_playwright() as pw:
                 browser = await launch_chromium(pw)

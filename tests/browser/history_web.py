@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): the history panel of the
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): the history panel of the
 real web client in headless Chromium, against real ``codesync signaling`` and ``codesync
 persist`` — the timeline, an old version opened read-only with a diff against now, a restore by
 an editor (converging in both browsers and in the database), blame by line, playback at 32×,
@@ -22,7 +22,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 from tests.browser.trust_web import open_as, stored_text, wait_js  # noqa: E402
 from tests.browser.web_e2e import Steps, doc_text, type_into_editor  # noqa: E402
 from tests.browser.workspace_web import new_entry  # noqa: E402
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -34,12 +34,12 @@ SAVED = "() => document.querySelector('[data-testid=status-saved]').textContent 
 async def main() -> None:
     cfg = read_config()
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]))
+    stack = namespace_stack(Path(cfg["workdir"]))
     steps = Steps()
     state: dict = {"logs": []}
     try:
         await stack.start_signaling()
-        await stack.start_service("persist", "persistence", "peer.persistence.service")
+        await stack.start_service("persist", "persistence")
         async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
             users = {}
             for name in ("alice", "bob", "vic"):

@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): browser-to-browser edit
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): browser-to-browser edit
 latency through the real web client. Alice types N characters one key at a time; for each
 keystroke the time from the keydown in Alice's page to the character appearing in Bob's
 document (Y.Text observer) is measured with both pages' high-resolution epoch clocks
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -42,7 +42,7 @@ async def main() -> None:
     keys = int(cfg.get("keystrokes", 300))
     delay = float(cfg.get("delay_ms", 25))
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]))
+    stack = namespace_stack(Path(cfg["workdir"]))
     result: dict = {}
     try:
         await stack.start_signaling()

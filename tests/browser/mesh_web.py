@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from tests.browser.web_e2e import Steps, doc_text, type_into_editor  # noqa: E402
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import emit_result, launch_chromium, namespace_stack, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 T = 30_000  # ms, Playwright waits
@@ -99,7 +99,7 @@ async def main() -> None:
     cfg = read_config()
     setup_interfaces()
     extra = {"CODESYNC_WEB_DIST": cfg["web_dist"]} if cfg.get("web_dist") else {}
-    stack = Stack(Path(cfg["workdir"]), extra_env=extra)
+    stack = namespace_stack(Path(cfg["workdir"]), extra_env=extra)
     steps = Steps()
     state: dict = {"logs": []}
     ghost_ws = None
@@ -279,7 +279,7 @@ async def main() -> None:
 
             # ------------------------------------------------------------ part 2: two links each
             async def small_setup():
-                await stack.start_service("persist", "persistence", "peer.persistence.service")
+                await stack.start_service("persist", "persistence")
                 route = f"#/room/{rooms['small']['id']}"
                 # One after another: Alice-Bob, then Carol takes both their free slots; Dave finds
                 # every browser full and has only the persistence peer.

@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): sessions in the browser.
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): sessions in the browser.
 Access tokens live a few seconds, so the page must refresh them silently (the refresh token
 rotates) and reconnect to /signal with a fresh token each time the server closes with 4001,
 without the user noticing; a revoked session ends on the sign-in page with a message; a
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 T = 30_000
@@ -41,7 +41,7 @@ async def main() -> None:
     ttl = int(cfg.get("access_ttl", 6))
     setup_interfaces()
     # A configured OAuth provider (GitHub needs no discovery, so nothing is contacted unless clicked).
-    stack = Stack(Path(cfg["workdir"]), access_ttl=ttl, extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
+    stack = namespace_stack(Path(cfg["workdir"]), access_ttl=ttl, extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
     result: dict = {"steps": {}}
     steps = result["steps"]
     try:

@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): the browser's side of the
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): the browser's side of the
 trust model, tried as the attackers would — real signaling, a real persistence peer, four
 users in four headless Chromium contexts running the real web client, and one raw /signal
 client. Each attacker uses what a modified client can do from the page (``window.codesync``):
@@ -27,7 +27,8 @@ import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from tests.browser.web_e2e import Steps, doc_text, type_into_editor  # noqa: E402
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.stack import Stack  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 T = 30_000  # ms, Playwright waits
@@ -132,10 +133,8 @@ async def stored_text(stack: Stack, room_id: str) -> str:
     from pycrdt import Doc, Text
 
     from peer.persistence.store import DocumentStore
-    from codesync.settings import Settings
 
-    env = stack.base_env()
-    store = await DocumentStore.open(Settings(data_dir=Path(env["CODESYNC_DATA_DIR"]), secret_key=env["CODESYNC_SECRET_KEY"]))
+    store = await DocumentStore.open(stack.settings())
     try:
         loaded = await store.load(room_id)
     finally:
@@ -149,7 +148,7 @@ async def main() -> None:
     cfg = read_config()
     setup_interfaces()
     extra = {"CODESYNC_WEB_DIST": cfg["web_dist"]} if cfg.get("web_dist") else {}
-    stack = Stack(Path(cfg["workdir"]), extra_env=extra)
+    stack = namespace_stack(Path(cfg["workdir"]), extra_env=extra)
     steps = Steps()
     state: dict = {"logs": []}
     attacker_ws = None
@@ -236,7 +235,7 @@ async def main() -> None:
 
             # ---------------------------------------------------------------- persistence peer
             async def persistence_saves():
-                await stack.start_service("persist", "persistence", "peer.persistence.service")
+                await stack.start_service("persist", "persistence")
                 for p in (pages["alice"], pages["carol"]):
                     await p.wait_for_selector("[data-testid=status-saved].ok", timeout=45_000)
                 return {"status": await pages["alice"].inner_text("[data-testid=status-saved]")}

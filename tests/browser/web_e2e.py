@@ -1,4 +1,4 @@
-"""Driver (runs INSIDE a private network namespace, see tests/netns.py): the whole stack and
+"""Driver (runs INSIDE a private network namespace, see tests/helpers/netns.py): the whole stack and
 headless Chromium; two users collaborate through the real web client. Prints one RESULT line:
 ``{"steps": {name: {"ok": bool, ...}}, "services": {...}}``. Steps run in order and later
 steps that need an earlier one are reported as blocked rather than run on a broken state.
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from tests.netns import NS_ADDR, ROOT, Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.components import ROOT  # noqa: E402
+from tests.helpers.netns import NS_ADDR, namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 SHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
@@ -78,15 +79,15 @@ async def main() -> None:
     cfg = read_config()
     setup_interfaces()
     # A configured OAuth provider, so the sign-in screen shows its button (never clicked: no internet).
-    stack = Stack(Path(cfg["workdir"]), extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
+    stack = namespace_stack(Path(cfg["workdir"]), extra_env={"CODESYNC_OAUTH_GITHUB_CLIENT_ID": "test-client", "CODESYNC_OAUTH_GITHUB_CLIENT_SECRET": "s"})
     steps = Steps()
     services: dict[str, str] = {}
     state: dict = {}
     try:
         await stack.start_signaling()
-        for command, scope, module in (("persist", "persistence", "peer.persistence.service"), ("runner", "runner", "runner.service")):
+        for command, scope in (("persist", "persistence"), ("runner", "runner")):
             try:
-                await stack.start_service(command, scope, module)
+                await stack.start_service(command, scope)
                 services[command] = "started"
             except Exception as exc:  # noqa: BLE001
                 services[command] = f"unavailable: {exc}"

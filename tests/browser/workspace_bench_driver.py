@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py) for bench/workspace.py: the
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py) for bench/workspace.py: the
 workspace in real Chromium with the whole stack. Alice uploads a generated project (``files``
 files, ``mb`` MB) through the client's own import; a fresh page of Bob's opens the room and is
 timed from ``goto`` to holding every file with every byte (several times, a fresh context each);
@@ -22,7 +22,7 @@ import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from tests.browser.trust_web import PASSWORD, open_as  # noqa: E402
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 HOLDS = """([n, bytes]) => { const cs = window.codesync; if (!cs) return false
   const files = cs.tree().filter(e => e.kind === 'file' && e.path.startsWith('pkg'))
@@ -41,13 +41,13 @@ async def main() -> None:
     cfg = read_config()
     files, mb, rounds = int(cfg.get("files", 200)), float(cfg.get("mb", 5)), int(cfg.get("rounds", 20))
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]), extra_env={"CODESYNC_RUNNER_WALL_SECONDS": "120", "CODESYNC_RUNNER_CPU_SECONDS": "60",
+    stack = namespace_stack(Path(cfg["workdir"]), extra_env={"CODESYNC_RUNNER_WALL_SECONDS": "120", "CODESYNC_RUNNER_CPU_SECONDS": "60",
                                                   "CODESYNC_PERSIST_IDLE_GRACE": "600"})
     result: dict = {}
     try:
         await stack.start_signaling()
-        await stack.start_service("persist", "persistence", "peer.persistence.service")
-        await stack.start_service("runner", "runner", "runner.service")
+        await stack.start_service("persist", "persistence")
+        await stack.start_service("runner", "runner")
         async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
             users = {}
             for name in ("alice", "bob"):

@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py): the workspace in the real web
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py): the workspace in the real web
 client — files and folders, tabs, cursors per file, multi-file runs, the console, upload and
 download — with signaling, the persistence peer and the runner, and three users in headless
 Chromium: Alice (owner), Bob (editor), Carol (viewer). Prints one RESULT line:
@@ -25,7 +25,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 
 from tests.browser.trust_web import PASSWORD, never, open_as, probe  # noqa: E402
 from tests.browser.web_e2e import Steps  # noqa: E402
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 T = 30_000
 USERS = ("alice", "bob", "carol")
@@ -96,13 +96,13 @@ async def new_entry(page, button: str, name: str) -> None:
 async def main() -> None:
     cfg = read_config()
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]))
+    stack = namespace_stack(Path(cfg["workdir"]))
     steps = Steps()
     state: dict = {"logs": []}
     try:
         await stack.start_signaling()
-        await stack.start_service("persist", "persistence", "peer.persistence.service")
-        await stack.start_service("runner", "runner", "runner.service")
+        await stack.start_service("persist", "persistence")
+        await stack.start_service("runner", "runner")
         async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
             users = {}
             for name in USERS:

@@ -29,7 +29,7 @@ import { PeerConn } from './peerconn.js'
 import {
   CAPS, EMPTY_UPDATE, MSG_APP, MSG_AWARENESS, MSG_BC_PEER_ID, MSG_CHUNK, MSG_DOC, MSG_QUERY_AWARENESS, MSG_SYNC,
   SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, decodeApp, decodeAwarenessEntries, decodeDocSync, encodeApp,
-  encodeAwarenessEntries, encodeDocSync, encodeSync
+  encodeAwarenessEntries, encodeDocSync, encodeSync, uuid
 } from './wire.js'
 import {
   AWARENESS_LIMITS, indexPresence, mayReceiveApp, mayWriteLocal, mayWriteMain, mayWriteNamed,
@@ -48,10 +48,6 @@ const MAX_REFUSALS = 1024 // peers that refused us, remembered for MESH_TIMING.r
 
 function isEmptyUpdate (u) {
   return u.length === 2 && u[0] === 0 && u[1] === 0
-}
-
-function uuid () {
-  return crypto.randomUUID ? crypto.randomUUID() : Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, '0')).join('')
 }
 
 export class CodeSyncProvider extends ObservableV2 {

@@ -17,6 +17,16 @@ export const SYNC_STEP1 = 0
 export const SYNC_STEP2 = 1
 export const SYNC_UPDATE = 2
 
+/** A random RFC 4122 v4 id: peer ids and run ids (crypto.randomUUID where the page has it). */
+export function uuid () {
+  if (crypto.randomUUID) return crypto.randomUUID()
+  const b = crypto.getRandomValues(new Uint8Array(16))
+  b[6] = (b[6] & 0x0f) | 0x40
+  b[8] = (b[8] & 0x3f) | 0x80
+  const x = Array.from(b, v => v.toString(16).padStart(2, '0')).join('')
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`
+}
+
 /** An empty Yjs update (no structs, empty delete set). */
 export const EMPTY_UPDATE = new Uint8Array([0, 0])
 

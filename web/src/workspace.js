@@ -52,6 +52,20 @@ export const LANGUAGES = Object.freeze([
 ])
 const KNOWN = new Set(LANGUAGES.map(l => l.id))
 
+/**
+ * The language picker's list: what the room's runner peers advertise (the `languages` of their
+ * awareness states), plus plain text, in the client's order; every language the client knows
+ * when no runner advertises any (none joined yet, or it says nothing). The open file's language
+ * stays listed even when no runner offers it: it is still that file's language.
+ * @param {Array<any>} runnerStates @param {string|null} [current]
+ */
+export function languageChoices (runnerStates, current = null) {
+  const offered = new Set(runnerStates.flatMap(s => s && Array.isArray(s.languages) ? s.languages.filter(l => typeof l === 'string') : []))
+  const list = offered.size ? LANGUAGES.filter(l => offered.has(l.id) || l.id === PLAINTEXT) : [...LANGUAGES]
+  const kept = current && !list.some(l => l.id === current) ? LANGUAGES.find(l => l.id === current) : undefined
+  return kept ? [...list, kept] : list
+}
+
 const ID = /^[A-Za-z0-9_-]{1,64}$/
 const CONTROL = /[\x00-\x1f\x7f]/ // eslint-disable-line no-control-regex
 const DEVICE = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(\..*)?$/i

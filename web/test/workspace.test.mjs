@@ -5,8 +5,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import {
-  LIMITS, createEntry, deleteEntry, ensureFirstFile, entryFile, importFiles, moveEntry, projectFiles, readTree,
-  renameEntry, setEntryFile
+  LANGUAGES, LIMITS, PLAINTEXT, createEntry, deleteEntry, ensureFirstFile, entryFile, importFiles, moveEntry, projectFiles, readTree,
+  languageChoices, renameEntry, setEntryFile
 } from '../src/workspace.js'
 
 const paths = (doc) => Array.from(readTree(doc).entries.values()).map(e => e.path).sort()
@@ -46,4 +46,19 @@ test('upload import: all or nothing, folders made, same path replaced, limits', 
   const many = Array.from({ length: LIMITS.files }, (_, i) => ({ path: `f${i}.py`, text: '' }))
   assert.throws(() => importFiles(doc, many), /at most 500 files/)
   assert.deepEqual(Y.encodeStateVector(doc), before) // nothing written by a refused upload
+})
+
+test('language picker: what the runner advertises, plain text, the open file kept; all as the fallback', () => {
+  const ids = (list) => list.map(l => l.id)
+  // No runner in the room yet (or one that advertises nothing): every language the client knows.
+  assert.deepEqual(ids(languageChoices([])), ids(LANGUAGES))
+  assert.deepEqual(ids(languageChoices([{ service: 'runner' }, null])), ids(LANGUAGES))
+  // A runner offering two: those two (in the client's order) and plain text.
+  assert.deepEqual(ids(languageChoices([{ service: 'runner', languages: ['ruby', 'python', 42] }])), ['python', 'ruby', PLAINTEXT])
+  // Two runners: the union. Unknown ids are not listed (the client has no label for them).
+  assert.deepEqual(ids(languageChoices([{ languages: ['go'] }, { languages: ['c', 'cobol'] }])), ['c', 'go', PLAINTEXT])
+  // The open file's language stays listed although no runner offers it; an unknown one is not invented.
+  assert.deepEqual(ids(languageChoices([{ languages: ['python'] }], 'rust')), ['python', PLAINTEXT, 'rust'])
+  assert.deepEqual(ids(languageChoices([{ languages: ['python'] }], 'python')), ['python', PLAINTEXT])
+  assert.deepEqual(ids(languageChoices([{ languages: ['python'] }], 'klingon')), ['python', PLAINTEXT])
 })

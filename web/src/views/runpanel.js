@@ -4,18 +4,10 @@
 import * as Y from 'yjs'
 import { listRuns, runDuration, runsMap } from '../doc.js'
 import { h, notice } from '../ui.js'
+import { uuid } from '../wire.js'
 import { createConsole } from './console.js'
 
 const RUN_ANSWER_TIMEOUT_MS = 5000
-
-function uuid () {
-  if (crypto.randomUUID) return crypto.randomUUID()
-  const b = crypto.getRandomValues(new Uint8Array(16))
-  b[6] = (b[6] & 0x0f) | 0x40
-  b[8] = (b[8] & 0x3f) | 0x80
-  const x = Array.from(b, v => v.toString(16).padStart(2, '0')).join('')
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`
-}
 
 function toBase64 (bytes) {
   let s = ''

@@ -48,15 +48,10 @@ export function createWorkspace ({ doc, awareness, provider, idb, room, roomId, 
     return { language: entry.language, entry: entry.id, entry_path: entry.path }
   }
 
-  /** The language list: what the runner advertises (plus plain text), else every language we know. */
-  function languageChoices () {
-    const offered = new Set(provider.serviceStates('runner').flatMap(s => Array.isArray(s.languages) ? s.languages : []))
-    const list = offered.size ? ws.LANGUAGES.filter(l => offered.has(l.id) || l.id === ws.PLAINTEXT) : ws.LANGUAGES
-    return active && !list.some(l => l.id === active.language) ? [...list, ws.LANGUAGES.find(l => l.id === active.language)] : list
-  }
   let shownChoices = ''
   function renderToolbar () {
-    const choices = languageChoices()
+    // What the runner advertises (plus plain text), else every language we know (workspace.js).
+    const choices = ws.languageChoices(provider.serviceStates('runner'), active ? active.language : null)
     const key = choices.map(l => l.id).join()
     if (key !== shownChoices) {
       shownChoices = key

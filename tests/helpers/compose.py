@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.smtp import smtp_server
-from tests.support import ROOT, free_port
+from tests.helpers.smtp import smtp_server
+from tests.helpers.components import ROOT, free_port
 
 COMPOSE_FILE = ROOT / "compose.yaml"
 DEBIAN_IMAGES_FILE = ROOT / "deploy" / "compose.debian-images.yaml"
@@ -407,7 +407,7 @@ def compose_stack(cli: list[str]) -> Iterator[ComposeProject]:
     The caller runs ``up``; teardown runs ``down -v`` and removes the dockerd with its data
     dir, so no container, image, volume, build cache or network outlives the test.
     """
-    from tests.dockerd import start_dockerd, stop_dockerd
+    from tests.helpers.dockerd import start_dockerd, stop_dockerd
 
     timings: dict[str, float] = {}
     with _exclusive_lock():

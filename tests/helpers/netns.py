@@ -4,28 +4,27 @@ Chromium never runs in the host network namespace. A browser test starts ONE dri
 (``tests/browser/*.py``) inside ``unshare --net``; the driver calls :func:`setup_interfaces`
 (``lo`` up, ``rtc0`` dummy/ifb with 10.99.0.1/24, default route through it), refuses to go on
 if any other interface is visible, starts the whole stack bound to 10.99.0.1
-(:class:`Stack`: signaling, persistence peer, runner, with ``CODESYNC_ICE_HOSTS=10.99.0.1``),
+(:func:`namespace_stack`: tests/helpers/stack.py's ``Stack`` on ``NS_ADDR`` — signaling,
+persistence peer, runner, with ``CODESYNC_ICE_HOSTS=10.99.0.1``),
 drives Chromium with Playwright and prints its results as one JSON line prefixed ``RESULT ``.
 The pytest side (:func:`run_driver`) only spawns the namespace and parses that line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.components import ROOT
+from tests.helpers.stack import Stack
+
 NS_ADDR = "10.99.0.1"
 NS_IFACE = "rtc0"
 CHROMIUM = "/usr/bin/chromium"
@@ -118,12 +117,6 @@ def check_isolated() -> None:
         raise RuntimeError(f"refusing to run browser tests: interfaces other than lo/{NS_IFACE} are visible: {sorted(extra)}")
 
 
-def free_port(host: str = NS_ADDR) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _playwright_disabled_features() -> list[str]:
     """Playwright passes its own ``--disable-features`` list and a second switch replaces the
     first, so ours must repeat Playwright's list (read from its bundle) plus what we add."""
@@ -157,121 +150,9 @@ async def launch_chromium(playwright):
     return await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args())
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def kill(self, sig: int = 9) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@dataclass
-class Stack:
-    """The CodeSync stack under test, inside the namespace, bound to 10.99.0.1."""
-
-    workdir: Path
-    port: int = 0
-    access_ttl: int = 900  # seconds; short values exercise silent refresh and 4001 reconnects
-    extra_env: dict[str, str] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    procs: dict[str, Proc] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://{NS_ADDR}:{self.port}"
-
-    def base_env(self) -> dict[str, str]:
-        if not self.env:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.port = self.port or free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CODESYNC_")}
-            env.update(
-                CODESYNC_HOST=NS_ADDR, CODESYNC_PORT=str(self.port), CODESYNC_PUBLIC_URL=f"http://{NS_ADDR}:{self.port}",
-                CODESYNC_DATA_DIR=str(self.workdir / "data"), CODESYNC_SECRET_KEY=secrets.token_urlsafe(48),
-                CODESYNC_ICE_HOSTS=NS_ADDR, CODESYNC_SIGNALING_URL=f"ws://{NS_ADDR}:{self.port}/signal",
-                CODESYNC_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-                CODESYNC_ACCESS_TOKEN_TTL=str(self.access_ttl),
-                # Browser tests register and invite at once (the default is tested with its own env).
-                CODESYNC_UNVERIFIED_ACCOUNTS="full",
-            )
-            env.update(self.extra_env)
-            self.env = env
-        return self.env
-
-    def _spawn(self, name: str, args: list[str], extra: dict[str, str] | None = None) -> Proc:
-        log = self.workdir / f"{name}.log"
-        fh = open(log, "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "codesync.cli", *args], env={**self.base_env(), **(extra or {})},
-            stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        fh.close()
-        p = Proc(name, proc, log)
-        self.procs[name] = p
-        return p
-
-    async def start_signaling(self, timeout: float = 30) -> None:
-        p = self._spawn("signaling", ["signaling"])
-        await wait_http(f"{self.url}/healthz", p, timeout)
-
-    async def service_token(self, scope: str) -> str:
-        """What ``codesync token --scope`` prints, made in-process (a CLI start costs seconds here)."""
-        from signaling.admin import create_service_token
-        from codesync.settings import Settings
-
-        env = self.base_env()
-        settings = Settings(
-            data_dir=Path(env["CODESYNC_DATA_DIR"]), secret_key=env["CODESYNC_SECRET_KEY"],
-            host=NS_ADDR, port=self.port,
-        )
-        return await create_service_token(settings, scope, f"browser-test-{scope}")
-
-    async def start_service(self, command: str, scope: str, module: str) -> Proc:
-        """`codesync persist` / `codesync runner` with a fresh service token; refuses early
-        (RuntimeError) when the service's module is not in the tree yet."""
-        import importlib.util
-
-        if importlib.util.find_spec(module) is None:
-            raise RuntimeError(f"{module} does not exist yet")
-        return self._spawn(command, [command], {"CODESYNC_SERVICE_TOKEN": await self.service_token(scope)})
-
-    def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            p.kill(15)
-
-
-async def wait_http(url: str, proc: Proc | None = None, timeout: float = 30) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            if proc is not None and not proc.alive():
-                raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
+def namespace_stack(workdir: Path, **kw: Any) -> Stack:
+    """The stack a browser test drives: every process bound to the namespace's address."""
+    return Stack(workdir, host=NS_ADDR, **kw)
 
 
 def read_config() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Usage (any test file)::
 
-    from tests.stack import signaling_stack, SignalClient
+    from tests.helpers.stack import signaling_stack, SignalClient
 
     async def test_something(tmp_path):
         async with signaling_stack(tmp_path) as stack:          # one `codesync signaling` process
@@ -39,7 +39,8 @@ from codesync import db
 from codesync.models import Membership, Role, Room, ServiceToken, User
 from codesync.settings import Settings
 from signaling.tokens import TokenService
-from tests.support import Service, child_env, start_signaling
+from tests.helpers.components import free_port
+from tests.helpers.processes import Service, child_env, start_service, start_signaling
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -182,20 +183,102 @@ def access_token(secret: str, user_id: str, ttl: int | None = None) -> str:
 # ----------------------------------------------------------------------------- processes
 @dataclass
 class Stack:
-    """Running signaling node(s) sharing one database (and Redis, when given)."""
+    """CodeSync under test as real child processes: signaling node(s) on one database (and one
+    Redis, when configured) and the service peers (``persist``, ``runner``) that join its rooms.
 
-    nodes: list[Service]
-    database_url: str
-    secret: str
-    env: dict[str, str] = field(default_factory=dict)
+    The same class serves the loopback tests (:func:`signaling_stack`) and the browser tests
+    inside their network namespace (``Stack(workdir, host=NS_ADDR)``, tests/helpers/netns.py).
+    Nothing is started until asked; :meth:`stop` stops what was, newest first.
+    """
+
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # the first node's; 0 picks a free one (kept across a restart of that node)
+    access_ttl: int | None = None  # seconds; short values exercise silent refresh and 4001 reconnects
+    extra_env: dict[str, str] = field(default_factory=dict)
+    database_url: str = ""  # default: a SQLite file in workdir
+    secret: str = ""  # default: a fresh signing key
+    env: dict[str, str] = field(default_factory=dict)  # the CODESYNC_* every process here gets
+    nodes: list[Service] = field(default_factory=list)  # signaling nodes, in start order
+    procs: dict[str, Service] = field(default_factory=dict)  # every process by name ("signaling", "persist")
+
+    def base_env(self) -> dict[str, str]:
+        """The shared settings, made once (work dir, port, secret and database are fixed here)."""
+        if not self.env:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.port = self.port or free_port(self.host)
+            self.secret = self.secret or secrets.token_urlsafe(48)
+            self.database_url = self.database_url or f"sqlite+aiosqlite:///{self.workdir / 'codesync.db'}"
+            env = {
+                "CODESYNC_DATABASE_URL": self.database_url,
+                "CODESYNC_SECRET_KEY": self.secret,
+                "CODESYNC_DATA_DIR": str(self.workdir / "data"),
+                "CODESYNC_PUBLIC_METRICS": "true",  # tests read a node's /metrics on its one port
+            }
+            if self.access_ttl is not None:
+                env["CODESYNC_ACCESS_TOKEN_TTL"] = str(self.access_ttl)
+            env.update(self.extra_env)
+            self.env = env
+        return self.env
+
+    def settings(self, **overrides: Any) -> Settings:
+        """A :class:`Settings` for in-process helpers (admin commands, the document store) on this stack's data."""
+        env = self.base_env()
+        values: dict[str, Any] = dict(
+            database_url=env["CODESYNC_DATABASE_URL"], secret_key=env["CODESYNC_SECRET_KEY"],
+            data_dir=Path(env["CODESYNC_DATA_DIR"]), host=self.host, port=self.port,
+        )
+        return Settings(**{**values, **overrides})
 
     @property
     def url(self) -> str:
-        return self.nodes[0].url or ""
+        return (self.nodes[0].url or "") if self.nodes else f"http://{self.host}:{self.port}"
 
     def ws_url(self, token: str | None, node: int = 0) -> str:
         base = (self.nodes[node].url or "").replace("http://", "ws://") + "/signal"
         return base if token is None else f"{base}?token={token}"
+
+    async def start_signaling(self, **env: str) -> Service:
+        """One more signaling node — or, when the first node has died, that node again on its port."""
+        base = self.base_env()
+        first = self.procs.get("signaling")
+        if first is None or not first.alive():
+            name, port = "signaling", self.port
+        else:
+            name, port = f"signaling-{len(self.nodes) + 1}", 0
+        node = await start_signaling(self.workdir, child_env(**base, **env), host=self.host, port=port, name=name)
+        if name == "signaling" and first is not None:
+            self.nodes[self.nodes.index(first)] = node
+        else:
+            self.nodes.append(node)
+        self.procs[name] = node
+        return node
+
+    async def start_service(self, command: str, scope: str, name: str | None = None, **env: str) -> Service:
+        """``codesync persist`` / ``codesync runner`` with a fresh service token, on this stack's
+        first node, gathering ICE candidates on the stack's host only."""
+        name = name or command
+        svc = start_service(
+            [command],
+            child_env(**{
+                **self.base_env(),
+                "CODESYNC_SIGNALING_URL": self.ws_url(None),
+                "CODESYNC_SERVICE_TOKEN": await self.service_token(scope),
+                "CODESYNC_ICE_HOSTS": self.host,
+                **env,
+            }),
+            self.workdir / f"{name}.log",
+            name=name,
+        )
+        self.procs[name] = svc
+        return svc
+
+    def stop(self) -> None:
+        """Stop every process of the stack, newest first — a node a test put into ``nodes``
+        itself (a restarted one) included."""
+        every = {id(svc): svc for svc in [*self.nodes, *self.procs.values()]}
+        for svc in reversed(list(every.values())):
+            svc.stop()
 
     async def seed_room(self, roles: dict[str, str | None], **kw: Any) -> SeededRoom:
         return await seed_room(self.database_url, self.secret, roles, **kw)
@@ -204,6 +287,7 @@ class Stack:
         return await seed_rooms(self.database_url, self.secret, rooms, users_per_room)
 
     async def service_token(self, scope: str = "persistence") -> str:
+        self.base_env()
         return await service_token(self.database_url, self.secret, scope)
 
     def access_token(self, user_id: str, ttl: int | None = None) -> str:
@@ -220,28 +304,19 @@ async def signaling_stack(
     nodes: int = 1,
     **env: str,
 ) -> AsyncIterator[Stack]:
-    """Start ``nodes`` real ``codesync signaling`` processes; stop them afterwards."""
-    secret = secrets.token_urlsafe(48)
-    database_url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'codesync.db'}"
-    overrides = {
-        "CODESYNC_DATABASE_URL": database_url,
-        "CODESYNC_SECRET_KEY": secret,
-        "CODESYNC_DATA_DIR": str(tmp_path / "data"),
-        "CODESYNC_PUBLIC_METRICS": "true",  # tests read a node's /metrics on its one port
-        **env,
-    }
+    """Start ``nodes`` real ``codesync signaling`` processes on loopback; stop everything afterwards."""
+    extra = dict(env)
     if redis_url:
-        overrides["CODESYNC_REDIS_URL"] = redis_url
+        extra["CODESYNC_REDIS_URL"] = redis_url
     if redis_prefix:
-        overrides["CODESYNC_REDIS_PREFIX"] = redis_prefix
-    started: list[Service] = []
+        extra["CODESYNC_REDIS_PREFIX"] = redis_prefix
+    stack = Stack(tmp_path, database_url=database_url or "", extra_env=extra)
     try:
         for _ in range(nodes):
-            started.append(await start_signaling(tmp_path, child_env(**overrides)))
-        yield Stack(started, database_url, secret, overrides)
+            await stack.start_signaling()
+        yield stack
     finally:
-        for svc in started:
-            svc.stop()
+        stack.stop()
 
 
 @asynccontextmanager

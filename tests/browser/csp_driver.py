@@ -1,4 +1,4 @@
-"""Driver (INSIDE a private network namespace, see tests/netns.py; run by tests/test_web_csp.py):
+"""Driver (INSIDE a private network namespace, see tests/helpers/netns.py; run by tests/test_web_csp.py):
 the built web client under the server's Content-Security-Policy.
 
 Alice opens her room; Bob opens an invite link (the client accepts it with the token in the
@@ -15,12 +15,12 @@ import sys
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from tests.netns import Stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.netns import namespace_stack, emit_result, launch_chromium, read_config, setup_interfaces  # noqa: E402
 
 PASSWORD = "correct horse battery"
 T = 30_000
@@ -49,7 +49,7 @@ async def open_as(browser, url: str, tokens: dict, route: str):
 async def main() -> None:
     cfg = read_config()
     setup_interfaces()
-    stack = Stack(Path(cfg["workdir"]))
+    stack = namespace_stack(Path(cfg["workdir"]))
     result: dict = {}
     try:
         await stack.start_signaling()

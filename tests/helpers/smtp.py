@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from tests.support import free_port, require
+from tests.helpers.components import free_port, require
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import require
+from tests.helpers.components import require
 
 
 @dataclass

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pycrdt
 
-from bench import TRACES
 from peer import text as ptext
+from tests.helpers.components import ROOT
+
+# The editing traces live in the repository (tests/data/traces, CC BY 4.0); CODESYNC_TRACES overrides.
+TRACES = Path(os.environ.get("CODESYNC_TRACES") or ROOT / "tests" / "data" / "traces")
 
 Trace = dict[str, Any]
 
