@@ -11,8 +11,11 @@ y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
   link, :mod:`peer.rights`) before pycrdt sees it; refused ones are dropped and counted, and
   a refused SyncStep2 still completes the handshake;
 - what pycrdt integrated is reported (``update`` / ``doc_update`` events) and, for the main
-  document only, relayed to the other links: a peer forwards only what it applied. Named
-  documents are never relayed;
+  document only, relayed to the other links where the forward rule says so
+  (:func:`peer.topology.should_forward`, asked through ``forward``): a peer forwards only
+  what it applied, and only while it may write itself. Named documents are never relayed;
+- anti-entropy: :meth:`anti_entropy` sends SyncStep1 on every open link (the Room's timer);
+  the answers repair whatever a link missed (counted: ``repairs``);
 - outgoing updates are queued and sent on :meth:`flush` (the Room's coalescing timer), merged
   with ``merge_updates`` into one message per link (aiortc pays per message, not per byte);
 - our own edits while we may not write are kept (``withheld_updates``) and sent once we may
@@ -28,6 +31,7 @@ from typing import Any
 import pycrdt
 from pycrdt import Doc, merge_updates
 
+from . import metrics
 from . import protocol as p
 from .events import Emitter
 from .link import Link
@@ -53,6 +57,7 @@ class DocumentSync:
         schedule_flush: Callable[[], None],
         bad: Callable[[Link, str], None],
         synced: Callable[[Link], None],
+        forward: Callable[[str, Link], bool] = lambda origin, link: True,
         relay: bool = True,
         released: bool = True,
     ) -> None:
@@ -70,6 +75,8 @@ class DocumentSync:
         self._schedule_flush = schedule_flush
         self._bad = bad
         self._synced = synced
+        self._forward = forward
+        self._integrated = False  # set by the observers: the update being applied changed something
         self._applying: Any = None  # origin of the transaction being applied: a peer id, _LOAD or None (local)
         self._remote_changes: list[tuple[str | None, bytes, str]] = []  # (doc name or None, update, origin)
         self._held_step1: list[tuple[str, str | None, bytes]] = []  # (peer id, doc name or None, state vector)
@@ -114,6 +121,18 @@ class DocumentSync:
             for name, named in self.docs.items():
                 link.send(p.encode_doc(name, p.SYNC_STEP1, named.get_state()))
 
+    def anti_entropy(self) -> int:
+        """SyncStep1 (our state vectors) on every open link: the answers bring whatever we
+        missed — an update lost on a link that closed, a forward skipped in a race, a dropped
+        offer. Returns the number of links asked."""
+        asked = 0
+        for link in list(self._links.values()):
+            if link.open:
+                self.link_opened(link)
+                asked += 1
+        self._stats["anti_entropy_rounds"] += 1
+        return asked
+
     def link_closed(self, link: Link) -> None:
         self._held_step1 = [held for held in self._held_step1 if held[0] != link.peer_id]
 
@@ -140,6 +159,8 @@ class DocumentSync:
     def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None) -> None:
         """Hot path (once per received keystroke): the writer check, then pycrdt."""
         remote = link.peer_id
+        if step == p.SYNC_UPDATE and name is None:
+            self._stats["updates_in"] += 1
         if update != p.EMPTY_UPDATE:
             refusal = self._roster.write_refusal(remote, name)
             if refusal is not None:
@@ -149,6 +170,7 @@ class DocumentSync:
                 update = p.EMPTY_UPDATE
         if update != p.EMPTY_UPDATE:
             self._applying = remote
+            self._integrated = False
             try:
                 (self.doc if name is None else self.docs[name]).apply_update(update)
             except BaseException as exc:
@@ -158,8 +180,18 @@ class DocumentSync:
                 raise p.ProtocolError(f"update rejected by pycrdt: {exc}") from exc
             finally:
                 self._applying = None
-        if step == p.SYNC_STEP2 and name is None:
-            self._synced(link)
+            if not self._integrated:
+                self._stats["duplicates"] += 1
+                metrics.DUPLICATES.inc()
+            elif step == p.SYNC_STEP2 and name in link.step2_docs:
+                # an answer to anti-entropy (the handshake's SyncStep2 came before) that
+                # brought something: a missed update repaired
+                self._stats["repairs"] += 1
+                metrics.REPAIRS.inc()
+        if step == p.SYNC_STEP2:
+            link.step2_docs.add(name)
+            if name is None:
+                self._synced(link)
 
     def deliver_remote_changes(self) -> None:
         """Report what pycrdt integrated from a frame (after the frame, never inside a transaction)."""
@@ -177,6 +209,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         origin = self._applying
+        self._integrated = True
         if origin is _LOAD:
             if self.released:
                 self._queue_update(update, None)
@@ -190,7 +223,9 @@ class DocumentSync:
                     self._withheld_since = event.before_state
         else:  # a remote update that pycrdt integrated (observers run at commit time)
             self._remote_changes.append((None, update, origin))
-            if self.relay:  # only what we applied is forwarded: it passed our writer check
+            # only what we applied is forwarded (it passed our writer check), and only while
+            # we may write: nobody would accept it from us otherwise
+            if self.relay and self._own_refusal(None) is None:
                 self._queue_update(update, origin)
 
     def _named_changed(self, name: str, event: pycrdt.TransactionEvent) -> None:
@@ -199,6 +234,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         origin = self._applying
+        self._integrated = True
         if origin is _LOAD:
             if self.released:
                 self._queue_named(name, update)
@@ -235,21 +271,28 @@ class DocumentSync:
             self._schedule_flush()
 
     def flush(self) -> None:
-        """Send what was queued: one merged Update per link (without the link's own updates),
-        one merged type-102 Update per named document to peers with ``docs``."""
+        """Send what was queued: one merged Update per link — our own updates, and the relayed
+        ones the forward rule sends there (never back to their origin) — and one merged
+        type-102 Update per named document to peers with ``docs``."""
         if self._pending:
             pending, self._pending = self._pending, []
-            frames: dict[str | None, bytes | None] = {}  # excluded origin -> merged frame
-            origins = {origin for _, origin in pending}
-            for peer_id, link in list(self._links.items()):
+            frames: dict[frozenset[str], bytes | None] = {}  # origins sent -> merged frame
+            origins = {origin for _, origin in pending if origin is not None}
+            own = any(origin is None for _, origin in pending)
+            forward = self._forward
+            for link in list(self._links.values()):
                 if not link.open:
                     continue
-                key = peer_id if peer_id in origins else None
+                key = frozenset(o for o in origins if forward(o, link)) if origins else frozenset()
+                if not key and not own:
+                    continue
                 if key not in frames:
-                    frames[key] = _merged_frame([u for u, o in pending if o is None or o != key])
+                    frames[key] = _merged_frame([u for u, o in pending if o is None or o in key])
                 frame = frames[key]
-                if frame is not None:
-                    link.send(frame)
+                if frame is not None and link.send(frame) and key:
+                    self._stats["forwarded"] += 1
+                    self._stats["forwarded_bytes"] += len(frame)
+                    metrics.forwarded(link.kind, len(frame))
         if self._pending_docs:
             pending_docs, self._pending_docs = self._pending_docs, {}
             for name, updates in pending_docs.items():
