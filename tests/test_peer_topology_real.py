@@ -96,10 +96,17 @@ async def test_a_room_beyond_the_link_limit_converges_and_stays_converged_throug
                 await live.pop(label).stop()
             for label in labels[8:]:
                 live[label] = await member(svc, label, **opts)
+                source(live[label]).insert(0, f"{label}\n")
             for i, r in enumerate(live.values()):
                 source(r).insert(0, f"again{i}\n")
             expect = set(labels) | {f"again{i}" for i in range(len(live))}
-            await wait_for(lambda: converged(expect), 90, what="converged after the churn")
+            try:
+                await wait_for(lambda: converged(expect), 90, what="converged after the churn")
+            except AssertionError:
+                for label, r in live.items():
+                    print(label, r.peer_id[:6], sorted(expect - lines(r)), sorted(lines(r) - expect),
+                          [(pid[:6], link.open, link.service) for pid, link in r.links.items()], r.stats, r.dropped)
+                raise
             source(live[labels[-1]]).insert(0, "last\n")
             await wait_for(lambda: converged(expect | {"last"}), 30, what="and it stays converged")
 
