@@ -43,8 +43,9 @@ REPAIRS = Counter(
     "SyncStep2 answers to a periodic state-vector exchange that changed our document (a missed update repaired)",
 )
 OVERSIZE = Counter(
-    "codesync_peer_oversize_dropped_total",
-    "messages too big for a peer that cannot take chunks and that could not be split (by what)",
+    "codesync_peer_oversize_total",
+    "document sync messages above the limit of a peer without chunks: split into bounded updates (what=split) "
+    "or holding one value above it, not sent (what=unsplittable)",
     ["what"],
 )
 _IN = {kind: (MESSAGES_IN.labels(kind), BYTES_IN.labels(kind)) for kind in LINK_KINDS}

@@ -37,8 +37,14 @@ from .events import Emitter
 from .link import Link
 from .metrics import Counters
 from .roster import Roster
+from .segments import split_update
 
 log = logging.getLogger(__name__)
+
+STOCK_MESSAGE_MAX = 200 * 1024
+"""Bytes above which a main-document sync message to a peer without ``chunk`` (a stock
+y-webrtc client: Chromium takes at most 256 KiB) travels as several bounded updates."""
+SMALL_FRAME = 16 * 1024  # below every peer's limit: sent as it is (the per-keystroke case)
 
 _LOAD = object()  # transaction origin marker for load()
 
@@ -154,7 +160,41 @@ class DocumentSync:
             update = doc.get_update(state_vector) if self._own_refusal(name) is None else p.EMPTY_UPDATE
         except Exception as exc:
             raise p.ProtocolError(f"bad state vector: {exc}") from exc
-        link.send(p.encode_sync_step2(update) if name is None else p.encode_doc(name, p.SYNC_STEP2, update))
+        if name is None:
+            self.send_sync(link, update, p.SYNC_STEP2)
+        else:
+            link.send(p.encode_doc(name, p.SYNC_STEP2, update))
+
+    def send_sync(self, link: Link, update: bytes, step: int, frame: bytes | None = None) -> bool:
+        """One main-document SyncStep2 or Update. To a peer without ``chunk`` whose limit it
+        exceeds (or STOCK_MESSAGE_MAX), it goes as several bounded updates (peer.segments):
+        Updates, and the last one as ``step`` — a stock client integrates them in order and
+        counts itself synced after the last. Counted: ``oversize_split`` / ``oversize_unsplittable``."""
+        if frame is None:
+            frame = p.encode_sync_step2(update) if step == p.SYNC_STEP2 else p.encode_sync_update(update)
+        if "chunk" in link.caps or len(frame) <= SMALL_FRAME:
+            return link.send(frame)
+        limit = min(link.conn.max_message_size or STOCK_MESSAGE_MAX, STOCK_MESSAGE_MAX)
+        if len(frame) <= limit:
+            return link.send(frame)
+        try:
+            segments = split_update(update, limit - 16)  # 16: the sync frame's own header
+        except ValueError:
+            log.exception("could not split a %d-byte update", len(update))
+            segments = None
+        if segments is None:
+            self._stats["oversize_unsplittable"] += 1
+            metrics.OVERSIZE.labels("unsplittable").inc()
+            log.warning("a %d-byte update for %s holds one value above its %d-byte limit: not sent",
+                        len(update), link.peer_id, limit)
+            return link.send(frame)  # dropped and counted by the link
+        self._stats["oversize_split"] += 1
+        metrics.OVERSIZE.labels("split").inc()
+        for segment in segments[:-1]:
+            if not link.send(p.encode_sync_update(segment)):
+                return False
+        last = segments[-1]
+        return link.send(p.encode_sync_step2(last) if step == p.SYNC_STEP2 else p.encode_sync_update(last))
 
     def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None) -> None:
         """Hot path (once per received keystroke): the writer check, then pycrdt."""
@@ -276,7 +316,7 @@ class DocumentSync:
         type-102 Update per named document to peers with ``docs``."""
         if self._pending:
             pending, self._pending = self._pending, []
-            frames: dict[frozenset[str], bytes | None] = {}  # origins sent -> merged frame
+            frames: dict[frozenset[str], tuple[bytes, bytes] | None] = {}  # origins sent -> (update, frame)
             origins = {origin for _, origin in pending if origin is not None}
             own = any(origin is None for _, origin in pending)
             forward = self._forward
@@ -288,8 +328,12 @@ class DocumentSync:
                     continue
                 if key not in frames:
                     frames[key] = _merged_frame([u for u, o in pending if o is None or o in key])
-                frame = frames[key]
-                if frame is not None and link.send(frame) and key:
+                merged = frames[key]
+                if merged is None:
+                    continue
+                update, frame = merged
+                sent = link.send(frame) if len(frame) <= SMALL_FRAME else self.send_sync(link, update, p.SYNC_UPDATE, frame)
+                if sent and key:
                     self._stats["forwarded"] += 1
                     self._stats["forwarded_bytes"] += len(frame)
                     metrics.forwarded(link.kind, len(frame))
@@ -307,7 +351,8 @@ class DocumentSync:
                         link.send(frame)
 
 
-def _merged_frame(updates: list[bytes]) -> bytes | None:
+def _merged_frame(updates: list[bytes]) -> tuple[bytes, bytes] | None:
+    """(merged update, its Update frame)."""
     if not updates:
         return None
     try:
@@ -315,4 +360,4 @@ def _merged_frame(updates: list[bytes]) -> bytes | None:
     except Exception:
         log.exception("merge_updates failed on %d updates", len(updates))
         return None
-    return p.encode_sync_update(merged)
+    return merged, p.encode_sync_update(merged)
