@@ -370,10 +370,11 @@ class Mesh:
         await self.signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(self.caps)})
 
     async def publish_signal(self, to: str, signal: dict[str, Any], token: float | None) -> None:
-        await self.signaling.publish(
-            self.room_id,
-            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(self.caps)},
-        )
+        """One ``signal`` to ``to``; ``token`` None (a ``refuse``) leaves the glare token out."""
+        data: dict[str, Any] = {"type": "signal", "from": self.peer_id, "to": to, "signal": signal, "caps": list(self.caps)}
+        if token is not None:
+            data["token"] = token
+        await self.signaling.publish(self.room_id, data)
 
     async def _signal_out(self, link: Link, signal: dict[str, Any]) -> None:
         if link.glare_token is None:

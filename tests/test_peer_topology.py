@@ -218,6 +218,10 @@ async def test_a_full_peer_refuses_a_mesh_offer_and_the_offerer_backs_off(fast_m
             await alice._mesh.announce()  # carol offers to alice, who is full
             await wait_for(lambda: carol.stats["refusals_received"] == 1, what="alice refuses carol")
             assert alice.stats["refusals_sent"] == 1
+            refusals = [f["data"] for f in carol.signaling.received
+                        if f.get("type") == "publish" and f["data"].get("signal", {}).get("type") == "refuse"]
+            assert refusals == [{"type": "signal", "from": alice.peer_id, "to": carol.peer_id, "caps": list(p.CAPS),
+                                 "signal": {"type": "refuse", "reason": "full"}}]  # the wire format, exactly
             await wait_for(lambda: alice.peer_id not in carol.links and carol.pending_links == 0,
                            what="carol closed the pending link at once")
             assert carol._mesh.backing_off(alice.peer_id)
