@@ -18,7 +18,7 @@ here); one writer types at ``--rate`` keystrokes per second. Per N it prints:
 Usage::
 
     .venv/bin/python -m bench.room_scale [--sizes 4,8,16,32] [--procs 4] [--keys 100] [--rate 10]
-                                         [--max-conns 100] [--json out.json]
+                                         [--max-conns 100] [--legacy] [--json out.json]
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+LEGACY_CAPS = ("chunk", "app", "docs", "roles")  # before room topology: every peer relays everything
+
+
+def caps_option(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {"caps": LEGACY_CAPS} if cfg.get("legacy") else {}
+
+
 # ----------------------------------------------------------------------------- a worker process
 async def worker(cfg: dict[str, Any]) -> None:
     """Members ``cfg["members"]`` ([label, token]) join; report joins, convergence, arrivals."""
@@ -97,7 +104,7 @@ async def worker(cfg: dict[str, Any]) -> None:
         room.on_update(changed)
 
     async def join(label: str, token: str) -> None:
-        room = Room(cfg["url"], token, cfg["room"], ice_hosts=ICE_HOSTS, max_conns=cfg["max_conns"])
+        room = Room(cfg["url"], token, cfg["room"], ice_hosts=ICE_HOSTS, max_conns=cfg["max_conns"], **caps_option(cfg))
         watch(label, room)
         await room.start()
         joined_at[label] = time.monotonic()
@@ -155,7 +162,8 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     try:
         await wait_http_ok(f"http://127.0.0.1:{ops}/healthz", persist)
         labels = [f"u{i}" for i in range(n)]
-        writer = Room(signaling.url, seeded.token("u0"), seeded.id, ice_hosts=ICE_HOSTS, max_conns=args.max_conns)
+        writer = Room(signaling.url, seeded.token("u0"), seeded.id, ice_hosts=ICE_HOSTS, max_conns=args.max_conns,
+                      **caps_option({"legacy": args.legacy}))
         await writer.start()
         writer_joined = time.monotonic()
         writer.doc.get("source", type=pycrdt.Text).insert(0, "u0\n")
@@ -164,7 +172,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         shares = [members[i::procs] for i in range(procs)]
         for share in shares:
             cfg = {"url": signaling.url, "room": seeded.id, "names": labels, "keys": args.keys,
-                   "max_conns": args.max_conns, "members": [[m, seeded.token(m)] for m in share]}
+                   "max_conns": args.max_conns, "legacy": args.legacy, "members": [[m, seeded.token(m)] for m in share]}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.room_scale", "--worker", json.dumps(cfg),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -224,6 +232,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         return {
             "n": n,
             "max_conns": args.max_conns,
+            "legacy": args.legacy,
             "converge_s": round(max(converged) - last_join, 2) if not missing else None,
             "not_converged": missing,
             "copies_per_key": round(sum(copies) / len(copies), 3) if copies else None,
@@ -273,6 +282,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=100, help="keystrokes the writer types")
     ap.add_argument("--rate", type=float, default=10.0, help="keystrokes per second")
     ap.add_argument("--max-conns", type=int, default=100, help="each member's link limit (service links do not count)")
+    ap.add_argument("--legacy", action="store_true",
+                    help="members without the mesh capability: they relay everything, as before room topology")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between convergence and typing")
     ap.add_argument("--tail", type=float, default=2.0, help="seconds after the last keystroke before reading")
     ap.add_argument("--converge-timeout", type=float, default=120.0)
@@ -280,7 +291,9 @@ def main() -> None:
     args = ap.parse_args()
     args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
     results = asyncio.run(run(args))
-    print("\n  N  max_conns  converge  copies/key (max)  dups/key  p50 ms  p99 ms  persist CPU/key  links  RSS persist/signaling/peers MiB")
+    print(f"\n{'legacy relaying (no mesh capability)' if args.legacy else 'room topology (mesh)'}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("  N  max_conns  converge  copies/key (max)  dups/key  p50 ms  p99 ms  persist CPU/key  links  RSS persist/signaling/peers MiB")
     for r in results:
         conv = f"{r['converge_s']:.2f} s" if r["converge_s"] is not None else f"{r['not_converged']} not"
         print(f"{r['n']:3d}  {r['max_conns']:9d}  {conv:>8}  {r['copies_per_key']:.2f} ({r['copies_max']:.2f})"
