@@ -34,7 +34,7 @@ MESSAGES_FORWARDED = Counter(
     ["link"],
 )
 BYTES_FORWARDED = Counter("codesync_peer_bytes_forwarded_total", "bytes of those messages, by link type", ["link"])
-DUPLICATES = Counter("codesync_peer_duplicate_updates_total", "received document updates that changed nothing")
+DUPLICATES = Counter("codesync_peer_duplicate_updates_total", "received Update messages that changed nothing (a copy)")
 PENDING_LINKS = Gauge("codesync_peer_pending_links", "links offered or answered whose data channel is not open yet")
 PENDING_TIMEOUTS = Counter("codesync_peer_pending_timeouts_total", "links closed because they did not open in time")
 REFUSALS = Counter("codesync_peer_refusals_total", "offers refused because the peer was full, by direction", ["direction"])
@@ -70,7 +70,7 @@ def new_stats() -> dict[str, int]:
         "withheld_updates": 0,  # our own edits not sent: we may not write (viewer, removed)
         # room topology (docs/protocol.md "Room topology")
         "updates_in": 0,  # main-document Update messages received (copies of keystrokes)
-        "duplicates": 0,  # received main/named updates that changed nothing
+        "duplicates": 0,  # received Update messages (main/named) that changed nothing: copies
         "forwarded": 0,  # Update messages sent carrying updates received on another link
         "forwarded_bytes": 0,
         "repairs": 0,  # anti-entropy SyncStep2 answers that changed our document

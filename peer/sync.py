@@ -221,8 +221,9 @@ class DocumentSync:
             finally:
                 self._applying = None
             if not self._integrated:
-                self._stats["duplicates"] += 1
-                metrics.DUPLICATES.inc()
+                if step == p.SYNC_UPDATE:  # (a SyncStep2 that brings nothing is anti-entropy doing its job)
+                    self._stats["duplicates"] += 1
+                    metrics.DUPLICATES.inc()
             elif step == p.SYNC_STEP2 and name in link.step2_docs:
                 # an answer to anti-entropy (the handshake's SyncStep2 came before) that
                 # brought something: a missed update repaired
