@@ -12,7 +12,8 @@ here); one writer types at ``--rate`` keystrokes per second. Per N it prints:
 - **latency**: writer keystroke → applied at a member, p50 / p99 over every member and
   keystroke (CLOCK_MONOTONIC is one clock for all processes on Linux);
 - **persistence CPU per keystroke**: the persist process's user+system CPU while the writer
-  types, divided by the keystrokes (it also pays anti-entropy and awareness meanwhile);
+  types, divided by the keystrokes, and the same net of its idle CPU (anti-entropy, awareness
+  renewals: measured for a few seconds before the typing);
 - **memory**: RSS of the persist process, signaling, and all peer processes together.
 
 Usage::
@@ -193,7 +194,10 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         while not set(str(src).split()) >= set(labels) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         writer_converged = time.monotonic()
-        await asyncio.sleep(args.settle)  # links messages settled, no join traffic left
+        await asyncio.sleep(args.settle / 2)  # links messages settled, no join traffic left
+        idle0, idle_t0 = cpu_seconds(persist.proc.pid), time.monotonic()
+        await asyncio.sleep(args.settle / 2)  # the persist process's idle cost: anti-entropy, awareness renewals
+        idle_rate = (cpu_seconds(persist.proc.pid) - idle0) / (time.monotonic() - idle_t0)
         for proc in workers:
             proc.stdin.write(b"mark\n")
             await proc.stdin.drain()
@@ -211,6 +215,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
             writer.flush()
         await asyncio.sleep(args.tail)
         cpu1 = cpu_seconds(persist.proc.pid)
+        typing_s = time.monotonic() - start
         rss = {"persist": rss_kib(persist.proc.pid), "signaling": rss_kib(signaling.proc.pid),
                "peers": rss_kib(os.getpid())}
         reports = []
@@ -242,6 +247,8 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any
             "latency_p99_ms": round(percentile(latencies, 99), 1),
             "keystrokes_missing": lost,
             "persist_cpu_ms_per_key": round((cpu1 - cpu0) * 1000 / args.keys, 2),
+            "persist_idle_cpu_pct": round(idle_rate * 100, 2),
+            "persist_net_cpu_ms_per_key": round(max(0.0, cpu1 - cpu0 - idle_rate * typing_s) * 1000 / args.keys, 2),
             "links_per_member": round(sum(links) / len(links), 1) if links else None,
             "repairs": sum(r["repairs"] for r in reports),
             "forwarded": sum(r["forwarded"] for r in reports),
@@ -284,7 +291,8 @@ def main() -> None:
     ap.add_argument("--max-conns", type=int, default=100, help="each member's link limit (service links do not count)")
     ap.add_argument("--legacy", action="store_true",
                     help="members without the mesh capability: they relay everything, as before room topology")
-    ap.add_argument("--settle", type=float, default=3.0, help="seconds between convergence and typing")
+    ap.add_argument("--settle", type=float, default=6.0,
+                    help="seconds between convergence and typing (the second half measures the persist process idle)")
     ap.add_argument("--tail", type=float, default=2.0, help="seconds after the last keystroke before reading")
     ap.add_argument("--converge-timeout", type=float, default=120.0)
     ap.add_argument("--json", type=Path)
@@ -293,12 +301,12 @@ def main() -> None:
     results = asyncio.run(run(args))
     print(f"\n{'legacy relaying (no mesh capability)' if args.legacy else 'room topology (mesh)'}, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print("  N  max_conns  converge  copies/key (max)  dups/key  p50 ms  p99 ms  persist CPU/key  links  RSS persist/signaling/peers MiB")
+    print("  N  max_conns  converge  copies/key (max)  dups/key  p50 ms  p99 ms  persist CPU/key (net of idle)  links  RSS persist/signaling/peers MiB")
     for r in results:
         conv = f"{r['converge_s']:.2f} s" if r["converge_s"] is not None else f"{r['not_converged']} not"
         print(f"{r['n']:3d}  {r['max_conns']:9d}  {conv:>8}  {r['copies_per_key']:.2f} ({r['copies_max']:.2f})"
               f"        {r['duplicates_per_key']:.2f}  {r['latency_p50_ms']:6.1f}  {r['latency_p99_ms']:6.1f}"
-              f"  {r['persist_cpu_ms_per_key']:9.2f} ms  {r['links_per_member']:5.1f}"
+              f"  {r['persist_cpu_ms_per_key']:9.2f} ms ({r['persist_net_cpu_ms_per_key']:.2f})  {r['links_per_member']:5.1f}"
               f"  {r['rss_mib']['persist']}/{r['rss_mib']['signaling']}/{r['rss_mib']['peers']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
