@@ -40,6 +40,8 @@ class Limits:
     errors_before_drop: int = 20
     app_per_second: float = 50.0
     app_burst: float = 200.0
+    links_per_second: float = 20.0  # type-103 links messages (one per change of the sender's links, debounced)
+    links_burst: float = 60.0
 
 
 class Transport(Protocol):
@@ -88,7 +90,7 @@ class Link:
 
     __slots__ = (
         "peer_id", "initiator", "conn", "caps", "glare_token", "replaced", "synced", "errors",
-        "awareness_bucket", "app_bucket", "reassembler", "chunk_size", "dropped_oversize",
+        "awareness_bucket", "app_bucket", "links_bucket", "reassembler", "chunk_size", "dropped_oversize",
         "created", "remote_links", "sent_links", "service", "step2_docs", "_next_message_id", "_stats",
     )
 
@@ -106,6 +108,7 @@ class Link:
         self.errors = 0  # bad frames so far
         self.awareness_bucket = TokenBucket(limits.awareness_per_second, limits.awareness_burst)
         self.app_bucket = TokenBucket(limits.app_per_second, limits.app_burst)
+        self.links_bucket = TokenBucket(limits.links_per_second, limits.links_burst)
         self.reassembler = Reassembler()
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.dropped_oversize = 0  # frames too big for a peer that cannot reassemble chunks

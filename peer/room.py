@@ -373,6 +373,8 @@ class Room:
         elif isinstance(msg, p.AppMessage):
             self._app(link, msg.body)
         elif isinstance(msg, p.LinksMessage):
+            if not link.links_bucket.take():
+                raise p.ProtocolError("links messages above the rate limit")
             self._mesh.links_received(link, msg.links)
         elif isinstance(msg, p.IgnoredMessage):
             pass

@@ -305,6 +305,13 @@ async def test_a_viewer_cannot_use_links_messages_to_get_its_writes_forwarded_or
             wire.send(bytes([p.MSG_LINKS]) + b"\xff\xff")  # broken framing: a bad frame, no exception
             await wait_for(lambda: ed.stats["links_malformed"] == 2, what="malformed links counted")
             assert ed.stats["bad_frames"] == 1 and vic.peer_id in ed.connected_peers
+            flooded = ed.links[vic.peer_id]
+            for i in range(100):  # a flood: above the rate bound the link counts bad frames, then is dropped
+                wire.send(p.encode_links([f"flood{i}"]))
+            await wait_for(lambda: flooded.closed, what="the flooding link dropped")
+            assert ed.stats["bad_frames"] > 20 and ed.stats["links_in"] < 100
+            await wait_for(lambda: vic.peer_id in ed.connected_peers and ed.peers[vic.peer_id].synced, what="re-made")
+            wire = vic.links[ed.peer_id].conn
             wire.send(p.encode_sync_update(forged_update(vic, "FORGED ")))
             await wait_for(lambda: ed.dropped.get(("update", "read_only"), 0) == 1, what="the forgery dropped")
             source(ed).insert(0, "ed\n")
