@@ -13,7 +13,6 @@ import random
 from contextlib import AsyncExitStack
 from typing import Any
 
-import pycrdt
 import pytest
 
 from peer import Room
