@@ -30,7 +30,8 @@ capability ``mesh`` (docs/protocol.md "Room topology"):
   what they tell us on their :class:`~peer.link.Link`; :meth:`Mesh.should_forward` applies
   the forward rule (:mod:`peer.topology`) to it;
 - with free slots and members in presence we have no link with, we re-announce every
-  ``MISSING_REANNOUNCE`` seconds (jittered), so links form again after churn.
+  ``MISSING_REANNOUNCE`` seconds (jittered), so links form again after churn — at most
+  ``MISSING_REANNOUNCE_LIMIT`` times in a row without a change in presence or our links.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ REFUSAL_BACKOFF = 30.0  # seconds we do not offer again to a peer that refused u
 LINKS_DEBOUNCE = 0.1  # seconds: changes of our open links within this go out as one type-103 message
 MISSING_REANNOUNCE = 10.0  # seconds (±20 %) between announces while members we have no link with are present
 MAX_BACKOFFS = 1000  # refusal back-off entries kept
+MISSING_REANNOUNCE_LIMIT = 30  # such announces in a row without any change in presence or links
 
 
 def new_glare_token() -> float:
@@ -148,6 +150,7 @@ class Mesh:
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not open yet -> their timeout
         self._refused_by: dict[str, float] = {}  # peer id -> monotonic time until which we do not offer to it
         self._links_timer: asyncio.TimerHandle | None = None
+        self._missing_announces = 0  # re-announces since presence or our links last changed
 
     # ------------------------------------------------------------------ questions
     def info(self, peer_id: str) -> PeerInfo:
@@ -246,7 +249,9 @@ class Mesh:
         (a refused offer, a dead pending link, peers that were full). One announce per period."""
         while self.running:
             await asyncio.sleep(MISSING_REANNOUNCE * random.uniform(0.8, 1.2))
-            if self.running and self.mesh and not self.removed and not self.full() and self.missing_members():
+            if (self.running and self.mesh and not self.removed and not self.full()
+                    and self._missing_announces < MISSING_REANNOUNCE_LIMIT and self.missing_members()):
+                self._missing_announces += 1  # bounded: a member who never links does not cost us forever
                 self._last_reannounce = time.monotonic()
                 await self.announce()
 
@@ -323,6 +328,7 @@ class Mesh:
         if not isinstance(peers, list):
             return
         was_refused = self.own_refusal() is not None
+        self._missing_announces = 0
         change = self.roster.presence(peers)
         for peer_id in change.close:
             link = self.links.get(peer_id)
@@ -526,6 +532,7 @@ class Mesh:
     # ------------------------------------------------------------------ type 103: our links
     def links_changed(self) -> None:
         """Our set of open links changed: tell our mesh links (debounced)."""
+        self._missing_announces = 0
         if self.mesh and self.running and self._links_timer is None:
             self._links_timer = asyncio.get_running_loop().call_later(LINKS_DEBOUNCE, self.send_links)
 

@@ -128,14 +128,23 @@ class DocumentSync:
                 link.send(p.encode_doc(name, p.SYNC_STEP1, named.get_state()))
 
     def anti_entropy(self) -> int:
-        """SyncStep1 (our state vectors) on every open link: the answers bring whatever we
-        missed — an update lost on a link that closed, a forward skipped in a race, a dropped
-        offer. Returns the number of links asked."""
+        """SyncStep1 (our state vectors) on every open link whose answer we would apply (the
+        main document to writers' links, each named document to its writers'): the answers
+        bring whatever we missed — an update lost on a link that closed, a forward skipped in
+        a race, a dropped offer. Returns the number of links asked."""
         asked = 0
         for link in list(self._links.values()):
-            if link.open:
-                self.link_opened(link)
-                asked += 1
+            if not link.open:
+                continue
+            frames = []
+            if self._roster.write_refusal(link.peer_id) is None:
+                frames.append(p.encode_sync_step1(self.doc.get_state()))
+            if "docs" in link.caps:
+                frames += [p.encode_doc(name, p.SYNC_STEP1, named.get_state()) for name, named in self.docs.items()
+                           if self._roster.write_refusal(link.peer_id, name) is None]
+            for frame in frames:
+                link.send(frame)
+            asked += bool(frames)
         self._stats["anti_entropy_rounds"] += 1
         return asked
 
