@@ -82,18 +82,24 @@ only to peers whose caps include "app" (stock y-webrtc peers never get type >= 1
 ``room.buffered_amount(peer_id)``: bytes queued towards that peer not yet taken by SCTP (a
 service answering large requests, e.g. history, looks before queuing more).
 
-More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's limit on links),
-``coalesce_delay=0.002`` (seconds; outgoing updates merged per flush), ``relay=True`` (forward
-remote main-document updates it applied to the other links, like y-webrtc),
-``caps=peer.protocol.CAPS`` (``("chunk", "app", "docs", "roles")``; ``()`` announces like a stock
-y-webrtc peer — it still enforces the trust model), ``limits=peer.room.Limits(...)``
+More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's limit on links;
+links with service peers do not count), ``coalesce_delay=0.002`` (seconds; outgoing updates
+merged per flush), ``relay=True`` (forward remote main-document updates it applied to the
+other links where the forward rule says so — docs/protocol.md "Room topology"),
+``anti_entropy_interval=5.0`` (seconds ±20 % between SyncStep1 rounds on every link; 0: off),
+``pending_timeout=10.0`` (seconds a link may take to open),
+``caps=peer.protocol.CAPS`` (``("chunk", "app", "docs", "roles", "mesh")``; ``()`` announces like a
+stock y-webrtc peer and relays everything — it still enforces the trust model), ``limits=peer.room.Limits(...)``
 (awareness/app rate limits and bounds, error budget per link), ``join_timeout=10``,
 ``transport=`` (how links are made: a ``peer.link.TransportFactory``; default aiortc — the tests
 wire rooms through an in-memory one, tests/helpers/memory_peers.py), ``signaling=`` (see below).
 ``room.flush()`` sends coalesced updates now (call it before ``stop()`` if you need them out
 immediately; ``stop()`` flushes too). ``room.stats`` counts frames in/out, bad frames,
-rejected updates, dropped updates and awareness. ``room.connected_peers`` lists peer ids with
-an open data channel.
+rejected updates, dropped updates and awareness, and the room topology's counts
+(``updates_in``, ``duplicates``, ``forwarded``, ``repairs``, ``pending_timeouts``, ``refusals_*``,
+``oversize_*``). ``room.connected_peers`` lists peer ids with an open data channel;
+``room.pending_links`` counts links not open yet; ``room.remote_links(peer_id)`` is what that
+peer last said its open links are; ``room.anti_entropy()`` runs one SyncStep1 round now.
 
 Service peers: many rooms over ONE signaling connection::
 

@@ -40,6 +40,8 @@ class Limits:
     errors_before_drop: int = 20
     app_per_second: float = 50.0
     app_burst: float = 200.0
+    links_per_second: float = 20.0  # type-103 links messages (one per change of the sender's links, debounced)
+    links_burst: float = 60.0
 
 
 class Transport(Protocol):
@@ -88,8 +90,8 @@ class Link:
 
     __slots__ = (
         "peer_id", "initiator", "conn", "caps", "glare_token", "replaced", "synced", "errors",
-        "awareness_bucket", "app_bucket", "reassembler", "chunk_size", "dropped_oversize",
-        "created", "_next_message_id", "_stats",
+        "awareness_bucket", "app_bucket", "links_bucket", "reassembler", "chunk_size", "dropped_oversize",
+        "created", "remote_links", "sent_links", "service", "step2_docs", "_next_message_id", "_stats",
     )
 
     def __init__(
@@ -102,15 +104,27 @@ class Link:
         self.glare_token: float | None = None  # y-webrtc: ``Date.now() + Math.random()`` of our first signal
         self.replaced = False  # closed because a newer offer from the same peer replaced it
         self.synced = False  # its SyncStep2 of the main document arrived
+        self.step2_docs: set[str | None] = set()  # documents whose SyncStep2 arrived (None: main); later ones are repairs
         self.errors = 0  # bad frames so far
         self.awareness_bucket = TokenBucket(limits.awareness_per_second, limits.awareness_burst)
         self.app_bucket = TokenBucket(limits.app_per_second, limits.app_burst)
+        self.links_bucket = TokenBucket(limits.links_per_second, limits.links_burst)
         self.reassembler = Reassembler()
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.dropped_oversize = 0  # frames too big for a peer that cannot reassemble chunks
         self.created = time.monotonic()
+        # mesh (docs/protocol.md "Room topology"): the remote's open links as its last type-103
+        # message said (None: nothing said yet), and what we last told it about ours
+        self.remote_links: frozenset[str] | None = None
+        self.sent_links: frozenset[str] | None = None
+        self.service = False  # the remote is a service peer (never counts against max_conns)
         self._next_message_id = 0
         self._stats = stats if stats is not None else {}  # the room's: counts ``frames_out``
+
+    @property
+    def kind(self) -> str:
+        """``service``, ``mesh`` or ``stock``: the metrics' link type."""
+        return "service" if self.service else "mesh" if "mesh" in self.caps else "stock"
 
     @property
     def open(self) -> bool:

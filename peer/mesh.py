@@ -18,7 +18,20 @@ awareness parts):
 - a link that closes for any other reason than a newer offer makes us re-announce (at most
   once a second, never dropped), so a peer still in the room connects to us again.
 
-CodeSync's additions on the wire: ``caps`` in every announce and signal.
+CodeSync's additions on the wire: ``caps`` in every announce and signal, and with the
+capability ``mesh`` (docs/protocol.md "Room topology"):
+
+- links with service peers never count against ``max_conns`` (every member links to the
+  persistence peer: the room's graph stays connected);
+- a full peer refuses an offer from a mesh peer explicitly (a ``refuse`` signal); the
+  offerer closes its pending link and does not offer to that peer for ``REFUSAL_BACKOFF``;
+- a link not open within ``pending_timeout`` is closed (its slot is free again);
+- we tell our linked mesh peers which links we have open (type 103, debounced) and keep
+  what they tell us on their :class:`~peer.link.Link`; :meth:`Mesh.should_forward` applies
+  the forward rule (:mod:`peer.topology`) to it;
+- with free slots and members in presence we have no link with, we re-announce every
+  ``MISSING_REANNOUNCE`` seconds (jittered), so links form again after churn — at most
+  ``MISSING_REANNOUNCE_LIMIT`` times in a row without a change in presence or our links.
 """
 
 from __future__ import annotations
@@ -32,15 +45,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import metrics
+from . import protocol as p
 from .link import Limits, Link, TransportFactory
 from .metrics import Counters
 from .roster import Roster
+from .topology import should_forward
 
 log = logging.getLogger(__name__)
 
 MAX_KNOWN_PEERS = 1000  # PeerInfo records kept; the oldest disconnected ones go first
 MAX_FRESH_PEER_IDS = 5  # peer_id_taken answered with a fresh id at most this often in a row
 REANNOUNCE_INTERVAL = 1.0  # seconds between two announces made because a link closed or users returned
+REFUSAL_BACKOFF = 30.0  # seconds we do not offer again to a peer that refused us (full)
+LINKS_DEBOUNCE = 0.1  # seconds: changes of our open links within this go out as one type-103 message
+MISSING_REANNOUNCE = 10.0  # seconds (±20 %) between announces while members we have no link with are present
+MAX_BACKOFFS = 1000  # refusal back-off entries kept
+MISSING_REANNOUNCE_LIMIT = 30  # such announces in a row without any change in presence or links
 
 
 def new_glare_token() -> float:
@@ -99,12 +120,14 @@ class Mesh:
         on_message: Callable[[Link, bytes], None],
         on_closed: Callable[[Link, PeerInfo, bool], None],
         on_writable: Callable[[], None],
+        pending_timeout: float = 10.0,
     ) -> None:
         self.room_id = room_id
         self.signaling = signaling
         self.peer_id = peer_id
         self.caps = caps
         self.max_conns = max_conns
+        self.pending_timeout = pending_timeout
         self.limits = limits
         self.roster = roster
         self.counters = counters
@@ -124,6 +147,10 @@ class Mesh:
         self._last_fresh_id = 0.0
         self._last_reannounce = 0.0
         self._reannounce_later: asyncio.TimerHandle | None = None
+        self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not open yet -> their timeout
+        self._refused_by: dict[str, float] = {}  # peer id -> monotonic time until which we do not offer to it
+        self._links_timer: asyncio.TimerHandle | None = None
+        self._missing_announces = 0  # re-announces since presence or our links last changed
 
     # ------------------------------------------------------------------ questions
     def info(self, peer_id: str) -> PeerInfo:
@@ -149,6 +176,58 @@ class Mesh:
         """True while ``link`` is the room's link to its peer (not replaced, not closed away)."""
         return self.links.get(link.peer_id) is link
 
+    @property
+    def mesh(self) -> bool:
+        """We follow the room-topology rules (we advertise the capability ``mesh``)."""
+        return "mesh" in self.caps
+
+    @property
+    def pending(self) -> int:
+        """Links offered or answered whose data channel is not open yet."""
+        return len(self._pending)
+
+    def member_links(self) -> int:
+        """Links that count against ``max_conns``: every link except those with service peers."""
+        return sum(1 for link in self.links.values() if not link.service)
+
+    def full(self) -> bool:
+        return self.member_links() >= self.max_conns
+
+    def is_service(self, peer_id: str) -> bool:
+        principal = self.roster.principal(peer_id)
+        return principal is not None and principal.service is not None
+
+    def backing_off(self, peer_id: str) -> bool:
+        """It refused us (full) less than REFUSAL_BACKOFF ago: no offer to it now."""
+        until = self._refused_by.get(peer_id)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._refused_by[peer_id]
+        return False
+
+    def should_forward(self, origin: str, target: Link) -> bool:
+        """The forward rule (peer.topology) for an update applied from ``origin``'s link."""
+        if target.peer_id == origin:
+            return False
+        if "mesh" not in target.caps:
+            return True
+        origin_link = self.links.get(origin)
+        origin_links = origin_link.remote_links if origin_link is not None and "mesh" in origin_link.caps else None
+        return should_forward(self.peer_id, origin, target.peer_id, origin_links, target.remote_links,
+                              passive=self._passive)
+
+    def _passive(self, peer_id: str) -> bool:
+        """Known not to forward usefully: it may not write the main document (a viewer, the
+        runner), so whatever it forwarded would be dropped."""
+        return self.roster.principal(peer_id) is not None and self.roster.write_refusal(peer_id) is not None
+
+    def missing_members(self) -> list[str]:
+        """Peer ids presence lists that we have no link with (and that did not just refuse us)."""
+        return [pid for pid in self.roster.present_peer_ids
+                if pid != self.peer_id and pid not in self.links and not self.backing_off(pid)]
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.running = True
@@ -160,6 +239,21 @@ class Mesh:
         if self._reannounce_later is not None:
             self._reannounce_later.cancel()
             self._reannounce_later = None
+        if self._links_timer is not None:
+            self._links_timer.cancel()
+            self._links_timer = None
+
+    async def reannounce_missing(self) -> None:
+        """Rule 7: while we have free slots and presence lists members we have no link with,
+        announce every MISSING_REANNOUNCE seconds (jittered), so links form again after churn
+        (a refused offer, a dead pending link, peers that were full). One announce per period."""
+        while self.running:
+            await asyncio.sleep(MISSING_REANNOUNCE * random.uniform(0.8, 1.2))
+            if (self.running and self.mesh and not self.removed and not self.full()
+                    and self._missing_announces < MISSING_REANNOUNCE_LIMIT and self.missing_members()):
+                self._missing_announces += 1  # bounded: a member who never links does not cost us forever
+                self._last_reannounce = time.monotonic()
+                await self.announce()
 
     # ------------------------------------------------------------------ signaling in
     def signaling_connected(self) -> None:
@@ -234,6 +328,7 @@ class Mesh:
         if not isinstance(peers, list):
             return
         was_refused = self.own_refusal() is not None
+        self._missing_announces = 0
         change = self.roster.presence(peers)
         for peer_id in change.close:
             link = self.links.get(peer_id)
@@ -281,10 +376,11 @@ class Mesh:
         await self.signaling.publish(self.room_id, {"type": "announce", "from": self.peer_id, "caps": list(self.caps)})
 
     async def publish_signal(self, to: str, signal: dict[str, Any], token: float | None) -> None:
-        await self.signaling.publish(
-            self.room_id,
-            {"type": "signal", "from": self.peer_id, "to": to, "token": token, "signal": signal, "caps": list(self.caps)},
-        )
+        """One ``signal`` to ``to``; ``token`` None (a ``refuse``) leaves the glare token out."""
+        data: dict[str, Any] = {"type": "signal", "from": self.peer_id, "to": to, "signal": signal, "caps": list(self.caps)}
+        if token is not None:
+            data["token"] = token
+        await self.signaling.publish(self.room_id, data)
 
     async def _signal_out(self, link: Link, signal: dict[str, Any]) -> None:
         if link.glare_token is None:
@@ -311,7 +407,7 @@ class Mesh:
         existing = self.links.get(remote)
         if existing is not None and not existing.closed:
             return
-        if len(self.links) >= self.max_conns:
+        if not self._room_for(remote) or (self.mesh and self.backing_off(remote)):
             return
         link = self._new_link(remote, initiator=True)
         self._spawn(self._start_link(link))
@@ -323,9 +419,19 @@ class Mesh:
             log.exception("room %s: offer to %s failed", self.room_id, link.peer_id)
             link.conn.close()
 
+    def _room_for(self, remote: str) -> bool:
+        """A link with ``remote`` may be made: below max_conns, or ``remote`` is a service
+        peer (those never count for a mesh peer; a stock-like peer counts every link)."""
+        if self.mesh:
+            return self.is_service(remote) or self.member_links() < self.max_conns
+        return len(self.links) < self.max_conns
+
     async def on_signal(self, remote: str, signal: dict[str, Any], token: Any) -> None:
         kind = signal.get("type")
         link = self.links.get(remote)
+        if kind == "refuse":
+            self._refused(remote, link)
+            return
         if kind == "offer":
             if link is not None and not link.closed:
                 local = link.glare_token
@@ -338,8 +444,10 @@ class Mesh:
                 await link.conn.aclose()
             link = self.links.get(remote)
             if link is None or link.closed:
-                if len(self.links) >= self.max_conns:
-                    return
+                if not self._room_for(remote):
+                    if self.mesh and "mesh" in self.info(remote).caps:
+                        await self._refuse(remote)
+                    return  # a stock peer gets silence, as from y-webrtc
                 link = self._new_link(remote, initiator=False)
         elif link is None or link.closed:
             return  # an answer or candidate for a link we no longer have
@@ -352,9 +460,31 @@ class Mesh:
             if kind in ("offer", "answer"):
                 link.conn.close()
 
+    async def _refuse(self, remote: str) -> None:
+        """Rule 6: we are full; tell the (mesh) offerer at once so it tries someone else."""
+        self.counters.stats["refusals_sent"] += 1
+        metrics.REFUSALS.labels("sent").inc()
+        log.debug("room %s: full (%d links); refusing the offer of %s", self.room_id, self.member_links(), remote)
+        await self.publish_signal(remote, {"type": "refuse", "reason": "full"}, None)
+
+    def _refused(self, remote: str, link: Link | None) -> None:
+        """The peer we offered to is full: close our pending link, no offers to it for a while."""
+        if not self.mesh:
+            return
+        self.counters.stats["refusals_received"] += 1
+        metrics.REFUSALS.labels("received").inc()
+        if len(self._refused_by) >= MAX_BACKOFFS:
+            now = time.monotonic()
+            self._refused_by = {k: v for k, v in self._refused_by.items() if v > now}
+        if len(self._refused_by) < MAX_BACKOFFS:
+            self._refused_by[remote] = time.monotonic() + REFUSAL_BACKOFF
+        if link is not None and link.initiator and not link.open and not link.closed:
+            link.conn.close()
+
     def _new_link(self, remote: str, initiator: bool) -> Link:
         assert self.transport is not None, "Room.start() sets the transport"
         link = Link(remote, initiator, self.info(remote).caps & frozenset(self.caps), self.limits, self.counters.stats)
+        link.service = self.is_service(remote)
         link.conn = self.transport(
             remote,
             initiator,
@@ -364,21 +494,80 @@ class Mesh:
             lambda: self._closed(link),
         )
         self.links[remote] = link
+        self._pending[link] = asyncio.get_running_loop().call_later(self.pending_timeout, self._pending_expired, link)
+        metrics.PENDING_LINKS.inc()
         return link
 
+    def _not_pending(self, link: Link) -> None:
+        timer = self._pending.pop(link, None)
+        if timer is not None:
+            timer.cancel()
+            metrics.PENDING_LINKS.dec()
+
+    def _pending_expired(self, link: Link) -> None:
+        """Rule 5: a link that did not open in time (a lost offer or answer, ICE that never
+        completes) is closed, freeing its slot; closing makes us re-announce."""
+        if self._pending.pop(link, None) is None:
+            return
+        metrics.PENDING_LINKS.dec()
+        if link.open or link.closed:
+            return
+        self.counters.stats["pending_timeouts"] += 1
+        metrics.PENDING_TIMEOUTS.inc()
+        log.info("room %s: the link to %s did not open within %.0fs; closing it", self.room_id, link.peer_id,
+                 self.pending_timeout)
+        link.conn.close()
+
     def _opened(self, link: Link) -> None:
+        self._not_pending(link)
         if not self.current(link):
             return
         info = self.info(link.peer_id)
         link.caps = info.caps & frozenset(self.caps)
+        link.service = link.service or self.is_service(link.peer_id)
         info.connected = True
         self._on_open(link, info)
+        self.links_changed()
+
+    # ------------------------------------------------------------------ type 103: our links
+    def links_changed(self) -> None:
+        """Our set of open links changed: tell our mesh links (debounced)."""
+        self._missing_announces = 0
+        if self.mesh and self.running and self._links_timer is None:
+            self._links_timer = asyncio.get_running_loop().call_later(LINKS_DEBOUNCE, self.send_links)
+
+    def send_links(self) -> None:
+        """Send our open links to every open mesh link that has not been told this set yet."""
+        self._links_timer = None
+        if not self.running:
+            return
+        now = frozenset(pid for pid, link in self.links.items() if link.open)
+        frame: bytes | None = None
+        for link in list(self.links.values()):
+            if link.open and "mesh" in link.caps and link.sent_links != now:
+                frame = frame or p.encode_links(now)
+                if link.send(frame):
+                    link.sent_links = now
+
+    def links_received(self, link: Link, ids: frozenset[str] | None) -> None:
+        """A type-103 message: what the peer says its open links are. It only changes what
+        that peer itself is sent (or, as an origin, what its own updates reach — an editor's
+        own business), so it needs no rights; malformed or oversized ones are counted and
+        dropped."""
+        if ids is None:
+            self.counters.stats["links_malformed"] += 1
+            self.counters.drop("links", "malformed", link.peer_id)
+            return
+        self.counters.stats["links_in"] += 1
+        link.remote_links = ids - {link.peer_id}
 
     def _closed(self, link: Link) -> None:
+        self._not_pending(link)
         if not self.current(link):
             return
         del self.links[link.peer_id]
         link.forget()
+        self.links_changed()
         info = self.info(link.peer_id)
         was_connected = info.connected
         info.connected = False
@@ -394,3 +583,5 @@ class Mesh:
         links = list(self.links.values())
         await asyncio.gather(*(link.conn.aclose() for link in links), return_exceptions=True)
         self.links.clear()
+        for link in list(self._pending):
+            self._not_pending(link)

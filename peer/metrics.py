@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,33 @@ DROPPED = Counter(
 """``what``: ``update`` (main document), ``doc_update`` (named document), ``awareness``
 (entries), ``app``, ``signal``; ``reason``: see :mod:`peer.rights` (plus ``rate`` and the
 awareness gate's reasons)."""
+
+LINK_KINDS = ("mesh", "stock", "service")  # peer.link.Link.kind
+
+MESSAGES_IN = Counter("codesync_peer_messages_received_total", "data-channel messages received, by link type", ["link"])
+BYTES_IN = Counter("codesync_peer_bytes_received_total", "data-channel bytes received, by link type", ["link"])
+MESSAGES_FORWARDED = Counter(
+    "codesync_peer_messages_forwarded_total",
+    "update messages sent that carry updates received on another link (the forward rule), by the target's link type",
+    ["link"],
+)
+BYTES_FORWARDED = Counter("codesync_peer_bytes_forwarded_total", "bytes of those messages, by link type", ["link"])
+DUPLICATES = Counter("codesync_peer_duplicate_updates_total", "received Update messages that changed nothing (a copy)")
+PENDING_LINKS = Gauge("codesync_peer_pending_links", "links offered or answered whose data channel is not open yet")
+PENDING_TIMEOUTS = Counter("codesync_peer_pending_timeouts_total", "links closed because they did not open in time")
+REFUSALS = Counter("codesync_peer_refusals_total", "offers refused because the peer was full, by direction", ["direction"])
+REPAIRS = Counter(
+    "codesync_peer_anti_entropy_repairs_total",
+    "SyncStep2 answers to a periodic state-vector exchange that changed our document (a missed update repaired)",
+)
+OVERSIZE = Counter(
+    "codesync_peer_oversize_total",
+    "document sync messages above the limit of a peer without chunks: split into bounded updates (what=split) "
+    "or holding one value above it, not sent (what=unsplittable)",
+    ["what"],
+)
+_IN = {kind: (MESSAGES_IN.labels(kind), BYTES_IN.labels(kind)) for kind in LINK_KINDS}
+_FWD = {kind: (MESSAGES_FORWARDED.labels(kind), BYTES_FORWARDED.labels(kind)) for kind in LINK_KINDS}
 
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about one kind of refusal
 
@@ -41,6 +68,20 @@ def new_stats() -> dict[str, int]:
         "docs_in": 0,
         "updates_dropped": 0,  # main and named document updates refused (see ``dropped``)
         "withheld_updates": 0,  # our own edits not sent: we may not write (viewer, removed)
+        # room topology (docs/protocol.md "Room topology")
+        "updates_in": 0,  # main-document Update messages received (copies of keystrokes)
+        "duplicates": 0,  # received Update messages (main/named) that changed nothing: copies
+        "forwarded": 0,  # Update messages sent carrying updates received on another link
+        "forwarded_bytes": 0,
+        "repairs": 0,  # anti-entropy SyncStep2 answers that changed our document
+        "anti_entropy_rounds": 0,
+        "pending_timeouts": 0,
+        "refusals_sent": 0,
+        "refusals_received": 0,
+        "links_in": 0,  # type-103 messages taken
+        "links_malformed": 0,
+        "oversize_split": 0,  # SyncStep2 answers to stock peers sent as several bounded updates
+        "oversize_unsplittable": 0,  # ... that could not be split
     }
 
 
@@ -68,3 +109,17 @@ class Counters:
             self._drop_logged[key] = now
             log.info("room %s: dropped %s from %s (%s): %s (further ones counted, logged every %.0fs)",
                      self.room_id, what, peer_id, self._describe(peer_id), reason, DROP_LOG_INTERVAL)
+
+
+def received(kind: str, size: int) -> None:
+    """One data-channel message of ``size`` bytes on a link of type ``kind``."""
+    messages, octets = _IN[kind]
+    messages.inc()
+    octets.inc(size)
+
+
+def forwarded(kind: str, size: int) -> None:
+    """One update message carrying relayed updates sent on a link of type ``kind``."""
+    messages, octets = _FWD[kind]
+    messages.inc()
+    octets.inc(size)

@@ -9,6 +9,7 @@ Pure functions, no I/O (DESIGN.md, "Data-channel protocol")::
       100 chunk:   varUint messageId, varUint index, varUint count, varUint8Array part
       101 app:     varString JSON
       102 doc:     varString name, varUint syncType, varUint8Array payload (a named document)
+      103 links:   varString JSON {"links": [peerId, ...]} (this peer's open links; caps ``mesh``)
 
 The decoder is strict: every length is checked against the bytes present, integers are
 bounded like lib0's (53 bits), and any violation raises :class:`ProtocolError` — a peer
@@ -33,15 +34,20 @@ MSG_BC_PEER_ID = 4
 MSG_CHUNK = 100
 MSG_APP = 101
 MSG_DOC = 102
+MSG_LINKS = 103
 
 SYNC_STEP1 = 0
 SYNC_STEP2 = 1
 SYNC_UPDATE = 2
 
-CAPS: tuple[str, ...] = ("chunk", "app", "docs", "roles")
+CAPS: tuple[str, ...] = ("chunk", "app", "docs", "roles", "mesh")
 """What every CodeSync peer advertises in its ``announce`` and ``signal`` payloads: chunk (100),
-app (101), docs (102, named documents) and roles (it enforces the trust model on what it
-receives, docs/protocol.md "The trust model")."""
+app (101), docs (102, named documents), roles (it enforces the trust model on what it
+receives, docs/protocol.md "The trust model") and mesh (103 links messages, the forward rule,
+anti-entropy, refusals: docs/protocol.md "Room topology")."""
+
+MAX_LINKS_IDS = 1000  # a links message naming more peer ids is ignored (counted)
+MAX_PEER_ID = 128  # bytes of one peer id in a links message
 
 MAX_DOC_NAME = 64  # bytes; named documents are few and named by the protocol (``runs``)
 
@@ -189,6 +195,14 @@ class DocMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class LinksMessage:
+    """Type 103: the peer ids of the sender's open links (``None``: malformed or too large —
+    the receiver counts and drops it; a links message never raises, it only fails to inform)."""
+
+    links: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownMessage:
     type: int
 
@@ -201,6 +215,7 @@ Message = (
     | ChunkMessage
     | AppMessage
     | DocMessage
+    | LinksMessage
     | UnknownMessage
 )
 
@@ -252,7 +267,25 @@ def parse_message(frame: bytes | bytearray | memoryview) -> Message:
         if step not in (SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE):
             raise ProtocolError(f"unknown sync step {step}")
         return DocMessage(name, step, r.var_uint8array())
+    if kind == MSG_LINKS:
+        return LinksMessage(_links_payload(r))
     return UnknownMessage(kind)
+
+
+def _links_payload(r: Reader) -> frozenset[str] | None:
+    """The ids of a type-103 payload; None for anything that is not ``{"links": [str, ...]}``
+    within the bounds (the framing itself must still be sound: a broken varString raises)."""
+    text = r.var_string()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    ids = body.get("links") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or len(ids) > MAX_LINKS_IDS:
+        return None
+    if not all(isinstance(x, str) and 0 < len(x) <= MAX_PEER_ID for x in ids):
+        return None
+    return frozenset(ids)
 
 
 def encode_sync_step1(state_vector: bytes) -> bytes:
@@ -270,6 +303,12 @@ def encode_sync_update(update: bytes) -> bytes:
 def encode_doc(name: str, step: int, payload: bytes) -> bytes:
     """Type 102 for the named document ``name``: ``step`` is SYNC_STEP1/SYNC_STEP2/SYNC_UPDATE."""
     return bytes((MSG_DOC,)) + write_var_string(name) + write_var_uint(step) + write_var_uint8array(payload)
+
+
+def encode_links(peer_ids: Iterable[str]) -> bytes:
+    """Type 103: the peer ids of our open links, sorted (stable bytes for equal sets)."""
+    body = json.dumps({"links": sorted(peer_ids)}, separators=(",", ":"), ensure_ascii=False)
+    return bytes((MSG_LINKS,)) + write_var_string(body)
 
 
 def encode_awareness(awareness_update: bytes) -> bytes:

@@ -11,7 +11,8 @@ The API is in ``peer/__init__.py``; the parts, each with one job (docs/peer-libr
 - :class:`~peer.awareness_sync.AwarenessSync` — awareness under the trust model's rules.
 
 The Room wires them: it reads each received frame once and hands it to the part it belongs
-to, runs the one coalescing timer, and turns what happens into the public events. The trust
+to, runs the one coalescing timer and the anti-entropy timer (docs/protocol.md "Room
+topology"), and turns what happens into the public events. The trust
 model (docs/protocol.md) is enforced on everything received, with no option to turn it off.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -26,6 +28,7 @@ from typing import Any
 
 from pycrdt import Awareness, Doc
 
+from . import metrics
 from . import protocol as p
 from .awareness_sync import AwarenessSync
 from .connection import aiortc_transports
@@ -65,6 +68,8 @@ class Room:
         caps: tuple[str, ...] = p.CAPS,
         docs: dict[str, Doc] | None = None,
         transport: TransportFactory | None = None,
+        anti_entropy_interval: float = 5.0,
+        pending_timeout: float = 10.0,
     ) -> None:
         self.room_id = room_id
         self.ice_hosts = ice_hosts
@@ -79,6 +84,7 @@ class Room:
         self.coalesce_delay = coalesce_delay
         self.limits = limits or Limits()
         self.join_timeout = join_timeout
+        self.anti_entropy_interval = anti_entropy_interval  # seconds (±20 %); 0: none
         self.caps = tuple(caps)  # () behaves like a stock y-webrtc peer (tests, interop)
         self.roster = Roster()
         self._counters = Counters(room_id, self._describe)
@@ -97,12 +103,13 @@ class Room:
             room_id, self._signaling, peer_id=peer_id or str(uuid.uuid4()), caps=self.caps, max_conns=max_conns,
             limits=self.limits, roster=self.roster, counters=self._counters, spawn=self._spawn,
             on_open=self._link_opened, on_message=self._message, on_closed=self._link_closed,
-            on_writable=lambda: self._sync.resume_writing(),
+            on_writable=lambda: self._sync.resume_writing(), pending_timeout=pending_timeout,
         )
         self._sync = DocumentSync(
             self.doc, self.docs, self._mesh.links, roster=self.roster, own_refusal=self._mesh.own_refusal,
             counters=self._counters, events=self._events, schedule_flush=self._schedule_flush, bad=self._bad,
             synced=self._synced, relay=relay, released=not hold_sync and ready is None,
+            forward=self._mesh.should_forward,
         )
         self._aware = AwarenessSync(
             self.awareness, self.limits, principal=self.roster.principal, counters=self._counters,
@@ -208,6 +215,10 @@ class Room:
             await self._signaling.start()
         self._mesh.transport = self._transport or aiortc_transports(rtc_configuration(await self._signaling.ice_servers()))
         self._spawn(self._aware.run())
+        if self._mesh.mesh:
+            self._spawn(self._mesh.reannounce_missing())
+            if self.anti_entropy_interval > 0:
+                self._spawn(self._anti_entropy())
         if self._ready_source is not None:
             self._spawn(self._wait_ready(self._ready_source))
         await self._signaling.subscribe(self.room_id, self._mesh)
@@ -319,6 +330,7 @@ class Room:
         if not self._mesh.current(link):
             return
         self.stats["frames_in"] += 1
+        metrics.received(link.kind, len(data))
         try:
             self._frame(link, data, allow_chunk=True)
         except p.ProtocolError as exc:
@@ -360,6 +372,10 @@ class Room:
                 self._frame(link, whole, allow_chunk=False)
         elif isinstance(msg, p.AppMessage):
             self._app(link, msg.body)
+        elif isinstance(msg, p.LinksMessage):
+            if not link.links_bucket.take():
+                raise p.ProtocolError("links messages above the rate limit")
+            self._mesh.links_received(link, msg.links)
         elif isinstance(msg, p.IgnoredMessage):
             pass
         else:
@@ -409,6 +425,29 @@ class Room:
             pass
         self._sync.flush()
         self._aware.flush(list(self._mesh.links.values()))
+
+    # ------------------------------------------------------------------ anti-entropy
+    async def _anti_entropy(self) -> None:
+        """Every ``anti_entropy_interval`` (±20 %, so rooms do not beat in step): SyncStep1 on
+        every open link; the answers repair any update this peer missed."""
+        while self._mesh.running:
+            await asyncio.sleep(self.anti_entropy_interval * random.uniform(0.8, 1.2))
+            if self._mesh.running and not self._mesh.removed:
+                self._sync.anti_entropy()
+
+    def anti_entropy(self) -> int:
+        """One anti-entropy round now (what the timer does); returns the links asked."""
+        return self._sync.anti_entropy()
+
+    @property
+    def pending_links(self) -> int:
+        """Links offered or answered whose data channel is not open yet."""
+        return self._mesh.pending
+
+    def remote_links(self, peer_id: str) -> frozenset[str] | None:
+        """The open links ``peer_id`` last told us it has (type 103); None: nothing told."""
+        link = self._mesh.links.get(peer_id)
+        return link.remote_links if link is not None else None
 
     # ------------------------------------------------------------------ helpers
     def _describe(self, peer_id: str) -> str:

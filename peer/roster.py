@@ -108,6 +108,11 @@ class Roster:
         self._effective[peer_id] = effective
         return effective
 
+    @property
+    def present_peer_ids(self) -> frozenset[str]:
+        """The people's peer ids the latest presence frame lists (services are never listed)."""
+        return frozenset(self._present_peer_ids)
+
     def role_of(self, peer_id: str) -> str | None:
         """The effective role of a person's peer id; None for services, gone users and unknown ids."""
         principal = self.principal(peer_id)

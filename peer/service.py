@@ -28,6 +28,8 @@ from codesync.settings import Settings
 
 log = logging.getLogger("codesync.service")
 
+SERVICE_MAX_CONNS = 1000  # links of a service peer in one room
+
 Check = Callable[[], Union[bool, str, Awaitable[Union[bool, str]]]]
 
 
@@ -140,9 +142,14 @@ class RoomService(Generic[P]):
         await self.client.start()
 
     def room(self, room_id: str, **kwargs: Any) -> Any:  # -> peer.Room
-        """A Room over the service's connection, ICE restricted as configured (``CODESYNC_ICE_HOSTS``)."""
+        """A Room over the service's connection, ICE restricted as configured (``CODESYNC_ICE_HOSTS``).
+
+        ``max_conns`` defaults to SERVICE_MAX_CONNS: a service peer links to every member of
+        a room (docs/protocol.md "Room topology": members never count it against their own
+        limit, so the room's graph stays connected through it)."""
         from .room import Room
 
+        kwargs.setdefault("max_conns", SERVICE_MAX_CONNS)
         return Room.over(self.client, room_id, ice_hosts=self.settings.ice_host_list, **kwargs)
 
     def _on_active(self, topic: str) -> None:

@@ -11,8 +11,11 @@ y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
   link, :mod:`peer.rights`) before pycrdt sees it; refused ones are dropped and counted, and
   a refused SyncStep2 still completes the handshake;
 - what pycrdt integrated is reported (``update`` / ``doc_update`` events) and, for the main
-  document only, relayed to the other links: a peer forwards only what it applied. Named
-  documents are never relayed;
+  document only, relayed to the other links where the forward rule says so
+  (:func:`peer.topology.should_forward`, asked through ``forward``): a peer forwards only
+  what it applied, and only while it may write itself. Named documents are never relayed;
+- anti-entropy: :meth:`anti_entropy` sends SyncStep1 on every open link (the Room's timer);
+  the answers repair whatever a link missed (counted: ``repairs``);
 - outgoing updates are queued and sent on :meth:`flush` (the Room's coalescing timer), merged
   with ``merge_updates`` into one message per link (aiortc pays per message, not per byte);
 - our own edits while we may not write are kept (``withheld_updates``) and sent once we may
@@ -28,13 +31,20 @@ from typing import Any
 import pycrdt
 from pycrdt import Doc, merge_updates
 
+from . import metrics
 from . import protocol as p
 from .events import Emitter
 from .link import Link
 from .metrics import Counters
 from .roster import Roster
+from .segments import split_update
 
 log = logging.getLogger(__name__)
+
+STOCK_MESSAGE_MAX = 200 * 1024
+"""Bytes above which a main-document sync message to a peer without ``chunk`` (a stock
+y-webrtc client: Chromium takes at most 256 KiB) travels as several bounded updates."""
+SMALL_FRAME = 16 * 1024  # below every peer's limit: sent as it is (the per-keystroke case)
 
 _LOAD = object()  # transaction origin marker for load()
 
@@ -53,6 +63,7 @@ class DocumentSync:
         schedule_flush: Callable[[], None],
         bad: Callable[[Link, str], None],
         synced: Callable[[Link], None],
+        forward: Callable[[str, Link], bool] = lambda origin, link: True,
         relay: bool = True,
         released: bool = True,
     ) -> None:
@@ -70,6 +81,8 @@ class DocumentSync:
         self._schedule_flush = schedule_flush
         self._bad = bad
         self._synced = synced
+        self._forward = forward
+        self._integrated = False  # set by the observers: the update being applied changed something
         self._applying: Any = None  # origin of the transaction being applied: a peer id, _LOAD or None (local)
         self._remote_changes: list[tuple[str | None, bytes, str]] = []  # (doc name or None, update, origin)
         self._held_step1: list[tuple[str, str | None, bytes]] = []  # (peer id, doc name or None, state vector)
@@ -114,6 +127,27 @@ class DocumentSync:
             for name, named in self.docs.items():
                 link.send(p.encode_doc(name, p.SYNC_STEP1, named.get_state()))
 
+    def anti_entropy(self) -> int:
+        """SyncStep1 (our state vectors) on every open link whose answer we would apply (the
+        main document to writers' links, each named document to its writers'): the answers
+        bring whatever we missed — an update lost on a link that closed, a forward skipped in
+        a race, a dropped offer. Returns the number of links asked."""
+        asked = 0
+        for link in list(self._links.values()):
+            if not link.open:
+                continue
+            frames = []
+            if self._roster.write_refusal(link.peer_id) is None:
+                frames.append(p.encode_sync_step1(self.doc.get_state()))
+            if "docs" in link.caps:
+                frames += [p.encode_doc(name, p.SYNC_STEP1, named.get_state()) for name, named in self.docs.items()
+                           if self._roster.write_refusal(link.peer_id, name) is None]
+            for frame in frames:
+                link.send(frame)
+            asked += bool(frames)
+        self._stats["anti_entropy_rounds"] += 1
+        return asked
+
     def link_closed(self, link: Link) -> None:
         self._held_step1 = [held for held in self._held_step1 if held[0] != link.peer_id]
 
@@ -135,11 +169,47 @@ class DocumentSync:
             update = doc.get_update(state_vector) if self._own_refusal(name) is None else p.EMPTY_UPDATE
         except Exception as exc:
             raise p.ProtocolError(f"bad state vector: {exc}") from exc
-        link.send(p.encode_sync_step2(update) if name is None else p.encode_doc(name, p.SYNC_STEP2, update))
+        if name is None:
+            self.send_sync(link, update, p.SYNC_STEP2)
+        else:
+            link.send(p.encode_doc(name, p.SYNC_STEP2, update))
+
+    def send_sync(self, link: Link, update: bytes, step: int, frame: bytes | None = None) -> bool:
+        """One main-document SyncStep2 or Update. To a peer without ``chunk`` whose limit it
+        exceeds (or STOCK_MESSAGE_MAX), it goes as several bounded updates (peer.segments):
+        Updates, and the last one as ``step`` — a stock client integrates them in order and
+        counts itself synced after the last. Counted: ``oversize_split`` / ``oversize_unsplittable``."""
+        if frame is None:
+            frame = p.encode_sync_step2(update) if step == p.SYNC_STEP2 else p.encode_sync_update(update)
+        if "chunk" in link.caps or len(frame) <= SMALL_FRAME:
+            return link.send(frame)
+        limit = min(link.conn.max_message_size or STOCK_MESSAGE_MAX, STOCK_MESSAGE_MAX)
+        if len(frame) <= limit:
+            return link.send(frame)
+        try:
+            segments = split_update(update, limit - 16)  # 16: the sync frame's own header
+        except ValueError:
+            log.exception("could not split a %d-byte update", len(update))
+            segments = None
+        if segments is None:
+            self._stats["oversize_unsplittable"] += 1
+            metrics.OVERSIZE.labels("unsplittable").inc()
+            log.warning("a %d-byte update for %s holds one value above its %d-byte limit: not sent",
+                        len(update), link.peer_id, limit)
+            return link.send(frame)  # dropped and counted by the link
+        self._stats["oversize_split"] += 1
+        metrics.OVERSIZE.labels("split").inc()
+        for segment in segments[:-1]:
+            if not link.send(p.encode_sync_update(segment)):
+                return False
+        last = segments[-1]
+        return link.send(p.encode_sync_step2(last) if step == p.SYNC_STEP2 else p.encode_sync_update(last))
 
     def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None) -> None:
         """Hot path (once per received keystroke): the writer check, then pycrdt."""
         remote = link.peer_id
+        if step == p.SYNC_UPDATE and name is None:
+            self._stats["updates_in"] += 1
         if update != p.EMPTY_UPDATE:
             refusal = self._roster.write_refusal(remote, name)
             if refusal is not None:
@@ -149,6 +219,7 @@ class DocumentSync:
                 update = p.EMPTY_UPDATE
         if update != p.EMPTY_UPDATE:
             self._applying = remote
+            self._integrated = False
             try:
                 (self.doc if name is None else self.docs[name]).apply_update(update)
             except BaseException as exc:
@@ -158,8 +229,19 @@ class DocumentSync:
                 raise p.ProtocolError(f"update rejected by pycrdt: {exc}") from exc
             finally:
                 self._applying = None
-        if step == p.SYNC_STEP2 and name is None:
-            self._synced(link)
+            if not self._integrated:
+                if step == p.SYNC_UPDATE:  # (a SyncStep2 that brings nothing is anti-entropy doing its job)
+                    self._stats["duplicates"] += 1
+                    metrics.DUPLICATES.inc()
+            elif step == p.SYNC_STEP2 and name in link.step2_docs:
+                # an answer to anti-entropy (the handshake's SyncStep2 came before) that
+                # brought something: a missed update repaired
+                self._stats["repairs"] += 1
+                metrics.REPAIRS.inc()
+        if step == p.SYNC_STEP2:
+            link.step2_docs.add(name)
+            if name is None:
+                self._synced(link)
 
     def deliver_remote_changes(self) -> None:
         """Report what pycrdt integrated from a frame (after the frame, never inside a transaction)."""
@@ -177,6 +259,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         origin = self._applying
+        self._integrated = True
         if origin is _LOAD:
             if self.released:
                 self._queue_update(update, None)
@@ -190,7 +273,9 @@ class DocumentSync:
                     self._withheld_since = event.before_state
         else:  # a remote update that pycrdt integrated (observers run at commit time)
             self._remote_changes.append((None, update, origin))
-            if self.relay:  # only what we applied is forwarded: it passed our writer check
+            # only what we applied is forwarded (it passed our writer check), and only while
+            # we may write: nobody would accept it from us otherwise
+            if self.relay and self._own_refusal(None) is None:
                 self._queue_update(update, origin)
 
     def _named_changed(self, name: str, event: pycrdt.TransactionEvent) -> None:
@@ -199,6 +284,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         origin = self._applying
+        self._integrated = True
         if origin is _LOAD:
             if self.released:
                 self._queue_named(name, update)
@@ -235,21 +321,32 @@ class DocumentSync:
             self._schedule_flush()
 
     def flush(self) -> None:
-        """Send what was queued: one merged Update per link (without the link's own updates),
-        one merged type-102 Update per named document to peers with ``docs``."""
+        """Send what was queued: one merged Update per link — our own updates, and the relayed
+        ones the forward rule sends there (never back to their origin) — and one merged
+        type-102 Update per named document to peers with ``docs``."""
         if self._pending:
             pending, self._pending = self._pending, []
-            frames: dict[str | None, bytes | None] = {}  # excluded origin -> merged frame
-            origins = {origin for _, origin in pending}
-            for peer_id, link in list(self._links.items()):
+            frames: dict[frozenset[str], tuple[bytes, bytes] | None] = {}  # origins sent -> (update, frame)
+            origins = {origin for _, origin in pending if origin is not None}
+            own = any(origin is None for _, origin in pending)
+            forward = self._forward
+            for link in list(self._links.values()):
                 if not link.open:
                     continue
-                key = peer_id if peer_id in origins else None
+                key = frozenset(o for o in origins if forward(o, link)) if origins else frozenset()
+                if not key and not own:
+                    continue
                 if key not in frames:
-                    frames[key] = _merged_frame([u for u, o in pending if o is None or o != key])
-                frame = frames[key]
-                if frame is not None:
-                    link.send(frame)
+                    frames[key] = _merged_frame([u for u, o in pending if o is None or o in key])
+                merged = frames[key]
+                if merged is None:
+                    continue
+                update, frame = merged
+                sent = link.send(frame) if len(frame) <= SMALL_FRAME else self.send_sync(link, update, p.SYNC_UPDATE, frame)
+                if sent and key:
+                    self._stats["forwarded"] += 1
+                    self._stats["forwarded_bytes"] += len(frame)
+                    metrics.forwarded(link.kind, len(frame))
         if self._pending_docs:
             pending_docs, self._pending_docs = self._pending_docs, {}
             for name, updates in pending_docs.items():
@@ -264,7 +361,8 @@ class DocumentSync:
                         link.send(frame)
 
 
-def _merged_frame(updates: list[bytes]) -> bytes | None:
+def _merged_frame(updates: list[bytes]) -> tuple[bytes, bytes] | None:
+    """(merged update, its Update frame)."""
     if not updates:
         return None
     try:
@@ -272,4 +370,4 @@ def _merged_frame(updates: list[bytes]) -> bytes | None:
     except Exception:
         log.exception("merge_updates failed on %d updates", len(updates))
         return None
-    return p.encode_sync_update(merged)
+    return merged, p.encode_sync_update(merged)

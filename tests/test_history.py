@@ -229,10 +229,17 @@ async def test_stored_attribution_matches_who_typed_also_through_a_relay(tmp_pat
         # carol loses her link to the persistence peer and may hold only one link (bob's):
         # what she types now reaches storage only through bob, who relays it
         persist_id = persistence_of(carol)
+        # (a mesh peer always takes the service peers' links, docs/protocol.md "Room topology":
+        # here carol counts the persistence peer's link against her max_conns, so she refuses it)
+        carol._mesh.is_service = lambda peer_id: False  # type: ignore[method-assign]
         await carol.links[alice.peer_id].conn.aclose()
         carol.max_conns = 1
         await carol.links[persist_id].conn.aclose()
         await wait_for(lambda: set(carol.connected_peers) == {bob.peer_id}, 20, what="carol linked to bob only")
+        # ... and bob knows it (links messages): until then he would leave carol's keystrokes to
+        # her old link with the persistence peer, and anti-entropy would bring them instead
+        await wait_for(lambda: bob.remote_links(carol.peer_id) == {bob.peer_id}
+                       and carol.peer_id not in (bob.remote_links(persist_id) or ()), 20, what="bob sees it")
         relayed = "carol, relayed by bob\n"
         await type_text(carol, relayed)
         await wait_for(lambda: saved_covers(bob) and relayed in str(source(bob)), 20, what="stored via bob")
@@ -246,6 +253,9 @@ async def test_stored_attribution_matches_who_typed_also_through_a_relay(tmp_pat
         forged = side.get_update(before)
         assert bob.links[persist_id].conn.send(p.encode_sync_update(forged))
         await wait_for(lambda: "# bob's other client" in str(source(alice)), 20, what="alice gets it too")
+        # bob sent it past his own document: nobody forwards it to him (he is its origin link,
+        # and alice is linked to him), anti-entropy brings it back to him
+        await wait_for(lambda: "# bob's other client" in str(source(bob)), 20, what="bob gets it by anti-entropy")
         await wait_for(lambda: saved_covers(alice), 20, what="saved")
 
         text = str(source(alice))

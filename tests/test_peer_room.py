@@ -76,7 +76,7 @@ async def test_peers_converge_on_concurrent_edits_and_know_each_other(stack, see
         info = a.peers[b.peer_id]
         assert isinstance(info, PeerInfo) and info.connected
         assert info.user_id == seeded.user("bob").id and info.name == "Bob" and info.sender["role"] == "editor"
-        assert info.caps == {"chunk", "app", "docs", "roles"}
+        assert info.caps == {"chunk", "app", "docs", "roles", "mesh"}
         rng = random.Random(7)
         for i in range(60):  # interleaved concurrent edits at random UTF-16 positions
             for r in rooms:
@@ -170,18 +170,23 @@ async def test_a_5mb_document_syncs_through_chunks(stack, seeded) -> None:
 
 
 async def test_no_chunks_to_a_peer_without_the_chunk_cap(stack, seeded) -> None:
-    big = "y" * 600_000  # above aiortc's 256 KiB max-message-size
+    """A peer without ``chunk`` (a stock y-webrtc client) gets a large document as bounded
+    updates (peer/segments.py), never a chunk nor a message above its limit; a single value
+    too big for it cannot be split: dropped, counted."""
+    big = "y" * 600_000  # above aiortc's 64 KiB max-message-size and Chromium's 256 KiB
     async with joined(stack, seeded, "alice") as (a,):
         source(a).insert(0, big)
         async with joined(stack, seeded, "bob", caps=()) as (b,):
             await all_connected([a, b])
+            await b.wait_synced(a.peer_id, timeout=20)
+            assert str(source(b)) == big and b.stats["chunks_in"] == 0 and b.stats["bad_frames"] == 0
             link = a.links[b.peer_id]
-            await wait_for(lambda: link.dropped_oversize >= 1, what="the oversize SyncStep2 dropped")
-            before = b.stats["frames_in"]
-            source(a).insert(0, "z")  # small messages still flow
-            await wait_for(lambda: b.stats["frames_in"] > before, what="b gets the small update")
-            assert b.stats["chunks_in"] == 0 and b.stats["bad_frames"] == 0
-            assert not b.peers[a.peer_id].synced
+            assert a.stats["oversize_split"] == 1 and link.dropped_oversize == 0
+            source(a).insert(0, "z")  # small messages flow as they are
+            await wait_for(lambda: str(source(b)) == "z" + big, what="b gets the small update")
+            a.doc.get("blobs", type=pycrdt.Map)["one"] = b"\x01" * 300_000  # one value: no bounded split
+            await wait_for(lambda: link.dropped_oversize >= 1, what="the unsplittable update dropped")
+            assert a.stats["oversize_unsplittable"] == 1 and b.stats["bad_frames"] == 0
 
 
 # ------------------------------------------------------------------ bad input

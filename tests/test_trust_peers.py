@@ -200,9 +200,10 @@ async def test_a_viewer_write_is_not_applied_relayed_or_stored(tmp_path):
     roles = {"alice": "owner", "ed": "editor", "carol": "editor", "vic": "viewer"}
     async with services(tmp_path, roles) as svc, peers(svc, "ed") as (ed,):
         await wait_for(lambda: service_peer(ed, "persistence"), 45, what="persistence joins")
-        # carol takes two links (ed and the persistence peer) and no more: she never links to
-        # vic, so anything of vic's reaching her would have been relayed by ed.
-        async with peers(svc, "carol", max_conns=2) as (carol,):
+        # carol takes one member link (ed; links with service peers do not count, docs/protocol.md
+        # "Room topology") and no more: she never links to vic, so anything of vic's reaching her
+        # would have been relayed by ed or the persistence peer.
+        async with peers(svc, "carol", max_conns=1) as (carol,):
             await all_linked([ed, carol], "persistence")
             source(ed).insert(0, "shared\n")
             async with peers(svc, "vic") as (vic,):

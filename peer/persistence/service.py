@@ -54,9 +54,17 @@ log = logging.getLogger("codesync.persistence")
 
 ROOMS_OWNED = Gauge("codesync_persist_rooms_owned", "rooms this persistence peer owns (holds the lease of)")
 UPDATES_STORED = Counter("codesync_persist_updates_stored_total", "updates made durable")
-PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the save state
+PUBLISH_INTERVAL = 0.1  # seconds between two awareness updates carrying the save state ...
+PUBLISH_LINKS = 8  # ... in a room of up to this many links; above, the interval grows with the links
+PUBLISH_INTERVAL_MAX = 1.0  # (bench/room_scale.py: the save state sent to N links 10×/s was the
+# persistence peer's only per-keystroke cost growing with N — docs/benchmarks.md "Room scale")
 COMMITS = Counter("codesync_persist_commits_total", "update-log transactions committed")
 V1_RUNS_DROPPED = Counter("codesync_persist_v1_runs_dropped_total", "schema v1 run records deleted from main documents")
+
+
+def publish_interval(links: int) -> float:
+    """Seconds between two save-state publishes in a room with ``links`` links."""
+    return min(PUBLISH_INTERVAL_MAX, PUBLISH_INTERVAL * max(1.0, links / PUBLISH_LINKS))
 
 
 class RoomKeeper(RoomPresence):
@@ -229,6 +237,9 @@ class RoomKeeper(RoomPresence):
 
         Peers rate-limit awareness per link (peer.room.Limits); publishing on every commit
         would get the final "saved" dropped and clients would wait for the next renewal.
+        Each publish goes to every link, so in a room with more than PUBLISH_LINKS links the
+        interval grows in proportion (up to PUBLISH_INTERVAL_MAX): the cost per keystroke
+        stays flat in the room's size, "saved" shows up to that much later.
         """
         if state.commits > self._commits_seen:
             COMMITS.inc(state.commits - self._commits_seen)
@@ -237,7 +248,7 @@ class RoomKeeper(RoomPresence):
         if self._publish_timer is not None:
             return  # the pending trailing publish will send the latest state
         loop = asyncio.get_running_loop()
-        wait = self._last_publish + PUBLISH_INTERVAL - loop.time()
+        wait = self._last_publish + publish_interval(len(room.links)) - loop.time()
         if wait > 0:
             self._publish_timer = loop.call_later(wait, self._publish_now, room, state)
         else:
