@@ -143,8 +143,10 @@ async def worker(cfg: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- one room size
 async def one_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from peer import Room
-    from tests.stack import seed_rooms, service_token
-    from tests.support import child_env, free_port, start_service, start_signaling, wait_http_ok
+    from tests.helpers.components import free_port
+    from tests.helpers.processes import child_env, start_service, start_signaling
+    from tests.helpers.stack import seed_rooms, service_token
+    from tests.helpers.wait import wait_http_ok
 
     secret = secrets.token_urlsafe(48)
     database_url = f"sqlite+aiosqlite:///{tmp / f'room-{n}.db'}"

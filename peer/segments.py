@@ -211,7 +211,8 @@ def _split_item(struct: _Struct, item: _Item, budget: int) -> list[_Struct] | No
         return None
     pieces: list[tuple[bytes, int]] = []  # (encoded content, length in clocks)
     if isinstance(item.elements, str):
-        text, buf, size = item.elements, [], 0
+        text, size = item.elements, 0
+        buf: list[str] = []
         for ch in text:
             b = ch.encode("utf-8", errors="surrogatepass")
             if size + len(b) > room and buf:

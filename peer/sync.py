@@ -351,11 +351,11 @@ class DocumentSync:
             pending_docs, self._pending_docs = self._pending_docs, {}
             for name, updates in pending_docs.items():
                 try:
-                    merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                    doc_update = updates[0] if len(updates) == 1 else merge_updates(*updates)
                 except Exception:
                     log.exception("merge_updates failed on %d updates of %s", len(updates), name)
                     continue
-                frame = p.encode_doc(name, p.SYNC_UPDATE, merged)
+                frame = p.encode_doc(name, p.SYNC_UPDATE, doc_update)
                 for link in list(self._links.values()):
                     if link.open and "docs" in link.caps:
                         link.send(frame)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pycrdt
@@ -28,6 +26,7 @@ from peer import protocol as p
 from peer.events import Emitter
 from peer.ratelimit import TokenBucket
 from tests.helpers.memory_peers import MemoryHub
+from tests.helpers.rooms import drops, forged_update, source, started, turns
 from tests.helpers.components import ROOT
 from tests.helpers.wait import wait_for
 
@@ -35,17 +34,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 # ----------------------------------------------------------------------------- helpers
-@asynccontextmanager
-async def started(*rooms: Room) -> AsyncIterator[tuple[Room, ...]]:
-    async with AsyncExitStack() as es:
-        for room in rooms:
-            await room.start()
-            es.push_async_callback(room.stop)
-        yield rooms
 
 
-def source(room: Room) -> pycrdt.Text:
-    return room.doc.get("source", type=pycrdt.Text)
 
 
 def runs(room: Room) -> pycrdt.Map:
@@ -60,23 +50,10 @@ async def linked(*rooms: Room) -> None:
                        what=f"{r.peer_id[:6]} linked and synced")
 
 
-def forged_update(room: Room, text: str) -> bytes:
-    """An insert at the start of ``source`` made in a copy of the room's document."""
-    side = pycrdt.Doc()
-    side.apply_update(room.doc.get_update())
-    before = side.get_state()
-    side.get("source", type=pycrdt.Text).insert(0, text)
-    return side.get_update(before)
 
 
-def drops(room: Room, what: str, reason: str) -> int:
-    return room.dropped.get((what, reason), 0)
 
 
-async def turns(n: int = 20) -> None:
-    """Let the in-memory network deliver what is in flight (every hop is one loop turn)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 # ----------------------------------------------------------------------------- sync

@@ -19,9 +19,9 @@ from peer import Room
 from peer import mesh as mesh_module
 from peer import protocol as p
 from peer.topology import should_forward
-from tests.memory_peers import MemoryHub
-from tests.test_peer_core import forged_update, source, started
-from tests.support import wait_for
+from tests.helpers.memory_peers import MemoryHub
+from tests.helpers.rooms import forged_update, source, started
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns import browser_stack_available, run_driver
-from tests.support import require
+from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.components import require
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -12,14 +12,7 @@ The pure rules are unit-tested in tests/test_peer_rights.py.
 from __future__ import annotations
 
 import base64
-import os
-import re
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import httpx
 import pycrdt
 import pytest
 
@@ -27,173 +20,13 @@ from peer import Room
 from peer import protocol as p
 from peer.persistence.store import DocumentStore
 from codesync.settings import Settings
-from tests.helpers.stack import SeededRoom, Stack, signaling_stack
-from tests.helpers.components import free_port, require
-from tests.helpers.processes import Service, child_env, start_service
-from tests.helpers.wait import wait_for, wait_http_ok
+from tests.helpers.rooms import drops, forged_update, runs_of, send_raw, service_peer, source, v1_runs
+from tests.helpers.persistence import saved_covers
+from tests.helpers.services import ICE_HOSTS, Services, all_linked, peers, services
+from tests.helpers.stack import signaling_stack
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
-
-ICE_HOSTS = "127.0.0.1"  # loopback-only ICE
-
-
-# ----------------------------------------------------------------------------- the stack
-@dataclass
-class Services:
-    stack: Stack
-    seeded: SeededRoom
-    tmp: Path
-    persist: Service | None = None
-    runner: Service | None = None
-    ops: dict[str, int] = field(default_factory=dict)
-
-    async def metric(self, service: str, name: str, **labels: str) -> float:
-        """A counter's value from the service's own ``/metrics`` (0 when absent)."""
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(f"http://127.0.0.1:{self.ops[service]}/metrics")).text
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-            if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).items() >= labels.items():
-                total += float(m.group(2))
-        return total
-
-    async def rest(self, as_label: str, method: str, path: str, **kw) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.stack.url, timeout=10) as http:
-            r = await http.request(method, path, headers={"Authorization": f"Bearer {self.seeded.token(as_label)}"}, **kw)
-        assert r.status_code < 300, r.text
-        return r
-
-    async def set_role(self, label: str, role: str, by: str = "alice") -> None:
-        await self.rest(by, "PUT", f"/api/rooms/{self.seeded.id}/members/{self.seeded.user(label).id}", json={"role": role})
-
-    async def remove(self, label: str, by: str = "alice") -> None:
-        await self.rest(by, "DELETE", f"/api/rooms/{self.seeded.id}/members/{self.seeded.user(label).id}")
-
-    async def stored(self, doc: str = "") -> pycrdt.Doc:
-        """The room's document as the database holds it now."""
-        store = await DocumentStore.open(Settings(database_url=self.stack.database_url, data_dir=self.tmp / "data"))
-        try:
-            out = pycrdt.Doc()
-            out.apply_update((await store.load(self.seeded.id, doc)).update)
-            return out
-        finally:
-            await store.close()
-
-
-@asynccontextmanager
-async def services(tmp: Path, roles: dict[str, str | None], *, persist: bool = True, runner: bool = False,
-                   before_persist=None) -> AsyncIterator[Services]:
-    if runner:
-        require("bubblewrap", os.access("/usr/bin/bwrap", os.X_OK), "apt-get install bubblewrap")
-    async with signaling_stack(tmp) as stack:
-        seeded = await stack.seed_room(roles)
-        svc = Services(stack, seeded, tmp)
-        base = {**stack.env, "CODESYNC_SIGNALING_URL": stack.url, "CODESYNC_ICE_HOSTS": "127.0.0.1"}
-        try:
-            if before_persist is not None:
-                await before_persist(svc)
-            if persist:
-                svc.ops["persist"] = free_port()
-                svc.persist = start_service(["persist"], child_env(**{
-                    **base, "CODESYNC_SERVICE_TOKEN": await stack.service_token("persistence"),
-                    "CODESYNC_PERSIST_IDLE_GRACE": "1", "CODESYNC_OPS_PORT": str(svc.ops["persist"]),
-                }), tmp / "persist.log", name="persist")
-                await wait_http_ok(f"http://127.0.0.1:{svc.ops['persist']}/healthz", svc.persist)
-            if runner:
-                svc.ops["runner"] = free_port()
-                svc.runner = start_service(["runner"], child_env(**{
-                    **base, "CODESYNC_SERVICE_TOKEN": await stack.service_token("runner"),
-                    "CODESYNC_SANDBOX": "bubblewrap", "CODESYNC_RUNNER_IDLE_GRACE": "1",
-                    "CODESYNC_OPS_PORT": str(svc.ops["runner"]),
-                }), tmp / "runner.log", name="runner")
-                await wait_http_ok(f"http://127.0.0.1:{svc.ops['runner']}/healthz", svc.runner)
-            yield svc
-        finally:
-            for proc in (svc.runner, svc.persist):
-                if proc is not None:
-                    proc.stop()
-
-
-@asynccontextmanager
-async def peers(svc: Services, *labels: str, **kw) -> AsyncIterator[list[Room]]:
-    async with AsyncExitStack() as es:
-        rooms = []
-        for label in labels:
-            room = Room(svc.stack.url, svc.seeded.token(label), svc.seeded.id, ice_hosts=ICE_HOSTS, **kw)
-            await room.start()
-            es.push_async_callback(room.stop)
-            rooms.append(room)
-        yield rooms
-
-
-# ----------------------------------------------------------------------------- helpers
-def source(room: Room | pycrdt.Doc) -> pycrdt.Text:
-    doc = room.doc if isinstance(room, Room) else room
-    return doc.get("source", type=pycrdt.Text)
-
-
-def runs_of(room: Room | pycrdt.Doc) -> pycrdt.Map:
-    """Run records: the ``runs`` map of the named document ``runs``."""
-    doc = room.docs["runs"] if isinstance(room, Room) else room
-    return doc.get("runs", type=pycrdt.Map)
-
-
-def v1_runs(room: Room | pycrdt.Doc) -> pycrdt.Map:
-    """The main document's v1 ``runs`` map (no longer used)."""
-    doc = room.doc if isinstance(room, Room) else room
-    return doc.get("runs", type=pycrdt.Map)
-
-
-def service_peer(room: Room, service: str) -> str | None:
-    return next((pid for pid, info in room.peers.items() if info.service == service and info.connected), None)
-
-
-def send_raw(room: Room, frame: bytes) -> int:
-    """What a modified client does: a frame straight down every open data channel."""
-    sent = 0
-    for link in list(room.links.values()):
-        if link.conn.open and link.conn.send(frame):
-            sent += 1
-    return sent
-
-
-def forged_update(room: Room, text: str) -> bytes:
-    """An insert of ``text`` at the start of ``source``, made in a copy of the room's document
-    under another client id (the attacker's own document stays clean)."""
-    side = pycrdt.Doc()
-    side.apply_update(room.doc.get_update())
-    before = side.get_state()
-    source(side).insert(0, text)
-    return side.get_update(before)
-
-
-def drops(room: Room, what: str, reason: str) -> int:
-    return room.dropped.get((what, reason), 0)
-
-
-def saved_covers(room: Room) -> bool:
-    """The persistence peer's awareness says it stored everything this peer's document holds."""
-    mine = p.decode_state_vector(room.doc.get_state())
-    for state in room.awareness.states.values():
-        saved = state.get("saved") if isinstance(state, dict) and state.get("service") == "persistence" else None
-        if isinstance(saved, dict) and saved.get("status") == "saved":
-            stored = p.decode_state_vector(base64.b64decode(saved["state_vector"]))
-            if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
-                return True
-    return False
-
-
-async def all_linked(rooms: list[Room], *services_: str, timeout: float = 45) -> None:
-    """Every peer has an open link to every other one and to each named service."""
-    ids = {r.peer_id for r in rooms}
-
-    def ready() -> bool:
-        return all(ids - {r.peer_id} <= set(r.connected_peers) and all(service_peer(r, s) for s in services_)
-                   for r in rooms)
-
-    await wait_for(ready, timeout, what=f"links among {len(rooms)} peers and {services_}")
-
 
 # ----------------------------------------------------------------------------- tests
 async def test_a_viewer_write_is_not_applied_relayed_or_stored(tmp_path):

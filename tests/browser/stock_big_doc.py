@@ -24,8 +24,9 @@ from playwright.async_api import async_playwright  # noqa: E402
 from peer import Room  # noqa: E402
 from peer import protocol as p  # noqa: E402
 from tests.browser.web_e2e import build_stock_bundle  # noqa: E402
-from tests.netns import NS_ADDR, Stack, emit_result, free_port, launch_chromium, read_config, setup_interfaces, wait_http  # noqa: E402
-from tests.stack import seed_room  # noqa: E402
+from tests.helpers.components import free_port  # noqa: E402
+from tests.helpers.netns import NS_ADDR, emit_result, launch_chromium, namespace_stack, read_config, setup_interfaces  # noqa: E402
+from tests.helpers.wait import wait_http_ok  # noqa: E402
 
 
 def saved_covers(room: Room) -> bool:
@@ -49,7 +50,7 @@ async def until(predicate, timeout: float, what: str) -> None:
 
 async def metric(port: int, name: str, **labels: str) -> float:
     async with httpx.AsyncClient(timeout=5) as http:
-        text = (await http.get(f"http://{NS_ADDR}:{port}/metrics")).text
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     total = 0.0
     for line in text.splitlines():
         m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
@@ -64,17 +65,14 @@ async def main() -> None:
     work = Path(cfg["workdir"])
     size = int(cfg.get("size", 3_000_000))
     (work / "stack").mkdir(parents=True, exist_ok=True)
-    stack = Stack(work / "stack")
+    stack = namespace_stack(work / "stack")
     result: dict = {"ok": False}
     try:
         await stack.start_signaling()
-        env = stack.base_env()
-        database = f"sqlite+aiosqlite:///{(Path(env['CODESYNC_DATA_DIR']) / 'codesync.db').resolve()}"
-        seeded = await seed_room(database, env["CODESYNC_SECRET_KEY"], {"alice": "owner", "dave": "editor"})
+        seeded = await stack.seed_room({"alice": "owner", "dave": "editor"})
         ops = free_port()
-        persist = stack._spawn("persist", ["persist"], {
-            "CODESYNC_SERVICE_TOKEN": await stack.service_token("persistence"), "CODESYNC_OPS_PORT": str(ops)})
-        await wait_http(f"http://{NS_ADDR}:{ops}/healthz", persist)
+        persist = await stack.start_service("persist", "persistence", CODESYNC_OPS_PORT=str(ops))
+        await wait_http_ok(f"http://127.0.0.1:{ops}/healthz", persist)
 
         # alice writes a document of several megabytes in many edits, waits until it is stored, leaves
         alice = Room(stack.url, seeded.token("alice"), seeded.id, ice_hosts=NS_ADDR)
