@@ -244,7 +244,8 @@ class Mesh:
         carry our two cursors to each other, at the price of a slot on both sides. Viewers
         still link to writers and services (they get the document from them, and their
         cursor reaches the writers). A stock peer (no ``mesh``) is linked as before."""
-        return (self.mesh and "mesh" in self.info(remote).caps
+        info = self.peers.get(remote)  # not info(): no record for ids we only saw in presence
+        return (self.mesh and info is not None and "mesh" in info.caps
                 and self.roster.role_of(self.peer_id) == "viewer" and self.roster.role_of(remote) == "viewer")
 
     # ------------------------------------------------------------------ lifecycle
