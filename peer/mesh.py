@@ -31,7 +31,13 @@ capability ``mesh`` (docs/protocol.md "Room topology"):
   the forward rule (:mod:`peer.topology`) to it;
 - with free slots and members in presence we have no link with, we re-announce every
   ``MISSING_REANNOUNCE`` seconds (jittered), so links form again after churn — at most
-  ``MISSING_REANNOUNCE_LIMIT`` times in a row without a change in presence or our links.
+  ``MISSING_REANNOUNCE_LIMIT`` times in a row without a change in presence or our links;
+- two mesh peers that are both viewers (live roles) do not link: a viewer sends nothing the
+  other may apply or forward (awareness is never relayed), so such a link would only cost a
+  slot on each side. We neither offer to such a peer nor count it as missing, refuse its
+  offer (``refuse`` with reason ``viewers``), answer its first announce with the same refuse
+  (so it learns our caps and role) and close the link when both become viewers; a promotion
+  makes us re-announce so the link forms.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class PeerInfo:
     caps: frozenset[str] = frozenset()
     connected: bool = False
     synced: bool = False
+    told_viewers: bool = False  # we answered its announce with refuse/viewers (once per peer id)
     last_seen: float = field(default_factory=time.monotonic)
 
     @property
@@ -224,9 +231,22 @@ class Mesh:
         return self.roster.principal(peer_id) is not None and self.roster.write_refusal(peer_id) is not None
 
     def missing_members(self) -> list[str]:
-        """Peer ids presence lists that we have no link with (and that did not just refuse us)."""
+        """Peer ids presence lists that we have no link with (and that did not just refuse us,
+        and that are not viewers like us)."""
         return [pid for pid in self.roster.present_peer_ids
-                if pid != self.peer_id and pid not in self.links and not self.backing_off(pid)]
+                if pid != self.peer_id and pid not in self.links and not self.backing_off(pid)
+                and not self.viewer_pair(pid)]
+
+    def viewer_pair(self, remote: str) -> bool:
+        """We and ``remote`` are mesh peers and both viewers now (stamp and presence, live):
+        no link between us. Neither of us may write the main document, so neither applies nor
+        forwards what the other sends, and awareness is never relayed — a link would only
+        carry our two cursors to each other, at the price of a slot on both sides. Viewers
+        still link to writers and services (they get the document from them, and their
+        cursor reaches the writers). A stock peer (no ``mesh``) is linked as before."""
+        info = self.peers.get(remote)  # not info(): no record for ids we only saw in presence
+        return (self.mesh and info is not None and "mesh" in info.caps
+                and self.roster.role_of(self.peer_id) == "viewer" and self.roster.role_of(remote) == "viewer")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -329,6 +349,7 @@ class Mesh:
             return
         was_refused = self.own_refusal() is not None
         self._missing_announces = 0
+        viewer_pairs = {pid for pid in self.roster.present_peer_ids if self.viewer_pair(pid)}
         change = self.roster.presence(peers)
         for peer_id in change.close:
             link = self.links.get(peer_id)
@@ -343,6 +364,18 @@ class Mesh:
             self.reannounce_soon()
         if was_refused and self.own_refusal() is None:
             self._on_writable()
+        self._viewer_links(viewer_pairs)
+
+    def _viewer_links(self, viewer_pairs_before: set[str]) -> None:
+        """Roles changed: links between two viewers close; a peer that was a viewer like us
+        and is not any more (one of us promoted) is missing now — announce so it links."""
+        for pid, link in list(self.links.items()):
+            if not link.closed and self.viewer_pair(pid):
+                log.info("room %s: closing the link to %s: we are both viewers (presence)", self.room_id, pid)
+                link.conn.close()
+        if self.running and not self.removed and any(
+                pid not in self.links and not self.viewer_pair(pid) for pid in viewer_pairs_before):
+            self.reannounce_soon()
 
     def removed_from_room(self) -> None:
         """The server says we are no longer a member: stop writing, close every link."""
@@ -407,6 +440,14 @@ class Mesh:
         existing = self.links.get(remote)
         if existing is not None and not existing.closed:
             return
+        if self.viewer_pair(remote):
+            info = self.info(remote)
+            if not info.told_viewers:
+                # it may have joined after our announce: it knows neither our caps nor our
+                # role and would count us as missing; one directed refuse tells it both
+                info.told_viewers = True
+                self._spawn(self._refuse(remote, "viewers"))
+            return
         if not self._room_for(remote) or (self.mesh and self.backing_off(remote)):
             return
         link = self._new_link(remote, initiator=True)
@@ -430,7 +471,7 @@ class Mesh:
         kind = signal.get("type")
         link = self.links.get(remote)
         if kind == "refuse":
-            self._refused(remote, link)
+            self._refused(remote, link, signal.get("reason"))
             return
         if kind == "offer":
             if link is not None and not link.closed:
@@ -444,9 +485,12 @@ class Mesh:
                 await link.conn.aclose()
             link = self.links.get(remote)
             if link is None or link.closed:
+                if self.viewer_pair(remote):
+                    await self._refuse(remote, "viewers")  # a mesh peer, by viewer_pair's definition
+                    return
                 if not self._room_for(remote):
                     if self.mesh and "mesh" in self.info(remote).caps:
-                        await self._refuse(remote)
+                        await self._refuse(remote, "full")
                     return  # a stock peer gets silence, as from y-webrtc
                 link = self._new_link(remote, initiator=False)
         elif link is None or link.closed:
@@ -460,19 +504,27 @@ class Mesh:
             if kind in ("offer", "answer"):
                 link.conn.close()
 
-    async def _refuse(self, remote: str) -> None:
-        """Rule 6: we are full; tell the (mesh) offerer at once so it tries someone else."""
+    async def _refuse(self, remote: str, reason: str) -> None:
+        """Rule 6: we are full (``full``), or we and the offerer are both viewers
+        (``viewers``); tell the (mesh) offerer at once so it tries someone else."""
         self.counters.stats["refusals_sent"] += 1
         metrics.REFUSALS.labels("sent").inc()
-        log.debug("room %s: full (%d links); refusing the offer of %s", self.room_id, self.member_links(), remote)
-        await self.publish_signal(remote, {"type": "refuse", "reason": "full"}, None)
+        log.debug("room %s: refusing the offer of %s (%s; %d links)", self.room_id, remote, reason,
+                  self.member_links())
+        await self.publish_signal(remote, {"type": "refuse", "reason": reason}, None)
 
-    def _refused(self, remote: str, link: Link | None) -> None:
-        """The peer we offered to is full: close our pending link, no offers to it for a while."""
+    def _refused(self, remote: str, link: Link | None, reason: Any = "full") -> None:
+        """The peer we offered to refused: close our pending link. ``full``: no offers to it
+        for a while. ``viewers``: no back-off — we offer only to a peer we do not see as a
+        fellow viewer, and presence settles that (a promotion must link at once)."""
         if not self.mesh:
             return
         self.counters.stats["refusals_received"] += 1
         metrics.REFUSALS.labels("received").inc()
+        if reason == "viewers":
+            if link is not None and link.initiator and not link.open and not link.closed:
+                link.conn.close()
+            return
         if len(self._refused_by) >= MAX_BACKOFFS:
             now = time.monotonic()
             self._refused_by = {k: v for k, v in self._refused_by.items() if v > now}
@@ -521,6 +573,11 @@ class Mesh:
     def _opened(self, link: Link) -> None:
         self._not_pending(link)
         if not self.current(link):
+            return
+        if self.viewer_pair(link.peer_id):
+            # offered while one of us saw the other as a writer; presence has settled since
+            log.info("room %s: closing the link to %s: we are both viewers", self.room_id, link.peer_id)
+            link.conn.close()
             return
         info = self.info(link.peer_id)
         link.caps = info.caps & frozenset(self.caps)

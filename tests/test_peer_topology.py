@@ -20,7 +20,7 @@ from peer import mesh as mesh_module
 from peer import protocol as p
 from peer.topology import should_forward
 from tests.helpers.memory_peers import MemoryHub
-from tests.helpers.rooms import forged_update, source, started
+from tests.helpers.rooms import forged_update, source, started, turns
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -383,3 +383,73 @@ async def test_random_lossy_churn_always_ends_converged(fast_mesh) -> None:
         finally:
             for room in live.values():
                 await room.stop()
+
+
+# ----------------------------------------------------------------------------- viewers cost little
+def refusals_to(room: Room) -> list[dict[str, Any]]:
+    return [f["data"] for f in room.signaling.received
+            if f.get("type") == "publish" and f["data"].get("to") == room.peer_id
+            and f["data"].get("signal", {}).get("type") == "refuse"]
+
+
+async def test_two_viewers_do_not_link_yet_both_get_the_edits_and_a_role_change_links_or_unlinks_them() -> None:
+    """Two mesh viewers neither link nor count each other as missing; both link to the editor
+    and get its edits; a promotion links them (re-announce), demoting both closes the link."""
+    hub = MemoryHub(roles={"ed": "editor", "vic": "viewer", "val": "viewer"})
+    ed, vic, val = hub.room(user="ed"), hub.room(user="vic"), hub.room(user="val")
+    async with started(ed, vic, val):
+        await wait_for(lambda: set(ed.connected_peers) == {vic.peer_id, val.peer_id}, what="ed linked to both viewers")
+        await wait_for(lambda: all(ed.peer_id in r.connected_peers for r in (vic, val)), what="viewers linked to ed")
+        vic.awareness.set_local_state({"user": {"id": "vic", "name": "Vic"}, "cursor": 1})
+        source(ed).insert(0, "for everyone")
+        await wait_for(lambda: str(source(vic)) == str(source(val)) == "for everyone", what="ed's edit at both viewers")
+        await wait_for(lambda: vic.awareness.client_id in ed.awareness.states, what="vic's cursor at ed")
+        await turns()
+        assert val.peer_id not in vic.links and vic.peer_id not in val.links
+        assert vic._mesh.missing_members() == [] and val._mesh.missing_members() == []
+        assert vic.awareness.client_id not in val.awareness.states  # awareness is never relayed
+        # nobody offered: the viewer that joined first answered the other's announce with one
+        # refuse/viewers (how the newcomer learns its caps and role), and that was all
+        assert vic.stats["refusals_sent"] + val.stats["refusals_sent"] == 1
+        assert [r["signal"] for r in refusals_to(val)] == [{"type": "refuse", "reason": "viewers"}]
+        assert vic.pending_links == val.pending_links == 0
+
+        hub.set_role("val", "editor")  # the normal re-announce links them at once
+        await wait_for(lambda: val.peer_id in vic.connected_peers and vic.peer_id in val.connected_peers,
+                       what="vic and val linked after val's promotion")
+        await wait_for(lambda: vic.awareness.client_id in val.awareness.states, what="vic's cursor at val")
+        source(val).insert(0, "val: ")
+        await wait_for(lambda: str(source(vic)) == str(source(ed)) == "val: for everyone", what="val's edit")
+
+        hub.set_role("val", "viewer")
+        await wait_for(lambda: val.peer_id not in vic.links and vic.peer_id not in val.links,
+                       what="the link closed when both were viewers again")
+        await turns()
+        assert val.peer_id not in vic.links and vic.peer_id not in val.links  # and nobody re-links
+        source(ed).insert(0, "still: ")
+        await wait_for(lambda: str(source(vic)) == str(source(val)) == "still: val: for everyone",
+                       what="ed's edits still reach both viewers")
+
+
+async def test_a_viewer_refuses_another_viewers_offer_with_reason_viewers() -> None:
+    """A viewer that offers anyway (a modified client, or one whose view of roles lags) gets
+    ``refuse`` / ``viewers`` and closes its pending link; a stock viewer is linked as before."""
+    hub = MemoryHub(roles={"vic": "viewer", "val": "viewer", "sam": "viewer"})
+    vic, val = hub.room(user="vic"), hub.room(user="val")
+    sam = hub.room(user="sam", caps=("chunk", "app", "docs", "roles"))  # no mesh: a stock-like viewer
+    async with started(vic, val, sam):
+        await wait_for(lambda: sam.peer_id in vic.connected_peers and sam.peer_id in val.connected_peers,
+                       what="the stock viewer linked to both")
+        await wait_for(lambda: vic._mesh.viewer_pair(val.peer_id) and val._mesh.viewer_pair(vic.peer_id),
+                       what="both know they are viewers")
+        link = vic._mesh._new_link(val.peer_id, initiator=True)
+        await vic._mesh._start_link(link)
+        await wait_for(lambda: vic.stats["refusals_received"] >= 1, what="val refuses vic")
+        refusal = {"type": "signal", "from": val.peer_id, "to": vic.peer_id, "caps": list(p.CAPS),
+                   "signal": {"type": "refuse", "reason": "viewers"}}  # the wire format, exactly
+        await wait_for(lambda: val.peer_id not in vic.links and vic.pending_links == 0, what="pending link closed")
+        assert not vic._mesh.backing_off(val.peer_id)  # presence, not a timer, decides
+        await turns()  # closing re-announces: val answers that first announce of vic's once more, no more
+        assert refusals_to(vic) == [refusal] * val.stats["refusals_sent"] and val.stats["refusals_sent"] <= 2
+        assert vic.peer_id not in val.links and val.peer_id not in vic.links
+        assert refusals_to(sam) == []

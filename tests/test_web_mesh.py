@@ -76,3 +76,16 @@ def test_viewer_junk_links_messages_are_dropped(mesh):
     every edit exactly once."""
     res = step(mesh, "viewer_junk_links_dropped")
     assert all(v >= 68 for v in res["dropped"].values()), res
+
+
+def test_two_viewers_do_not_link(mesh):
+    """Two viewers in a room with an editor: no link between them, both get the editor's edits,
+    and awareness is not relayed (the other viewer's cursor does not reach them)."""
+    res = step(mesh, "two_viewers_apart")
+    assert res["bob_links"] and res["carol_links"]
+
+
+def test_promotion_links_viewers_and_demotion_unlinks(mesh):
+    """Promoting one viewer links the two (the re-announce); demoting him again closes the link."""
+    res = step(mesh, "viewers_promoted_and_demoted")
+    assert res["linked_after_promotion_s"] < 20

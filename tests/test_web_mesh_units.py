@@ -1,5 +1,6 @@
-"""The browser's mesh rules (web/src/topology.js: the forward decision, the type-103 links
-message with its malformed and oversized inputs, simulated rooms), unit-tested in Node
+"""The browser's mesh rules (web/src/topology.js: the forward decision, whether two viewers stay
+unlinked, the type-103 links message with its malformed and oversized inputs, simulated rooms),
+unit-tested in Node
 (web/test/topology.test.mjs). The same rules in the running client, between real browsers, are
 in tests/test_web_mesh.py."""
 
@@ -21,4 +22,4 @@ def test_mesh_rules_in_node():
         ["node", "--test", "test/topology.test.mjs"], cwd=ROOT / "web", capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 9" in proc.stdout, proc.stdout[-2000:]
+    assert "# fail 0" in proc.stdout and "# pass 10" in proc.stdout, proc.stdout[-2000:]

@@ -10,7 +10,10 @@ links messages (type 103) are dropped without harm. Part 2, four fresh browsers 
 (localStorage ``codesync.maxConns``) with the persistence peer (service links do not count):
 the limit holds, a full browser refuses a mesh peer's offer explicitly and the refused browser
 frees its slot at once and backs off, a pending link to a peer that never answers is closed after
-10 s, and the room converges although not every pair is linked.
+10 s, and the room converges although not every pair is linked. Part 3, a room where Bob and
+Carol are viewers: the two viewers do not link (nor count each other as missing) yet both get
+Alice's edits and Carol's cursor does not reach Bob; promoting Bob links them, demoting him again
+closes their link.
 
 Prints one RESULT line: ``{"steps": {...}, "console": [...], "logs": {...}}``. Config:
 ``workdir``; optional ``web_dist`` (serve another build of the client, e.g. main's, to show the
@@ -114,10 +117,11 @@ async def main() -> None:
                 users[name] = r.json()
             owner = {"Authorization": f"Bearer {users['alice']['access_token']}"}
             rooms = {}
-            for key in ("mesh", "small"):
+            for key in ("mesh", "small", "viewers"):
                 rooms[key] = (await http.post("/api/rooms", json={"name": key, "language": "python"}, headers=owner)).json()
                 for name in USERS[1:]:
-                    role = "viewer" if (key, name) == ("mesh", "carol") else "editor"
+                    viewer = (key, name) == ("mesh", "carol") or (key == "viewers" and name in ("bob", "carol"))
+                    role = "viewer" if viewer else "editor"
                     inv = (await http.post(f"/api/rooms/{rooms[key]['id']}/invites", json={"role": role}, headers=owner)).json()
                     r = await http.post(f"/api/invites/{inv['token']}/accept", headers={"Authorization": f"Bearer {users[name]['access_token']}"})
                     r.raise_for_status()
@@ -360,6 +364,72 @@ async def main() -> None:
                 return {"slots": slots, "unlinked_pairs": unlinked_pairs}
 
             await steps.run("small_limit_room_converges", small_room_converges, ("small_limit_setup",))
+
+            for name in list(ctxs):
+                await ctxs.pop(name).close()
+            pages.clear()
+
+            # ------------------------------------------------------------ part 3: two viewers
+            trio = ("alice", "bob", "carol")
+            viewer_room = rooms["viewers"]["id"]
+            linked_to = "(uid) => window.codesync.provider.connectedPeers().some(c => c.sender && c.sender.user_id === uid)"
+            has_state_of = """(clientId) => window.codesync.awareness.getStates().has(clientId)"""
+
+            async def set_role(name: str, role: str) -> None:
+                async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+                    r = await http.put(f"/api/rooms/{viewer_room}/members/{ids[name]}", json={"role": role},
+                                       headers={"Authorization": f"Bearer {users['alice']['access_token']}"})
+                    r.raise_for_status()
+
+            async def viewers_apart():
+                for name in trio:
+                    ctxs[name], pages[name] = await open_page(browser, stack.url, users[name], f"#/room/{viewer_room}")
+                    watch(name, pages[name])
+                a, b, c = (pages[n] for n in trio)
+                for p in (b, c):
+                    await wait_js(p, linked_to, ids["alice"])
+                    await wait_js(p, "() => window.codesync.provider.role === 'viewer'")
+                # each knows the other from presence and its own signaling frames, and does not
+                # count it as missing (so it never re-announces for it)
+                for p, other in ((b, "carol"), (c, "bob")):
+                    other_id = await pages[other].evaluate(PEER_ID)
+                    await wait_js(p, "(id) => window.codesync.provider.viewerPair(id)", other_id)
+                    assert await p.evaluate("() => window.codesync.provider.unlinkedMembers()") == []
+                await c.evaluate("() => window.codesync.awareness.setLocalStateField('probe', 'carol-cursor')")
+                carol_client = await c.evaluate("() => window.codesync.doc.clientID")
+                await wait_js(a, has_state_of, carol_client)
+                text = "print('for both viewers')"
+                await type_into_editor(a, text + "\n", delay=5)
+                for p in (b, c):
+                    await wait_js(p, HAS_TEXT, text)
+                assert not await b.evaluate(linked_to, ids["carol"]) and not await c.evaluate(linked_to, ids["bob"])
+                assert not await b.evaluate(has_state_of, carol_client), "Carol's cursor reached Bob"
+                return {"bob_links": await b.evaluate(PEOPLE_LINKS), "carol_links": await c.evaluate(PEOPLE_LINKS)}
+
+            await steps.run("two_viewers_apart", viewers_apart)
+
+            async def viewers_promoted_and_demoted():
+                b, c = pages["bob"], pages["carol"]
+                t0 = time.monotonic()
+                await set_role("bob", "editor")
+                await wait_js(b, linked_to, ids["carol"], timeout=20_000)
+                await wait_js(c, linked_to, ids["bob"], timeout=20_000)
+                linked_after = time.monotonic() - t0
+                carol_client = await c.evaluate("() => window.codesync.doc.clientID")
+                await wait_js(b, has_state_of, carol_client)
+                await type_into_editor(b, "# bob promoted\n", delay=5)
+                await wait_js(c, HAS_TEXT, "# bob promoted")
+                await set_role("bob", "viewer")
+                await wait_js(b, f"(uid) => !({linked_to})(uid)", ids["carol"], timeout=20_000)
+                await wait_js(c, f"(uid) => !({linked_to})(uid)", ids["bob"], timeout=20_000)
+                text = "print('after the demotion')"
+                await type_into_editor(pages["alice"], text + "\n", delay=5)
+                for p in (b, c):
+                    await wait_js(p, HAS_TEXT, text)
+                assert not await b.evaluate(linked_to, ids["carol"]) and not await c.evaluate(linked_to, ids["bob"])
+                return {"linked_after_promotion_s": round(linked_after, 2)}
+
+            await steps.run("viewers_promoted_and_demoted", viewers_promoted_and_demoted, ("two_viewers_apart",))
             await browser.close()
     except Exception as exc:  # noqa: BLE001
         steps.results["driver"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}

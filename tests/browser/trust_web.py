@@ -320,8 +320,13 @@ async def main() -> None:
                 await b.wait_for_selector(".cm-content[contenteditable=false]")
                 await b.wait_for_selector("[data-testid=run]", state="detached")
                 role_tag = await b.inner_text("[data-testid=my-role]")
+                # Bob and Carol are both viewers now: their link closes (docs/protocol.md "Room
+                # topology"), so Bob's write can reach Carol only through a writer that took it.
+                unlinked = "(uid) => !window.codesync.provider.connectedPeers().some(c => c.sender && c.sender.user_id === uid)"
+                await wait_js(b, unlinked, ids["carol"])
+                await wait_js(c, unlinked, ids["bob"])
                 sent = await b.evaluate(FORCE_WRITE, "DEMOTED-WRITE\n")
-                await probe(b, 4, a, c)
+                await probe(b, 4, a)
                 await typed_barrier(a, "# alice after the demotion\n", b, c)  # Bob still reads
                 text_a, text_c = await doc_text(a), await doc_text(c)
                 assert "DEMOTED-WRITE" not in text_a and "DEMOTED-WRITE" not in text_c, "the demoted editor's write arrived"
@@ -339,6 +344,13 @@ async def main() -> None:
             async def squatting():
                 nonlocal attacker_ws
                 a, b, c = pages["alice"], pages["bob"], pages["carol"]
+                # Bob an editor again (the demotion step made him a viewer like Carol, and two
+                # viewers do not link): the pages below must reach Carol through him too.
+                async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+                    r = await http.put(f"/api/rooms/{room_id}/members/{ids['bob']}", json={"role": "editor"}, headers=owner)
+                    r.raise_for_status()
+                for p in (a, b, c):
+                    await wait_js(p, "(id) => window.codesync.provider.presence.some(p => p.user_id === id && p.role === 'editor')", ids["bob"])
                 victim = await c.evaluate("() => window.codesync.provider.peerId")
                 cut = {"on": True}
 

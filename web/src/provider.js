@@ -35,7 +35,7 @@ import {
   AWARENESS_LIMITS, indexPresence, mayReceiveApp, mayWriteLocal, mayWriteMain, mayWriteNamed,
   presenceChanges, principalOf, samePrincipal, sanitizeAwareness, WRITER_ROLES
 } from './rights.js'
-import { MESH_TIMING, MSG_LINKS, decodeLinks, encodeLinks, jittered, shouldForward } from './topology.js'
+import { MESH_TIMING, MSG_LINKS, decodeLinks, encodeLinks, jittered, shouldForward, viewersApart } from './topology.js'
 
 const COALESCE_MS = 3
 const PING_MS = 15_000
@@ -93,6 +93,8 @@ export class CodeSyncProvider extends ObservableV2 {
     this.peerRoles = new Map() // peer id -> role, from presence (who can relay)
     this.serviceIds = new Map() // peer id -> service, from stamped frames (who can relay)
     this.refusedUntil = new Map() // peer id -> time before which we do not offer to it again
+    this.peerCaps = new Map() // peer id -> caps of its latest frame (is it a mesh peer?), bounded
+    this.toldViewers = new Set() // peer ids whose announce we answered with refuse/viewers, bounded
     this.reannounces = 0 // re-announces since presence or our links last changed
     this.docVersion = 0 // bumped on every change of the main document (answer cache)
     this.answerCache = null
@@ -311,19 +313,37 @@ export class CodeSyncProvider extends ObservableV2 {
       return
     }
     if (conn) conn.restamp(stamp, caps)
+    this.rememberCaps(data.from, caps)
     const service = !!(principal && principal.service)
     if (service) this.rememberService(data.from, principal.service)
+    const viewers = !service && this.viewerPair(data.from, principal, caps)
     if (data.type === 'announce') {
+      if (viewers) {
+        // It may have joined after our announce and know neither our caps nor our role (it would
+        // count us as missing): one directed refuse tells it both. Once per peer id.
+        if (!conn && !this.toldViewers.has(data.from)) {
+          if (this.toldViewers.size >= MAX_REFUSALS) this.toldViewers.clear()
+          this.toldViewers.add(data.from)
+          this.refuse(data.from, 'viewers')
+        }
+        return
+      }
       if (!conn && (service || this.slotsUsed() < this.maxConns) && !this.refusedRecently(data.from)) {
         this.conns.set(data.from, new PeerConn(this, data.from, true, stamp, caps))
       }
     } else if (data.type === 'signal' && data.signal && typeof data.signal === 'object') {
-      if (data.signal.type === 'refuse') return this.onRefused(conn, data.from)
+      if (data.signal.type === 'refuse') return this.onRefused(conn, data.from, data.signal.reason)
+      if (data.signal.type === 'offer' && viewers) {
+        // Both viewers: no link (docs/protocol.md "Room topology"); an offer means the offerer's
+        // view of the roles lags or it ignores the rule.
+        if (conn) { this.conns.delete(data.from); conn.destroy() }
+        this.refuse(data.from, 'viewers')
+        return
+      }
       if (data.signal.type === 'offer' && !conn && !service && caps.includes('mesh') && this.slotsUsed() >= this.maxConns) {
         // Full: say so (a stock peer would never understand; it gets the link as before), so the
         // offerer frees its slot at once and looks elsewhere instead of waiting for a timeout.
-        this.stats.refusedOffers++
-        this.publish({ type: 'signal', from: this.peerId, to: data.from, signal: { type: 'refuse', reason: 'full' } })
+        this.refuse(data.from, 'full')
         return
       }
       if (data.signal.type === 'offer') {
@@ -338,8 +358,23 @@ export class CodeSyncProvider extends ObservableV2 {
     }
   }
 
-  /** A peer we offered to is full: close the attempt now and offer to it again only after a while. */
-  onRefused (conn, peerId) {
+  /** Refuse a mesh peer's offer (`full`, or `viewers`: we are both viewers), to it only. */
+  refuse (peerId, reason) {
+    this.stats.refusedOffers++
+    this.publish({ type: 'signal', from: this.peerId, to: peerId, signal: { type: 'refuse', reason } })
+  }
+
+  /**
+   * A peer refused us. `full`: close the attempt now and offer to it again only after a while.
+   * `viewers` (we are both viewers): close the attempt, no back-off — we offer only to peers we
+   * do not see as fellow viewers, and presence settles that (a promotion must link at once).
+   */
+  onRefused (conn, peerId, reason) {
+    if (reason === 'viewers') {
+      this.stats.refusedBy++
+      if (conn && !conn.connected && conn.initiator) { conn.refused = true; conn.destroy() }
+      return
+    }
     if (!conn || conn.connected || !conn.initiator) return
     this.stats.refusedBy++
     const now = Date.now()
@@ -355,6 +390,33 @@ export class CodeSyncProvider extends ObservableV2 {
     if (until > Date.now()) return true
     this.refusedUntil.delete(peerId)
     return false
+  }
+
+  rememberCaps (peerId, caps) {
+    if (this.peerCaps.has(peerId)) this.peerCaps.delete(peerId)
+    else if (this.peerCaps.size >= MAX_KNOWN_SERVICES) this.peerCaps.delete(this.peerCaps.keys().next().value)
+    this.peerCaps.set(peerId, caps)
+  }
+
+  /** The live role of a person's peer id as far as we know: presence (by peer id, then by user), else the stamp. */
+  roleOf (peerId, principal = null) {
+    const role = this.peerRoles.get(peerId)
+    if (role !== undefined) return role
+    const conn = this.conns.get(peerId)
+    const p = principal || (conn && conn.principal)
+    if (!p || p.service) return null
+    const listed = p.userId && this.presenceIndex.get(p.userId)
+    return listed ? listed.role : p.role
+  }
+
+  /** We and `peerId` are both viewers and it is a mesh peer: no link between us (topology.js viewersApart). */
+  viewerPair (peerId, principal = null, caps = null) {
+    const conn = this.conns.get(peerId)
+    return viewersApart({
+      selfRole: this.role,
+      remoteRole: this.roleOf(peerId, principal),
+      remoteCaps: caps || (conn && conn.caps) || this.peerCaps.get(peerId)
+    })
   }
 
   rememberService (peerId, service) {
@@ -373,6 +435,7 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   onPresence (peers) {
+    const viewerPairs = Array.from(this.peerRoles.keys()).filter(id => id !== this.peerId && this.viewerPair(id))
     const next = indexPresence(peers)
     const linked = []
     this.conns.forEach(c => { if (c.principal && c.principal.userId) linked.push(c.principal.userId) })
@@ -392,6 +455,7 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     const mine = this.userId !== null && next.get(this.userId)
     if (mine) this.setRole(mine.role)
+    this.viewerLinks(viewerPairs)
     // Users listed again: their announces that arrived while they were absent count now.
     if (returned.size || this.deferred.size) {
       for (const [peerId, { stamp, caps }] of Array.from(this.deferred)) {
@@ -403,6 +467,21 @@ export class CodeSyncProvider extends ObservableV2 {
       }
     }
     this.emit('presence', [peers])
+  }
+
+  /**
+   * Roles changed: links between two viewers close; a peer that was a viewer like us and is not
+   * any more (one of us promoted) is missing now — announce so that it links.
+   */
+  viewerLinks (viewerPairsBefore) {
+    for (const conn of Array.from(this.conns.values())) {
+      if (!conn.service && this.viewerPair(conn.remotePeerId)) {
+        this.count('closedLinks', `we and ${describe(conn.principal)} are both viewers`)
+        this.conns.delete(conn.remotePeerId)
+        conn.destroy()
+      }
+    }
+    if (viewerPairsBefore.some(id => !this.conns.has(id) && !this.viewerPair(id))) this.announce()
   }
 
   /** The local user's live role (owner/editor/viewer; null once removed from the room). */
@@ -452,6 +531,12 @@ export class CodeSyncProvider extends ObservableV2 {
   // ------------------------------------------------------------------ peers
   /** A data channel opened: SyncStep1 for the main and (to peers with `docs`) the named documents, our awareness. */
   onLinkOpen (conn) {
+    if (!conn.service && this.viewerPair(conn.remotePeerId)) {
+      // offered while one of us saw the other as a writer; the roles have settled since
+      this.conns.delete(conn.remotePeerId)
+      conn.destroy()
+      return
+    }
     conn.send(encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc)))
     if (conn.caps.includes('docs')) {
       this.named.forEach((doc, name) => conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(doc))))
@@ -591,7 +676,7 @@ export class CodeSyncProvider extends ObservableV2 {
   unlinkedMembers () {
     const out = []
     this.peerRoles.forEach((role, id) => {
-      if (id !== this.peerId && !this.conns.has(id) && !this.refusedRecently(id)) out.push(id)
+      if (id !== this.peerId && !this.conns.has(id) && !this.refusedRecently(id) && !this.viewerPair(id)) out.push(id)
     })
     return out
   }

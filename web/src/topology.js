@@ -131,3 +131,17 @@ export function shouldForward ({ self, from, fromLinks, to, toLinks, mayRelay = 
   }
   return true
 }
+
+/**
+ * Do we and a remote peer stay unlinked because both of us are viewers (docs/protocol.md "Room
+ * topology", viewers)? Only between mesh peers: neither may write the main document, so neither
+ * applies nor forwards what the other sends, and awareness is never relayed — the link would only
+ * carry two cursors to each other, at the price of a slot on both sides. Viewers still link to
+ * editors, owners and services; a stock peer (no `mesh`) is linked as before.
+ *
+ * @param {{selfRole: string|null, remoteRole: string|null|undefined, remoteCaps: string[]|null|undefined}} view
+ *   roles as each side's live role is known here (presence, else the sender stamp)
+ */
+export function viewersApart ({ selfRole, remoteRole, remoteCaps }) {
+  return selfRole === 'viewer' && remoteRole === 'viewer' && Array.isArray(remoteCaps) && remoteCaps.includes('mesh')
+}

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import {
-  MAX_LINK_IDS, MESH_TIMING, MSG_LINKS, compareIds, decodeLinks, encodeLinks, jittered, parseLinks, shouldForward
+  MAX_LINK_IDS, MESH_TIMING, MSG_LINKS, compareIds, decodeLinks, encodeLinks, jittered, parseLinks, shouldForward,
+  viewersApart
 } from '../src/topology.js'
 
 /** A type-103 frame as bytes -> what a receiver makes of it. */
@@ -223,4 +224,21 @@ test('simulated random rooms: far fewer copies than links; the rare miss is anti
   // With consistent views the rule still misses a member now and then in an irregular graph
   // (relays chosen per sender, not per origin): anti-entropy repairs that within seconds.
   assert.ok(roomsWithMiss / rooms < 0.02, `${roomsWithMiss} of ${rooms} rooms missed someone`)
+})
+
+test('viewers: two mesh viewers stay apart; anyone else links', () => {
+  const mesh = ['chunk', 'app', 'docs', 'roles', 'mesh']
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: 'viewer', remoteCaps: mesh }), true)
+  // a writer on either side links (the viewer gets the document, its cursor reaches the writer)
+  for (const [a, b] of [['viewer', 'editor'], ['editor', 'viewer'], ['owner', 'viewer'], ['viewer', 'owner'], ['editor', 'editor']]) {
+    assert.equal(viewersApart({ selfRole: a, remoteRole: b, remoteCaps: mesh }), false, `${a} with ${b}`)
+  }
+  // a stock y-webrtc viewer (no mesh) or one whose caps we never saw is linked as before
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: 'viewer', remoteCaps: ['chunk'] }), false)
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: 'viewer', remoteCaps: [] }), false)
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: 'viewer', remoteCaps: undefined }), false)
+  // services have no role; unknown or removed roles are not "viewer"
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: null, remoteCaps: mesh }), false)
+  assert.equal(viewersApart({ selfRole: null, remoteRole: 'viewer', remoteCaps: mesh }), false)
+  assert.equal(viewersApart({ selfRole: 'viewer', remoteRole: undefined, remoteCaps: mesh }), false)
 })
