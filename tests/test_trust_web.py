@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.netns import browser_stack_available, run_driver, step
 from tests.helpers.components import require
 
 pytestmark = pytest.mark.timeout(480)
@@ -20,18 +20,6 @@ def trust(tmp_path_factory):
     require("browser testbed", ok, why)
     work = tmp_path_factory.mktemp("trust-web")
     return run_driver("trust_web.py", {"workdir": str(work)}, work / "driver.log", timeout=420)
-
-
-def step(res, name: str) -> dict:
-    if "driver" in res["steps"]:
-        pytest.fail(f"driver crashed: {res['steps']['driver']}")
-    got = res["steps"].get(name)
-    assert got is not None, f"step {name} did not run: {sorted(res['steps'])}"
-    assert got["ok"], (
-        f"{name}: {got.get('error')}\n{got.get('trace', '')}\nconsole: {res.get('console')}\n"
-        f"service logs: { {k: v[-1500:] for k, v in res.get('logs', {}).items()} }"
-    )
-    return got
 
 
 def test_viewer_text_is_not_applied_relayed_or_stored(trust):

@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 
-from tests.helpers.netns import browser_stack_available, run_driver
+from tests.helpers.netns import browser_stack_available, run_driver, step
 from tests.helpers.components import ROOT, require
 
 pytestmark = pytest.mark.timeout(480)
@@ -49,18 +49,6 @@ def ws_run(tmp_path_factory):
     }
     return run_driver("workspace_web.py", {"workdir": str(work), "uploads": uploads, "shots": str(ROOT / "docs" / "screenshots")},
                       work / "driver.log", timeout=450)
-
-
-def step(res, name: str) -> dict:
-    if "driver" in res["steps"]:
-        pytest.fail(f"driver crashed: {res['steps']['driver']}")
-    got = res["steps"].get(name)
-    assert got is not None, f"step {name} did not run: {sorted(res['steps'])}"
-    assert got["ok"], (
-        f"{name}: {got.get('error')}\n{got.get('trace', '')}\nconsole: {res.get('console')}\n"
-        f"service logs: { {k: v[-1500:] for k, v in res.get('logs', {}).items()} }"
-    )
-    return got
 
 
 def test_two_users_create_files_and_folders(ws_run):

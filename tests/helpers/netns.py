@@ -88,6 +88,23 @@ def run_driver(script: str, config: dict[str, Any], log_path: Path, timeout: flo
     )
 
 
+def step(res: dict[str, Any], name: str) -> dict[str, Any]:
+    """One named step of a browser driver's result (``Steps`` in tests/browser/web_e2e.py): its
+    details when it passed; otherwise the test fails with its error, the page console and the
+    services' log tails."""
+    import pytest
+
+    if "driver" in res["steps"]:
+        pytest.fail(f"driver crashed: {res['steps']['driver']}")
+    got = res["steps"].get(name)
+    assert got is not None, f"step {name} did not run: {sorted(res['steps'])}"
+    assert got["ok"], (
+        f"{name}: {got.get('error')}\n{got.get('trace', '')}\nconsole: {res.get('console')}\n"
+        f"service logs: { {k: v[-1500:] for k, v in res.get('logs', {}).items()} }"
+    )
+    return got
+
+
 # ------------------------------------------------------------------------- namespace side
 def interfaces() -> list[str]:
     return [name for _, name in socket.if_nameindex()]
