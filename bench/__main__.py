@@ -21,6 +21,7 @@ BENCHMARKS = {
     "runner_capacity": "sandboxes in use, queue wait and refusals when many users burst runs across rooms",
     "browser_latency": "keystroke in one Chromium page to text in another",
     "room_scale": "N members in one room (real services, aiortc over several processes): convergence, copies per keystroke, latency, persistence CPU",
+    "room_scale_web": "N Chromium contexts in one room: copies per keystroke, writer to member latency",
     "workspace": "200-file 5 MB project: join-to-synced (aiortc, browser), store load/compaction, console stdin round trip",
     "soak": "fault-injecting soak (only when named)",
 }
