@@ -357,7 +357,15 @@ async def main() -> None:
                 await row_action(b, "util.py", "tree-rename")
                 box = b.locator("[data-testid=tree-name-input]")
                 await box.fill("tools.py")
+                # someone else changes the tree while Bob is typing the name: his tree re-renders,
+                # and what he typed (and the focus) must survive it
+                await a.evaluate("() => window.codesync.ws.importFiles(window.codesync.doc, [{path: 'notes.txt', text: ''}])")
+                await wait_js(b, "() => window.codesync.tree().some(e => e.path === 'notes.txt')")
+                assert await box.input_value() == "tools.py"
+                assert not await b.evaluate("() => window.codesync.tree().some(e => e.path === 'tools.py')"), "committed half-typed"
                 await box.press("Enter")
+                await b.wait_for_selector("[data-testid=tree-row][data-path='notes.txt']")  # drawn again once named
+                await b.wait_for_selector("[data-testid=tree-row][data-path='tools.py']")
                 await a.wait_for_selector("[data-testid=tree-row][data-path='tools.py']")
                 await a.hover("[data-testid=tree-row][data-path='tools.py'] .tree-label")
                 await a.select_option("[data-testid=tree-row][data-path='tools.py'] [data-testid=tree-move]", label="lib")

@@ -45,7 +45,10 @@ export function createFileTree ({ doc, canEdit, onOpen, activeId, zipName, peopl
   }
 
   function nameInput (value, commit) {
+    // One element per name being typed (render() may run again before it has the focus).
+    if (editing && editing.input) return editing.input
     const input = h('input.tree-name', { testid: 'tree-name-input', value, spellcheck: 'false' })
+    if (editing) editing.input = input
     let done = false
     const finish = (ok) => {
       if (done) return
@@ -135,6 +138,9 @@ export function createFileTree ({ doc, canEdit, onOpen, activeId, zipName, peopl
 
   function render () {
     timer = null
+    // Someone is typing a name: moving its input would blur it, and a blur commits the name
+    // half-typed. The tree is drawn again when the name is done (finish() renders).
+    if (editing && editing.input && editing.input.isConnected && document.activeElement === editing.input) return
     const tree = readTree(doc)
     const entry = entryFile(doc, tree)
     const people = peopleIn()
