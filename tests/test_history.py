@@ -35,6 +35,7 @@ from tests.helpers.stack import SeededRoom, Stack, signaling_stack
 from tests.helpers.components import free_port, require
 from tests.helpers.processes import Service, child_env, start_service
 from tests.helpers.wait import wait_for, wait_http_ok
+from tests.helpers.persistence import saved_covers
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -140,16 +141,6 @@ def source(room: Room | pycrdt.Doc) -> pycrdt.Text:
 def persistence_of(room: Room) -> str | None:
     return next((pid for pid, info in room.peers.items() if info.service == "persistence" and info.connected), None)
 
-
-def saved_covers(room: Room) -> bool:
-    mine = p.decode_state_vector(room.doc.get_state())
-    for state in room.awareness.states.values():
-        saved = state.get("saved") if isinstance(state, dict) and state.get("service") == "persistence" else None
-        if isinstance(saved, dict) and saved.get("status") == "saved":
-            stored = p.decode_state_vector(base64.b64decode(saved["state_vector"]))
-            if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
-                return True
-    return False
 
 
 async def linked(rooms: list[Room], timeout: float = 45) -> None:

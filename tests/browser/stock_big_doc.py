@@ -8,7 +8,6 @@ client knows no chunks, so the SyncStep2 must arrive as a sequence of bounded up
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import re
 import sys
@@ -22,22 +21,12 @@ import pycrdt  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from peer import Room  # noqa: E402
-from peer import protocol as p  # noqa: E402
 from tests.browser.web_e2e import build_stock_bundle  # noqa: E402
 from tests.helpers.components import free_port  # noqa: E402
 from tests.helpers.netns import NS_ADDR, emit_result, launch_chromium, namespace_stack, read_config, setup_interfaces  # noqa: E402
 from tests.helpers.wait import wait_http_ok  # noqa: E402
+from tests.helpers.persistence import saved_covers  # noqa: E402
 
-
-def saved_covers(room: Room) -> bool:
-    mine = p.decode_state_vector(room.doc.get_state())
-    for state in room.awareness.states.values():
-        saved = state.get("saved") if isinstance(state, dict) and state.get("service") == "persistence" else None
-        if isinstance(saved, dict) and saved.get("status") == "saved":
-            stored = p.decode_state_vector(base64.b64decode(saved["state_vector"]))
-            if all(stored.get(c, 0) >= clock for c, clock in mine.items()):
-                return True
-    return False
 
 
 async def until(predicate, timeout: float, what: str) -> None:
