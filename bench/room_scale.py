@@ -92,6 +92,7 @@ async def worker(cfg: dict[str, Any]) -> None:
     rooms: list[tuple[str, Room]] = []
     joined_at: dict[str, float] = {}
     converged_at: dict[str, float] = {}
+    service_linked_at: dict[str, float] = {}  # the member's link with the persistence peer opened
     arrivals: dict[str, list[float | None]] = {}
     base: dict[str, tuple[int, int]] = {}
 
@@ -111,6 +112,12 @@ async def worker(cfg: dict[str, Any]) -> None:
                 i -= 1
 
         room.on_update(changed)
+
+        def peer_event(_peer_id: str, info: Any, what: str) -> None:
+            if what == "connected" and info.service == "persistence":
+                service_linked_at.setdefault(label, time.monotonic())
+
+        room.on_peer(peer_event)
 
     async def join(label: str, token: str, room_id: str) -> None:
         label = f"{room_id}/{label}"
@@ -137,6 +144,7 @@ async def worker(cfg: dict[str, Any]) -> None:
         "event": "report",
         "joined_at": joined_at,
         "converged_at": converged_at,
+        "service_linked_at": service_linked_at,
         "arrivals": arrivals,
         "copies": {label: room.stats["updates_in"] - base.get(label, (0, 0))[0] for label, room in rooms},
         "duplicates": {label: room.stats["duplicates"] - base.get(label, (0, 0))[1] for label, room in rooms},
@@ -273,6 +281,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
         last_join = max(joined_all)
         converged = writer_converged + [t for rep in reports for t in rep["converged_at"].values()]
         missing = n * r - len(converged)
+        service_links = [t for rep in reports for t in rep["service_linked_at"].values()]
         latencies = [(t - s) * 1000 for rep in reports for arr in rep["arrivals"].values()
                      for s, t in zip(sent, arr) if t is not None]
         lost = sum(1 for rep in reports for arr in rep["arrivals"].values() for t in arr if t is None)
@@ -287,6 +296,8 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
             "legacy": args.legacy,
             "converge_s": round(max(converged) - last_join, 2) if not missing else None,
             "not_converged": missing,
+            # the last member's link with the persistence peer opened, seconds after the last join
+            "service_linked_s": round(max(service_links) - last_join, 2) if service_links else None,
             "copies_per_key": round(sum(copies) / len(copies), 3) if copies else None,
             "copies_max": round(max(copies), 3) if copies else None,
             "duplicates_per_key": round(sum(dups) / len(dups), 3) if dups else None,

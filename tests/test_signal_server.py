@@ -78,10 +78,9 @@ async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
         await b.expect("presence")
         signal_data = {"type": "signal", "from": pid(room, "peer-b"), "to": pid(room, "peer-a"), "token": 0.5, "signal": {"type": "offer", "sdp": "v=0"}}
         await b.publish(room.id, signal_data)
-        for client in (a, b):
-            got = await client.expect("publish")
-            assert got["data"] == signal_data and got["clients"] == 2
-            assert got["sender"]["user_id"] == room.user("bob").id and got["sender"]["role"] == "editor"
+        got = await a.expect("publish")  # directed ("to"): only its addressee gets it (test below)
+        assert got["data"] == signal_data and got["clients"] == 2
+        assert got["sender"]["user_id"] == room.user("bob").id and got["sender"]["role"] == "editor"
 
         encrypted = "c2VjcmV0LWJ5dGVz"  # encrypted rooms publish base64 strings: relayed untouched
         await a.publish(room.id, encrypted)
@@ -95,6 +94,37 @@ async def test_core_protocol_frame_by_frame(stack: Stack, room) -> None:
         await b.send({"type": "ping"})
         await b.expect("pong")
         assert not [f for f in b.pending if f["type"] == "publish"]  # nothing after unsubscribing
+
+
+async def test_directed_frames_go_to_their_addressee_only(stack: Stack, room) -> None:
+    """A frame with ``to`` (offer, answer, candidate, refuse) reaches only the subscriber
+    holding that peer id: every y-webrtc peer ignores the others' anyway, and a big room
+    joining at once would otherwise make every member parse every pair's SDP (issue 15).
+    The sender gets no echo; an address nobody holds here is fanned out as before."""
+    async with SignalClient.connect(stack.ws_url(room.token("alice"))) as a, SignalClient.connect(
+        stack.ws_url(room.token("bob"))
+    ) as b, SignalClient.connect(stack.ws_url(room.token("bob"))) as b2:
+        for client in (a, b, b2):
+            await client.subscribe(room.id)
+        for client in (a, b, b2):  # each one's subscription is through before anyone announces
+            await client.expect("presence")
+        for client, name in ((a, "peer-a"), (b, "peer-b"), (b2, "peer-b2")):
+            await client.publish(room.id, announce(pid(room, name)))
+        for client in (a, b, b2):  # everyone sees every announce (fan-out as before)
+            for name in ("peer-a", "peer-b", "peer-b2"):
+                await client.expect("publish", lambda f, n=name: f["data"] == announce(pid(room, n)))
+        offer = {"type": "signal", "from": pid(room, "peer-b"), "to": pid(room, "peer-a"), "token": 1.5,
+                 "signal": {"type": "offer", "sdp": "v=0"}}
+        await b.publish(room.id, offer)
+        unknown = {"type": "signal", "from": pid(room, "peer-b"), "to": "nobody-here", "token": 2.5,
+                   "signal": {"type": "offer", "sdp": "v=0"}}
+        await b.publish(room.id, unknown)
+        assert (await a.expect("publish"))["data"] == offer
+        assert (await a.expect("publish"))["data"] == unknown
+        # b2 and the sender b: the next publish they see is the fanned-out unknown address
+        for client in (b, b2):
+            assert (await client.expect("publish"))["data"] == unknown
+
 
 
 async def test_client_supplied_sender_and_extras_are_not_relayed(stack: Stack, room) -> None:

@@ -318,10 +318,13 @@ async def test_viewer_and_peer_without_roles_never_exchange_signals(layout: Layo
         await rita.publish(room.id, signal(r, e, "offer", ROLES_CAPS))
         await ed.expect("publish", lambda f: f["data"].get("to") == e and f["data"].get("from") == r)
 
-        # Barriers: the viewer got ed's later frame (to olga), ed got the viewer's later one (to
-        # rita) — frames of one sender arrive in order, so the refused ones would be there.
-        await vic.expect("publish", lambda f: f["data"].get("from") == e and f["data"].get("to") == o)
-        await ed.expect("publish", lambda f: f["data"].get("from") == v and f["data"].get("to") == r)
+        # Barriers: the viewer got ed's later announce, ed got the viewer's — frames of one
+        # sender arrive in order, so the refused ones would be there. (Directed frames reach
+        # only their addressee, so a later broadcast is the barrier.)
+        await ed.publish(room.id, announce(e, None))
+        await vic.publish(room.id, announce(v, ROLES_CAPS))
+        await vic.expect("publish", lambda f: f["data"] == announce(e, None))
+        await ed.expect("publish", lambda f: f["data"] == announce(v, ROLES_CAPS))
         assert not published(vic, **{"from": e, "to": v})
         assert not published(ed, **{"from": v, "to": e})
 

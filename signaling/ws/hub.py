@@ -350,16 +350,39 @@ class Hub(ABC):
         return entry.get("r"), bool(entry.get("e") or entry.get("s"))
 
     # ------------------------------------------------------------------ publish
-    async def publish(self, conn: Connection, topic: str, data: Any) -> None:
+    async def publish(self, conn: Connection, topic: str, data: Any, to: str | None = None) -> None:
+        """Relay ``data`` to the topic's subscribers.
+
+        ``to`` (the frame's ``data.to``): a directed frame — an offer, answer, candidate or
+        refuse for one peer. Every y-webrtc peer ignores directed frames addressed to
+        someone else, so when the subscriber holding that peer id is on this node it alone
+        gets the frame: a room of N members joining at once otherwise makes every member
+        parse every other pair's signalling, O(N²) frames (issue 15). A target on another
+        node (or one we do not know) gets the usual fan-out.
+        """
         t0 = time.time()
         head = self._heads.get(topic)
         if head is None:
             head = self._heads[topic] = publish_head(topic)
         # Serialized and framed once; every receiver (here and on other nodes) gets these bytes.
         frame = encode_text_frame(publish_frame(head, data, self.clients(topic), conn.sender_json(topic)))
+        target = self._local_subscriber(topic, to) if to is not None else None
+        if target is not None:
+            metrics.MESSAGES_OUT.inc()
+            target.send_frame(frame)
+            metrics.FANOUT.observe(time.time() - t0)
+            return
         self.deliver_frame(topic, frame)
         metrics.FANOUT.observe(time.time() - t0)
         await self._fanout_remote(topic, frame, t0)
+
+    def _local_subscriber(self, topic: str, peer_id: str) -> Connection | None:
+        """The subscriber of ``topic`` on this node that uses ``peer_id`` in it, if any."""
+        owner = self._local_peer(peer_id)
+        if owner is None or peer_id not in owner.peer_ids.get(topic, ()):
+            return None
+        subs = self.topics.get(topic)
+        return owner if subs is not None and subs.get(owner.id) is owner else None
 
     def deliver_local(self, topic: str, frame: str | bytes) -> None:
         """Send one server frame (JSON text) to every local subscriber of ``topic``."""

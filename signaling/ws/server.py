@@ -322,7 +322,7 @@ async def _publish(hub: Hub, conn: Connection, message: protocol.Publish) -> Non
         metrics.REFUSALS.labels("forbidden").inc()
         conn.send(protocol.error_frame("forbidden", "no longer a member of this room", topic))
         return
-    await hub.publish(conn, topic, message.data)
+    await hub.publish(conn, topic, message.data, message.to)
 
 
 _RELAY_REFUSED = (
