@@ -86,7 +86,8 @@ More keyword options of ``Room`` (all optional): ``max_conns=100`` (y-webrtc's l
 links with service peers do not count), ``coalesce_delay=0.002`` (seconds; outgoing updates
 merged per flush), ``relay=True`` (forward remote main-document updates it applied to the
 other links where the forward rule says so — docs/protocol.md "Room topology"),
-``anti_entropy_interval=5.0`` (seconds ±20 % between SyncStep1 rounds on every link; 0: off),
+``anti_entropy_interval=5.0`` (seconds ±20 % between SyncStep1 rounds on every link — rounds run
+only after our documents changed, and every sixth anyway; 0: off),
 ``pending_timeout=10.0`` (seconds a link may take to open),
 ``caps=peer.protocol.CAPS`` (``("chunk", "app", "docs", "roles", "mesh")``; ``()`` announces like a
 stock y-webrtc peer and relays everything — it still enforces the trust model), ``limits=peer.room.Limits(...)``

@@ -111,6 +111,8 @@ class Room:
             synced=self._synced, relay=relay, released=not hold_sync and ready is None,
             forward=self._mesh.should_forward,
         )
+        if anti_entropy_interval > 0:  # a SyncStep1 crossing ours is not answered with another
+            self._sync.ask_window = min(1.0, 0.2 * anti_entropy_interval)
         self._aware = AwarenessSync(
             self.awareness, self.limits, principal=self.roster.principal, counters=self._counters,
             events=self._events, schedule_flush=self._schedule_flush,
@@ -428,16 +430,17 @@ class Room:
 
     # ------------------------------------------------------------------ anti-entropy
     async def _anti_entropy(self) -> None:
-        """Every ``anti_entropy_interval`` (±20 %, so rooms do not beat in step): SyncStep1 on
-        every open link; the answers repair any update this peer missed."""
+        """Every ``anti_entropy_interval`` (±20 %, so rooms do not beat in step) a round:
+        SyncStep1 on every open link if our documents changed since the last one (or it is the
+        catch-all round); the answers repair any update this peer missed (peer.sync)."""
         while self._mesh.running:
             await asyncio.sleep(self.anti_entropy_interval * random.uniform(0.8, 1.2))
             if self._mesh.running and not self._mesh.removed:
                 self._sync.anti_entropy()
 
     def anti_entropy(self) -> int:
-        """One anti-entropy round now (what the timer does); returns the links asked."""
-        return self._sync.anti_entropy()
+        """One anti-entropy round now, changed or not; returns the links asked."""
+        return self._sync.anti_entropy(force=True)
 
     @property
     def pending_links(self) -> int:

@@ -14,8 +14,12 @@ y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
   document only, relayed to the other links where the forward rule says so
   (:func:`peer.topology.should_forward`, asked through ``forward``): a peer forwards only
   what it applied, and only while it may write itself. Named documents are never relayed;
-- anti-entropy: :meth:`anti_entropy` sends SyncStep1 on every open link (the Room's timer);
-  the answers repair whatever a link missed (counted: ``repairs``);
+- anti-entropy: :meth:`anti_entropy` (the Room's timer) sends SyncStep1 on every open link
+  when our documents changed since the last round (and every ``QUIET_ROUNDS``-th round
+  anyway); a SyncStep1 from a link we have not asked for ``ask_window`` is answered with
+  ours as well, so one changed peer's round repairs both sides of each of its links. The
+  answers repair whatever a link missed (counted: ``repairs``). A quiet room costs no
+  anti-entropy messages between the catch-all rounds;
 - outgoing updates are queued and sent on :meth:`flush` (the Room's coalescing timer), merged
   with ``merge_updates`` into one message per link (aiortc pays per message, not per byte);
 - our own edits while we may not write are kept (``withheld_updates``) and sent once we may
@@ -25,6 +29,7 @@ y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +52,10 @@ y-webrtc client: Chromium takes at most 256 KiB) travels as several bounded upda
 SMALL_FRAME = 16 * 1024  # below every peer's limit: sent as it is (the per-keystroke case)
 
 _LOAD = object()  # transaction origin marker for load()
+
+QUIET_ROUNDS = 5
+"""Anti-entropy rounds skipped in a row while none of our documents changed; the next one
+is a catch-all round (with the Room's 5 s: every 30 s in a quiet room, instead of every 5 s)."""
 
 
 class DocumentSync:
@@ -89,6 +98,10 @@ class DocumentSync:
         self._pending: list[tuple[bytes, str | None]] = []  # (update, origin peer or None=local)
         self._pending_docs: dict[str, list[bytes]] = {}  # named doc -> our own updates to send
         self._withheld_since: bytes | None = None  # state vector before our first unsent edit
+        self.changed = True  # a document changed since our last anti-entropy round
+        self.ask_window = 1.0  # seconds: a SyncStep1 we sent on a link this recently is not sent again
+        self._quiet_rounds = 0
+        self._asked: dict[tuple[str, str | None], float] = {}  # (peer id, doc name) -> when we sent SyncStep1
         self._doc_sub = doc.observe(self._doc_changed)
         self._named_subs = {
             name: named.observe(lambda event, name=name: self._named_changed(name, event))
@@ -122,37 +135,69 @@ class DocumentSync:
 
     # ------------------------------------------------------------------ links
     def link_opened(self, link: Link) -> None:
-        link.send(p.encode_sync_step1(self.doc.get_state()))
+        self._ask(link, None)
         if "docs" in link.caps:
-            for name, named in self.docs.items():
-                link.send(p.encode_doc(name, p.SYNC_STEP1, named.get_state()))
+            for name in self.docs:
+                self._ask(link, name)
 
-    def anti_entropy(self) -> int:
-        """SyncStep1 (our state vectors) on every open link whose answer we would apply (the
-        main document to writers' links, each named document to its writers'): the answers
-        bring whatever we missed — an update lost on a link that closed, a forward skipped in
-        a race, a dropped offer. Returns the number of links asked."""
+    def _ask(self, link: Link, name: str | None) -> None:
+        """SyncStep1 for the main (None) or a named document on ``link``."""
+        if name is None:
+            link.send(p.encode_sync_step1(self.doc.get_state()))
+        else:
+            link.send(p.encode_doc(name, p.SYNC_STEP1, self.docs[name].get_state()))
+        self._asked[(link.peer_id, name)] = time.monotonic()
+
+    def _asked_recently(self, link: Link, name: str | None) -> bool:
+        at = self._asked.get((link.peer_id, name))
+        return at is not None and time.monotonic() - at < self.ask_window
+
+    def anti_entropy(self, force: bool = False) -> int:
+        """One round: SyncStep1 (our state vectors) on every open link — if a document of
+        ours changed since the last round, or ``force``, or after QUIET_ROUNDS quiet rounds.
+
+        The main document's goes to every link (a viewer's or the runner's answer is empty,
+        but our SyncStep1 makes it ask us back — see :meth:`step1`); each named document's to
+        the links whose answer we would apply. The answers bring whatever we missed — an
+        update lost on a link that closed, a forward skipped in a race, a dropped offer — and
+        the SyncStep1 they send back brings them what they missed. Why rounds only after a
+        change: an update can only be missing somewhere if some document changed, and every
+        peer that holds it changed when it got it; so a quiet room is quiet on the wire too
+        (issue 15: anti-entropy was most of a big room's idle cost). The catch-all round
+        covers what even that misses (a change we asked about a moment before it happened).
+        Returns the number of links asked."""
+        if not (force or self.changed or self._quiet_rounds >= QUIET_ROUNDS):
+            self._quiet_rounds += 1
+            self._stats["anti_entropy_skipped"] += 1
+            return 0
+        self.changed = False
+        self._quiet_rounds = 0
         asked = 0
         for link in list(self._links.values()):
             if not link.open:
                 continue
-            frames = []
-            if self._roster.write_refusal(link.peer_id) is None:
-                frames.append(p.encode_sync_step1(self.doc.get_state()))
+            names: list[str | None] = [] if self._asked_recently(link, None) else [None]
             if "docs" in link.caps:
-                frames += [p.encode_doc(name, p.SYNC_STEP1, named.get_state()) for name, named in self.docs.items()
-                           if self._roster.write_refusal(link.peer_id, name) is None]
-            for frame in frames:
-                link.send(frame)
-            asked += bool(frames)
+                names += [name for name in self.docs if self._roster.write_refusal(link.peer_id, name) is None
+                          and not self._asked_recently(link, name)]
+            for name in names:
+                self._ask(link, name)
+            asked += bool(names)
         self._stats["anti_entropy_rounds"] += 1
         return asked
 
     def link_closed(self, link: Link) -> None:
         self._held_step1 = [held for held in self._held_step1 if held[0] != link.peer_id]
+        for name in [None, *self.docs]:
+            self._asked.pop((link.peer_id, name), None)
 
     # ------------------------------------------------------------------ received
     def step1(self, link: Link, state_vector: bytes, name: str | None) -> None:
+        if (name in link.step2_docs and not self._asked_recently(link, name)
+                and self._roster.write_refusal(link.peer_id, name) is None):
+            # an anti-entropy SyncStep1 (the handshake is over) from a peer whose answer we
+            # would apply: it changed, so we may be the one missing something — ask back
+            self._ask(link, name)
         if self.released:
             self._answer_step1(link, state_vector, name)
         else:
@@ -258,6 +303,7 @@ class DocumentSync:
         update = event.update
         if update == p.EMPTY_UPDATE:
             return
+        self.changed = True
         origin = self._applying
         self._integrated = True
         if origin is _LOAD:
@@ -283,6 +329,7 @@ class DocumentSync:
         update = event.update
         if update == p.EMPTY_UPDATE:
             return
+        self.changed = True
         origin = self._applying
         self._integrated = True
         if origin is _LOAD:

@@ -18,6 +18,7 @@ import pytest
 from peer import Room
 from peer import mesh as mesh_module
 from peer import protocol as p
+from peer import sync as sync_module
 from peer.topology import should_forward
 from tests.helpers.memory_peers import MemoryHub
 from tests.helpers.rooms import forged_update, source, started, turns
@@ -282,6 +283,50 @@ async def test_a_lost_update_is_repaired_by_anti_entropy() -> None:
         assert lost and str(source(bob)) == ""  # carol does not forward: bob is linked to alice
         await wait_for(lambda: str(source(bob)) == "lost?", timeout=5, what="anti-entropy repaired bob")
         assert bob.stats["repairs"] >= 1
+
+
+async def test_a_quiet_room_is_quiet_on_the_wire() -> None:
+    """Anti-entropy rounds run only after a change (and a catch-all every QUIET_ROUNDS + 1):
+    an idle room of N peers does not cost every link four messages every 5 s."""
+    users = ["alice", "bob", "carol"]
+    hub = MemoryHub(roles={u: "editor" for u in users})
+    rooms = [hub.room(user=u, anti_entropy_interval=0.05) for u in users]
+    async with started(*rooms):
+        await wait_for(lambda: others_linked(rooms), what="full mesh")
+        source(rooms[0]).insert(0, "typed once")
+        await wait_for(lambda: all(str(source(r)) == "typed once" for r in rooms), what="everyone has it")
+        await wait_for(lambda: all(r.stats["anti_entropy_skipped"] >= 1 for r in rooms), what="quiet")
+        rounds0 = [r.stats["anti_entropy_rounds"] for r in rooms]
+        skipped0 = [r.stats["anti_entropy_skipped"] for r in rooms]
+        await wait_for(lambda: all(r.stats["anti_entropy_skipped"] - s >= 3 * sync_module.QUIET_ROUNDS
+                                   for r, s in zip(rooms, skipped0)), timeout=20, what="many quiet rounds")
+        for r, n0, s0 in zip(rooms, rounds0, skipped0):
+            rounds, skipped = r.stats["anti_entropy_rounds"] - n0, r.stats["anti_entropy_skipped"] - s0
+            assert 1 <= rounds <= skipped // sync_module.QUIET_ROUNDS + 1  # only the catch-all rounds
+
+
+async def test_a_peer_that_missed_an_update_is_repaired_by_the_round_of_one_that_changed() -> None:
+    """Bob runs no rounds of his own (and his document does not change when he misses an
+    update): alice's round after her change makes him ask her back, which repairs him."""
+    hub = MemoryHub(roles={"alice": "editor", "bob": "editor"})
+    alice = hub.room(user="alice", anti_entropy_interval=0.1)
+    bob = hub.room(user="bob", anti_entropy_interval=3600)
+    async with started(alice, bob):
+        await wait_for(lambda: others_linked([alice, bob]), what="linked")
+        conn = alice.links[bob.peer_id].conn
+        real_send = conn.send
+        lost: list[bytes] = []
+
+        def lossy(data: bytes) -> bool:  # the network loses the update on its way to bob
+            if not lost and data[:2] == bytes((p.MSG_SYNC, p.SYNC_UPDATE)):
+                lost.append(data)
+                return True
+            return real_send(data)
+
+        conn.send = lossy  # type: ignore[method-assign]
+        source(alice).insert(0, "missed")
+        await wait_for(lambda: str(source(bob)) == "missed", timeout=10, what="bob repaired")
+        assert lost and bob.stats["repairs"] >= 1 and bob.stats["anti_entropy_rounds"] == 0
 
 
 # ----------------------------------------------------------------------------- as an attacker would

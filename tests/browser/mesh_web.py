@@ -44,7 +44,7 @@ USERS = ("alice", "bob", "carol", "dave", "erin")
 BROWSERS = ("alice", "bob", "carol", "dave")
 WRITERS = ("alice", "bob", "dave")  # Carol is a viewer in the full-mesh room
 CAPS = ["chunk", "app", "docs", "roles", "mesh"]
-# Anti-entropy runs every 5 s ± 20 %: a repair is due within 6 s, plus the page's own latency.
+# Anti-entropy rounds run every 5 s ± 20 % after a change: a repair is due within 6 s, plus the page's own latency.
 REPAIR_BOUND_S = 8.0
 
 HAS_TEXT = "(t) => window.codesync.doc.getText('source').toString().includes(t)"
@@ -207,9 +207,12 @@ async def main() -> None:
                         window.dropped = performance.timeOrigin + performance.now(); return }
                       return orig(conn, buf, allow) } }""", ids["alice"])
                 before = {n: await pages[n].evaluate(STATS) for n in BROWSERS}
-                # Start right after one of Dave's anti-entropy rounds: the next is 4-6 s away, so
-                # Dave must go without the text for a while (nobody else sends it).
-                await wait_js(d, "(n) => window.codesync.provider.stats.antiEntropyRounds > n", before["dave"]["antiEntropyRounds"], timeout=10_000)
+                # Start right after one of Dave's anti-entropy ticks (a round, or one skipped as
+                # nothing changed): Dave must go without the text for a while (nobody else sends
+                # it). Dave's own document does not change, so it is the others' rounds after
+                # their change that make Dave ask them back — the repair under test.
+                await wait_js(d, "(n) => { const s = window.codesync.provider.stats; return s.antiEntropyRounds + s.antiEntropySkipped > n }",
+                              before["dave"]["antiEntropyRounds"] + before["dave"]["antiEntropySkipped"], timeout=10_000)
                 before = {n: await pages[n].evaluate(STATS) for n in BROWSERS}
                 marker = "lost-and-found"
                 await type_into_editor(a, f"# {marker}\n", delay=20)

@@ -87,7 +87,7 @@ export class CodeSyncProvider extends ObservableV2 {
       foreignSignals: 0, ignoredSignals: 0, closedLinks: 0, peerIdChanges: 0,
       // mesh (docs/protocol.md "Mesh"): copies received, forwarded and not forwarded, repairs
       updatesReceived: 0, duplicateUpdates: 0, localUpdates: 0, updatesForwarded: 0, forwardsSkipped: 0,
-      linksReceived: 0, linksSent: 0, droppedLinks: 0, antiEntropyRounds: 0, repairs: 0,
+      linksReceived: 0, linksSent: 0, droppedLinks: 0, antiEntropyRounds: 0, antiEntropySkipped: 0, repairs: 0,
       pendingTimeouts: 0, refusedOffers: 0, refusedBy: 0, reannounces: 0
     }
     this.peerRoles = new Map() // peer id -> role, from presence (who can relay)
@@ -97,6 +97,8 @@ export class CodeSyncProvider extends ObservableV2 {
     this.toldViewers = new Set() // peer ids whose announce we answered with refuse/viewers, bounded
     this.reannounces = 0 // re-announces since presence or our links last changed
     this.docVersion = 0 // bumped on every change of the main document (answer cache)
+    this.changedSinceRound = true // a document changed since our last anti-entropy round
+    this.quietRounds = 0
     this.answerCache = null
     this.linksTimer = null
     this.antiEntropyTimer = null
@@ -117,6 +119,7 @@ export class CodeSyncProvider extends ObservableV2 {
 
     this._onUpdate = (update, origin) => {
       this.docVersion++
+      this.changedSinceRound = true
       // Only writers send: a read-only client's changes would be dropped by every receiver.
       if (!mayWriteLocal(this.role)) return
       const key = origin instanceof PeerConn ? origin : null
@@ -537,10 +540,8 @@ export class CodeSyncProvider extends ObservableV2 {
       conn.destroy()
       return
     }
-    conn.send(encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc)))
-    if (conn.caps.includes('docs')) {
-      this.named.forEach((doc, name) => conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(doc))))
-    }
+    this.ask(conn)
+    if (conn.caps.includes('docs')) this.named.forEach((doc, name) => this.ask(conn, name))
     const own = this.ownAwareness()
     if (own) conn.send(own)
     this.reannounces = 0
@@ -635,21 +636,43 @@ export class CodeSyncProvider extends ObservableV2 {
     }, jittered(this.timing.antiEntropy, this.timing.jitter))
   }
 
+  /** SyncStep1 for the main (name undefined) or a named document on `conn`; remembered per link. */
+  ask (conn, name) {
+    if (name === undefined) conn.send(encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc)))
+    else conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(this.named.get(name))))
+    if (!conn.askedAt) conn.askedAt = new Map()
+    conn.askedAt.set(name === undefined ? '' : 'doc:' + name, Date.now())
+  }
+
+  askedRecently (conn, name) {
+    const at = conn.askedAt && conn.askedAt.get(name === undefined ? '' : 'doc:' + name)
+    return at !== undefined && Date.now() - at < Math.min(1000, 0.2 * this.timing.antiEntropy)
+  }
+
   /**
-   * Anti-entropy: our state vectors to every link whose answer we would apply (the main document
-   * to writers, named documents to the services that write them); their SyncStep2 answers bring
-   * whatever we missed (a dropped update, a relay that did not happen, an island joined again).
+   * Anti-entropy (docs/protocol.md "Room topology"): a round only when a document changed since
+   * the last one (or every `quietRounds + 1`-th round: the catch-all) — an update can only be
+   * missing somewhere after a change, and every peer holding it changed when it got it, so a
+   * quiet room is quiet on the wire. Our main-document state vector goes to every link (a
+   * read-only peer answers with nothing, but asks us back: `onSync`), named documents' to the
+   * services that write them; their SyncStep2 answers bring whatever we missed (a dropped
+   * update, a relay that did not happen, an island joined again).
    */
-  antiEntropy () {
+  antiEntropy (force = false) {
     const links = this.connectedPeers()
     if (!links.length) return
+    if (!force && !this.changedSinceRound && this.quietRounds < this.timing.quietRounds) {
+      this.quietRounds++
+      this.stats.antiEntropySkipped++
+      return
+    }
+    this.changedSinceRound = false
+    this.quietRounds = 0
     this.stats.antiEntropyRounds++
-    let step1 = null
     for (const conn of links) {
-      const rights = conn.rights
-      if (mayWriteMain(rights)) conn.send(step1 || (step1 = encodeSync(SYNC_STEP1, Y.encodeStateVector(this.doc))))
+      if (!this.askedRecently(conn)) this.ask(conn)
       if (conn.caps.includes('docs')) {
-        this.named.forEach((doc, name) => { if (mayWriteNamed(name, rights)) conn.send(encodeDocSync(name, SYNC_STEP1, Y.encodeStateVector(doc))) })
+        this.named.forEach((doc, name) => { if (mayWriteNamed(name, conn.rights) && !this.askedRecently(conn, name)) this.ask(conn, name) })
       }
     }
   }
@@ -808,6 +831,9 @@ export class CodeSyncProvider extends ObservableV2 {
    */
   onSync (conn, syncType, payload) {
     if (syncType === SYNC_STEP1) {
+      // after the handshake a SyncStep1 is the asker's anti-entropy round: it changed, so we
+      // may be the one missing something — ask back (not twice within a moment: no ping-pong)
+      if (conn.synced && mayWriteMain(conn.rights) && !this.askedRecently(conn)) this.ask(conn)
       const answer = mayWriteLocal(this.role) ? this.answerFor(payload) : EMPTY_UPDATE
       conn.send(encodeSync(SYNC_STEP2, answer))
       return
@@ -855,8 +881,10 @@ export class CodeSyncProvider extends ObservableV2 {
     const doc = this.named.get(name)
     if (!doc) return
     if (syncType === SYNC_STEP1) {
+      if (conn.synced && mayWriteNamed(name, conn.rights) && !this.askedRecently(conn, name)) this.ask(conn, name)
       conn.send(encodeDocSync(name, SYNC_STEP2, EMPTY_UPDATE))
     } else if (mayWriteNamed(name, conn.rights)) {
+      this.changedSinceRound = true
       Y.applyUpdate(doc, payload, conn)
     } else if (!isEmptyUpdate(payload)) {
       this.count('droppedDocUpdates', `update of named document ${JSON.stringify(name)} from a link that may not write it`, conn)

@@ -25,7 +25,8 @@ export const MAX_LINKS_BYTES = 1024 * 1024
 /** Timings of the mesh rules, milliseconds. */
 export const MESH_TIMING = Object.freeze({
   linksDebounce: 100, // a changed link set is told after this quiet period
-  antiEntropy: 5000, // state vectors exchanged on every writer link this often (±jitter)
+  antiEntropy: 5000, // state vectors exchanged on every link this often (±jitter) after a change
+  quietRounds: 5, // rounds skipped in a row while nothing changed; the next one is a catch-all
   jitter: 0.2,
   pendingTimeout: 10_000, // a link not open by then is closed and frees its slot
   refusedBackoff: 30_000, // no new offer to a peer that refused us for this long
