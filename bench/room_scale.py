@@ -82,6 +82,19 @@ def caps_option(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"caps": LEGACY_CAPS} if cfg.get("legacy") else {}
 
 
+def sent_by_kind(port: int) -> dict[str, float]:
+    """``codesync_peer_messages_sent_total`` by kind from a service peer's ops endpoint."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("codesync_peer_messages_sent_total{"):
+                kind = line.split('kind="', 1)[1].split('"', 1)[0]
+                out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 # ----------------------------------------------------------------------------- a worker process
 async def worker(cfg: dict[str, Any]) -> None:
     """Members ``cfg["members"]`` ([label, token]) join; report joins, convergence, arrivals."""
@@ -184,6 +197,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
     try:
         base = {**env, "CODESYNC_SIGNALING_URL": signaling.url, "CODESYNC_ICE_HOSTS": ICE_HOSTS}
         ops = free_port()
+        ops_ports = {"persist": ops}
         services["persist"] = start_service(["persist"], child_env(**{
             **base, "CODESYNC_SERVICE_TOKEN": await service_token(database_url, secret, "persistence"),
             "CODESYNC_OPS_PORT": str(ops),
@@ -193,6 +207,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
             if not os.access("/usr/bin/bwrap", os.X_OK):
                 raise SystemExit("--runner needs bubblewrap (/usr/bin/bwrap): apt-get install bubblewrap")
             rops = free_port()
+            ops_ports["runner"] = rops
             services["runner"] = start_service(["runner"], child_env(**{
                 **base, "CODESYNC_SERVICE_TOKEN": await service_token(database_url, secret, "runner"),
                 "CODESYNC_SANDBOX": "bubblewrap", "CODESYNC_OPS_PORT": str(rops),
@@ -256,6 +271,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
         benches = [w.doc.get("bench", type=pycrdt.Text) for w in writers]
         sent: list[float] = []  # keystroke i of every room's writer (typed in the same tick)
         cpu0 = service_cpu(services)
+        sent0 = {name: sent_by_kind(port) for name, port in ops_ports.items()}
         gap = 1.0 / args.rate
         start = time.monotonic()
         for i in range(args.keys):
@@ -268,6 +284,7 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
         typed_s = time.monotonic() - start
         await asyncio.sleep(args.tail)
         cpu1 = service_cpu(services)
+        sent1 = {name: sent_by_kind(port) for name, port in ops_ports.items()}
         typing_s = time.monotonic() - start
         rss = {name: rss_kib(svc.proc.pid) for name, svc in services.items()}
         rss.update({"signaling": rss_kib(signaling.proc.pid), "peers": rss_kib(os.getpid())})
@@ -316,6 +333,9 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
             result[f"{name}_idle_cpu_pct"] = round(idle_rate[name] * 100, 2)
             result[f"{name}_net_cpu_ms_per_key"] = round(max(0.0, used - idle_rate[name] * typing_s) * 1000 / keystrokes, 2)
             result[f"{name}_cpu_pct"] = round(used / typing_s * 100, 1)  # while typing (tail included)
+            # data-channel messages it sent per keystroke while the writers typed, by kind
+            result[f"{name}_sent_per_key"] = {k: round((v - sent0[name].get(k, 0.0)) / keystrokes, 2)
+                                              for k, v in sorted(sent1[name].items()) if v - sent0[name].get(k, 0.0) > 0}
         return result
     finally:
         for proc in workers:
@@ -397,6 +417,10 @@ def main() -> None:
     for r in results:
         cols = "  ".join(f"{name} {r[f'{name}_cpu_ms_per_key']:.2f} ms ({r[f'{name}_net_cpu_ms_per_key']:.2f})"
                          f" {r[f'{name}_cpu_pct']:.1f} % idle {r[f'{name}_idle_cpu_pct']:.2f} %" for name in names)
+        print(f"  R {r['rooms']:2d}  N {r['n']:3d}  {cols}")
+    print("\nservice messages sent per keystroke, by kind")
+    for r in results:
+        cols = "  ".join(f"{name} " + " ".join(f"{k} {v:g}" for k, v in r[f"{name}_sent_per_key"].items()) for name in names)
         print(f"  R {r['rooms']:2d}  N {r['n']:3d}  {cols}")
     print(f"\nEXTRAPOLATED (not measured): rooms of {args.class_size} members, every member typing {args.class_rate:g} keys/s,"
           " one service process at 100 % of one core = 1 / (net CPU per keystroke x keys/s per room + idle per room)")

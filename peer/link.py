@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import metrics
 from .chunking import Reassembler, split_message
 from .ratelimit import TokenBucket
 
@@ -138,6 +139,7 @@ class Link:
         """Send one y-protocols frame, in chunks (type 100) when too big and the remote takes them."""
         if self._send(frame):
             self._stats["frames_out"] = self._stats.get("frames_out", 0) + 1
+            metrics.count_sent(frame)
             return True
         return False
 

@@ -223,7 +223,7 @@ class Mesh:
         origin_link = self.links.get(origin)
         origin_links = origin_link.remote_links if origin_link is not None and "mesh" in origin_link.caps else None
         return should_forward(self.peer_id, origin, target.peer_id, origin_links, target.remote_links,
-                              passive=self._passive)
+                              passive=self._passive, service=self.is_service)
 
     def _passive(self, peer_id: str) -> bool:
         """Known not to forward usefully: it may not write the main document (a viewer, the

@@ -28,6 +28,11 @@ LINK_KINDS = ("mesh", "stock", "service")  # peer.link.Link.kind
 
 MESSAGES_IN = Counter("codesync_peer_messages_received_total", "data-channel messages received, by link type", ["link"])
 BYTES_IN = Counter("codesync_peer_bytes_received_total", "data-channel bytes received, by link type", ["link"])
+MESSAGES_SENT = Counter(
+    "codesync_peer_messages_sent_total",
+    "data-channel messages sent, by message kind (sync_step1, sync_step2, update, awareness, app, doc, links, other)",
+    ["kind"],
+)
 MESSAGES_FORWARDED = Counter(
     "codesync_peer_messages_forwarded_total",
     "update messages sent that carry updates received on another link (the forward rule), by the target's link type",
@@ -124,3 +129,19 @@ def forwarded(kind: str, size: int) -> None:
     messages, octets = _FWD[kind]
     messages.inc()
     octets.inc(size)
+
+
+_SYNC_KINDS = {0: "sync_step1", 1: "sync_step2", 2: "update"}
+_KINDS = {1: "awareness", 101: "app", 102: "doc", 103: "links"}
+_SENT = {kind: MESSAGES_SENT.labels(kind) for kind in (*_SYNC_KINDS.values(), *_KINDS.values(), "other")}
+
+
+def count_sent(frame: bytes) -> None:
+    """One y-protocols frame sent on a link, counted by its kind (what a big room's service
+    peers spend their sends on: issue 15)."""
+    first = frame[0] if frame else -1
+    if first == 0:
+        kind = _SYNC_KINDS.get(frame[1] if len(frame) > 1 else -1, "other")
+    else:
+        kind = _KINDS.get(first, "other")
+    _SENT[kind].inc()

@@ -35,16 +35,18 @@ MSG_CHUNK = 100
 MSG_APP = 101
 MSG_DOC = 102
 MSG_LINKS = 103
+MSG_RELAYED = 104  # an Update a peer forwards (not its own): never forwarded again to peers with `relayed`
 
 SYNC_STEP1 = 0
 SYNC_STEP2 = 1
 SYNC_UPDATE = 2
 
-CAPS: tuple[str, ...] = ("chunk", "app", "docs", "roles", "mesh")
+CAPS: tuple[str, ...] = ("chunk", "app", "docs", "roles", "mesh", "relayed")
 """What every CodeSync peer advertises in its ``announce`` and ``signal`` payloads: chunk (100),
 app (101), docs (102, named documents), roles (it enforces the trust model on what it
-receives, docs/protocol.md "The trust model") and mesh (103 links messages, the forward rule,
-anti-entropy, refusals: docs/protocol.md "Room topology")."""
+receives, docs/protocol.md "The trust model"), mesh (103 links messages, the forward rule,
+anti-entropy, refusals: docs/protocol.md "Room topology") and relayed (it takes forwarded
+updates as type 104 and never forwards those again to a peer with ``relayed``)."""
 
 MAX_LINKS_IDS = 1000  # a links message naming more peer ids is ignored (counted)
 MAX_PEER_ID = 128  # bytes of one peer id in a links message
@@ -153,6 +155,7 @@ def decode_state_vector(data: bytes, max_clients: int = 100_000) -> dict[int, in
 class SyncMessage:
     step: int  # SYNC_STEP1 | SYNC_STEP2 | SYNC_UPDATE
     payload: bytes  # state vector (step1) or update (step2/update)
+    relayed: bool = False  # a type-104 Update: forwarded by the link's peer, not its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +272,8 @@ def parse_message(frame: bytes | bytearray | memoryview) -> Message:
         return DocMessage(name, step, r.var_uint8array())
     if kind == MSG_LINKS:
         return LinksMessage(_links_payload(r))
+    if kind == MSG_RELAYED:
+        return SyncMessage(SYNC_UPDATE, r.var_uint8array(), relayed=True)
     return UnknownMessage(kind)
 
 
@@ -298,6 +303,11 @@ def encode_sync_step2(update: bytes) -> bytes:
 
 def encode_sync_update(update: bytes) -> bytes:
     return bytes((MSG_SYNC, SYNC_UPDATE)) + write_var_uint8array(update)
+
+
+def encode_relayed_update(update: bytes) -> bytes:
+    """Type 104: an Update we forward (docs/protocol.md "Room topology"), to peers with ``relayed``."""
+    return bytes((MSG_RELAYED,)) + write_var_uint8array(update)
 
 
 def encode_doc(name: str, step: int, payload: bytes) -> bytes:

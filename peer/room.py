@@ -351,7 +351,7 @@ class Room:
             if msg.step == p.SYNC_STEP1:
                 self._sync.step1(link, msg.payload, None)
             else:
-                self._sync.apply_remote(link, msg.payload, msg.step)
+                self._sync.apply_remote(link, msg.payload, msg.step, relayed=msg.relayed)
         elif isinstance(msg, p.DocMessage):
             self.stats["docs_in"] += 1
             if msg.name not in self.docs:

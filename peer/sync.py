@@ -93,9 +93,10 @@ class DocumentSync:
         self._forward = forward
         self._integrated = False  # set by the observers: the update being applied changed something
         self._applying: Any = None  # origin of the transaction being applied: a peer id, _LOAD or None (local)
+        self._applying_relayed = False  # ... and whether it arrived as a type-104 (forwarded) Update
         self._remote_changes: list[tuple[str | None, bytes, str]] = []  # (doc name or None, update, origin)
         self._held_step1: list[tuple[str, str | None, bytes]] = []  # (peer id, doc name or None, state vector)
-        self._pending: list[tuple[bytes, str | None]] = []  # (update, origin peer or None=local)
+        self._pending: list[tuple[bytes, str | None, bool]] = []  # (update, origin peer or None=local, came relayed)
         self._pending_docs: dict[str, list[bytes]] = {}  # named doc -> our own updates to send
         self._withheld_since: bytes | None = None  # state vector before our first unsent edit
         self.changed = True  # a document changed since our last anti-entropy round
@@ -250,8 +251,10 @@ class DocumentSync:
         last = segments[-1]
         return link.send(p.encode_sync_step2(last) if step == p.SYNC_STEP2 else p.encode_sync_update(last))
 
-    def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None) -> None:
-        """Hot path (once per received keystroke): the writer check, then pycrdt."""
+    def apply_remote(self, link: Link, update: bytes, step: int, name: str | None = None, relayed: bool = False) -> None:
+        """Hot path (once per received keystroke): the writer check, then pycrdt. ``relayed``:
+        a type-104 Update — the link's peer forwarded it (it is not its own), so we forward
+        it on to no peer with ``relayed`` (docs/protocol.md "Room topology")."""
         remote = link.peer_id
         if step == p.SYNC_UPDATE and name is None:
             self._stats["updates_in"] += 1
@@ -264,6 +267,7 @@ class DocumentSync:
                 update = p.EMPTY_UPDATE
         if update != p.EMPTY_UPDATE:
             self._applying = remote
+            self._applying_relayed = relayed
             self._integrated = False
             try:
                 (self.doc if name is None else self.docs[name]).apply_update(update)
@@ -274,6 +278,7 @@ class DocumentSync:
                 raise p.ProtocolError(f"update rejected by pycrdt: {exc}") from exc
             finally:
                 self._applying = None
+                self._applying_relayed = False
             if not self._integrated:
                 if step == p.SYNC_UPDATE:  # (a SyncStep2 that brings nothing is anti-entropy doing its job)
                     self._stats["duplicates"] += 1
@@ -322,7 +327,7 @@ class DocumentSync:
             # only what we applied is forwarded (it passed our writer check), and only while
             # we may write: nobody would accept it from us otherwise
             if self.relay and self._own_refusal(None) is None:
-                self._queue_update(update, origin)
+                self._queue_update(update, origin, self._applying_relayed)
 
     def _named_changed(self, name: str, event: pycrdt.TransactionEvent) -> None:
         """A named document changed. Never relayed: only our own changes are sent."""
@@ -356,10 +361,10 @@ class DocumentSync:
         self._queue_update(update, None)
 
     # ------------------------------------------------------------------ sending
-    def _queue_update(self, update: bytes, origin: str | None) -> None:
+    def _queue_update(self, update: bytes, origin: str | None, relayed: bool = False) -> None:
         """Hot path (once per keystroke): an append; the per-link work happens at flush."""
         if self.running and self._links:
-            self._pending.append((update, origin))
+            self._pending.append((update, origin, relayed))
             self._schedule_flush()
 
     def _queue_named(self, name: str, update: bytes) -> None:
@@ -367,33 +372,62 @@ class DocumentSync:
             self._pending_docs.setdefault(name, []).append(update)
             self._schedule_flush()
 
+    def _forwards(self, origin: tuple[str, bool], link: Link, split: bool) -> bool:
+        """Whether an update applied from ``origin`` (peer id, came relayed) goes to ``link``:
+        one that came relayed never to a peer with ``relayed`` (its author's links were
+        covered by the peer that forwarded it to us); otherwise the forward rule."""
+        peer_id, relayed = origin
+        if relayed and split:
+            return False
+        return self._forward(peer_id, link)
+
+    def _send_merged(self, link: Link, frames: dict, key: tuple[bool, frozenset[tuple[str, bool]]],
+                     pending: list[tuple[bytes, str | None, bool]], *, forwarded: bool) -> None:
+        """One merged message to ``link``: ``key`` = (as type 104, the origins forwarded); the
+        merge is shared by every link with the same key."""
+        as_relayed, origins = key
+        if key not in frames:
+            if as_relayed:
+                updates = [u for u, o, r in pending if o is not None and (o, r) in origins]
+            else:
+                updates = [u for u, o, r in pending if o is None or (o, r) in origins]
+            frames[key] = _merged_frame(updates, relayed=as_relayed)
+        merged = frames[key]
+        if merged is None:
+            return
+        update, frame = merged
+        if as_relayed or len(frame) <= SMALL_FRAME:
+            sent = link.send(frame)  # type 104 goes only to CodeSync peers: they take chunks
+        else:
+            sent = self.send_sync(link, update, p.SYNC_UPDATE, frame)
+        if sent and forwarded:
+            self._stats["forwarded"] += 1
+            self._stats["forwarded_bytes"] += len(frame)
+            metrics.forwarded(link.kind, len(frame))
+
     def flush(self) -> None:
-        """Send what was queued: one merged Update per link — our own updates, and the relayed
-        ones the forward rule sends there (never back to their origin) — and one merged
-        type-102 Update per named document to peers with ``docs``."""
+        """Send what was queued: per link, our own updates and the remote ones the forward rule
+        sends there (never back to their origin), merged — to a peer with ``relayed`` as two
+        messages, our own as an Update and the forwarded ones as one type-104 Update (so it
+        never forwards them again); to anyone else as one Update — and one merged type-102
+        Update per named document to peers with ``docs``."""
         if self._pending:
             pending, self._pending = self._pending, []
-            frames: dict[frozenset[str], tuple[bytes, bytes] | None] = {}  # origins sent -> (update, frame)
-            origins = {origin for _, origin in pending if origin is not None}
-            own = any(origin is None for _, origin in pending)
-            forward = self._forward
+            frames: dict[tuple[bool, frozenset[tuple[str, bool]]], tuple[bytes, bytes] | None] = {}
+            origins = {(origin, relayed) for _, origin, relayed in pending if origin is not None}
+            own = any(origin is None for _, origin, _ in pending)
             for link in list(self._links.values()):
                 if not link.open:
                     continue
-                key = frozenset(o for o in origins if forward(o, link)) if origins else frozenset()
-                if not key and not own:
-                    continue
-                if key not in frames:
-                    frames[key] = _merged_frame([u for u, o in pending if o is None or o in key])
-                merged = frames[key]
-                if merged is None:
-                    continue
-                update, frame = merged
-                sent = link.send(frame) if len(frame) <= SMALL_FRAME else self.send_sync(link, update, p.SYNC_UPDATE, frame)
-                if sent and key:
-                    self._stats["forwarded"] += 1
-                    self._stats["forwarded_bytes"] += len(frame)
-                    metrics.forwarded(link.kind, len(frame))
+                split = "relayed" in link.caps
+                key = frozenset(o for o in origins if self._forwards(o, link, split)) if origins else frozenset()
+                if split:
+                    if own:
+                        self._send_merged(link, frames, (False, frozenset()), pending, forwarded=False)
+                    if key:
+                        self._send_merged(link, frames, (True, key), pending, forwarded=True)
+                elif own or key:
+                    self._send_merged(link, frames, (False, key), pending, forwarded=bool(key))
         if self._pending_docs:
             pending_docs, self._pending_docs = self._pending_docs, {}
             for name, updates in pending_docs.items():
@@ -408,8 +442,8 @@ class DocumentSync:
                         link.send(frame)
 
 
-def _merged_frame(updates: list[bytes]) -> tuple[bytes, bytes] | None:
-    """(merged update, its Update frame)."""
+def _merged_frame(updates: list[bytes], relayed: bool = False) -> tuple[bytes, bytes] | None:
+    """(merged update, its Update frame — type 104 when ``relayed``)."""
     if not updates:
         return None
     try:
@@ -417,4 +451,4 @@ def _merged_frame(updates: list[bytes]) -> tuple[bytes, bytes] | None:
     except Exception:
         log.exception("merge_updates failed on %d updates", len(updates))
         return None
-    return merged, p.encode_sync_update(merged)
+    return merged, p.encode_relayed_update(merged) if relayed else p.encode_sync_update(merged)

@@ -170,4 +170,4 @@ def test_named_document_messages_round_trip_and_reject_garbage() -> None:
     ):
         with pytest.raises(p.ProtocolError):
             p.parse_message(bad)
-    assert set(p.CAPS) == {"chunk", "app", "docs", "roles", "mesh"}
+    assert set(p.CAPS) == {"chunk", "app", "docs", "roles", "mesh", "relayed"}

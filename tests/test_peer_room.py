@@ -76,7 +76,7 @@ async def test_peers_converge_on_concurrent_edits_and_know_each_other(stack, see
         info = a.peers[b.peer_id]
         assert isinstance(info, PeerInfo) and info.connected
         assert info.user_id == seeded.user("bob").id and info.name == "Bob" and info.sender["role"] == "editor"
-        assert info.caps == {"chunk", "app", "docs", "roles", "mesh"}
+        assert info.caps == {"chunk", "app", "docs", "roles", "mesh", "relayed"}
         rng = random.Random(7)
         for i in range(60):  # interleaved concurrent edits at random UTF-16 positions
             for r in rooms:

@@ -54,6 +54,19 @@ def test_exactly_the_smallest_common_neighbour_forwards() -> None:
     assert should_forward("p", "a", "b", None, frozenset({"c", "p"}))
 
 
+def test_members_come_before_service_peers_as_forwarders() -> None:
+    """The persistence peer is linked to everyone: were it elected by id it would forward
+    most keystrokes of a big room (its cost per keystroke growing with the room)."""
+    links = {"a": frozenset({"0-svc", "m", "z"}), "b": frozenset({"0-svc", "m", "z"})}
+    svc = {"0-svc"}.__contains__
+    deciders = [me for me in ("0-svc", "m", "z") if should_forward(me, "a", "b", links["a"], links["b"], service=svc)]
+    assert deciders == ["m"]
+    # no member linked to both: the service peer forwards (the smallest of them, if several)
+    links = {"a": frozenset({"0-svc", "1-svc"}), "b": frozenset({"0-svc", "1-svc"})}
+    svcs = {"0-svc", "1-svc"}.__contains__
+    assert [me for me in ("0-svc", "1-svc") if should_forward(me, "a", "b", links["a"], links["b"], service=svcs)] == ["0-svc"]
+
+
 def test_peers_that_may_not_write_do_not_count_as_forwarders() -> None:
     links = {"a": frozenset({"0-viewer", "p"}), "b": frozenset({"0-viewer", "p"})}
     assert not should_forward("p", "a", "b", links["a"], links["b"])
@@ -139,6 +152,54 @@ async def test_in_a_full_mesh_every_member_receives_each_keystroke_exactly_once(
             assert copies == 30, f"{r.peer_id}: {copies} copies of 30 keystrokes"
             assert r.stats["duplicates"] == before[r.peer_id][1]
         assert sum(r.stats["forwarded"] for r in everyone) == forwarded == 0
+
+
+def views_settled(rooms: list[Room]) -> bool:
+    """Every link open and synced, and every room knows each neighbour's actual links."""
+    by_id = {r.peer_id: r for r in rooms}
+    for r in rooms:
+        for x in r.connected_peers:
+            if x not in by_id or not r.peers[x].synced or r.remote_links(x) != set(by_id[x].connected_peers):
+                return False
+    return r.pending_links == 0
+
+
+async def test_in_a_partial_mesh_each_keystroke_arrives_once_and_the_service_peer_forwards_only_what_no_member_can() -> None:
+    """A chain u0 - u1 - u2 - u3 plus the persistence peer linked to all (its peer id the
+    smallest in the room). u0 types: u1 gets it from u0; u2 from u1 (a member linked to
+    both comes before the service peer); u3 from the persistence peer (no member is linked to
+    u0 and u3) — and not from u2 too: what u2 got was forwarded (type 104), never forwarded
+    again. One copy each; the persistence peer forwards only to u3."""
+    users = ["u0", "u1", "u2", "u3"]
+    hub = MemoryHub(roles={u: "editor" for u in users})
+    persistence = hub.room(service="persistence", max_conns=1000, peer_id="0-persistence")
+    rooms = {u: hub.room(user=u, peer_id=f"1-{u}", max_conns=1 if u in ("u0", "u3") else 2) for u in users}
+    async with AsyncExitStack() as es:
+        for room in [persistence, *rooms.values()]:  # one by one: each links to those with a free slot
+            await room.start()
+            es.push_async_callback(room.stop)
+            await wait_for(lambda r=room: r is persistence or persistence.peer_id in r.connected_peers, what="joined")
+            await wait_for(lambda: views_settled([persistence, *rooms.values()]), what="links settled")
+        everyone = [persistence, *rooms.values()]
+        chain = {u: {x for x in r.connected_peers if x != persistence.peer_id} for u, r in rooms.items()}
+        assert chain == {"u0": {"1-u1"}, "u1": {"1-u0", "1-u2"}, "u2": {"1-u1", "1-u3"}, "u3": {"1-u2"}}, chain
+        writer = rooms["u0"]
+        before = {r.peer_id: (r.stats["updates_in"], r.stats["duplicates"], r.stats["forwarded"]) for r in everyone}
+        keys = 20
+        for i in range(keys):  # one keystroke per message
+            source(writer).insert(len(source(writer)), chr(97 + i % 26))
+            writer.flush()
+            await wait_for(lambda n=i + 1: all(len(source(r)) == n for r in everyone), what=f"keystroke {i}")
+        await asyncio.sleep(0.05)  # late copies would arrive within a few loop turns
+        assert views_settled(everyone), "the topology changed while typing: the counts below would not hold"
+        for r in everyone:
+            if r is writer:
+                continue
+            copies = r.stats["updates_in"] - before[r.peer_id][0]
+            assert copies == keys, f"{r.peer_id}: {copies} copies of {keys} keystrokes"
+            assert r.stats["duplicates"] == before[r.peer_id][1]
+        forwarded = {r.peer_id: r.stats["forwarded"] - before[r.peer_id][2] for r in everyone}
+        assert forwarded == {"0-persistence": keys, "1-u0": 0, "1-u1": keys, "1-u2": 0, "1-u3": 0}, forwarded
 
 
 async def test_without_the_mesh_capability_every_peer_relays_as_y_webrtc_does() -> None:
