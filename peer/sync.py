@@ -200,6 +200,10 @@ class DocumentSync:
             # would apply: it changed, so we may be the one missing something — ask back
             self._ask(link, name)
         if self.released:
+            if self._pending or self._pending_docs:
+                # what waits for the coalescing timer goes first: else the answer carries it
+                # and the Update that follows is a duplicate
+                self.flush()
             self._answer_step1(link, state_vector, name)
         else:
             remote = link.peer_id

@@ -22,4 +22,4 @@ def test_mesh_rules_in_node():
         ["node", "--test", "test/topology.test.mjs"], cwd=ROOT / "web", capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 10" in proc.stdout, proc.stdout[-2000:]
+    assert "# fail 0" in proc.stdout and "# pass 11" in proc.stdout, proc.stdout[-2000:]

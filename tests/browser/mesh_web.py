@@ -352,6 +352,7 @@ async def main() -> None:
             await steps.run("pending_link_times_out", pending_link_times_out, ("small_limit_setup",))
 
             async def small_room_converges():
+                dave_before = await pages["dave"].evaluate(STATS)
                 for name in BROWSERS:
                     await type_into_editor(pages[name], f"# {name} with two links\n", delay=5)
                 for name in BROWSERS:
@@ -364,7 +365,11 @@ async def main() -> None:
                 assert all(v <= 2 for v in slots.values()), slots
                 unlinked_pairs = sum(1 for n in BROWSERS for m in BROWSERS if n < m and ids[m] not in links[n])
                 assert unlinked_pairs >= 1, f"every pair is linked: {links}"
-                return {"slots": slots, "unlinked_pairs": unlinked_pairs}
+                # Dave is linked to the persistence peer only: the others' typing reached him
+                # forwarded, as type 104 (so he would never forward it again)
+                dave = delta(await pages["dave"].evaluate(STATS), dave_before)
+                assert dave["relayedReceived"] >= 1, dave
+                return {"slots": slots, "unlinked_pairs": unlinked_pairs, "dave_relayed": dave["relayedReceived"]}
 
             await steps.run("small_limit_room_converges", small_room_converges, ("small_limit_setup",))
 

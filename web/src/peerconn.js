@@ -30,6 +30,7 @@ export class PeerConn {
     this.stamp = stamp || null
     this.principal = principalOf(stamp)
     this.caps = caps || []
+    this.relayedKey = { conn: this } // the provider's pending-updates key for what came from here as type 104
     this.awarenessBucket = new RateBucket(AWARENESS_LIMITS.perSecond, AWARENESS_LIMITS.burst)
     this.linksBucket = new RateBucket(MESH_TIMING.linksPerSecond, MESH_TIMING.linksBurst) // type 103 is debounced: a few a second at most
     this.glareToken = undefined

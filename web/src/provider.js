@@ -27,9 +27,9 @@ import { ObservableV2 } from 'lib0/observable'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import { PeerConn } from './peerconn.js'
 import {
-  CAPS, EMPTY_UPDATE, MSG_APP, MSG_AWARENESS, MSG_BC_PEER_ID, MSG_CHUNK, MSG_DOC, MSG_QUERY_AWARENESS, MSG_SYNC,
-  SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, decodeApp, decodeAwarenessEntries, decodeDocSync, encodeApp,
-  encodeAwarenessEntries, encodeDocSync, encodeSync, uuid
+  CAPS, EMPTY_UPDATE, MSG_APP, MSG_AWARENESS, MSG_BC_PEER_ID, MSG_CHUNK, MSG_DOC, MSG_QUERY_AWARENESS, MSG_RELAYED,
+  MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, decodeApp, decodeAwarenessEntries, decodeDocSync, encodeApp,
+  encodeAwarenessEntries, encodeDocSync, encodeRelayed, encodeSync, uuid
 } from './wire.js'
 import {
   AWARENESS_LIMITS, indexPresence, mayReceiveApp, mayWriteLocal, mayWriteMain, mayWriteNamed,
@@ -86,7 +86,7 @@ export class CodeSyncProvider extends ObservableV2 {
       droppedUpdates: 0, droppedDocUpdates: 0, droppedAwareness: 0, refusedApp: 0,
       foreignSignals: 0, ignoredSignals: 0, closedLinks: 0, peerIdChanges: 0,
       // mesh (docs/protocol.md "Mesh"): copies received, forwarded and not forwarded, repairs
-      updatesReceived: 0, duplicateUpdates: 0, localUpdates: 0, updatesForwarded: 0, forwardsSkipped: 0,
+      updatesReceived: 0, relayedReceived: 0, duplicateUpdates: 0, localUpdates: 0, updatesForwarded: 0, forwardsSkipped: 0,
       linksReceived: 0, linksSent: 0, droppedLinks: 0, antiEntropyRounds: 0, antiEntropySkipped: 0, repairs: 0,
       pendingTimeouts: 0, refusedOffers: 0, refusedBy: 0, reannounces: 0
     }
@@ -116,13 +116,15 @@ export class CodeSyncProvider extends ObservableV2 {
     this.cooling = false
     this.coolPending = false
     this.microFlush = false
+    this.applyingRelayed = false // the update being applied came as type 104 (forwarded by its link)
 
     this._onUpdate = (update, origin) => {
       this.docVersion++
       this.changedSinceRound = true
       // Only writers send: a read-only client's changes would be dropped by every receiver.
       if (!mayWriteLocal(this.role)) return
-      const key = origin instanceof PeerConn ? origin : null
+      // pending key: null (our own), the link it came from, or that link's `relayedKey` (it came as type 104)
+      const key = origin instanceof PeerConn ? (this.applyingRelayed ? origin.relayedKey : origin) : null
       if (!this.pending.has(key)) this.pending.set(key, [])
       this.pending.get(key).push(update)
       // Leading edge: the first update goes out at the end of this task; updates arriving in the
@@ -610,16 +612,32 @@ export class CodeSyncProvider extends ObservableV2 {
     return service !== undefined && mayWriteMain({ service })
   }
 
-  /** An update applied from `from`: send it on to the links that would not get it otherwise. */
-  forward (message, from) {
+  /** Is `peerId` a service peer (elected as a forwarder only after every member)? */
+  isService (peerId) {
+    const conn = this.conns.get(peerId)
+    return Boolean((conn && conn.service) || this.serviceIds.has(peerId))
+  }
+
+  /**
+   * An update applied from `from`: send it on to the links that would not get it otherwise — as
+   * type 104 to `relayed` peers (so they never forward it again), as an Update to others. One
+   * that came as type 104 (`relayed`) goes to no `relayed` peer: its author's links were covered
+   * by the peer that forwarded it to us.
+   */
+  forward (update, from, relayed) {
     const self = this.peerId
     const fromLinks = from.links
     const mayRelay = (id) => this.mayRelay(id)
+    const isService = (id) => this.isService(id)
+    let plain = null
+    let asRelayed = null
     this.conns.forEach(to => {
       if (to === from || !to.connected) return
+      const takesRelayed = to.caps.includes('relayed')
+      if (relayed && takesRelayed) return
       const toLinks = to.mesh ? to.links : null
-      if (shouldForward({ self, from: from.remotePeerId, fromLinks, to: to.remotePeerId, toLinks, mayRelay })) {
-        to.send(message)
+      if (shouldForward({ self, from: from.remotePeerId, fromLinks, to: to.remotePeerId, toLinks, mayRelay, isService })) {
+        to.send(takesRelayed ? (asRelayed || (asRelayed = encodeRelayed(update))) : (plain || (plain = encodeSync(SYNC_UPDATE, update))))
         this.stats.updatesForwarded++
       } else {
         this.stats.forwardsSkipped++
@@ -756,12 +774,13 @@ export class CodeSyncProvider extends ObservableV2 {
     if (!mayWriteLocal(this.role)) return
     pending.forEach((updates, origin) => {
       const update = updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
-      const message = encodeSync(SYNC_UPDATE, update)
-      if (origin) {
-        this.forward(message, origin)
+      if (origin instanceof PeerConn) {
+        this.forward(update, origin, false)
+      } else if (origin) {
+        this.forward(update, origin.conn, true)
       } else {
         this.stats.localUpdates++
-        this.broadcast(message)
+        this.broadcast(encodeSync(SYNC_UPDATE, update))
       }
     })
   }
@@ -782,6 +801,10 @@ export class CodeSyncProvider extends ObservableV2 {
     switch (type) {
       case MSG_SYNC:
         this.onSync(conn, decoding.readVarUint(decoder), decoding.readVarUint8Array(decoder))
+        break
+      case MSG_RELAYED: // an Update its link forwarded: applied like one, never forwarded to a `relayed` peer
+        this.stats.relayedReceived++
+        this.onSync(conn, SYNC_UPDATE, decoding.readVarUint8Array(decoder), true)
         break
       case MSG_DOC:
         this.onDocSync(conn, decodeDocSync(decoder))
@@ -829,11 +852,14 @@ export class CodeSyncProvider extends ObservableV2 {
    * anyone would accept, so it answers with an empty update). SyncStep2 / Update are applied only
    * from writer links; applied updates are then forwarded by `_onUpdate`, dropped ones never.
    */
-  onSync (conn, syncType, payload) {
+  onSync (conn, syncType, payload, relayed = false) {
     if (syncType === SYNC_STEP1) {
       // after the handshake a SyncStep1 is the asker's anti-entropy round: it changed, so we
       // may be the one missing something — ask back (not twice within a moment: no ping-pong)
       if (conn.synced && mayWriteMain(conn.rights) && !this.askedRecently(conn)) this.ask(conn)
+      // what is still waiting for the coalescing timer goes first: else the answer carries it
+      // and the Update that follows is a duplicate
+      if (this.pending.size) this.flush()
       const answer = mayWriteLocal(this.role) ? this.answerFor(payload) : EMPTY_UPDATE
       conn.send(encodeSync(SYNC_STEP2, answer))
       return
@@ -845,7 +871,12 @@ export class CodeSyncProvider extends ObservableV2 {
     }
     if (mayWriteMain(conn.rights)) {
       const before = this.docVersion
-      Y.applyUpdate(this.doc, payload, conn)
+      this.applyingRelayed = relayed
+      try {
+        Y.applyUpdate(this.doc, payload, conn)
+      } finally {
+        this.applyingRelayed = false
+      }
       if (this.docVersion !== before) {
         if (syncType === SYNC_STEP2 && conn.synced) this.stats.repairs++ // anti-entropy brought something we missed
       } else if (syncType === SYNC_UPDATE && !this.doc.store.pendingStructs) {

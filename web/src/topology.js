@@ -113,22 +113,29 @@ export function parseLinks (text) {
  * - `toLinks` null (`to` has no `mesh`, or has not said whom it is linked with yet): yes, as a
  *   stock peer would.
  * - `to` is linked with `from`: no, it has the update from `from` directly.
- * - otherwise yes iff `self` is the smallest id (compareIds) of the common neighbours of `from` and
- *   `to` that can relay (`mayRelay(id)`: the peer may write the main document as `self` sees it;
- *   `self` always counts, it only gets here when it may). `fromLinks` null (`from` has no
- *   `mesh`): the common neighbours are unknown, so `self` forwards.
+ * - otherwise yes iff `self` comes first among the common neighbours of `from` and `to` that can
+ *   relay (`mayRelay(id)`: the peer may write the main document as `self` sees it; `self` always
+ *   counts, it only gets here when it may) — members before service peers (`isService(id)`: the
+ *   persistence peer is linked to everyone and forwards only what no member can), then the
+ *   smallest id (compareIds). `fromLinks` null (`from` has no `mesh`): the common neighbours are
+ *   unknown, so `self` forwards.
  *
  * @param {{self: string, from: string, fromLinks: Set<string>|null, to: string,
- *   toLinks: Set<string>|null, mayRelay?: (peerId: string) => boolean}} view
+ *   toLinks: Set<string>|null, mayRelay?: (peerId: string) => boolean,
+ *   isService?: (peerId: string) => boolean}} view
  */
-export function shouldForward ({ self, from, fromLinks, to, toLinks, mayRelay = () => true }) {
+export function shouldForward ({ self, from, fromLinks, to, toLinks, mayRelay = () => true, isService = () => false }) {
   if (!toLinks) return true
   if (toLinks.has(from)) return false
   if (!fromLinks) return true
+  const selfService = isService(self)
   const [small, large] = fromLinks.size <= toLinks.size ? [fromLinks, toLinks] : [toLinks, fromLinks]
   for (const id of small) {
     if (id === self || id === from || id === to || !large.has(id)) continue
-    if (compareIds(id, self) < 0 && mayRelay(id)) return false
+    const service = isService(id)
+    // members come before service peers, then the smaller peer id
+    const first = service !== selfService ? !service : compareIds(id, self) < 0
+    if (first && mayRelay(id)) return false
   }
   return true
 }

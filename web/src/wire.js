@@ -12,6 +12,7 @@ export const MSG_BC_PEER_ID = 4
 export const MSG_CHUNK = 100
 export const MSG_APP = 101
 export const MSG_DOC = 102
+export const MSG_RELAYED = 104 // an Update a peer forwards (not its own): never forwarded again to `relayed` peers
 
 export const SYNC_STEP1 = 0
 export const SYNC_STEP2 = 1
@@ -33,9 +34,11 @@ export const EMPTY_UPDATE = new Uint8Array([0, 0])
 /**
  * What CodeSync peers put in every announce/signal payload: `roles` says this peer enforces the
  * trust model on what it receives (the server relays a viewer's signalling only to such peers);
- * `mesh` that it tells its links (type 103) and forwards by the mesh rules (topology.js).
+ * `mesh` that it tells its links (type 103) and forwards by the mesh rules (topology.js);
+ * `relayed` that it takes forwarded updates as type 104 and never forwards those again to a
+ * `relayed` peer (docs/protocol.md "Room topology").
  */
-export const CAPS = ['chunk', 'app', 'docs', 'roles', 'mesh']
+export const CAPS = ['chunk', 'app', 'docs', 'roles', 'mesh', 'relayed']
 
 /** Split `message` into type-100 frames of at most `partSize` payload bytes each. */
 export function encodeChunks (message, messageId, partSize) {
@@ -73,6 +76,14 @@ export function encodeSync (syncType, payload) {
   encoding.writeVarUint(enc, MSG_SYNC)
   encoding.writeVarUint(enc, syncType)
   encoding.writeVarUint8Array(enc, payload)
+  return encoding.toUint8Array(enc)
+}
+
+/** A type-104 message: an Update we forward (to peers with `relayed`). */
+export function encodeRelayed (update) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, MSG_RELAYED)
+  encoding.writeVarUint8Array(enc, update)
   return encoding.toUint8Array(enc)
 }
 

@@ -119,5 +119,5 @@ test('wire: named-document sync and awareness entries round-trip; caps', () => {
   const back = decodeAwarenessEntries(encodeAwarenessEntries(entries))
   assert.deepEqual(back.map(({ clientID, clock, state }) => ({ clientID, clock, state })), entries)
   assert.throws(() => decodeAwarenessEntries(encodeAwarenessEntries(entries), 1))
-  assert.deepEqual(CAPS, ['chunk', 'app', 'docs', 'roles', 'mesh'])
+  assert.deepEqual(CAPS, ['chunk', 'app', 'docs', 'roles', 'mesh', 'relayed'])
 })

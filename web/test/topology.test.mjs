@@ -90,6 +90,15 @@ test('forward rule: the smallest common neighbour that can relay forwards', () =
   assert.ok(!shouldForward({ self: '\u{1F600}', from: 'a', fromLinks: S('\uFFFD', '\u{1F600}'), to: 'b', toLinks: S('\uFFFD', '\u{1F600}') }))
 })
 
+test('forward rule: members come before service peers (the persistence peer forwards only what no member can)', () => {
+  const S = (...ids) => new Set(ids)
+  const isService = (id) => id === '0-svc' || id === '1-svc'
+  const view = { from: 'a', fromLinks: S('0-svc', 'm', 'z'), to: 'b', toLinks: S('0-svc', 'm', 'z'), isService }
+  assert.deepEqual(['0-svc', 'm', 'z'].filter(self => shouldForward({ ...view, self })), ['m'])
+  const services = { from: 'a', fromLinks: S('0-svc', '1-svc'), to: 'b', toLinks: S('0-svc', '1-svc'), isService }
+  assert.deepEqual(['0-svc', '1-svc'].filter(self => shouldForward({ ...services, self })), ['0-svc'])
+})
+
 test('timing: jitter stays within ±20 %', () => {
   assert.equal(jittered(5000, 0.2, () => 0), 4000)
   assert.equal(jittered(5000, 0.2, () => 1), 6000)
