@@ -12,8 +12,10 @@ here); one writer types at ``--rate`` keystrokes per second. Per N it prints:
 - **latency**: writer keystroke → applied at a member, p50 / p99 over every member and
   keystroke (CLOCK_MONOTONIC is one clock for all processes on Linux);
 - **persistence CPU per keystroke**: the persist process's user+system CPU while the writer
-  types, divided by the keystrokes, and the same net of its idle CPU (anti-entropy, awareness
-  renewals: measured for a few seconds before the typing);
+  types, divided by the keystrokes, and the same net of its idle CPU (ICE consent checks,
+  awareness renewals, catch-all anti-entropy: measured right before the typing, for as long);
+- **sent**: the service peers' data-channel messages per keystroke by kind (their metrics);
+- **service link**: seconds from the last join until every member's persistence link is open;
 - **memory**: RSS of the persist process, signaling, and all peer processes together;
 - ``--runner``: a ``codesync runner`` (bubblewrap sandbox, a runner service token) joins too,
   and its CPU per keystroke is reported like the persist process's (it receives every
@@ -259,9 +261,11 @@ async def one_size(n: int, args: argparse.Namespace, tmp: Path, r: int = 1) -> d
             await asyncio.sleep(0.05)
         if not services_linked():
             raise RuntimeError(f"the service peers ({', '.join(services)}) did not link with every writer")
-        await asyncio.sleep(args.settle / 2)  # links messages settled, no join traffic left
+        await asyncio.sleep(args.settle)  # links messages settled, no join traffic left
+        # the services' idle cost (ICE consent checks, awareness renewals, catch-all
+        # anti-entropy), measured over as long as the typing will take, right before it
         idle0, idle_t0 = service_cpu(services), time.monotonic()
-        await asyncio.sleep(args.settle / 2)  # the services' idle cost: anti-entropy, awareness renewals
+        await asyncio.sleep(args.keys / args.rate + args.tail)
         idle_s = time.monotonic() - idle_t0
         idle_rate = {k: (v - idle0[k]) / idle_s for k, v in service_cpu(services).items()}
         for proc in workers:
@@ -393,8 +397,8 @@ def main() -> None:
     ap.add_argument("--max-conns", type=int, default=100, help="each member's link limit (service links do not count)")
     ap.add_argument("--legacy", action="store_true",
                     help="members without the mesh capability: they relay everything, as before room topology")
-    ap.add_argument("--settle", type=float, default=6.0,
-                    help="seconds between convergence and typing (the second half measures the services' idle)")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds between convergence and measuring the services' idle CPU (as long as the typing)")
     ap.add_argument("--tail", type=float, default=2.0, help="seconds after the last keystroke before reading")
     ap.add_argument("--converge-timeout", type=float, default=120.0)
     ap.add_argument("--json", type=Path)

@@ -30,7 +30,7 @@ MESSAGES_IN = Counter("codesync_peer_messages_received_total", "data-channel mes
 BYTES_IN = Counter("codesync_peer_bytes_received_total", "data-channel bytes received, by link type", ["link"])
 MESSAGES_SENT = Counter(
     "codesync_peer_messages_sent_total",
-    "data-channel messages sent, by message kind (sync_step1, sync_step2, update, awareness, app, doc, links, other)",
+    "data-channel messages sent, by message kind (sync_step1, sync_step2, update, relayed, awareness, app, doc, links, other)",
     ["kind"],
 )
 MESSAGES_FORWARDED = Counter(
@@ -132,7 +132,7 @@ def forwarded(kind: str, size: int) -> None:
 
 
 _SYNC_KINDS = {0: "sync_step1", 1: "sync_step2", 2: "update"}
-_KINDS = {1: "awareness", 101: "app", 102: "doc", 103: "links"}
+_KINDS = {1: "awareness", 101: "app", 102: "doc", 103: "links", 104: "relayed"}
 _SENT = {kind: MESSAGES_SENT.labels(kind) for kind in (*_SYNC_KINDS.values(), *_KINDS.values(), "other")}
 
 

@@ -100,6 +100,8 @@ class DocumentSync:
         self._pending_docs: dict[str, list[bytes]] = {}  # named doc -> our own updates to send
         self._withheld_since: bytes | None = None  # state vector before our first unsent edit
         self.changed = True  # a document changed since our last anti-entropy round
+        self._version: dict[str | None, int] = {}  # per document (None: main): bumped on every change
+        self._answers: dict[str | None, tuple[int, bytes, bytes]] = {}  # doc -> (version, state vector, answer)
         self.ask_window = 1.0  # seconds: a SyncStep1 we sent on a link this recently is not sent again
         self._quiet_rounds = 0
         self._asked: dict[tuple[str, str | None], float] = {}  # (peer id, doc name) -> when we sent SyncStep1
@@ -215,10 +217,21 @@ class DocumentSync:
         may not write the document answers with an empty update: its copy holds only what
         writers wrote, which the asker gets from them, and the asker would drop it anyway."""
         doc = self.doc if name is None else self.docs[name]
-        try:
-            update = doc.get_update(state_vector) if self._own_refusal(name) is None else p.EMPTY_UPDATE
-        except Exception as exc:
-            raise p.ProtocolError(f"bad state vector: {exc}") from exc
+        if self._own_refusal(name) is not None:
+            update = p.EMPTY_UPDATE
+        else:
+            # in a quiet room every link asks with the same state vector (the catch-all round):
+            # the last answer is kept until the document changes
+            version = self._version.get(name, 0)
+            cached = self._answers.get(name)
+            if cached is not None and cached[0] == version and cached[1] == state_vector:
+                update = cached[2]
+            else:
+                try:
+                    update = doc.get_update(state_vector)
+                except Exception as exc:
+                    raise p.ProtocolError(f"bad state vector: {exc}") from exc
+                self._answers[name] = (version, bytes(state_vector), update)
         if name is None:
             self.send_sync(link, update, p.SYNC_STEP2)
         else:
@@ -313,6 +326,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         self.changed = True
+        self._version[None] = self._version.get(None, 0) + 1
         origin = self._applying
         self._integrated = True
         if origin is _LOAD:
@@ -339,6 +353,7 @@ class DocumentSync:
         if update == p.EMPTY_UPDATE:
             return
         self.changed = True
+        self._version[name] = self._version.get(name, 0) + 1
         origin = self._applying
         self._integrated = True
         if origin is _LOAD:
