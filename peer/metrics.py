@@ -81,6 +81,7 @@ def new_stats() -> dict[str, int]:
         "repairs": 0,  # anti-entropy SyncStep2 answers that changed our document
         "anti_entropy_rounds": 0,
         "anti_entropy_skipped": 0,  # rounds skipped: nothing changed since the last one
+        "anti_entropy_asked": 0,  # links asked over all rounds
         "pending_timeouts": 0,
         "refusals_sent": 0,
         "refusals_received": 0,

@@ -113,6 +113,7 @@ class Room:
         )
         if anti_entropy_interval > 0:  # a SyncStep1 crossing ours is not answered with another
             self._sync.ask_window = min(1.0, 0.2 * anti_entropy_interval)
+        self._sync.hub = lambda: self._mesh.is_service(self._mesh.peer_id)
         self._aware = AwarenessSync(
             self.awareness, self.limits, principal=self.roster.principal, counters=self._counters,
             events=self._events, schedule_flush=self._schedule_flush,

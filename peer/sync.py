@@ -99,7 +99,9 @@ class DocumentSync:
         self._pending: list[tuple[bytes, str | None, bool]] = []  # (update, origin peer or None=local, came relayed)
         self._pending_docs: dict[str, list[bytes]] = {}  # named doc -> our own updates to send
         self._withheld_since: bytes | None = None  # state vector before our first unsent edit
-        self.changed = True  # a document changed since our last anti-entropy round
+        self.changed: set[str | None] = {None, *docs}  # documents (None: main) changed since our last round
+        self._sources: set[tuple[str, str | None]] = set()  # (peer id, doc) whose updates changed us since then
+        self.hub: Callable[[], bool] = lambda: False  # are we a service peer (linked to everyone)? set by the Room
         self._version: dict[str | None, int] = {}  # per document (None: main): bumped on every change
         self._answers: dict[str | None, tuple[int, bytes, bytes]] = {}  # doc -> (version, state vector, answer)
         self.ask_window = 1.0  # seconds: a SyncStep1 we sent on a link this recently is not sent again
@@ -156,37 +158,47 @@ class DocumentSync:
         return at is not None and time.monotonic() - at < self.ask_window
 
     def anti_entropy(self, force: bool = False) -> int:
-        """One round: SyncStep1 (our state vectors) on every open link — if a document of
-        ours changed since the last round, or ``force``, or after QUIET_ROUNDS quiet rounds.
+        """One round: SyncStep1 (our state vectors) for each document of ours that changed
+        since the last round — all of them when ``force`` or after QUIET_ROUNDS quiet rounds
+        (the catch-all).
 
         The main document's goes to every link (a viewer's or the runner's answer is empty,
         but our SyncStep1 makes it ask us back — see :meth:`step1`); each named document's to
         the links whose answer we would apply. The answers bring whatever we missed — an
         update lost on a link that closed, a forward skipped in a race, a dropped offer — and
         the SyncStep1 they send back brings them what they missed. Why rounds only after a
-        change: an update can only be missing somewhere if some document changed, and every
+        change: an update can only be missing somewhere if that document changed, and every
         peer that holds it changed when it got it; so a quiet room is quiet on the wire too
         (issue 15: anti-entropy was most of a big room's idle cost). The catch-all round
         covers what even that misses (a change we asked about a moment before it happened).
-        Returns the number of links asked."""
-        if not (force or self.changed or self._quiet_rounds >= QUIET_ROUNDS):
+
+        A service peer (``hub``: linked to every member, so every changed member asks it each
+        round) asks only the links whose updates changed it since its last round, outside the
+        catch-all: its cost per keystroke must not grow with the room. Returns the number of
+        links asked."""
+        catch_all = force or self._quiet_rounds >= QUIET_ROUNDS
+        if not (catch_all or self.changed):
             self._quiet_rounds += 1
             self._stats["anti_entropy_skipped"] += 1
             return 0
-        self.changed = False
+        changed, self.changed = self.changed, set()
+        sources, self._sources = self._sources, set()
+        hub = not catch_all and self.hub()
         self._quiet_rounds = 0
         asked = 0
         for link in list(self._links.values()):
             if not link.open:
                 continue
-            names: list[str | None] = [] if self._asked_recently(link, None) else [None]
+            names: list[str | None] = [None]
             if "docs" in link.caps:
-                names += [name for name in self.docs if self._roster.write_refusal(link.peer_id, name) is None
-                          and not self._asked_recently(link, name)]
+                names += [name for name in self.docs if self._roster.write_refusal(link.peer_id, name) is None]
+            names = [name for name in names if (catch_all or name in changed)
+                     and not (hub and (link.peer_id, name) not in sources) and not self._asked_recently(link, name)]
             for name in names:
                 self._ask(link, name)
             asked += bool(names)
         self._stats["anti_entropy_rounds"] += 1
+        self._stats["anti_entropy_asked"] += asked
         return asked
 
     def link_closed(self, link: Link) -> None:
@@ -197,9 +209,11 @@ class DocumentSync:
     # ------------------------------------------------------------------ received
     def step1(self, link: Link, state_vector: bytes, name: str | None) -> None:
         if (name in link.step2_docs and not self._asked_recently(link, name)
-                and self._roster.write_refusal(link.peer_id, name) is None):
+                and self._roster.write_refusal(link.peer_id, name) is None
+                and (not self.hub() or self._ahead_of_us(state_vector, name))):
             # an anti-entropy SyncStep1 (the handshake is over) from a peer whose answer we
-            # would apply: it changed, so we may be the one missing something — ask back
+            # would apply: it changed, so we may be the one missing something — ask back (a
+            # service peer only when the asker holds updates it has not: every member asks it)
             self._ask(link, name)
         if self.released:
             if self._pending or self._pending_docs:
@@ -211,6 +225,15 @@ class DocumentSync:
             remote = link.peer_id
             self._held_step1 = [h for h in self._held_step1 if h[0] != remote or h[1] != name]
             self._held_step1.append((remote, name, state_vector))
+
+    def _ahead_of_us(self, state_vector: bytes, name: str | None) -> bool:
+        """The state vector has some client further than our document of ``name`` has."""
+        try:
+            theirs = p.decode_state_vector(state_vector)
+        except p.ProtocolError:
+            return False  # the answer reports it
+        ours = p.decode_state_vector((self.doc if name is None else self.docs[name]).get_state())
+        return any(clock > ours.get(client, 0) for client, clock in theirs.items())
 
     def _answer_step1(self, link: Link, state_vector: bytes, name: str | None = None) -> None:
         """SyncStep2 for the main (or a named) document: every member may read. A peer that
@@ -296,6 +319,8 @@ class DocumentSync:
             finally:
                 self._applying = None
                 self._applying_relayed = False
+            if self._integrated:
+                self._sources.add((remote, name))
             if not self._integrated:
                 if step == p.SYNC_UPDATE:  # (a SyncStep2 that brings nothing is anti-entropy doing its job)
                     self._stats["duplicates"] += 1
@@ -325,7 +350,7 @@ class DocumentSync:
         update = event.update
         if update == p.EMPTY_UPDATE:
             return
-        self.changed = True
+        self.changed.add(None)
         self._version[None] = self._version.get(None, 0) + 1
         origin = self._applying
         self._integrated = True
@@ -352,7 +377,7 @@ class DocumentSync:
         update = event.update
         if update == p.EMPTY_UPDATE:
             return
-        self.changed = True
+        self.changed.add(name)
         self._version[name] = self._version.get(name, 0) + 1
         origin = self._applying
         self._integrated = True

@@ -390,6 +390,29 @@ async def test_a_peer_that_missed_an_update_is_repaired_by_the_round_of_one_that
         assert lost and bob.stats["repairs"] >= 1 and bob.stats["anti_entropy_rounds"] == 0
 
 
+async def test_a_service_peer_asks_only_the_links_that_changed_it() -> None:
+    """Every member that changed asks the persistence peer each round; were it to ask every
+    link back, its anti-entropy cost per keystroke would grow with the room. Outside the
+    catch-all round it asks only the links whose updates it applied since its last round."""
+    users = ["u1", "u2", "u3"]
+    hub = MemoryHub(roles={u: "editor" for u in users})
+    persistence = hub.room(service="persistence", max_conns=1000, anti_entropy_interval=0.1)
+    rooms = [hub.room(user=u, anti_entropy_interval=3600) for u in users]
+    async with started(persistence, *rooms):
+        await wait_for(lambda: others_linked([persistence, *rooms]), what="full mesh")
+        rounds0, asked0 = persistence.stats["anti_entropy_rounds"], persistence.stats["anti_entropy_asked"]
+        typed = 0
+        while persistence.stats["anti_entropy_rounds"] - rounds0 < 4 * (sync_module.QUIET_ROUNDS + 1):
+            source(rooms[0]).insert(typed, "x")  # only u1 types
+            typed += 1
+            await wait_for(lambda n=typed: len(source(persistence)) == n, what=f"keystroke {typed}")
+        rounds = persistence.stats["anti_entropy_rounds"] - rounds0
+        asked = persistence.stats["anti_entropy_asked"] - asked0
+        # one link a round (u1's), all three in the catch-all rounds — not three every round
+        assert asked <= rounds + 2 * (rounds // (sync_module.QUIET_ROUNDS + 1) + 1), (asked, rounds)
+        assert texts([persistence, *rooms]) == {"x" * typed}
+
+
 # ----------------------------------------------------------------------------- as an attacker would
 async def test_a_viewer_cannot_use_links_messages_to_get_its_writes_forwarded_or_to_crash_anyone() -> None:
     hub = MemoryHub(roles={"ed": "editor", "ann": "editor", "vic": "viewer"})

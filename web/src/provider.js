@@ -97,7 +97,7 @@ export class CodeSyncProvider extends ObservableV2 {
     this.toldViewers = new Set() // peer ids whose announce we answered with refuse/viewers, bounded
     this.reannounces = 0 // re-announces since presence or our links last changed
     this.docVersion = 0 // bumped on every change of the main document (answer cache)
-    this.changedSinceRound = true // a document changed since our last anti-entropy round
+    this.changedSinceRound = new Set(['']) // documents changed since our last anti-entropy round ('' main, 'doc:'+name)
     this.quietRounds = 0
     this.answerCache = null
     this.linksTimer = null
@@ -120,7 +120,7 @@ export class CodeSyncProvider extends ObservableV2 {
 
     this._onUpdate = (update, origin) => {
       this.docVersion++
-      this.changedSinceRound = true
+      this.changedSinceRound.add('')
       // Only writers send: a read-only client's changes would be dropped by every receiver.
       if (!mayWriteLocal(this.role)) return
       // pending key: null (our own), the link it came from, or that link's `relayedKey` (it came as type 104)
@@ -668,8 +668,8 @@ export class CodeSyncProvider extends ObservableV2 {
   }
 
   /**
-   * Anti-entropy (docs/protocol.md "Room topology"): a round only when a document changed since
-   * the last one (or every `quietRounds + 1`-th round: the catch-all) — an update can only be
+   * Anti-entropy (docs/protocol.md "Room topology"): a round for each document that changed since
+   * the last one (all of them every `quietRounds + 1`-th round: the catch-all) — an update can only be
    * missing somewhere after a change, and every peer holding it changed when it got it, so a
    * quiet room is quiet on the wire. Our main-document state vector goes to every link (a
    * read-only peer answers with nothing, but asks us back: `onSync`), named documents' to the
@@ -679,18 +679,22 @@ export class CodeSyncProvider extends ObservableV2 {
   antiEntropy (force = false) {
     const links = this.connectedPeers()
     if (!links.length) return
-    if (!force && !this.changedSinceRound && this.quietRounds < this.timing.quietRounds) {
+    const catchAll = force || this.quietRounds >= this.timing.quietRounds
+    if (!catchAll && !this.changedSinceRound.size) {
       this.quietRounds++
       this.stats.antiEntropySkipped++
       return
     }
-    this.changedSinceRound = false
+    const changed = this.changedSinceRound
+    this.changedSinceRound = new Set()
     this.quietRounds = 0
     this.stats.antiEntropyRounds++
     for (const conn of links) {
-      if (!this.askedRecently(conn)) this.ask(conn)
+      if ((catchAll || changed.has('')) && !this.askedRecently(conn)) this.ask(conn)
       if (conn.caps.includes('docs')) {
-        this.named.forEach((doc, name) => { if (mayWriteNamed(name, conn.rights) && !this.askedRecently(conn, name)) this.ask(conn, name) })
+        this.named.forEach((doc, name) => {
+          if ((catchAll || changed.has('doc:' + name)) && mayWriteNamed(name, conn.rights) && !this.askedRecently(conn, name)) this.ask(conn, name)
+        })
       }
     }
   }
@@ -915,7 +919,7 @@ export class CodeSyncProvider extends ObservableV2 {
       if (conn.synced && mayWriteNamed(name, conn.rights) && !this.askedRecently(conn, name)) this.ask(conn, name)
       conn.send(encodeDocSync(name, SYNC_STEP2, EMPTY_UPDATE))
     } else if (mayWriteNamed(name, conn.rights)) {
-      this.changedSinceRound = true
+      this.changedSinceRound.add('doc:' + name)
       Y.applyUpdate(doc, payload, conn)
     } else if (!isEmptyUpdate(payload)) {
       this.count('droppedDocUpdates', `update of named document ${JSON.stringify(name)} from a link that may not write it`, conn)
