@@ -35,6 +35,37 @@ MAX_SEND_SIZE = 256 * 1024  # Chromium never sends above this; do not go above i
 MAX_PENDING_CANDIDATES = 64
 
 
+def _aiortc_task(context: dict[str, Any]) -> bool:
+    """The unretrieved exception is a ConnectionError of one of aiortc's (or aioice's) own
+    fire-and-forget tasks — e.g. ``RTCPeerConnection.__connect`` still starting SCTP when its
+    link was closed (a pending link timing out, a glare). aiortc never awaits those tasks
+    (aiortc issue #1040), so asyncio would print a traceback for a link we closed on purpose."""
+    exc = context.get("exception")
+    future = context.get("future")
+    coro = future.get_coro() if isinstance(future, asyncio.Task) else None
+    filename = getattr(getattr(coro, "cr_code", None), "co_filename", "")
+    return isinstance(exc, ConnectionError) and ("/aiortc/" in filename or "/aioice/" in filename)
+
+
+def quiet_closed_link_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log aiortc's unretrieved task errors of closed links as one line; pass anything else
+    to the loop's previous handler. Idempotent per loop."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "codesync_quiet", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _aiortc_task(context):
+            log.info("aiortc: %s (a task of a link that was closed)", context.get("exception"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.codesync_quiet = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def aiortc_transports(configuration: RTCConfiguration) -> TransportFactory:
     """The default way a room makes links: aiortc with this ICE configuration."""
 
@@ -46,6 +77,7 @@ def aiortc_transports(configuration: RTCConfiguration) -> TransportFactory:
         on_message: Callable[[bytes], None],
         on_closed: Callable[[], None],
     ) -> PeerConnection:
+        quiet_closed_link_errors(asyncio.get_running_loop())
         return PeerConnection(remote_id, initiator, configuration, send_signal, on_open, on_message, on_closed)
 
     return make
