@@ -14,12 +14,12 @@ y-webrtc's ``Room`` document half, plus what CodeSync adds (docs/protocol.md):
   document only, relayed to the other links where the forward rule says so
   (:func:`peer.topology.should_forward`, asked through ``forward``): a peer forwards only
   what it applied, and only while it may write itself. Named documents are never relayed;
-- anti-entropy: :meth:`anti_entropy` (the Room's timer) sends SyncStep1 on every open link
-  when our documents changed since the last round (and every ``QUIET_ROUNDS``-th round
-  anyway); a SyncStep1 from a link we have not asked for ``ask_window`` is answered with
-  ours as well, so one changed peer's round repairs both sides of each of its links. The
-  answers repair whatever a link missed (counted: ``repairs``). A quiet room costs no
-  anti-entropy messages between the catch-all rounds;
+- anti-entropy: :meth:`anti_entropy` (the Room's timer) sends SyncStep1 for each document
+  that changed since the last round (all of them every ``QUIET_ROUNDS + 1``-th round); a
+  SyncStep1 from a link we have not asked for ``ask_window`` is answered with ours as well,
+  so one changed peer's round repairs both sides of each of its links. The answers repair
+  whatever a link missed (counted: ``repairs``). A quiet room costs no anti-entropy messages
+  between the catch-all rounds; a service peer asks only the links that changed it;
 - outgoing updates are queued and sent on :meth:`flush` (the Room's coalescing timer), merged
   with ``merge_updates`` into one message per link (aiortc pays per message, not per byte);
 - our own edits while we may not write are kept (``withheld_updates``) and sent once we may
@@ -205,6 +205,7 @@ class DocumentSync:
         self._held_step1 = [held for held in self._held_step1 if held[0] != link.peer_id]
         for name in [None, *self.docs]:
             self._asked.pop((link.peer_id, name), None)
+            self._sources.discard((link.peer_id, name))
 
     # ------------------------------------------------------------------ received
     def step1(self, link: Link, state_vector: bytes, name: str | None) -> None:
