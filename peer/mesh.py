@@ -508,7 +508,7 @@ class Mesh:
         """Rule 6: we are full (``full``), or we and the offerer are both viewers
         (``viewers``); tell the (mesh) offerer at once so it tries someone else."""
         self.counters.stats["refusals_sent"] += 1
-        metrics.REFUSALS.labels("sent").inc()
+        metrics.REFUSALS.labels("sent", reason).inc()
         log.debug("room %s: refusing the offer of %s (%s; %d links)", self.room_id, remote, reason,
                   self.member_links())
         await self.publish_signal(remote, {"type": "refuse", "reason": reason}, None)
@@ -520,7 +520,7 @@ class Mesh:
         if not self.mesh:
             return
         self.counters.stats["refusals_received"] += 1
-        metrics.REFUSALS.labels("received").inc()
+        metrics.REFUSALS.labels("received", reason if reason in ("full", "viewers") else "other").inc()
         if reason == "viewers":
             if link is not None and link.initiator and not link.open and not link.closed:
                 link.conn.close()

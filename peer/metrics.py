@@ -42,7 +42,9 @@ BYTES_FORWARDED = Counter("codesync_peer_bytes_forwarded_total", "bytes of those
 DUPLICATES = Counter("codesync_peer_duplicate_updates_total", "received Update messages that changed nothing (a copy)")
 PENDING_LINKS = Gauge("codesync_peer_pending_links", "links offered or answered whose data channel is not open yet")
 PENDING_TIMEOUTS = Counter("codesync_peer_pending_timeouts_total", "links closed because they did not open in time")
-REFUSALS = Counter("codesync_peer_refusals_total", "offers refused because the peer was full, by direction", ["direction"])
+REFUSALS = Counter(
+    "codesync_peer_refusals_total", "offers refused (full, viewers), by direction and reason", ["direction", "reason"]
+)
 REPAIRS = Counter(
     "codesync_peer_anti_entropy_repairs_total",
     "SyncStep2 answers to a periodic state-vector exchange that changed our document (a missed update repaired)",

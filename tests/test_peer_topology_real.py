@@ -73,6 +73,9 @@ async def test_a_full_mesh_of_real_peers_receives_one_copy_per_keystroke(tmp_pat
         assert await svc.metric("persist", "codesync_peer_duplicate_updates_total") == dup_before
         assert await svc.metric("persist", "codesync_peer_messages_forwarded_total") == 0
         assert await svc.metric("persist", "codesync_peer_messages_received_total", link="mesh") > 0
+        # what it sent, by kind: its saved status (awareness), no forwarded copy in a full mesh
+        assert await svc.metric("persist", "codesync_peer_messages_sent_total", kind="awareness") > 0
+        assert await svc.metric("persist", "codesync_peer_messages_sent_total", kind="relayed") == 0
 
 
 async def test_a_room_beyond_the_link_limit_converges_and_stays_converged_through_churn(tmp_path) -> None:
