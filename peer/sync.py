@@ -101,6 +101,7 @@ class DocumentSync:
         self._withheld_since: bytes | None = None  # state vector before our first unsent edit
         self.changed: set[str | None] = {None, *docs}  # documents (None: main) changed since our last round
         self._sources: set[tuple[str, str | None]] = set()  # (peer id, doc) whose updates changed us since then
+        self._served: set[str] = set()  # peer ids we forwarded main-document updates to since then
         self.hub: Callable[[], bool] = lambda: False  # are we a service peer (linked to everyone)? set by the Room
         self._version: dict[str | None, int] = {}  # per document (None: main): bumped on every change
         self._answers: dict[str | None, tuple[int, bytes, bytes]] = {}  # doc -> (version, state vector, answer)
@@ -173,9 +174,10 @@ class DocumentSync:
         covers what even that misses (a change we asked about a moment before it happened).
 
         A service peer (``hub``: linked to every member, so every changed member asks it each
-        round) asks only the links whose updates changed it since its last round, outside the
-        catch-all: its cost per keystroke must not grow with the room. Returns the number of
-        links asked."""
+        round) asks only the links whose updates changed it since its last round and those it
+        forwarded to (members it serves as the hub may have missed a copy and have no one else
+        to ask), outside the catch-all: its cost per keystroke must not grow with the room.
+        Returns the number of links asked."""
         catch_all = force or self._quiet_rounds >= QUIET_ROUNDS
         if not (catch_all or self.changed):
             self._quiet_rounds += 1
@@ -183,6 +185,7 @@ class DocumentSync:
             return 0
         changed, self.changed = self.changed, set()
         sources, self._sources = self._sources, set()
+        served, self._served = self._served, set()
         hub = not catch_all and self.hub()
         self._quiet_rounds = 0
         asked = 0
@@ -193,7 +196,8 @@ class DocumentSync:
             if "docs" in link.caps:
                 names += [name for name in self.docs if self._roster.write_refusal(link.peer_id, name) is None]
             names = [name for name in names if (catch_all or name in changed)
-                     and not (hub and (link.peer_id, name) not in sources) and not self._asked_recently(link, name)]
+                     and not (hub and (link.peer_id, name) not in sources and (name is not None or link.peer_id not in served))
+                     and not self._asked_recently(link, name)]
             for name in names:
                 self._ask(link, name)
             asked += bool(names)
@@ -206,6 +210,7 @@ class DocumentSync:
         for name in [None, *self.docs]:
             self._asked.pop((link.peer_id, name), None)
             self._sources.discard((link.peer_id, name))
+        self._served.discard(link.peer_id)
 
     # ------------------------------------------------------------------ received
     def step1(self, link: Link, state_vector: bytes, name: str | None) -> None:
@@ -446,6 +451,7 @@ class DocumentSync:
         else:
             sent = self.send_sync(link, update, p.SYNC_UPDATE, frame)
         if sent and forwarded:
+            self._served.add(link.peer_id)
             self._stats["forwarded"] += 1
             self._stats["forwarded_bytes"] += len(frame)
             metrics.forwarded(link.kind, len(frame))

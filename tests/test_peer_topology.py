@@ -413,6 +413,44 @@ async def test_a_service_peer_asks_only_the_links_that_changed_it() -> None:
         assert texts([persistence, *rooms]) == {"x" * typed}
 
 
+async def test_a_member_served_only_by_the_hub_is_repaired_by_its_round() -> None:
+    """Alice and Bob hold no member links: the persistence peer forwards Alice's typing to Bob.
+    One forwarded copy is lost and Bob runs no rounds of his own: the persistence peer's round
+    asks the links it forwarded to (not only those that changed it), so Bob asks back."""
+    hub = MemoryHub(roles={"alice": "editor", "bob": "editor"})
+    persistence = hub.room(service="persistence", max_conns=1000, anti_entropy_interval=0.1)
+    alice = hub.room(user="alice", max_conns=0, anti_entropy_interval=3600)
+    bob = hub.room(user="bob", max_conns=0, anti_entropy_interval=3600)
+    async with started(persistence, alice, bob):
+        await wait_for(lambda: views_settled([persistence, alice, bob]) and bob.peer_id in persistence.connected_peers
+                       and alice.peer_id in persistence.connected_peers, what="both linked to the persistence peer only")
+        assert bob.peer_id not in alice.links
+        conn = persistence.links[bob.peer_id].conn
+        real_send = conn.send
+        lost: list[bytes] = []
+
+        def lossy(data: bytes) -> bool:  # the forwarded copy (type 104) never reaches bob
+            if not lost and data[:1] == bytes((p.MSG_RELAYED,)):
+                lost.append(data)
+                return True
+            return real_send(data)
+
+        conn.send = lossy  # type: ignore[method-assign]
+        source(alice).insert(0, "via the hub")
+        await wait_for(lambda: str(source(persistence)) == "via the hub", what="the persistence peer has it")
+        # alice keeps typing (so the persistence peer never has a quiet, catch-all round): what
+        # follows the lost copy cannot apply at bob until the lost one is repaired
+        typed, skipped = 0, persistence.stats["anti_entropy_skipped"]
+        while "via the hub" not in str(source(bob)) and typed < 100:
+            source(alice).insert(len(source(alice)), ".")
+            typed += 1
+            await wait_for(lambda n=typed: len(source(persistence)) == len("via the hub") + n, what="a keystroke stored")
+            await asyncio.sleep(0.03)  # the pace of typing, not a wait for an event
+        assert "via the hub" in str(source(bob)), f"bob not repaired after {typed} more keystrokes"
+        assert lost and bob.stats["repairs"] >= 1 and bob.stats["anti_entropy_rounds"] == 0
+        assert persistence.stats["anti_entropy_skipped"] == skipped  # no quiet round, so no catch-all did it
+
+
 # ----------------------------------------------------------------------------- as an attacker would
 async def test_a_viewer_cannot_use_links_messages_to_get_its_writes_forwarded_or_to_crash_anyone() -> None:
     hub = MemoryHub(roles={"ed": "editor", "ann": "editor", "vic": "viewer"})
