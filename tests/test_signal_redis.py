@@ -88,6 +88,51 @@ async def test_two_nodes_behave_as_one(tmp_path, redis_url, redis_prefix) -> Non
             assert (await a.expect("publish", lambda f: f["data"].get("from") == "pa"))["clients"] == 1
 
 
+async def test_a_directed_frame_goes_to_the_node_and_subscriber_of_its_addressee(tmp_path, redis_url, redis_prefix) -> None:
+    """Across nodes too, a frame with ``to`` reaches only the subscriber holding that peer id
+    (a ``d`` record on its node's channel). (An address no node holds is fanned out — or,
+    while a node's view of the others is being refreshed, refused by the relay rule: the
+    in-process test covers the fan-out.)"""
+    async with signaling_stack(
+        tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2, CODESYNC_PRESENCE_TTL=TTL
+    ) as stack:
+        room = await stack.seed_room({"alice": "owner", "bob": "editor"})
+        async with SignalClient.connect(stack.ws_url(room.token("alice"), node=0)) as a, SignalClient.connect(
+            stack.ws_url(room.token("bob"), node=1)
+        ) as b, SignalClient.connect(stack.ws_url(room.token("bob"), node=1)) as b2:
+            for client in (a, b, b2):
+                await client.subscribe(room.id)
+            for client in (a, b, b2):  # each node knows the other has subscribers of the room
+                await client.expect("presence", lambda f: names(f) == ["Alice", "Bob"])
+            for client, pid in ((a, "pa"), (b, "pb"), (b2, "pb2")):
+                await client.publish(room.id, {"type": "announce", "from": pid})
+
+            def holds(f: dict, *pids: str) -> bool:
+                return set(pids) <= {p for peer in f["peers"] for p in peer["peer_ids"]}
+
+            # each node's view of the other's subscribers is current once its presence lists them
+            await a.expect("presence", lambda f: holds(f, "pa", "pb", "pb2"))
+            await b.expect("presence", lambda f: holds(f, "pa", "pb", "pb2"))
+            for client in (a, b, b2):
+                for pid in ("pa", "pb", "pb2"):
+                    await client.expect("publish", lambda f, pid=pid: f["data"] == {"type": "announce", "from": pid})
+            offer = {"type": "signal", "from": "pa", "to": "pb", "token": 0.2, "signal": {"type": "offer", "sdp": "v=0"}}
+            answer = {"type": "signal", "from": "pb", "to": "pa", "token": 0.3, "signal": {"type": "answer", "sdp": "v=0"}}
+            after_a, after_b = {"type": "announce", "from": "pa"}, {"type": "announce", "from": "pb"}
+            await a.publish(room.id, offer)
+            await b.publish(room.id, answer)
+            await a.publish(room.id, after_a)  # barriers: frames of one sender arrive in order
+            await b.publish(room.id, after_b)
+            assert (await b.expect("publish", lambda f: f["data"]["from"] == "pa"))["data"] == offer
+            assert (await b.expect("publish", lambda f: f["data"]["from"] == "pa"))["data"] == after_a
+            assert (await a.expect("publish", lambda f: f["data"]["from"] == "pb"))["data"] == answer
+            assert (await a.expect("publish", lambda f: f["data"]["from"] == "pa"))["data"] == after_a  # no echo of the offer
+            # b2 (bob's other client, on b's node): only the barriers
+            assert (await b2.expect("publish", lambda f: f["data"]["from"] == "pa"))["data"] == after_a
+            assert (await b2.expect("publish", lambda f: f["data"]["from"] == "pb"))["data"] == after_b
+            assert not [f for f in b2.pending if f.get("type") == "publish"]
+
+
 async def test_killed_node_leaves_presence(tmp_path, redis_url, redis_prefix) -> None:
     async with signaling_stack(
         tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, nodes=2, CODESYNC_PRESENCE_TTL=TTL

@@ -357,8 +357,8 @@ class Hub(ABC):
         refuse for one peer. Every y-webrtc peer ignores directed frames addressed to
         someone else, so when the subscriber holding that peer id is on this node it alone
         gets the frame: a room of N members joining at once otherwise makes every member
-        parse every other pair's signalling, O(N²) frames (issue 15). A target on another
-        node (or one we do not know) gets the usual fan-out.
+        parse every other pair's signalling, O(N²) frames (issue 15). A target another node
+        holds goes to that node only (Redis); one we do not know gets the usual fan-out.
         """
         t0 = time.time()
         head = self._heads.get(topic)
@@ -366,12 +366,15 @@ class Hub(ABC):
             head = self._heads[topic] = publish_head(topic)
         # Serialized and framed once; every receiver (here and on other nodes) gets these bytes.
         frame = encode_text_frame(publish_frame(head, data, self.clients(topic), conn.sender_json(topic)))
-        target = self._local_subscriber(topic, to) if to is not None else None
-        if target is not None:
-            metrics.MESSAGES_OUT.inc()
-            target.send_frame(frame)
-            metrics.FANOUT.observe(time.time() - t0)
-            return
+        if to is not None:
+            target = self._local_subscriber(topic, to)
+            if target is not None:
+                metrics.MESSAGES_OUT.inc()
+                target.send_frame(frame)
+                metrics.FANOUT.observe(time.time() - t0)
+                return
+            if self._direct_remote(topic, frame, t0, to):
+                return
         self.deliver_frame(topic, frame)
         metrics.FANOUT.observe(time.time() - t0)
         await self._fanout_remote(topic, frame, t0)
@@ -455,6 +458,11 @@ class Hub(ABC):
 
     def _remote_viewers(self, topic: str) -> bool:
         """Whether another node may have a viewer in ``topic`` (True when unsure)."""
+        return False
+
+    def _direct_remote(self, topic: str, frame: bytes, t0: float, to: str) -> bool:
+        """Send a directed frame to the other node whose subscriber holds ``to`` in ``topic``
+        only; False when no other node is known to (the caller fans it out as usual)."""
         return False
 
     async def _settle(self, topic: str) -> bool:

@@ -326,15 +326,15 @@ class RedisHub(Hub):
 
     # ------------------------------------------------------------------ relay rule (hub.admit)
     def _relay_view(self, topic: str) -> list[Any] | None:
-        """[view, a viewer among its entries, peer id -> entry (built on first use)], derived
-        once per version of the other nodes' entries of ``topic`` (views are replaced, never
-        mutated, so the object is the version)."""
+        """[view, a viewer among its entries, peer id -> entry, peer id -> node (both built on
+        first use)], derived once per version of the other nodes' entries of ``topic`` (views
+        are replaced, never mutated, so the object is the version)."""
         view = self.views.get(topic)
         if not view:
             return None
         cached = self._relay_cache.get(topic)
         if cached is None or cached[0] is not view:
-            cached = self._relay_cache[topic] = [view, any(e.get("r") == "viewer" for e in view.values()), None]
+            cached = self._relay_cache[topic] = [view, any(e.get("r") == "viewer" for e in view.values()), None, None]
         return cached
 
     def _remote_viewers(self, topic: str) -> bool:
@@ -353,6 +353,27 @@ class RedisHub(Hub):
 
     def _local_peer(self, peer_id: str) -> Connection | None:
         return self._local_owner.get(peer_id)
+
+    def _remote_node(self, topic: str, peer_id: str) -> str | None:
+        """The other node whose subscriber lists ``peer_id`` in ``topic`` (its entries' view)."""
+        derived = self._relay_view(topic)
+        if derived is None:
+            return None
+        if derived[3] is None:  # peer id -> node, built on first use per version of the view
+            derived[3] = {pid: fld.split(":", 1)[0] for fld, e in derived[0].items()
+                          for pid in (e.get("p") or ()) if isinstance(pid, str)}
+        return derived[3].get(peer_id)
+
+    def _direct_remote(self, topic: str, frame: bytes, t0: float, to: str) -> bool:
+        """A ``d`` record (the addressee's peer id, then the frame) on that node's channel only."""
+        node = self._remote_node(topic, to)
+        if node is None or node == self.node:
+            return False
+        t, target = topic.encode(), to.encode()
+        message = b"d %s %.6f %d %d\n%s%s%s" % (self.node_b, t0, len(t), len(target), t, target, frame)
+        self._outbox.append((self._node_channel(node), message))
+        self._out_wake.set()
+        return True
 
     async def _settle(self, topic: str) -> bool:
         """A change notice for ``topic`` arrived and its re-read is running: wait for it (bounded).
@@ -546,6 +567,9 @@ class RedisHub(Hub):
             self._on_record(data)
 
     def _on_record(self, data: bytes) -> None:
+        if data[:2] == b"d ":
+            self._on_directed(data)
+            return
         try:
             header, rest = data.split(b"\n", 1)
             kind, node, t0, n = header.split(b" ")
@@ -569,6 +593,28 @@ class RedisHub(Hub):
             self.recheck_soon(topic, rest[size:].decode() or None)
         elif kind == b"s":
             self.close_sessions(rest[size:].decode(errors="replace").split("\n"))
+
+    def _on_directed(self, data: bytes) -> None:
+        """A directed frame another node sent here: to the subscriber holding its addressee's
+        peer id, or (it moved, or left) to every local subscriber of the topic, as before."""
+        try:
+            header, rest = data.split(b"\n", 1)
+            _, node, t0, n, m = header.split(b" ")
+            size, tsize = int(n), int(m)
+            topic = rest[:size].decode()
+            to = rest[size:size + tsize].decode()
+        except (ValueError, UnicodeDecodeError):
+            return
+        if node == self.node_b or topic not in self.topics:
+            return
+        frame = rest[size + tsize:]
+        target = self._local_subscriber(topic, to)
+        if target is not None:
+            metrics.MESSAGES_OUT.inc()
+            target.send_frame(frame)
+        else:
+            self.deliver_frame(topic, frame)
+        metrics.FANOUT.observe(max(0.0, time.time() - float(t0)))
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat(self) -> None:
