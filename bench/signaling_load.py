@@ -16,7 +16,11 @@ Usage::
 ``--viewers N`` makes the last N users of every room viewers and has every client announce the
 ``roles`` capability: every ``signal`` then goes through the relay rule's full check (a viewer
 on one side, the addressee looked up) and is relayed — the cost of that rule on the publish
-path. Each client addresses the next client of its own room.
+path. There each client addresses the next client of its own room (``to``), which CodeSync
+delivers to that client only (y-webrtc peers ignore directed frames for others) and the
+reference to every subscriber: deliveries are counted per server accordingly. Without
+``--viewers`` the frames carry no ``to``: every server fans every frame out to the room —
+the workload the comparison is about.
 
 Needs Node.js + ``npm ci`` in tests/js for the reference, Redis on 127.0.0.1:6379 for ``redis``.
 """
@@ -58,6 +62,7 @@ class Target:
     pids: list[int]
     note: str = ""
     confirms_subscribe: bool = True  # ours answers a subscribe with a presence frame
+    directs: bool = True  # ours delivers a frame with "to" to its addressee only (the reference: to everyone)
 
 
 @dataclass
@@ -163,7 +168,8 @@ async def reference(clients: int, rooms: int) -> AsyncIterator[Target]:
                 raise RuntimeError("reference server did not start")
             await asyncio.sleep(0.05)
         target = Target(
-            "y-webrtc reference", [f"ws://127.0.0.1:{port}"] * clients, [proc.pid], note="no auth", confirms_subscribe=False
+            "y-webrtc reference", [f"ws://127.0.0.1:{port}"] * clients, [proc.pid], note="no auth", confirms_subscribe=False,
+            directs=False,
         )
         target.topics = [f"bench-room-{r}" for r in range(rooms)]  # type: ignore[attr-defined]
         yield target
@@ -241,6 +247,8 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
         async def publisher(i: int, stop_at: float) -> None:
             topic = topics[i // per_room]
             to = f"peer-{(i // per_room) * per_room + (i + 1) % per_room}"  # the next client of the same room
+            directed = {"to": to} if caps else {}  # the relay rule looks the addressee up
+            deliveries = 1 if caps and target.directs else per_room
             interval = 1.0 / rate
             next_at = time.perf_counter() + random.random() * interval
             seq = 0
@@ -252,13 +260,13 @@ async def run_load(target: Target, rooms: int, rate: float, duration: float, siz
                     await asyncio.sleep(next_at - now)
                 seq += 1
                 data = {
-                    "type": "signal", "from": f"peer-{i}", "to": to, "token": 0.5,
+                    "type": "signal", "from": f"peer-{i}", **directed, "token": 0.5,
                     "signal": {"type": "candidate", "candidate": {"candidate": pad, "sdpMLineIndex": 0, "sdpMid": "0"}},
                     "seq": seq, "t": time.perf_counter(), **extra,
                 }
                 await sockets[i].send_str(orjson.dumps({"type": "publish", "topic": topic, "data": data}).decode())
                 stats.sent += 1
-                stats.expected += per_room
+                stats.expected += deliveries
                 next_at += interval
 
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
