@@ -100,7 +100,7 @@ async def test_a_viewers_signal_never_reaches_a_stock_client(tmp_path) -> None:
     """The stock client applies whatever its links send and relays it, so a viewer must never
     get a link to it: the viewer's offer to the stock client's own peer id is refused
     (``relay_refused``), while the viewer's signal to a CodeSync peer that enforces roles is
-    relayed (and, like every publish, also reaches the stock client, which ignores it)."""
+    relayed (to that peer only: a directed frame reaches its addressee alone)."""
     node_binary()
     roles = ["chunk", "app", "roles"]
     async with signaling_stack(tmp_path) as stack:
@@ -122,11 +122,16 @@ async def test_a_viewers_signal_never_reaches_a_stock_client(tmp_path) -> None:
                 offer = {"type": "signal", "from": "vic-peer", "to": stock, "token": 0.9, "signal": {"type": "offer", "sdp": "v=0"}, "caps": roles}
                 await vic.publish(room.id, offer)
                 assert (await vic.expect("error"))["code"] == "relay_refused"
-                # The viewer's offer to the roles peer is relayed, to everyone in the room.
+                # The viewer's offer to the roles peer is relayed, to that peer only.
                 to_rita = dict(offer, to="rita-peer")
                 await vic.publish(room.id, to_rita)
                 assert (await rita.expect("publish", lambda f: f["data"].get("to") == "rita-peer"))["sender"]["role"] == "viewer"
-                await client.expect(lambda e: e["event"] == "message" and e["message"].get("data") == to_rita)
-                # Frames of one sender arrive in order: the refused offer is not among them.
+                # Barrier: an undirected frame of the viewer's reaches the stock client (which
+                # ignores its unknown type). Frames of one sender arrive in order: neither the
+                # refused offer nor the one addressed to rita is among what came before it.
+                barrier = {"type": "barrier", "from": "vic-peer"}
+                await vic.publish(room.id, barrier)
+                await client.expect(lambda e: e["event"] == "message" and e["message"].get("data") == barrier)
+                assert not [e for e in client.events if e["event"] == "message" and (e["message"].get("data") or {}).get("to") == "rita-peer"]
                 addressed = [e for e in client.events if e["event"] == "message" and (e["message"].get("data") or {}).get("to") == stock]
                 assert addressed == [] and client.proc.returncode is None
