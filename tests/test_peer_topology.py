@@ -480,9 +480,13 @@ async def test_a_viewer_cannot_use_links_messages_to_get_its_writes_forwarded_or
             wire = vic.links[ed.peer_id].conn
             wire.send(p.encode_sync_update(forged_update(vic, "FORGED ")))
             await wait_for(lambda: ed.dropped.get(("update", "read_only"), 0) == 1, what="the forgery dropped")
+            # ... and as a "forwarded" update (type 104): the same writer check on the link's
+            # stamped principal, whatever the message claims about where it came from
+            wire.send(p.encode_relayed_update(forged_update(vic, "RELAYED ")))
+            await wait_for(lambda: ed.dropped.get(("update", "read_only"), 0) == 2, what="the relayed forgery dropped")
             source(ed).insert(0, "ed\n")
             await wait_for(lambda: str(source(ann)) == "ed\n" and str(source(vic)) == "ed\n", what="ed's edit")
-            assert "FORGED" not in str(source(ann)) and ann.stats["updates_dropped"] == 0
+            assert "FORGED" not in str(source(ann)) and "RELAYED" not in str(source(ed)) and ann.stats["updates_dropped"] == 0
             # the viewer is the smallest common neighbour of nobody: it is never counted as a forwarder
             assert ed._mesh._passive(vic.peer_id) and not ed._mesh._passive(ann.peer_id)
 

@@ -255,6 +255,15 @@ async def main() -> None:
                       if (!conn.connected || conn.service) continue
                       for (const f of frames) { conn.send(new Uint8Array(f)); sent++ } }
                     return sent }""", junk + flood)
+                # ...and a "forwarded" update (type 104) of her own making: writers apply type 104
+                # only from a link whose stamped principal may write, so it is dropped and counted.
+                await c.evaluate("""() => { const doc = window.codesync.doc; let update = null
+                    const grab = (u) => { update = u }; doc.on('update', grab)
+                    doc.getMap('forged').set('by', 'the viewer'); doc.off('update', grab)
+                    const len = []; let n = update.length
+                    while (n > 127) { len.push((n & 127) | 128); n >>>= 7 } len.push(n)
+                    const frame = new Uint8Array([104, ...len, ...update])
+                    for (const conn of window.codesync.provider.conns.values()) if (conn.connected && !conn.service) conn.send(frame) }""")
                 # Barrier: Carol's awareness arrives after her junk (ordered channels).
                 await c.evaluate("() => window.codesync.awareness.setLocalStateField('probe', 'after-junk')")
                 for n in WRITERS:
@@ -272,6 +281,8 @@ async def main() -> None:
                 errors = sum(1 for line in state["logs"] if "pageerror" in line) - errors_before
                 for n in WRITERS:
                     assert d[n]["droppedLinks"] >= len(junk) + 60, f"{n} dropped only {d[n]['droppedLinks']} bad or excess links messages"
+                    assert d[n]["droppedUpdates"] >= 1, f"{n} did not drop the viewer's type-104 update: {d[n]}"
+                    assert await pages[n].evaluate("() => window.codesync.doc.getMap('forged').get('by') === undefined"), n
                 assert all(linked.values()), f"links lost over junk: {linked}"
                 assert errors == 0, state["logs"][-10:]
                 expected = d["alice"]["localUpdates"] + d["bob"]["localUpdates"]
