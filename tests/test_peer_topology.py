@@ -21,7 +21,7 @@ from peer import protocol as p
 from peer import sync as sync_module
 from peer.topology import should_forward
 from tests.helpers.memory_peers import MemoryHub
-from tests.helpers.rooms import forged_update, source, started, turns
+from tests.helpers.rooms import RELAYED_PREFIX, forged_update, lose_first, source, started, turns
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -328,17 +328,7 @@ async def test_a_lost_update_is_repaired_by_anti_entropy() -> None:
     async with started(*rooms):
         alice, bob, carol = rooms
         await wait_for(lambda: others_linked(rooms), what="full mesh")
-        conn = alice.links[bob.peer_id].conn
-        real_send = conn.send
-        lost: list[bytes] = []
-
-        def lossy(data: bytes) -> bool:  # the network loses one update on its way to bob
-            if not lost and data[:2] == bytes((p.MSG_SYNC, p.SYNC_UPDATE)):
-                lost.append(data)
-                return True
-            return real_send(data)
-
-        conn.send = lossy  # type: ignore[method-assign]
+        lost = lose_first(alice, bob.peer_id)
         source(alice).insert(0, "lost?")
         await wait_for(lambda: str(source(carol)) == "lost?", what="carol has it")
         assert lost and str(source(bob)) == ""  # carol does not forward: bob is linked to alice
@@ -374,17 +364,7 @@ async def test_a_peer_that_missed_an_update_is_repaired_by_the_round_of_one_that
     bob = hub.room(user="bob", anti_entropy_interval=3600)
     async with started(alice, bob):
         await wait_for(lambda: others_linked([alice, bob]), what="linked")
-        conn = alice.links[bob.peer_id].conn
-        real_send = conn.send
-        lost: list[bytes] = []
-
-        def lossy(data: bytes) -> bool:  # the network loses the update on its way to bob
-            if not lost and data[:2] == bytes((p.MSG_SYNC, p.SYNC_UPDATE)):
-                lost.append(data)
-                return True
-            return real_send(data)
-
-        conn.send = lossy  # type: ignore[method-assign]
+        lost = lose_first(alice, bob.peer_id)
         source(alice).insert(0, "missed")
         await wait_for(lambda: str(source(bob)) == "missed", timeout=10, what="bob repaired")
         assert lost and bob.stats["repairs"] >= 1 and bob.stats["anti_entropy_rounds"] == 0
@@ -425,17 +405,7 @@ async def test_a_member_served_only_by_the_hub_is_repaired_by_its_round() -> Non
         await wait_for(lambda: views_settled([persistence, alice, bob]) and bob.peer_id in persistence.connected_peers
                        and alice.peer_id in persistence.connected_peers, what="both linked to the persistence peer only")
         assert bob.peer_id not in alice.links
-        conn = persistence.links[bob.peer_id].conn
-        real_send = conn.send
-        lost: list[bytes] = []
-
-        def lossy(data: bytes) -> bool:  # the forwarded copy (type 104) never reaches bob
-            if not lost and data[:1] == bytes((p.MSG_RELAYED,)):
-                lost.append(data)
-                return True
-            return real_send(data)
-
-        conn.send = lossy  # type: ignore[method-assign]
+        lost = lose_first(persistence, bob.peer_id, RELAYED_PREFIX)
         source(alice).insert(0, "via the hub")
         await wait_for(lambda: str(source(persistence)) == "via the hub", what="the persistence peer has it")
         # alice keeps typing (so the persistence peer never has a quiet, catch-all round): what

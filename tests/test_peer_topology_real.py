@@ -22,7 +22,7 @@ from peer import Room
 from peer import protocol as p
 from tests.helpers.stack import SignalClient
 from tests.helpers.wait import wait_for
-from tests.helpers.rooms import service_peer, source
+from tests.helpers.rooms import lose_first, service_peer, source
 from tests.helpers.services import ICE_HOSTS, Services, services
 
 pytestmark = pytest.mark.timeout(240)
@@ -159,17 +159,7 @@ async def test_a_dead_pending_link_times_out_and_a_lost_update_is_repaired(tmp_p
         # an update lost on the way from alice to bob: carol does not forward it (bob is linked
         # to alice); anti-entropy brings it
         await wait_for(lambda: carol.remote_links(bob.peer_id) == {alice.peer_id, carol.peer_id}, 10, what="links known")
-        conn = alice.links[bob.peer_id].conn
-        real_send = conn.send
-        lost: list[bytes] = []
-
-        def lossy(data: bytes) -> bool:
-            if not lost and data[:2] == bytes((p.MSG_SYNC, p.SYNC_UPDATE)):
-                lost.append(data)
-                return True
-            return real_send(data)
-
-        conn.send = lossy  # type: ignore[method-assign]
+        lost = lose_first(alice, bob.peer_id)
         source(alice).insert(0, "lost on the way")
         await wait_for(lambda: str(source(carol)) == "lost on the way", 10, what="carol has it")
         assert lost

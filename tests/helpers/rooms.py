@@ -69,3 +69,24 @@ def forged_update(room: Room, text: str) -> bytes:
 
 def drops(room: Room, what: str, reason: str) -> int:
     return room.dropped.get((what, reason), 0)
+
+
+UPDATE_PREFIX = bytes((0, 2))  # y-protocols sync, Update
+RELAYED_PREFIX = bytes((104,))  # a forwarded Update (type 104)
+
+
+def lose_first(room: Room, peer_id: str, prefix: bytes = UPDATE_PREFIX) -> list[bytes]:
+    """The network loses the first message starting with ``prefix`` on ``room``'s link to
+    ``peer_id``; returns the list it is appended to (empty until then)."""
+    conn = room.links[peer_id].conn
+    real_send = conn.send
+    lost: list[bytes] = []
+
+    def lossy(data: bytes) -> bool:
+        if not lost and data[: len(prefix)] == prefix:
+            lost.append(data)
+            return True
+        return real_send(data)
+
+    conn.send = lossy  # type: ignore[method-assign]
+    return lost
